@@ -1,0 +1,42 @@
+"""synthgen: declarative generation of diverse synthetic training data.
+
+The Python API mirrors the CLI::
+
+    from generator import load_spec, plan, run
+    spec = load_spec("specs/math.yaml")
+    records = plan(spec)            # list of Record, no model needed
+    result = run(spec, limit=20)    # generates into spec.output (runs/<name>)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load_spec(path, overrides=None):
+    from .spec import load_spec as _load
+
+    return _load(path, overrides)
+
+
+def plan(spec, limit=None):
+    from .plan import plan_spec
+
+    return plan_spec(spec, limit=limit)[1]
+
+
+def validate(spec):
+    """Load every file the spec names and check every template; returns the resolved spec."""
+    from .plan import resolve_spec, validate as _validate
+
+    resolved = resolve_spec(spec)
+    _validate(resolved)
+    return resolved
+
+
+def run(spec, out=None, limit=None, executor=None, progress=None):
+    from .run import run_spec
+
+    return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress)
+
+
+__all__ = ["__version__", "load_spec", "plan", "validate", "run"]

@@ -1,0 +1,66 @@
+"""Shared fixtures. One real vLLM engine per test session (it takes ~30 s to start on 2 cores)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    """A writable copy of the small test project (spec, templates, topics, personas)."""
+    dst = tmp_path / "proj"
+    shutil.copytree(FIXTURES / "proj", dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside the repository")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def vllm_backend():
+    """The embedded model in a real offline vLLM engine, shared by every slow test."""
+    pytest.importorskip("vllm")
+    from generator.backends.vllm_offline import VLLMOfflineBackend
+
+    backend = VLLMOfflineBackend("smollm2-135m", engine={"max_model_len": 2048})
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def shared_backend_factory(vllm_backend):
+    """A backend factory for executors that hands out the session's engine (never closes it)."""
+
+    class _Shared:
+        def __init__(self, inner):
+            self._inner = inner
+            self.model = inner.model
+
+        def generate(self, requests, on_result=None):
+            return self._inner.generate(requests, on_result)
+
+        def describe(self):
+            return self._inner.describe()
+
+        def close(self):
+            pass
+
+    def factory(model_cfg, **_):
+        assert model_cfg.name == vllm_backend.model, f"tests share one engine ({vllm_backend.model})"
+        return _Shared(vllm_backend)
+
+    return factory
