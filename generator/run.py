@@ -180,6 +180,8 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
 
     job = build_job(folder, resolved, plan, on_record=on_record)
     job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
+    if spec.run.window:
+        job.backend_kwargs["window"] = spec.run.window
     job.on_engine_ready = lambda: emit("engine_ready", {})
     pending_records = sum(len(s.rows) for s in job.shards)
     emit("start", {"records": plan.height, "pending": pending_records, "shards": len(job.shards),
@@ -218,6 +220,7 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     decode_seconds = max(gen_seconds - load_seconds, 1e-6)
     timings.append({"plan_s": round(plan_seconds, 3), "generate_s": round(gen_seconds, 3),
                     "model_load_s": round(load_seconds, 3), "records_this_session": pending_records,
+                    "model_calls": model_calls,
                     "completion_tokens_per_s": round(session_tokens / decode_seconds, 2) if pending_records else None})
     folder.write_manifest(manifest)
     _card(folder, manifest, resolved)
