@@ -151,9 +151,12 @@ def _summary(result) -> None:
         t.add_row("throughput", f"{last['completion_tokens_per_s']:,.0f} completion tok/s")
     t.add_row("model calls", str(result.model_calls))
     if result.scores:
-        for name, res in result.scores.get("metrics", {}).items():
-            value = res.get("value") if isinstance(res, dict) else res
-            t.add_row(f"score {name}", f"{value:.4g}" if isinstance(value, (int, float)) else str(value))
+        for entry in result.scores.get("datasets", {}).values():
+            for name, res in entry.get("metrics", {}).items():
+                value = res.get("value")
+                groups = ", ".join(f"{g} {v:.3g}" for g, v in sorted((res.get("per_group") or {}).items()))
+                shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+                t.add_row(f"score {name}", shown + (f"  ({groups})" if groups else ""))
     out.print(t)
     bad = {k: v for k, v in result.statuses.items() if k != "ok"}
     if bad:
@@ -211,21 +214,23 @@ def schema():
 
 
 def _register_optional() -> None:
-    """Commands whose modules may need extra packages are attached when importable."""
+    """Commands from other modules, attached by their click name when the module imports."""
     import importlib
 
-    for module, names in (("scoring.cli", ("score", "compare", "dedup", "preview")),
+    for module, names in (("scoring.cli", ("score", "compare", "dedup")),
                           ("generator.mix_cli", ("mix",)),
-                          ("generator.library_cli", ("library", "init", "personas", "topics")),
+                          ("generator.library_cli", ("library", "init", "personas", "topics", "preview")),
                           ("generator.report_cli", ("report",))):
         try:
             mod = importlib.import_module(module)
-        except ImportError:
+        except ImportError as exc:
+            if not (exc.name or "").startswith(module.split(".")[0]):
+                console.print(f"[dim]({module} unavailable: {exc})[/]")
             continue
+        found = {c.name: c for c in vars(mod).values() if isinstance(c, click.Command)}
         for name in names:
-            cmd = getattr(mod, name, None) or getattr(mod, f"{name}_command", None)
-            if isinstance(cmd, click.Command):
-                main.add_command(cmd, name)
+            if name in found and name not in main.commands:
+                main.add_command(found[name], name)
 
 
 _register_optional()

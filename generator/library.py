@@ -33,12 +33,23 @@ def builtin_root(kind: str) -> Path:
 
 
 def resolve(kind: str, ref: str, base_dir: Path | None) -> Path:
-    """Resolve a library reference (a name like `math/word_problem`, or a path)."""
+    """Resolve a library reference.
+
+    A path (`./x.j2`, `../t/x.yaml`, anything with the kind's suffix) resolves against the spec's
+    folder, then the built-in library. A name (`math/word_problem`, `core`) resolves in the
+    project's `<kind>/` folder (beside the spec, or one level up when the spec lives in `specs/`),
+    then the built-in library.
+    """
     exts = KINDS[kind]
-    candidates: list[Path] = []
     ref_path = Path(ref)
-    roots = ([base_dir, base_dir / kind] if base_dir else []) + [builtin_root(kind)]
-    for root in roots:
+    pathlike = ref_path.is_absolute() or ref.startswith(".") or ref_path.suffix in exts
+    builtin = builtin_root(kind)
+    if pathlike:
+        roots = ([base_dir] if base_dir else []) + [builtin]
+    else:
+        roots = ([base_dir / kind, base_dir.parent / kind] if base_dir else []) + [builtin]
+    candidates: list[Path] = []
+    for root in dict.fromkeys(roots):
         p = ref_path if ref_path.is_absolute() else root / ref_path
         candidates.append(p)
         if p.suffix not in exts:
@@ -46,7 +57,7 @@ def resolve(kind: str, ref: str, base_dir: Path | None) -> Path:
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    raise FileNotFoundError(f"no {kind[:-1]} '{ref}' (looked in {', '.join(str(r) for r in roots if r)})")
+    raise FileNotFoundError(f"no {kind[:-1]} '{ref}' (looked in {', '.join(str(r) for r in dict.fromkeys(roots))})")
 
 
 def list_library(kind: str, base_dir: Path | None = None) -> list[Path]:

@@ -104,12 +104,15 @@ def generate_rows(backend: Backend, rows: list[dict], cache: RequestCache | None
         if todo:
             by_id = {req.id: (row, req) for row, req in todo}
             buffer: list[tuple[str, dict]] = []
+            # flush once per backend window (a windowed backend yields a window's answers together,
+            # then blocks on the next one): a crash then loses at most the window in flight
+            flush_every = min(max(int(getattr(backend, "window", None) or 16), 1), 1024)
             for res in backend.generate([req for _, req in todo]):
                 calls += 1
                 row, req = by_id[res.id]
                 if res.finish_reason != "error":  # errors are not answers worth replaying
                     buffer.append((req.payload_hash(row["model"]), res.__dict__))
-                if cache is not None and len(buffer) >= 16:
+                if cache is not None and len(buffer) >= flush_every:
                     cache.put_many(buffer)
                     buffer = []
                 settle(row, req, res)

@@ -85,27 +85,78 @@ class ModelConfig(Strict):
 
 
 class ScoringConfig(Strict):
-    metrics: list[str] = Field(default_factory=lambda: ["distinct_n", "compression_ratio", "near_duplicates", "vendi"])
-    by: list[str] = Field(default_factory=list, description="Group columns: topic, persona, template, model.")
-    sample: int | None = Field(None, ge=2)
-    embedder: str = "static"
+    metrics: list[str] = Field(default_factory=lambda: ["distinct_n", "compression_ratio", "near_dup_rate", "vendi"],
+                               description="Metric names (`synthgen score --help` lists them).")
+    by: list[Literal["topic", "persona", "template", "model"]] = Field(
+        default_factory=list, description="Also score per group.")
+    sample: int | None = Field(None, ge=2, description="Score a seeded sample of this many rows.")
+    embedder: Literal["static", "minilm"] = "static"
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]):
+        try:
+            from scoring.metrics import available
+        except ImportError:  # scoring not installed: checked when scores are computed
+            return v
+        unknown = [m for m in v if m not in available()]
+        if unknown:
+            raise ValueError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(available())}")
+        return v
 
 
 class AllocatorConfig(Strict):
-    rule: Literal["ucb", "thompson", "uniform"] = "ucb"
-    exploration: float = Field(1.0, ge=0)
-    min_per_cell: int = Field(1, ge=0, description="Generations every active cell gets each round.")
+    """How a rounds run spends each round's generations over the topic cells (docs/feedback.md)."""
+
+    rule: Literal["ucb", "thompson", "uniform"] = Field(
+        "ucb", description="ucb: upper confidence bound on each cell's yield; thompson: seeded Thompson "
+        "sampling from a Gaussian posterior of the yield; uniform: the cells' weights, ignoring yield "
+        "(the baseline: no saturation caps, no pool growth).")
+    exploration: float = Field(1.0, ge=0, description="Width of the UCB bonus / Thompson posterior, in "
+                               "units of the pooled standard deviation of per-generation yield.")
+    min_per_cell: int = Field(1, ge=0, description="Generations every active, unsaturated cell gets each "
+                              "round (as far as the round's slice allows).")
     max_per_cell: int | None = Field(None, ge=1, description="Cap on a cell's total generations.")
-    grow_topics: bool = Field(True, description="Add unused topic cells when global diversity stalls.")
-    yield_metric: str = "novelty"
+    reexplore_after: int = Field(2, ge=1, description="A cell (saturated ones included) that got nothing for "
+                                 "this many rounds in a row is re-explored with max(1, min_per_cell) "
+                                 "generations, so no cell is dropped forever on one noisy round.")
+    saturation: bool = Field(True, description="Stop adding generations to a cell once its within-cell "
+                             "diversity (Vendi of its texts) at G+dG is not above its value at G.")
+    saturation_tol: float = Field(0.0, ge=0, description="Within-cell Vendi must rise by more than this "
+                                  "for the cell to count as still growing.")
+    discount: float = Field(0.5, ge=0, le=1, description="Weight of a cell's yields from one round earlier "
+                            "(0: only the latest round counts; 1: all rounds count equally).")
+    prior_weight: float | None = Field(None, gt=0, description="Pseudo-generations at the pooled mean yield "
+                                       "that shrink each cell's mean. Unset: estimated each round (empirical "
+                                       "Bayes: noise variance / between-cell variance), so cells whose "
+                                       "differences are within noise are treated alike.")
+    grow_topics: bool = Field(True, description="When global diversity stalls (gain < rounds.min_gain), "
+                              "raise the `sample:` of tree sources to bring in unused topic cells.")
+    grow_by: int = Field(4, ge=1, description="Topic cells added per stall (over all growable sources).")
+    grow_personas: bool = Field(True, description="When global diversity stalls, also raise "
+                                "`personas.sample` (when the spec samples personas).")
+    grow_personas_by: int = Field(16, ge=1, description="Personas added to the pool per stall.")
+    yield_metric: Literal["novelty", "cell_novelty"] = Field(
+        "novelty", description="Per-generation yield: cosine distance (static embeddings) to the nearest "
+        "other text of the whole run (novelty) or of the same cell (cell_novelty); zero for flagged rows "
+        "(truncated, empty, invalid_json, error, refused) and MinHash near duplicates.")
 
 
 class RoundsConfig(Strict):
-    count: int = Field(3, ge=1, description="Number of rounds.")
-    budget: int = Field(ge=1, description="Total generations across all rounds.")
-    first_round_share: float = Field(0.34, gt=0, le=1)
-    target: float | None = Field(None, description="Stop once the tracked diversity score reaches this.")
-    min_gain: float | None = Field(None, description="Stop when a round adds less than this to the score.")
+    """Generate in rounds; between rounds, measure per-cell yield and re-allocate (docs/feedback.md)."""
+
+    count: int = Field(3, ge=1, description="Number of rounds (at most; the loop may stop earlier).")
+    budget: int = Field(ge=1, description="Total generations across all rounds (never exceeded).")
+    first_round_share: float = Field(0.34, gt=0, le=1, description="Share of the budget spent in round 1, "
+                                     "over the active cells by weight; the rest is split evenly over the "
+                                     "later rounds.")
+    target: float | None = Field(None, description="Stop once the tracked global score reaches this.")
+    min_gain: float | None = Field(None, description="A round that adds less than this to the tracked score "
+                                   "is a stall: the pool grows if it can, otherwise the loop stops.")
+    score: Literal["vendi", "mean_cosine_distance", "cluster_proxy"] = Field(
+        "vendi", description="Tracked global diversity score over all ok generations.")
+    embedder: Literal["static", "minilm", "hash"] = Field(
+        "static", description="Embeddings for yields and the tracked score (static: fast distilled MiniLM).")
     allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)
 
 

@@ -29,7 +29,23 @@ def engine_defaults(gpu: bool) -> dict[str, Any]:
     # The CPU build's default memory-fraction check fails on small machines: give the KV cache
     # explicit bytes instead, and skip graph capture that only pays off on GPUs.
     kv_gb = float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2))
-    return {"kv_cache_memory_bytes": int(kv_gb * (1 << 30)), "enforce_eager": True, "max_model_len": 4096}
+    return {"kv_cache_memory_bytes": int(kv_gb * (1 << 30)), "enforce_eager": True, "max_model_len": 4096,
+            **CPU_SEED_SAFE}
+
+
+# Per-request seeds crash the CPU build when a prompt is prefilled in chunks: vLLM discards the
+# token sampled after a partial chunk and rewinds the request's torch.Generator with
+# set_offset(), which CPU generators do not support ("CPU Generator does not use offset",
+# gpu_model_runner._bookkeeping_sync). With chunked prefill off and a token budget of at least
+# max_model_len, no prompt is ever split, so seeded sampling is safe.
+CPU_SEED_SAFE = {"enable_chunked_prefill": False}
+
+
+def seed_safe(kwargs: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    if not gpu and not kwargs.get("enable_chunked_prefill", False):
+        kwargs["max_num_batched_tokens"] = max(int(kwargs.get("max_num_batched_tokens") or 0),
+                                               int(kwargs.get("max_model_len") or 4096))
+    return kwargs
 
 
 class _Progress:
@@ -71,7 +87,7 @@ class VLLMOfflineBackend:
                              f"`pip install -e .[gpu]` (GPU)") from None
         kwargs = engine_defaults(self.gpu)
         kwargs.update(engine or {})
-        self.engine_kwargs = kwargs
+        self.engine_kwargs = seed_safe(kwargs, self.gpu)
         path = resolve_model(model)
         t0 = time.time()
         try:
@@ -106,7 +122,9 @@ class VLLMOfflineBackend:
     def _run(self, batch: list[Request], on_result: ProgressFn | None) -> Iterator[Result]:
         progress: Any = False
         if self.on_finished is not None:
-            progress = lambda **kw: _Progress(self.on_finished, **kw)  # noqa: E731
+            def progress(iterable=None, **kw):
+                # vLLM also wraps the prompts it adds; only the engine loop's bar counts requests
+                return iterable if iterable is not None else _Progress(self.on_finished, **kw)
         outs = self.llm.chat([list(r.messages) for r in batch], [self._params(r) for r in batch],
                              use_tqdm=progress)
         for r, o in zip(batch, outs):

@@ -1,0 +1,220 @@
+"""Renderers: turn a template's structured (JSON) answer into plain training text.
+
+A template that asks for structured output names a renderer in its front matter
+(``renderer: textbook_mcq``). After generation the JSON answer goes through that renderer,
+which picks a surface form (lead-ins, option markers, speaker labels) with a
+``random.Random`` seeded per record, so the same record always renders the same way while
+the corpus as a whole does not repeat one fixed layout.
+
+    >>> render("sft_pair", {"instruction": "Say hi.", "response": "Hi!"}, seed=3)  # doctest: +SKIP
+
+A renderer is a function ``(data, rng) -> str``; add one with ``@register("name")``. It raises
+``ValueError`` when the data does not have the shape it needs.
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Callable
+
+Renderer = Callable[[dict, random.Random], str]
+
+RENDERERS: dict[str, Renderer] = {}
+
+
+def register(name: str) -> Callable[[Renderer], Renderer]:
+    """Decorator: add a renderer to the registry under `name`."""
+
+    def deco(fn: Renderer) -> Renderer:
+        if name in RENDERERS:
+            raise ValueError(f"renderer '{name}' is already registered")
+        RENDERERS[name] = fn
+        return fn
+
+    return deco
+
+
+def render(name: str, data: dict, seed: int) -> str:
+    """Render `data` with the renderer `name`; the same seed gives the same text."""
+    try:
+        fn = RENDERERS[name]
+    except KeyError:
+        raise KeyError(f"unknown renderer '{name}'; known renderers: "
+                       f"{', '.join(sorted(RENDERERS)) or '(none)'}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"renderer '{name}' needs a JSON object, got {type(data).__name__}")
+    return fn(data, random.Random(seed)).strip() + "\n"
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _text(data: dict, key: str, where: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field '{key}' must be a non-empty string")
+    return value.strip()
+
+
+def _roman(n: int, upper: bool) -> str:
+    vals = [(10, "x"), (9, "ix"), (5, "v"), (4, "iv"), (1, "i")]
+    out = ""
+    for v, s in vals:
+        while n >= v:
+            out += s
+            n -= v
+    return out.upper() if upper else out
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().split()).rstrip(".")
+
+
+# A marker a model may put in front of an option despite being asked not to: "A) ", "(b) ", "3. ".
+_MARKER_RE = re.compile(r"^\s*(?:\(?[A-Da-d1-4]\)|[A-Da-d1-4][.:])\s+")
+
+
+def _strip_markers(options: list[str]) -> list[str]:
+    if all(_MARKER_RE.match(o) for o in options):
+        return [_MARKER_RE.sub("", o, count=1) for o in options]
+    return options
+
+
+def _correct_index(options: list[str], label: str) -> int | None:
+    """Index of the option the answer label names: its text, or a bare letter or number."""
+    for text in (label, _MARKER_RE.sub("", label, count=1)):
+        hit = next((i for i, o in enumerate(options) if _norm(o) == _norm(text)), None)
+        if hit is not None:
+            return hit
+    bare = label.strip().strip("().:").upper()
+    if len(bare) == 1 and bare in "ABCD1234":
+        i = "ABCD".find(bare) if bare.isalpha() else int(bare) - 1
+        return i if 0 <= i < len(options) else None
+    return None
+
+
+# Option enumerations: a function from the 0-based index to the marker ("" = no marker).
+OPTION_MARKERS: list[tuple[str, Callable[[int], str]]] = [
+    ("1.", lambda i: f"{i + 1}."),
+    ("A.", lambda i: f"{chr(65 + i)}."),
+    ("i.", lambda i: f"{_roman(i + 1, False)}."),
+    ("(1)", lambda i: f"({i + 1})"),
+    ("1)", lambda i: f"{i + 1})"),
+    ("I.", lambda i: f"{_roman(i + 1, True)}."),
+    ("*", lambda i: "*"),
+    ("none", lambda i: ""),
+]
+QUESTION_LEADS = ["Can you answer this?", "Try to solve this:", "Here is a question for you:",
+                  "Test your knowledge:", "Challenge:", "Q:", ""]
+ANSWER_LEADS = ["Key:", "A:", "Answer:", "The answer is:", "Selected answer:",
+                "The correct choice is:"]
+EXPLANATION_LEADS = ["Explanation:", "Why:", "Reasoning:", "Step by step:", ""]
+
+
+@register("textbook_mcq")
+def textbook_mcq(data: dict, rng: random.Random) -> str:
+    """Passages, then one multiple-choice question with a varied surface form."""
+    where = "textbook_mcq"
+    passages = data.get("passages")
+    if not isinstance(passages, list) or not passages:
+        raise ValueError(f"{where}: 'passages' must be a non-empty list")
+    texts = []
+    for i, p in enumerate(passages):
+        if isinstance(p, str) and p.strip():
+            texts.append(p.strip())
+        elif isinstance(p, dict):
+            texts.append(_text(p, "passage", f"{where}: passages[{i}]"))
+        else:
+            raise ValueError(f"{where}: passages[{i}] must be an object with a 'passage' string")
+    mcq = data.get("multiple_choice_question")
+    if not isinstance(mcq, dict):
+        raise ValueError(f"{where}: 'multiple_choice_question' must be an object")
+    question = _text(mcq, "question", f"{where}: multiple_choice_question")
+    options = mcq.get("options")
+    if (not isinstance(options, list) or len(options) < 2
+            or not all(isinstance(o, str) and o.strip() for o in options)):
+        raise ValueError(f"{where}: 'options' must be a list of at least 2 non-empty strings")
+    options = _strip_markers([o.strip() for o in options])
+    label = _text(mcq, "answer_label", f"{where}: multiple_choice_question")
+    explanation = mcq.get("step_by_step_answer_explanation", "")
+    if not isinstance(explanation, str):
+        raise ValueError(f"{where}: 'step_by_step_answer_explanation' must be a string")
+    # The answer label should be the exact text of an option; accept small differences in
+    # case, spacing, a final full stop or a stray marker, and fall back to the label itself.
+    correct = _correct_index(options, label)
+
+    lead = rng.choice(QUESTION_LEADS)
+    _, marker = rng.choice(OPTION_MARKERS)
+    answer_lead = rng.choice(ANSWER_LEADS)
+    expl_lead = rng.choice(EXPLANATION_LEADS)
+
+    if not lead:
+        head = question
+    elif rng.random() < 0.5:
+        head = f"{lead} {question}"
+    else:
+        head = f"{lead}\n{question}"
+    lines = [head]
+    for i, option in enumerate(options):
+        m = marker(i)
+        lines.append(f"{m} {option}" if m else option)
+    block = "\n".join(lines)
+    if correct is not None:
+        m = marker(correct)
+        answer_text = f"{m} {options[correct]}" if m and m != "*" else options[correct]
+    else:
+        answer_text = label
+    answer = f"{answer_lead} {answer_text}"
+    parts = ["\n\n".join(texts), block, answer]
+    if explanation.strip():
+        parts.append(f"{expl_lead} {explanation.strip()}".strip() if expl_lead
+                     else explanation.strip())
+    return "\n\n".join(parts)
+
+
+# Speaker-label layouts for instruction data: (user label, assistant label, separator).
+PAIR_LAYOUTS: list[tuple[str, str, str]] = [
+    ("User:", "Assistant:", "\n"),
+    ("Q:", "A:", "\n"),
+    ("### Instruction:", "### Response:", "\n\n"),
+    ("Question:", "Answer:", "\n"),
+    ("Human:", "Assistant:", "\n\n"),
+    ("Instruction:", "Output:", "\n"),
+]
+CHAT_LAYOUTS: list[tuple[str, str]] = [
+    ("User:", "Assistant:"),
+    ("Human:", "Assistant:"),
+    ("Student:", "Tutor:"),
+    ("### User", "### Assistant"),
+    ("Q:", "A:"),
+]
+
+
+def _labelled(label: str, text: str) -> str:
+    # Markdown-heading labels get their own line; short labels share the line.
+    return f"{label}\n{text}" if label.startswith("#") else f"{label} {text}"
+
+
+@register("sft_pair")
+def sft_pair(data: dict, rng: random.Random) -> str:
+    """One instruction and its response, in one of a few plain-text layouts."""
+    instruction = _text(data, "instruction", "sft_pair")
+    response = _text(data, "response", "sft_pair")
+    user, assistant, sep = rng.choice(PAIR_LAYOUTS)
+    return f"{_labelled(user, instruction)}{sep}{_labelled(assistant, response)}"
+
+
+@register("sft_chat")
+def sft_chat(data: dict, rng: random.Random) -> str:
+    """A multi-turn conversation, in one of a few plain-text layouts."""
+    turns: Any = data.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("sft_chat: 'turns' must be a non-empty list of {user, assistant}")
+    user, assistant = rng.choice(CHAT_LAYOUTS)
+    sep = rng.choice(["\n", "\n\n"])
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ValueError(f"sft_chat: turns[{i}] must be an object with 'user' and 'assistant'")
+        out.append(_labelled(user, _text(turn, "user", f"sft_chat: turns[{i}]")))
+        out.append(_labelled(assistant, _text(turn, "assistant", f"sft_chat: turns[{i}]")))
+    return sep.join(out)
