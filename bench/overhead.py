@@ -1,0 +1,90 @@
+"""What `synthgen run` adds over a bare vLLM script, on the same prompts and the same engine.
+
+Both arms share one `vllm.LLM` (so model load is excluded from both), send the same chat
+messages with the same per-request seeds and sampling parameters, and are timed end to end:
+the bare arm is one `LLM.chat` call; the synthgen arm is `run_spec` into a fresh run folder
+(plan, render, batch, classify, write Parquet shards, cache, manifest, dataset card).
+Arms alternate (bare, synthgen, bare, synthgen, ...) to spread machine noise over both.
+
+    python bench/overhead.py [--spec specs/math.yaml] [--limit 48] [--max-tokens 128] [--repeats 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default=str(ROOT / "specs" / "math.yaml"))
+    ap.add_argument("--limit", type=int, default=48)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+
+    from vllm import SamplingParams
+
+    from generator.backends.vllm_offline import VLLMOfflineBackend
+    from generator.executors.local import LocalExecutor
+    from generator.plan import plan_spec
+    from generator.run import run_spec
+    from generator.spec import load_spec
+
+    spec = load_spec(args.spec, {"sampling.max_tokens": str(args.max_tokens)})
+    spec.scoring = None  # scoring is a separate step with its own benchmark (bench/score.py)
+    _, records = plan_spec(spec, limit=args.limit)
+    backend = VLLMOfflineBackend(spec.models[0].name, engine=spec.models[0].engine)
+    llm = backend.llm
+    messages = [r.messages for r in records]
+    params = [SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed)
+              for r in records]
+
+    class Shared:  # hands the bench's engine to the executor without closing it
+        model = backend.model
+
+        def generate(self, requests, on_result=None):
+            return backend.generate(requests, on_result)
+
+        def describe(self):
+            return backend.describe()
+
+        def close(self):
+            pass
+
+    llm.chat(messages[:4], params[:4], use_tqdm=False)  # warm-up: first-call allocations
+    bare, ours, tokens = [], [], []
+    for i in range(args.repeats):
+        t = time.perf_counter()
+        outs = llm.chat(messages, params, use_tqdm=False)
+        bare.append(time.perf_counter() - t)
+        tokens.append(sum(len(o.outputs[0].token_ids) for o in outs))
+
+        out = Path(tempfile.mkdtemp(prefix="synthgen-bench-"))
+        t = time.perf_counter()
+        res = run_spec(spec, out=out, limit=args.limit, executor=LocalExecutor(backend_factory=lambda c, **_: Shared()))
+        ours.append(time.perf_counter() - t)
+        assert res.generated == len(records), "synthgen arm did not generate every record"
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"repeat {i + 1}: bare {bare[-1]:.2f}s  synthgen {ours[-1]:.2f}s  ratio {ours[-1] / bare[-1]:.3f}",
+              flush=True)
+    backend.close()
+    b, s = statistics.median(bare), statistics.median(ours)
+    print(f"\n{len(records)} records, ~{statistics.mean(tokens):,.0f} completion tokens per arm, "
+          f"{args.repeats} repeats (median)")
+    print(f"bare vLLM LLM.chat : {b:8.2f} s  ({statistics.mean(tokens) / b:,.0f} tok/s)")
+    print(f"synthgen run_spec  : {s:8.2f} s")
+    print(f"ratio synthgen/bare: {s / b:.3f}  (overhead {100 * (s / b - 1):+.1f}%; target < +5%)")
+
+
+if __name__ == "__main__":
+    main()
