@@ -49,8 +49,10 @@ def _backend(model, backend, base_url, api_key_env):
 def library(base):
     """List templates, persona sets, topic trees and specs, with counts."""
     t = Table(title="templates")
-    for col in ("name", "purpose", "structured", "renderer", "description"):
-        t.add_column(col, overflow="fold")
+    t.add_column("name", no_wrap=True)
+    for col in ("purpose", "output", "renderer"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("description", overflow="fold", ratio=1)
     for p in list_library("templates", base):
         tpl = load_template(p, template_name(p))
         t.add_row(tpl.name, tpl.purpose, "json" if tpl.output_schema else "", tpl.renderer or "",
@@ -58,7 +60,7 @@ def library(base):
     out.print(t)
     t = Table(title="persona sets")
     for col in ("name", "personas", "occupations", "regions", "age bands"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for p in list_library("personas", base):
         ps = load_personas(p)
         t.add_row(p.stem, str(len(ps)), str(len({x.get("occupation") for x in ps})),

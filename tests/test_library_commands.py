@@ -1,0 +1,121 @@
+"""`synthgen library | init | render | validate | schema`, and persona/topic expansion."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from generator.backends.fake import FakeBackend
+from generator.cli import main
+from generator.expand import expand_personas, expand_topic_node
+from generator.library import load_personas, load_topic_tree
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_library_lists_counts():
+    res = invoke("library")
+    assert res.exit_code == 0
+    assert "core" in res.output and "1200" in res.output and "math/word_problem" in res.output
+
+
+def test_init_copies_library_and_refuses_to_clobber(tmp_path):
+    res = invoke("init", str(tmp_path / "proj"))
+    assert res.exit_code == 0
+    assert (tmp_path / "proj" / "templates" / "math" / "word_problem.j2").exists()
+    assert (tmp_path / "proj" / "specs" / "math.yaml").exists()
+    assert not list((tmp_path / "proj").rglob("*.py"))
+    # a project copy validates on its own
+    assert invoke("validate", str(tmp_path / "proj" / "specs" / "math.yaml")).exit_code == 0
+    again = CliRunner().invoke(main, ["init", str(tmp_path / "proj")])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_validate_reports_one_line_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntopics:\n  - items: [a]\ntemplates:\n  - template: math/word_problem\n")
+    res = CliRunner().invoke(main, ["validate", str(bad)])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert "undefined variable(s) persona" in res.output and "add a `personas:` section" in res.output
+    assert lines[0].startswith("error:")
+
+
+def test_render_and_schema():
+    res = invoke("render", "specs/tiny.yaml", "-n", "2", "--json")
+    assert res.exit_code == 0 and res.output.count('"template"') == 2
+    schema = json.loads(invoke("schema").output)
+    assert "topics" in schema["properties"]
+
+
+def test_set_rejects_malformed_override():
+    res = CliRunner().invoke(main, ["validate", "specs/tiny.yaml", "--set", "seed"])
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
+
+
+def _persona_answer(req):
+    text = req.messages[-1]["content"]
+    # a deterministic, varied persona per request (different words per request id)
+    words = ["harbor", "violin", "orchard", "glacier", "bakery", "census", "lantern", "quarry", "tundra", "mosaic",
+             "falcon", "canal", "meteor", "saddle", "ember", "prism"]
+    i = sum(map(ord, req.id)) % len(words)
+    j = (i * 7 + 3) % len(words)
+    return json.dumps({"description": f"A {words[i]} keeper who studies {words[j]} maps in {req.id}",
+                       "occupation": f"{words[i]} keeper", "age_band": "35-44", "region": "Chile",
+                       "expertise": "expert", "interests": [words[j], words[(j + 1) % len(words)]]}) \
+        if "Answer in JSON" in text else "{}"
+
+
+def test_expand_personas_drops_duplicates_and_invalid():
+    seeds = load_personas(__import__("generator.library", fromlist=["x"]).resolve("personas", "core", None))[:30]
+    answers = iter(range(10_000))
+
+    def responder(req):
+        n = next(answers)
+        if n % 5 == 0:
+            return "not json"
+        if n % 5 == 1:  # exact repeat of a persona already kept -> near duplicate
+            return json.dumps({"description": seeds[0]["description"], "occupation": "x", "age_band": "65+",
+                               "region": "y", "expertise": "novice", "interests": ["a", "b"]})
+        return _persona_answer(req)
+
+    fake = FakeBackend(responder=responder)
+    new, stats = expand_personas(seeds, fake, count=5, seed=1)
+    assert 0 < len(new) <= 5 and stats.invalid > 0 and stats.near_duplicates > 0
+    assert len({p["id"] for p in new}) == len(new)
+    assert all(fake.calls[0].json_schema is not None for _ in new)
+
+
+def test_expand_topic_node_adds_distinct_children(tmp_path):
+    tree = tmp_path / "t.yaml"
+    tree.write_text(yaml.safe_dump({"name": "t", "description": "d", "nodes": [
+        {"name": "Fractions", "children": [{"name": "Adding fractions", "keywords": ["a", "b", "c"]}]}]}))
+    answer = json.dumps({"subtopics": [
+        {"name": "Adding fractions", "keywords": ["x", "y", "z"]},            # existing: dropped
+        {"name": "Comparing fractions", "keywords": ["benchmark", "half", "order"]},
+        {"name": "Comparing fractions", "keywords": ["again", "same", "name"]},  # duplicate: dropped
+        {"name": "Fraction word problems", "keywords": ["recipe", "share", "part"]},
+        {"name": "Bad", "keywords": ["one"]}]})                              # too few keywords: invalid
+    fake = FakeBackend(responder=lambda r: answer)
+    raw, new, stats = expand_topic_node(tree, "Fractions", fake, count=6)
+    assert [n["name"] for n in new] == ["Comparing fractions", "Fraction word problems"]
+    assert stats.near_duplicates >= 2 and stats.invalid >= 1
+    out = tmp_path / "t2.yaml"
+    from generator.expand import dump_tree
+
+    out.write_text(dump_tree(raw))
+    assert len(load_topic_tree(out).leaves()) == 3
+
+
+@pytest.mark.slow
+def test_expand_personas_with_the_embedded_model(vllm_backend):
+    seeds = load_personas(__import__("generator.library", fromlist=["x"]).resolve("personas", "core", None))[:20]
+    new, stats = expand_personas(seeds, vllm_backend, count=4, seed=3)
+    assert stats.model_calls >= 4 and len(new) >= 1
+    for p in new:
+        assert p["age_band"] in {"13-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+"}
+        assert p["description"] not in {s["description"] for s in seeds}
