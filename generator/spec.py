@@ -126,10 +126,11 @@ class AllocatorConfig(Strict):
                                   "for the cell to count as still growing.")
     discount: float = Field(0.5, ge=0, le=1, description="Weight of a cell's yields from one round earlier "
                             "(0: only the latest round counts; 1: all rounds count equally).")
-    prior_weight: float | None = Field(None, gt=0, description="Pseudo-generations at the pooled mean yield "
-                                       "that shrink each cell's mean. Unset: estimated each round (empirical "
-                                       "Bayes: noise variance / between-cell variance), so cells whose "
-                                       "differences are within noise are treated alike.")
+    prior_weight: float | None = Field(None, gt=0, description="Pseudo-generations at the pooled values that "
+                                       "shrink each cell's usable rate and novelty (its expected yield is their "
+                                       "product). Unset: estimated each round (empirical Bayes: noise variance "
+                                       "/ between-cell variance), so cells that differ only by noise are "
+                                       "treated alike.")
     grow_topics: bool = Field(True, description="When global diversity stalls (gain < rounds.min_gain), "
                               "raise the `sample:` of tree sources to bring in unused topic cells.")
     grow_by: int = Field(4, ge=1, description="Topic cells added per stall (over all growable sources).")
@@ -253,6 +254,15 @@ def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
         err = _best_error(exc)
         loc = _loc_to_path(err.get("loc", ()))
         raise doc.error(loc, _format_error(err)) from None
+    if spec.mix is not None:  # checked now, with positions, rather than when the mix is built
+        from pydantic import ValidationError as _VE
+
+        from .mix import MixConfig, _validation_error
+
+        try:
+            MixConfig.model_validate(spec.mix)
+        except _VE as exc:
+            raise _validation_error(exc, doc, ("mix",)) from None
     spec._file = doc.file
     spec._located = doc
     return spec

@@ -149,3 +149,9 @@ def test_error_is_one_line(proj):
     with pytest.raises(SpecError) as e:
         load_spec(p)
     assert "\n" not in str(e.value) and re.match(r"^.+:\d+:\d+: ", str(e.value))
+
+
+def test_mix_section_is_checked_at_load(proj):
+    p = write(proj / "s.yaml", BASE + "mix:\n  ratio: '4:1'\n  sythetic: []\n")
+    with pytest.raises(SpecError, match=r"s\.yaml:11:3: .*sythetic"):
+        load_spec(p)
