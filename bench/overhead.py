@@ -34,6 +34,7 @@ def main() -> None:
 
     from vllm import SamplingParams
 
+    from generator.backends.base import Borrowed
     from generator.backends.vllm_offline import VLLMOfflineBackend
     from generator.executors.local import LocalExecutor
     from generator.plan import plan_spec
@@ -49,18 +50,6 @@ def main() -> None:
     params = [SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed)
               for r in records]
 
-    class Shared:  # hands the bench's engine to the executor without closing it
-        model = backend.model
-
-        def generate(self, requests, on_result=None):
-            return backend.generate(requests, on_result)
-
-        def describe(self):
-            return backend.describe()
-
-        def close(self):
-            pass
-
     llm.chat(messages[:4], params[:4], use_tqdm=False)  # warm-up: first-call allocations
     bare, ours, tokens = [], [], []
     for i in range(args.repeats):
@@ -71,7 +60,8 @@ def main() -> None:
 
         out = Path(tempfile.mkdtemp(prefix="synthgen-bench-"))
         t = time.perf_counter()
-        res = run_spec(spec, out=out, limit=args.limit, executor=LocalExecutor(backend_factory=lambda c, **_: Shared()))
+        ex = LocalExecutor(backend_factory=lambda cfg, **_: Borrowed(backend))
+        res = run_spec(spec, out=out, limit=args.limit, executor=ex)
         ours.append(time.perf_counter() - t)
         assert res.generated == len(records), "synthgen arm did not generate every record"
         shutil.rmtree(out, ignore_errors=True)

@@ -44,23 +44,10 @@ def vllm_backend():
 @pytest.fixture(scope="session")
 def shared_backend_factory(vllm_backend):
     """A backend factory for executors that hands out the session's engine (never closes it)."""
-
-    class _Shared:
-        def __init__(self, inner):
-            self._inner = inner
-            self.model = inner.model
-
-        def generate(self, requests, on_result=None):
-            return self._inner.generate(requests, on_result)
-
-        def describe(self):
-            return self._inner.describe()
-
-        def close(self):
-            pass
+    from generator.backends.base import Borrowed
 
     def factory(model_cfg, **_):
         assert model_cfg.name == vllm_backend.model, f"tests share one engine ({vllm_backend.model})"
-        return _Shared(vllm_backend)
+        return Borrowed(vllm_backend)
 
     return factory

@@ -61,3 +61,21 @@ class Backend(Protocol):
 
     def close(self) -> None:
         ...
+
+
+class Borrowed:
+    """A backend lent to an executor that must not close it (tests, benchmarks, notebooks
+    that keep one engine alive across runs)."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.model = inner.model
+
+    def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
+        return self.inner.generate(requests, on_result)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        pass
