@@ -1,0 +1,183 @@
+"""Resume that loses nothing: a run killed at any moment, rerun with the same command, ends with
+exactly the planned records (none lost, none doubled), and pays only for answers it never got.
+
+Fast: an in-process fake model that "dies" after k answers, for every k. Slow: the real CLI on the
+embedded model, SIGKILLed once a shard has landed, then rerun."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from generator.backends.fake import FakeBackend
+from generator.executors.local import LocalExecutor
+from generator.plan import plan_spec
+from generator.run import run_spec
+from generator.shards import make_request
+from generator.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHGEN = Path(sys.executable).with_name("synthgen")
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing on the way up handles it."""
+
+
+class DyingFake(FakeBackend):
+    window = 2  # like a windowed engine: generate_rows flushes the cache every 2 answers
+
+    def __init__(self, die_after: int):
+        super().__init__()
+        self.die_after = die_after
+
+    def generate(self, requests, on_result=None):
+        for res in super().generate(requests, on_result):
+            if len(self.calls) > self.die_after:
+                raise Killed()
+            yield res
+
+
+def landed_ids(run: Path) -> set[str]:
+    files = sorted((run / "generations").glob("part-*.parquet"))
+    return set(pl.concat([pl.read_parquet(f) for f in files])["id"].to_list()) if files else set()
+
+
+def cache_keys(run: Path) -> set[str]:
+    path = run / "cache.sqlite"
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return {k for (k,) in db.execute("SELECT key FROM results")}
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        db.close()
+
+
+def expected_calls(run: Path, schemas: dict, landed: set[str], cached: set[str]) -> int:
+    """Requests the resumed session must send: every attempt of every record not in a landed
+    shard whose answer is not in the cache."""
+    df = pl.read_parquet(run / "generations" / "*.parquet")
+    calls = 0
+    for row in df.iter_rows(named=True):
+        if row["id"] in landed:
+            continue
+        for attempt in range(1, row["attempts"] + 1):
+            if make_request(row, attempt, schemas).payload_hash(row["model"]) not in cached:
+                calls += 1
+    return calls
+
+
+def check_complete(run: Path) -> pl.DataFrame:
+    df = pl.read_parquet(run / "generations" / "*.parquet")
+    plan = pl.read_parquet(run / "plan.parquet")
+    ids = df["id"].to_list()
+    assert len(ids) == len(set(ids)), "duplicated records"
+    assert sorted(ids) == sorted(plan["id"].to_list()), "lost or unplanned records"
+    assert not list((run / "generations").glob(".*.tmp")), "a half-written shard was left behind"
+    return df
+
+
+@pytest.mark.parametrize("die_after", list(range(0, 11)))
+def test_killed_at_any_answer_resumes_exactly(proj, tmp_path, die_after):
+    spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2"})
+    schemas = {n: t.output_schema for n, t in plan_spec(spec)[0].template_by_name.items()}
+    run = tmp_path / "run"
+    dying = DyingFake(die_after)
+    try:
+        run_spec(spec, out=run, executor=LocalExecutor(backend_factory=lambda c, **_: dying))
+        finished_first = True
+    except Killed:
+        finished_first = False
+    assert finished_first == (die_after >= 10)
+    landed, cached = landed_ids(run), cache_keys(run)
+    again = FakeBackend()
+    res = run_spec(spec, out=run, executor=LocalExecutor(backend_factory=lambda c, **_: again))
+    df = check_complete(run)
+    assert df.height == 10 and res.generated == 10
+    want = expected_calls(run, schemas, landed, cached)
+    assert res.model_calls == len(again.calls) == want
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["timings"][-1]["model_calls"] == want
+    # the window in flight is all a crash may cost: at most 2 answers were paid for and lost
+    assert want <= 10 - die_after + 2 if die_after < 10 else want == 0
+
+
+def test_disk_answers_of_a_landed_shard_are_never_regenerated(proj, tmp_path):
+    """Landed shards are final: their rows are byte-identical after a resume."""
+    spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2"})
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_spec(spec, out=run, executor=LocalExecutor(backend_factory=lambda c, **_: DyingFake(5)))
+    before = {p.name: p.read_bytes() for p in (run / "generations").glob("part-*.parquet")}
+    assert before
+    run_spec(spec, out=run, executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()))
+    for name, data in before.items():
+        assert (run / "generations" / name).read_bytes() == data
+
+
+SPEC = """
+name: resume-small
+seed: 21
+topics:
+  - items:
+      - {topic: Arithmetic, subtopic: Adding two-digit numbers, keywords: [carrying, tens], level: grade 2}
+      - {topic: Money, subtopic: Making change, keywords: [coins, change], level: grade 3}
+      - {topic: Measurement, subtopic: Telling time, keywords: [hours, minutes], level: grade 2}
+generations_per_topic: 4
+personas: {file: core, sample: 10}
+templates:
+  - template: math/word_problem
+sampling: {temperature: 0.8, top_p: 0.95, max_tokens: 48}
+run: {shard_size: 2, window: 2}
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_finishes_exactly(tmp_path):
+    assert SYNTHGEN.exists(), SYNTHGEN
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    run = tmp_path / "run"
+    cmd = [str(SYNTHGEN), "run", str(spec_path), "--out", str(run)]
+    env = {**os.environ, "SYNTHGEN_KV_CACHE_GB": os.environ.get("SYNTHGEN_KV_CACHE_GB", "0.5")}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if landed_ids(run) and cache_keys(run):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{(tmp_path / 'first.log').read_text()[-2000:]}"
+        assert time.time() < deadline, "no shard landed in time"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    landed, cached = landed_ids(run), cache_keys(run)
+    assert 0 < len(landed) < 12
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming" in second.stderr
+    df = check_complete(run)
+    assert df.height == 12
+    spec = load_spec(spec_path)
+    schemas = {n: t.output_schema for n, t in plan_spec(spec)[0].template_by_name.items()}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["timings"][-1]["model_calls"] == expected_calls(run, schemas, landed, cached)
+    answered = len(landed | {r for r in df["id"].to_list()
+                             if make_request(df.filter(pl.col("id") == r).row(0, named=True), 1, schemas)
+                             .payload_hash("smollm2-135m") in cached})
+    assert manifest["timings"][-1]["model_calls"] >= 12 - answered  # retries only add calls
