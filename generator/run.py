@@ -148,9 +148,93 @@ def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
     (folder.path / "README.md").write_text("\n".join(lines) + "\n")
 
 
+@dataclass
+class ExecStats:
+    """What one `execute_records` call did."""
+
+    model_calls: int = 0  # the executor's count (cumulative when an executor is reused)
+    load_seconds: float = 0.0
+    gen_seconds: float = 0.0
+    pending_records: int = 0
+    completion_tokens: int = 0
+
+
+def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int | None) -> dict:
+    """The run's manifest (read back when the folder exists) updated with this spec's identity."""
+    manifest = folder.read_manifest() or {"created_at": time.time()}
+    manifest.update({
+        "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec.hash(),
+        "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
+        "versions": versions(), "templates": {t.name: t.hash for t, _ in resolved.templates},
+        "topic_cells": len(resolved.cells),
+    })
+    return manifest
+
+
+def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, executor, emit: Progress,
+                    manifest: dict) -> ExecStats:
+    """Generate every planned row whose shard is not written yet (the executor is not closed)."""
+    spec = resolved.spec
+    stats = ExecStats()
+    generated_before = len(folder.completed_shards())
+
+    def on_record(row: dict) -> None:
+        stats.completion_tokens += row["completion_tokens"] or 0
+        emit("record", row)
+
+    job = build_job(folder, resolved, plan, on_record=on_record)
+    job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
+    if spec.run.window:
+        job.backend_kwargs["window"] = spec.run.window
+    job.on_engine_ready = lambda: emit("engine_ready", {})
+    stats.pending_records = sum(len(s.rows) for s in job.shards)
+    emit("start", {"records": plan.height, "pending": stats.pending_records, "shards": len(job.shards),
+                   "done_shards": generated_before})
+    t1 = time.time()
+    try:
+        for st in executor.execute(job):
+            emit("shard", {"name": st.name, "records": st.records})
+        stats.model_calls = getattr(executor, "model_calls", None) or 0
+        backends = getattr(executor, "backends", {})
+        if backends:
+            manifest["models"] = {n: b.describe() for n, b in backends.items()}
+        stats.load_seconds = sum(getattr(b, "load_seconds", 0.0) for b in backends.values())
+    finally:
+        manifest["updated_at"] = time.time()
+        stats.gen_seconds = time.time() - t1
+    return stats
+
+
+def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame, stats: ExecStats,
+               plan_seconds: float) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Counts and timings into the manifest, the dataset card; returns (generations, status counts)."""
+    frame = folder.read_generations()
+    statuses: dict[str, int] = {}
+    tokens = {"prompt": 0, "completion": 0}
+    if not frame.is_empty():
+        statuses = dict(frame.group_by("status").len().iter_rows())
+        tokens = {"prompt": int(frame["prompt_tokens"].sum()), "completion": int(frame["completion_tokens"].sum())}
+    manifest["counts"] = {"planned": plan.height, "generated": frame.height, "status": statuses,
+                          "tokens": tokens, "shards": len(folder.completed_shards())}
+    timings = manifest.setdefault("timings", [])
+    decode_seconds = max(stats.gen_seconds - stats.load_seconds, 1e-6)
+    timings.append({"plan_s": round(plan_seconds, 3), "generate_s": round(stats.gen_seconds, 3),
+                    "model_load_s": round(stats.load_seconds, 3), "records_this_session": stats.pending_records,
+                    "model_calls": stats.model_calls,
+                    "completion_tokens_per_s": round(stats.completion_tokens / decode_seconds, 2)
+                    if stats.pending_records else None})
+    folder.write_manifest(manifest)
+    _card(folder, manifest, resolved)
+    return frame, statuses
+
+
 def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
              progress: Progress | None = None, score: bool = True) -> RunResult:
     """Generate everything `spec` plans into a run folder (resuming one that exists)."""
+    if spec.rounds is not None:
+        from .loop import run_rounds
+
+        return run_rounds(spec, out=out, executor=executor, progress=progress, limit=limit, score=score)
     t0 = time.time()
     emit = progress or (lambda event, data: None)
     resolved, records = plan_spec(spec, limit=limit)
@@ -161,76 +245,27 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     plan = assign_shards(old_plan, new, spec.run.shard_size)
     if new:
         folder.write_plan(plan)
-    manifest = folder.read_manifest() or {"created_at": time.time()}
-    manifest.update({
-        "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec.hash(),
-        "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
-        "versions": versions(), "templates": {t.name: t.hash for t, _ in resolved.templates},
-        "topic_cells": len(resolved.cells),
-    })
+    manifest = run_manifest(folder, spec, resolved, limit)
     emit("plan", {"records": plan.height, "new": len(new), "seconds": plan_seconds})
 
-    generated_before = len(folder.completed_shards())
-    statuses: dict[str, int] = {}
-    session = {"completion_tokens": 0}
-
-    def on_record(row: dict) -> None:
-        session["completion_tokens"] += row["completion_tokens"] or 0
-        emit("record", row)
-
-    job = build_job(folder, resolved, plan, on_record=on_record)
-    job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
-    if spec.run.window:
-        job.backend_kwargs["window"] = spec.run.window
-    job.on_engine_ready = lambda: emit("engine_ready", {})
-    pending_records = sum(len(s.rows) for s in job.shards)
-    emit("start", {"records": plan.height, "pending": pending_records, "shards": len(job.shards),
-                   "done_shards": generated_before})
     own_executor = executor is None
     if executor is None:
         from .executors.local import LocalExecutor
 
         executor = LocalExecutor()
-    model_calls = 0
-    load_seconds = 0.0
-    t1 = time.time()
     try:
-        for st in executor.execute(job):
-            emit("shard", {"name": st.name, "records": st.records})
-        model_calls = getattr(executor, "model_calls", None) or 0
-        backends = getattr(executor, "backends", {})
-        if backends:
-            manifest["models"] = {n: b.describe() for n, b in backends.items()}
-        load_seconds = sum(getattr(b, "load_seconds", 0.0) for b in backends.values())
+        stats = execute_records(folder, resolved, plan, executor, emit, manifest)
     finally:
-        manifest["updated_at"] = time.time()
         if own_executor:
             executor.close()
-    gen_seconds = time.time() - t1
-
-    frame = folder.read_generations()
-    tokens = {"prompt": 0, "completion": 0}
-    if not frame.is_empty():
-        statuses = dict(frame.group_by("status").len().iter_rows())
-        tokens = {"prompt": int(frame["prompt_tokens"].sum()), "completion": int(frame["completion_tokens"].sum())}
-    manifest["counts"] = {"planned": plan.height, "generated": frame.height, "status": statuses,
-                          "tokens": tokens, "shards": len(folder.completed_shards())}
-    timings = manifest.setdefault("timings", [])
-    session_tokens = session["completion_tokens"]
-    decode_seconds = max(gen_seconds - load_seconds, 1e-6)
-    timings.append({"plan_s": round(plan_seconds, 3), "generate_s": round(gen_seconds, 3),
-                    "model_load_s": round(load_seconds, 3), "records_this_session": pending_records,
-                    "model_calls": model_calls,
-                    "completion_tokens_per_s": round(session_tokens / decode_seconds, 2) if pending_records else None})
-    folder.write_manifest(manifest)
-    _card(folder, manifest, resolved)
+    frame, statuses = finish_run(folder, manifest, resolved, plan, stats, plan_seconds)
 
     scores = None
     if score and spec.scoring is not None and frame.height:
         scores = score_run(folder, spec)
     emit("done", {"seconds": time.time() - t0})
     return RunResult(run_dir=folder.path, manifest=manifest, planned=plan.height, generated=frame.height,
-                     model_calls=model_calls, statuses=statuses, scores=scores)
+                     model_calls=stats.model_calls, statuses=statuses, scores=scores)
 
 
 def score_run(folder: RunFolder, spec: Spec) -> dict | None:
