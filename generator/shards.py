@@ -35,6 +35,15 @@ class ShardStats:
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def count(self, rows: list[dict], started: float) -> "ShardStats":
+        """Tally a landed shard's rows (statuses, tokens) and the time since `started`."""
+        for r in rows:
+            self.statuses[r["status"]] = self.statuses.get(r["status"], 0) + 1
+            self.prompt_tokens += r["prompt_tokens"] or 0
+            self.completion_tokens += r["completion_tokens"] or 0
+        self.seconds = time.time() - started
+        return self
+
 
 def make_request(row: dict, attempt: int, schemas: dict[str, dict | None]) -> Request:
     seed = int(row["seed"]) + attempt - 1

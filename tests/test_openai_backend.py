@@ -22,6 +22,7 @@ import pytest
 from generator.backends.base import Request, Sampling
 from generator.backends.openai_http import OpenAIBackend
 from generator.errors import BackendError
+from helpers import small_spec
 
 SCHEMA = {"type": "object", "properties": {"question": {"type": "string", "maxLength": 80},
                                            "answer": {"type": "integer"}},
@@ -194,23 +195,8 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-SPEC = """
-name: http-small
-seed: 3
-topics:
-  - items:
-      - {topic: Arithmetic, subtopic: Adding two-digit numbers, keywords: [carrying, tens], level: grade 2}
-      - {topic: Money, subtopic: Making change, keywords: [coins, change], level: grade 3}
-      - {topic: Measurement, subtopic: Telling time, keywords: [hours, minutes], level: grade 2}
-generations_per_topic: 4
-personas: {file: core, sample: 10}
-templates:
-  - template: math/word_problem
-models:
-  - {name: smollm2-135m, backend: openai, base_url: "BASE_URL", api_key_env: SG_TEST_SERVER_KEY}
-sampling: {temperature: 0.8, top_p: 0.95, max_tokens: 32}
-run: {shard_size: 4}
-"""
+SPEC = small_spec("http-small", 3, max_tokens=32, run="{shard_size: 4}",
+                  models='{name: smollm2-135m, backend: openai, base_url: "BASE_URL", api_key_env: SG_TEST_SERVER_KEY}')
 
 
 @pytest.mark.slow

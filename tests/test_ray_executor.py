@@ -16,6 +16,7 @@ from generator.backends.fake import FakeBackend
 from generator.executors.local import LocalExecutor
 from generator.run import run_spec
 from generator.spec import load_spec
+from helpers import small_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -207,18 +208,4 @@ def test_ray_real_model_two_actors_one_killed(tmp_path, monkeypatch):
     assert manifest["models"]["smollm2-135m"]["backend"] == "vllm"
 
 
-SMALL_SPEC = """
-name: ray-small
-seed: 5
-topics:
-  - items:
-      - {topic: Arithmetic, subtopic: Adding two-digit numbers, keywords: [carrying, tens], level: grade 2}
-      - {topic: Money, subtopic: Making change, keywords: [coins, change], level: grade 3}
-      - {topic: Measurement, subtopic: Telling time, keywords: [hours, minutes], level: grade 2}
-generations_per_topic: 4
-personas: {file: core, sample: 10}
-templates:
-  - template: math/word_problem
-sampling: {temperature: 0.8, top_p: 0.95, max_tokens: 32}
-run: {shard_size: 2, window: 4}
-"""
+SMALL_SPEC = small_spec("ray-small", 5, max_tokens=32, run="{shard_size: 2, window: 4}")

@@ -23,6 +23,7 @@ from generator.plan import plan_spec
 from generator.run import run_spec
 from generator.shards import make_request
 from generator.spec import load_spec
+from helpers import small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHGEN = Path(sys.executable).with_name("synthgen")
@@ -126,21 +127,7 @@ def test_disk_answers_of_a_landed_shard_are_never_regenerated(proj, tmp_path):
         assert (run / "generations" / name).read_bytes() == data
 
 
-SPEC = """
-name: resume-small
-seed: 21
-topics:
-  - items:
-      - {topic: Arithmetic, subtopic: Adding two-digit numbers, keywords: [carrying, tens], level: grade 2}
-      - {topic: Money, subtopic: Making change, keywords: [coins, change], level: grade 3}
-      - {topic: Measurement, subtopic: Telling time, keywords: [hours, minutes], level: grade 2}
-generations_per_topic: 4
-personas: {file: core, sample: 10}
-templates:
-  - template: math/word_problem
-sampling: {temperature: 0.8, top_p: 0.95, max_tokens: 48}
-run: {shard_size: 2, window: 2}
-"""
+SPEC = small_spec("resume-small", 21, max_tokens=48, run="{shard_size: 2, window: 2}")
 
 
 @pytest.mark.slow

@@ -37,13 +37,7 @@ class LocalExecutor:
 
         def write(shard: Shard, rows: list[dict]) -> None:
             folder.write_shard(shard.name, rows)
-            st = stats[shard.name]
-            for r in rows:
-                st.statuses[r["status"]] = st.statuses.get(r["status"], 0) + 1
-                st.prompt_tokens += r["prompt_tokens"] or 0
-                st.completion_tokens += r["completion_tokens"] or 0
-            st.seconds = time.time() - started
-            landed.append(st)
+            landed.append(stats[shard.name].count(rows, started))
 
         assembler = ShardAssembler(job.shards, write)
 

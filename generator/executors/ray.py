@@ -121,13 +121,7 @@ class ShardWorker:
 
         def write(shard: Shard, rows: list[dict]) -> None:
             self.folder.write_shard(shard.name, rows)
-            st = stats[shard.name]
-            for r in rows:
-                st.statuses[r["status"]] = st.statuses.get(r["status"], 0) + 1
-                st.prompt_tokens += r["prompt_tokens"] or 0
-                st.completion_tokens += r["completion_tokens"] or 0
-            st.seconds = time.time() - started
-            landed.append((st, rows))
+            landed.append((stats[shard.name].count(rows, started), rows))
 
         assembler = ShardAssembler(shards, write)
         owner = {r["id"]: s.name for s in shards for r in s.rows}

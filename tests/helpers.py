@@ -1,0 +1,22 @@
+"""Small spec texts shared by tests that run a real engine, server or cluster."""
+from __future__ import annotations
+
+SMALL_TOPICS = """\
+topics:
+  - items:
+      - {topic: Arithmetic, subtopic: Adding two-digit numbers, keywords: [carrying, tens], level: grade 2}
+      - {topic: Money, subtopic: Making change, keywords: [coins, change], level: grade 3}
+      - {topic: Measurement, subtopic: Telling time, keywords: [hours, minutes], level: grade 2}
+"""
+
+
+def small_spec(name: str, seed: int, max_tokens: int, run: str, models: str = "",
+               generations_per_topic: int = 4) -> str:
+    """Three inline math topics x `generations_per_topic`, one persona template (12 records)."""
+    return (f"name: {name}\nseed: {seed}\n" + SMALL_TOPICS +
+            f"generations_per_topic: {generations_per_topic}\n"
+            "personas: {file: core, sample: 10}\n"
+            "templates:\n  - template: math/word_problem\n"
+            + (f"models:\n  - {models}\n" if models else "")
+            + f"sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {max_tokens}}}\n"
+            f"run: {run}\n")
