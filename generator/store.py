@@ -16,6 +16,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
@@ -93,6 +94,23 @@ def shard_name(round_: int, index: int) -> str:
     return f"part-{round_:03d}-{index:05d}.parquet"
 
 
+def _ensure_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """Switch a cache file to WAL once. The switch needs an exclusive lock and may fail at once
+    (without the busy timeout) while another process opens the same new file: retry briefly.
+    WAL persists in the file, so later openers see it already set."""
+    for attempt in range(60):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise RunFolderError(f"{path}: the request cache stayed locked for a minute; is another run writing it?")
+
+
 class RequestCache:
     """Answers already paid for, keyed by the request payload hash; safe across processes."""
 
@@ -106,7 +124,7 @@ class RequestCache:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _ensure_wal(conn, self.path)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn

@@ -16,8 +16,7 @@ def test_cluster_agent_mechanics_on_embedded_model(vllm_backend, shared_data):
 
     rows = json.loads((shared_data / "clinc150" / "data_full.json").read_text())["train"]
     texts = [t for t, _ in rows[:300:7]][:30]
-    agent = ClusterAgent(vllm_backend, ClusterAgentConfig(K=5, N=3, J=3, M=1, max_tokens_criteria=400,
-                                                          max_tokens_cluster=300, max_tokens_verify=200, seed=1))
+    agent = ClusterAgent(vllm_backend, ClusterAgentConfig(K=5, N=3, J=3, M=1, seed=1))
     criteria = agent.generate_criteria(texts)
     assert criteria.metadata or criteria.metrics
     res = agent.score(texts, criteria=criteria)

@@ -164,14 +164,16 @@ class ClusterAgentResult:
 
 # ------------------------------------------------------------------ schemas
 
-def _str() -> dict:
-    return {"type": "string"}
+def _str(max_chars: int = 200) -> dict:
+    # Bounded strings keep every answer inside max_tokens: a small judge otherwise rambles and
+    # the JSON is cut off, which costs a retry (the grammar enforces the bound while decoding).
+    return {"type": "string", "maxLength": max_chars}
 
 
 def generation_schema() -> dict:
-    item = {"type": "object", "properties": {"name": _str(), "definition": _str()},
+    item = {"type": "object", "properties": {"name": _str(60), "definition": _str(160)},
             "required": ["name", "definition"], "additionalProperties": False}
-    metric = {"type": "object", "properties": {"name": _str(), "definition": _str(), "rubric": _str()},
+    metric = {"type": "object", "properties": {"name": _str(60), "definition": _str(160), "rubric": _str(200)},
               "required": ["name", "definition", "rubric"], "additionalProperties": False}
     return {"type": "object", "properties": {
         "metadata": {"type": "array", "items": item, "minItems": 3, "maxItems": 5},
@@ -200,12 +202,12 @@ def cluster_schema(K: int, n_metrics: int = 0) -> dict:
     scores = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 5}}
     if n_metrics:
         scores.update(minItems=n_metrics, maxItems=n_metrics)
-    cl = {"type": "object", "properties": {"cluster": label, "uniqueness_reasoning": _str(),
-                                           "metadata": _str(), "metric_scores": scores},
+    cl = {"type": "object", "properties": {"cluster": label, "uniqueness_reasoning": _str(160),
+                                           "metadata": _str(80), "metric_scores": scores},
           "required": ["cluster", "uniqueness_reasoning", "metadata", "metric_scores"],
           "additionalProperties": False}
     return {"type": "object", "properties": {
-        "analysis": _str(),
+        "analysis": _str(400),
         "assignment": {"type": "array", "items": label, "minItems": K, "maxItems": K},
         "clusters": {"type": "array", "items": cl, "minItems": 1, "maxItems": K}},
         "required": ["analysis", "assignment", "clusters"], "additionalProperties": False}

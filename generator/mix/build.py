@@ -1,0 +1,140 @@
+"""`build_mix`: load the sources, check every ratio can be met, select, shuffle, write shards and the manifest."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import SynthgenError
+from .apportion import hamilton
+from .chat import ChatRenderer
+from .config import MixConfig, mix_config_from_dict
+from .digest import file_sha256
+from .manifest import MixResult, mix_record, prepare_out, run_manifest, source_accounting, write_manifest
+from .parsing import parse_ratio, ratio_folder
+from .pool import Pool, max_budget, select_kind
+from .real import load_real
+from .select import seeded_rng
+from .shards import shard_bounds, write_shard
+from .sources import LoadedSource
+from .synthetic import load_synthetic
+from .tokcache import default_cache_dir
+from .tokens import load_tokenizer
+
+
+class RepetitionWarning(UserWarning):
+    """A mix repeats documents (only with allow_repetition: true)."""
+
+
+def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_dir: str | Path | None = None,
+              log: Callable[[str], None] | None = None) -> MixResult:
+    """Build every ratio of `config` into `out` (default config.out); returns the manifest.
+
+    Relative paths in a dict config resolve against `base_dir` (default: the working directory).
+    Raises SynthgenError when a ratio cannot be met; warns (RepetitionWarning) when it repeats data."""
+    if isinstance(config, dict):
+        config = mix_config_from_dict(config, base_dir)
+    elif base_dir is not None:
+        config = config.resolved(base_dir)
+    cfg = config
+    say = log or (lambda _msg: None)
+    out_dir = Path(out) if out is not None else cfg.out
+    if out_dir is None:
+        raise SynthgenError("set out: the folder the mix is written to (--out)")
+    out_dir = out_dir.expanduser()
+
+    tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
+    chat = ChatRenderer(tok)
+    cache = (cfg.cache_dir or default_cache_dir()).expanduser()
+    stats = {"cache_hits": 0, "cache_misses": 0, "tokens_counted": 0}
+    sources: list[LoadedSource] = []
+    for rs in cfg.real:
+        say(f"loading real source {rs.display_name()} ({rs.path})")
+        sources.append(load_real(rs, cfg.layout, tok, chat, cache, stats))
+    for ss in cfg.synthetic:
+        say(f"loading synthetic source {ss.display_name()} ({ss.run})")
+        sources.append(load_synthetic(ss, cfg.layout, tok, chat, cache, stats))
+    pool = Pool(sources)
+    avail = {"real": pool.available("real"), "synthetic": pool.available("synthetic")}
+    say(f"available: {avail['real']:,} real tokens, {avail['synthetic']:,} synthetic tokens "
+        f"({stats['cache_hits']} files from the token cache, {stats['cache_misses']} counted)")
+
+    ratios = cfg.ratio_list()
+    if cfg.total_tokens is not None:
+        budget = cfg.total_tokens
+    else:
+        budget = min(max_budget(pool, r) for r in ratios)
+        if budget <= 0:
+            raise SynthgenError(f"no tokens to mix: real sources have {avail['real']:,} tokens, synthetic "
+                                f"sources {avail['synthetic']:,} after filters")
+    # check every ratio before writing anything
+    warn_msgs: list[str] = []
+    for r in ratios:
+        rw, sw = parse_ratio(r)
+        need = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
+        for kind in ("real", "synthetic"):
+            if need[kind] > avail[kind]:
+                if not cfg.allow_repetition or avail[kind] == 0:
+                    cap = max_budget(pool, r)
+                    fix = (f"lower total_tokens to {cap:,}, or set allow_repetition: true" if avail[kind]
+                           else f"add {kind} data or change the ratio")
+                    raise SynthgenError(
+                        f"ratio {r} with total_tokens {budget:,} needs {need[kind]:,} {kind} tokens but the "
+                        f"{kind} sources have {avail[kind]:,}; {fix}")
+                factor = need[kind] / avail[kind]
+                msg = (f"ratio {r}: {kind} tokens repeated {factor:.3f}x ({need[kind]:,} needed, "
+                       f"{avail[kind]:,} unique) because allow_repetition is true")
+                warn_msgs.append(msg)
+                warnings.warn(msg, RepetitionWarning, stacklevel=2)
+                say("warning: " + msg)
+
+    prepare_out(out_dir, cfg.overwrite)
+    payload, lineage = pool.arrays(cfg.layout)
+    names = pa.array([s.name for s in sources], type=pa.string())
+    kinds = pa.array([s.kind for s in sources], type=pa.string())
+    col = "text" if cfg.layout == "text" else "messages"
+    mixes = []
+    for r in ratios:
+        rw, sw = parse_ratio(r)
+        kind_budget = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
+        say(f"ratio {r}: selecting {kind_budget['real']:,} real + {kind_budget['synthetic']:,} synthetic tokens")
+        sel_parts, targets = [], []
+        for kind in ("real", "synthetic"):
+            if kind_budget[kind] > 0:
+                ids, t = select_kind(pool, kind, kind_budget[kind], cfg.seed, cfg.allow_repetition)
+                sel_parts.append(ids)
+                targets += t
+        sel = np.concatenate(sel_parts) if sel_parts else np.zeros(0, dtype=np.int64)
+        sel = np.sort(sel, kind="stable")  # canonical order before the seeded shuffle
+        sel = sel[seeded_rng(cfg.seed, "shuffle", r).permutation(len(sel))]
+        lengths = pool.n_tokens[sel]
+        folder = out_dir if len(ratios) == 1 and cfg.ratio is not None else out_dir / ratio_folder(r)
+        folder.mkdir(parents=True, exist_ok=True)
+        shards = []
+        sel_src = pool.source_idx[sel]
+        for k, (a, b) in enumerate(shard_bounds(lengths, cfg.shard_tokens)):
+            ids = sel[a:b]
+            src_idx = pa.array(sel_src[a:b])
+            table = pa.table({col: payload.take(pa.array(ids)), "source": names.take(src_idx),
+                              "kind": kinds.take(src_idx), "lineage_id": lineage.take(pa.array(ids))})
+            files = write_shard(folder / f"part-{k:05d}", cfg.format, table, lengths[a:b], tok)
+            is_real = np.array([sources[i].kind == "real" for i in sel_src[a:b]], dtype=bool)
+            shards.append({
+                "file": str(files[0].relative_to(out_dir)),
+                "files": [str(f.relative_to(out_dir)) for f in files],
+                "docs": int(b - a), "tokens": int(lengths[a:b].sum()),
+                "real_tokens": int(lengths[a:b][is_real].sum()),
+                "synthetic_tokens": int(lengths[a:b][~is_real].sum()),
+                "sha256": [file_sha256(f) for f in files],
+            })
+        say(f"ratio {r}: wrote {len(shards)} shard(s) to {folder}")
+        per_source = source_accounting(pool, sel, lengths, targets)
+        mixes.append(mix_record(r, str(folder.relative_to(out_dir)) if folder != out_dir else ".", budget,
+                                kind_budget, sel, per_source, shards, cfg.format))
+
+    manifest = run_manifest(cfg, budget, tok, chat, sources, stats, mixes, warn_msgs)
+    write_manifest(out_dir, manifest)
+    return MixResult(out=out_dir, manifest=manifest)

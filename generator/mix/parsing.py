@@ -1,0 +1,63 @@
+"""Token counts ('2M', '1.5B') and real:synthetic ratios ('4:1') as written in mix configs."""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmbgt]?)$")
+_SIZE_MULT = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+_RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def parse_token_count(value: Any) -> int:
+    """2000000, '2M', '2_000_000', '1.5B' -> int."""
+    if isinstance(value, bool):
+        raise ValueError("expected a token count such as 2000000 or '2M'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace("_", "").replace(",", "")
+        m = _SIZE_RE.match(text)
+        if m:
+            return int(Fraction(m.group(1)) * _SIZE_MULT[m.group(2)])
+        try:
+            as_float = float(text)  # 2e6 (YAML 1.1 reads it as a string)
+        except ValueError:
+            as_float = None
+        if as_float is not None and as_float.is_integer():
+            return int(as_float)
+    raise ValueError(f"{value!r} is not a token count; write e.g. 2000000 or '2M'")
+
+
+def parse_ratio(value: Any) -> tuple[Fraction, Fraction]:
+    """'4:1' -> (4, 1) real:synthetic. Also undoes YAML 1.1's base-60 reading of 4:1 (= 241)."""
+    if isinstance(value, bool):
+        raise ValueError("a ratio looks like '4:1' (real:synthetic tokens)")
+    if isinstance(value, int):
+        if value < 60:
+            raise ValueError(f"ratio {value} is a number; write real:synthetic in quotes, e.g. \"4:1\"")
+        value = f"{value // 60}:{value % 60}"  # YAML 1.1 read an unquoted a:b as a*60+b
+    m = _RATIO_RE.match(str(value))
+    if not m:
+        raise ValueError(f"ratio {value!r} must look like \"4:1\" (real:synthetic tokens)")
+    r, s = Fraction(m.group(1)), Fraction(m.group(2))
+    if r == 0 and s == 0:
+        raise ValueError("ratio 0:0 selects nothing")
+    return r, s
+
+
+def _fmt_num(x: Fraction) -> str:
+    return str(x.numerator) if x.denominator == 1 else format(float(x), "g")
+
+
+def ratio_text(value: Any) -> str:
+    r, s = parse_ratio(value)
+    return f"{_fmt_num(r)}:{_fmt_num(s)}"
+
+
+def ratio_folder(value: Any) -> str:
+    """'4:1' -> 'ratio-4_1'."""
+    return "ratio-" + ratio_text(value).replace(":", "_")

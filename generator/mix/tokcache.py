@@ -1,0 +1,49 @@
+"""Per-file token counts cached in `.tokcache.parquet`, keyed by file hash + tokenizer hash."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .digest import text_sha256
+from .tokens import TokenizerInfo, count_tokens
+
+TOKCACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SYNTHGEN_CACHE", Path.home() / ".cache" / "synthgen")).expanduser()
+
+
+def cached_counts(file: Path, file_sha: str, extract_key: dict, texts: Callable[[], list[str | None]],
+                   n_rows: int, tok: TokenizerInfo, cache_dir: Path, stats: dict) -> np.ndarray:
+    key = text_sha256(json.dumps({"v": TOKCACHE_VERSION, "tokenizer": tok.sha256, "eos": tok.eos_id, **extract_key},
+                          sort_keys=True))
+    path = cache_dir / "tokcache" / f"{file_sha[:24]}-{key[:16]}.tokcache.parquet"
+    if path.is_file():
+        try:
+            t = pq.read_table(path)
+            if t.num_rows == n_rows:
+                stats["cache_hits"] += 1
+                return t.column("n_tokens").to_numpy().astype(np.int64)
+        except (OSError, pa.ArrowException):
+            pass
+    counts = count_tokens(texts(), tok)
+    stats["cache_misses"] += 1
+    stats["tokens_counted"] += int(counts[counts > 0].sum())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        meta = {b"synthgen.tokcache": json.dumps({"file": str(file), "file_sha256": file_sha,
+                                                   "tokenizer_sha256": tok.sha256, **extract_key}).encode()}
+        table = pa.table({"n_tokens": pa.array(counts, type=pa.int32())}).replace_schema_metadata(meta)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return counts
