@@ -326,3 +326,13 @@ def test_textbook_mcq_tolerates_stray_markers_and_letter_labels():
         assert any(line.endswith("Samples of the atmosphere from when the snow was buried")
                    and any(line.startswith(lead + " ") for lead in ANSWER_LEADS)
                    for line in text.splitlines())
+
+
+def test_every_template_group_ships_in_wheels():
+    """pyproject.toml lists each templates/ subfolder as a package; a new group must be added there."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    packages = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    groups = {p.name for p in (root / "templates").iterdir() if p.is_dir() and any(p.glob("*.j2"))}
+    assert {f"synthgen_library.templates.{g}" for g in groups} <= packages
