@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= cpu,scoring,ray,dev
 SPEC ?= specs/math.yaml
+PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast bench clean
 
@@ -25,10 +26,10 @@ run: install
 	$(BIN)/synthgen run $(SPEC)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
