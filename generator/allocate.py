@@ -20,6 +20,11 @@ Rules (docs/feedback.md explains why):
 - saturation: a cell whose within-cell Vendi did not rise (by more than `saturation_tol`) over its
   latest round with generations is capped: it gets nothing until it is re-explored; `max_per_cell` is a
   hard cap on a cell's total;
+- template mix (`adapt_templates`): from round 2 on (not under `uniform`), the next round's template
+  weights are the spec weights x each template's expected yield per generation spent (usable rate x
+  novelty over all rounds, shrunk by `template_prior` pseudo-generations) ** `template_power`, with no
+  share below `template_floor` x its spec share (`Allocator.template_weights`). The per-generation usable rate differs far more between
+  templates (one layout is truncated much more often) than between topic cells;
 - stall: when the tracked global score rose by less than `rounds.min_gain` (or every cell is saturated or
   capped), grow the pool: `grow_by` more topic cells from tree sources with a `sample:` (stable: a larger
   sample keeps the earlier cells) and `grow_personas_by` more personas. With nothing left to grow the
@@ -70,6 +75,62 @@ def round_slices(budget: int, count: int, first_share: float) -> list[int]:
         return [budget]
     first = min(budget, max(1, int(round(budget * first_share))))
     return [first] + apportion(budget - first, [1.0] * (count - 1))
+
+
+def round_share(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def _strength(est: list[float], counts: list[float], var: float, fixed: float | None) -> float:
+    """Shrinkage in pseudo-generations: `fixed`, else noise variance / between-group variance (>= 0.5)."""
+    if fixed is not None:
+        return fixed
+    if len(est) < 2:
+        return 1e6
+    tau2 = float(np.var(est, ddof=1)) - float(np.mean([var / c for c in counts]))
+    return 1e6 if tau2 <= 0 else float(min(max(var / tau2, 0.5), 1e6))
+
+
+def shrunk_yield(stats: dict[str, tuple[float, float, float, float]], prior_weight: float | None = None
+                 ) -> tuple[dict[str, float], str]:
+    """Expected yield per generation spent, P(usable) x novelty of a usable text, for groups (cells or
+    templates) given as {key: (discounted generations, usable generations, yield sum, yield sum of
+    squares)}. Each factor is shrunk toward its pooled value (see `Allocator.expected_yield`)."""
+    seen = [v for v in stats.values() if v[0] > 0]
+    n = sum(v[0] for v in seen)
+    good = sum(v[1] for v in seen)
+    q0 = good / n if n else 0.0
+    v0 = sum(v[2] for v in seen) / good if good else 0.0
+    sq = sum(v[3] for v in seen)
+    sv2 = max(sq / good - v0 * v0, 1e-6) if good else 1e-6
+    kq = _strength([v[1] / v[0] for v in seen], [v[0] for v in seen], max(q0 * (1 - q0), 1e-6), prior_weight)
+    used = [v for v in seen if v[1] > 0]
+    kv = _strength([v[2] / v[1] for v in used], [v[1] for v in used], sv2, prior_weight)
+    out = {}
+    for key, (wn, wgood, wsum, _) in stats.items():
+        q = (wgood + kq * q0) / (wn + kq)
+        nov = (wsum + kv * v0) / (wgood + kv)
+        out[key] = q * nov
+    info = f"pooled usable rate {q0:.2f} and novelty {v0:.3f}, shrinkage {kq:.3g} / {kv:.3g} pseudo-gens"
+    return out, info
+
+
+def floored_shares(raw: dict[str, float], spec: dict[str, float], floor: float) -> dict[str, float]:
+    """`raw` normalised to shares, with no share below `floor` x its share of `spec` (the rest is
+    re-split among the others in proportion to `raw`)."""
+    tot_spec = sum(spec.values())
+    low = {k: floor * spec[k] / tot_spec for k in raw}
+    fixed: dict[str, float] = {}
+    while True:
+        free = [k for k in raw if k not in fixed]
+        mass = 1.0 - sum(fixed.values())
+        tot = sum(raw[k] for k in free)
+        shares = {k: (mass * raw[k] / tot if tot > 0 else mass / len(free)) for k in free}
+        under = [k for k in free if shares[k] < low[k] - 1e-12]
+        if not under or len(under) == len(free):
+            return {**fixed, **shares}
+        for k in under:
+            fixed[k] = low[k]
 
 
 @dataclass
@@ -158,7 +219,7 @@ class Allocator:
         var = max(sq / n - mu * mu, 0.0)
         return mu, max(math.sqrt(var), 1e-3)
 
-    def expected_yield(self, views: dict[str, CellView]) -> tuple[dict[str, float], str]:
+    def expected_yield(self, views: dict[str, "CellView"]) -> tuple[dict[str, float], str]:
         """Each cell's expected yield per generation = P(usable) x novelty of a usable generation.
 
         The two factors are estimated apart because their noise differs: whether a generation is
@@ -170,33 +231,48 @@ class Allocator:
         estimates minus what their sampling noise alone explains. Without between-cell signal (k large)
         every cell gets the pooled value and the allocation spreads like the uniform rule instead of
         chasing one lucky round."""
-        seen = [v for v in views.values() if v.wn > 0]
-        n = sum(v.wn for v in seen)
-        good = sum(v.wgood for v in seen)
-        q0 = good / n if n else 0.0
-        v0 = sum(v.wsum for v in seen) / good if good else 0.0
-        # per-generation variance of novelty among usable rows, from the (undiscounted) pooled moments
-        sq = sum(v.wsq for v in seen)
-        sv2 = max(sq / good - v0 * v0, 1e-6) if good else 1e-6
+        return shrunk_yield({c: (v.wn, v.wgood, v.wsum, v.wsq) for c, v in views.items()}, self.cfg.prior_weight)
 
-        def strength(est: list[float], counts: list[float], var: float) -> float:
-            if self.cfg.prior_weight is not None:
-                return self.cfg.prior_weight
-            if len(est) < 2:
-                return 1e6
-            tau2 = float(np.var(est, ddof=1)) - float(np.mean([var / c for c in counts]))
-            return 1e6 if tau2 <= 0 else float(min(max(var / tau2, 0.5), 1e6))
+    def template_weights(self, round: int, history: Sequence[dict], templates: Sequence[tuple[str, float]]
+                         ) -> tuple[dict[str, float] | None, list[dict]]:
+        """The template mix for round `round`: None (the spec's weights) in round 1, under the uniform
+        rule and with `adapt_templates: false`; otherwise {name: share}.
 
-        kq = strength([v.wgood / v.wn for v in seen], [v.wn for v in seen], max(q0 * (1 - q0), 1e-6))
-        used = [v for v in seen if v.wgood > 0]
-        kv = strength([v.wsum / v.wgood for v in used], [v.wgood for v in used], sv2)
-        out = {}
-        for c, v in views.items():
-            q = (v.wgood + kq * q0) / (v.wn + kq)
-            nov = (v.wsum + kv * v0) / (v.wgood + kv)
-            out[c] = q * nov
-        info = (f"pooled usable rate {q0:.2f} and novelty {v0:.3f}, shrinkage {kq:.3g} / {kv:.3g} pseudo-gens")
-        return out, info
+        Per template, the usable rate and novelty of all its generations so far (every generation
+        spent counts: a truncated or duplicate one yields zero; not discounted) give the expected yield
+        per generation, shrunk toward the pooled values by `template_prior` pseudo-generations (unset:
+        empirical Bayes, as for the cells; `shrunk_yield`). The new weight is the spec
+        weight x expected yield ** `template_power`, normalised, and no share falls below
+        `template_floor` x its spec share. Deterministic: a function of the round files only."""
+        cfg = self.cfg
+        if round == 1 or not history or cfg.rule == "uniform" or not cfg.adapt_templates or len(templates) < 2:
+            return None, []
+        stats: dict[str, list[float]] = {t: [0.0, 0.0, 0.0, 0.0] for t, _ in templates}
+        for h in history:
+            disc = 1.0  # not discounted: the usable rate is the template's and the model's, not the round's
+            for t, y in h.get("yields", {}).get("by", {}).get("template", {}).items():
+                if t not in stats or not y.get("n"):
+                    continue
+                st = stats[t]
+                st[0] += disc * y["n"]
+                st[1] += disc * max(0, y.get("ok", y["n"]) - y.get("near_dup", 0))
+                st[2] += disc * y["yield_sum"]
+                st[3] += disc * y.get("yield_sq", 0.0)
+        if not any(st[0] for st in stats.values()):
+            return None, []
+        mean, info = shrunk_yield({t: tuple(st) for t, st in stats.items()}, cfg.template_prior)
+        spec_w = {t: float(w) for t, w in templates}
+        raw = {t: spec_w[t] * max(mean[t], 1e-9) ** cfg.template_power for t in spec_w}
+        shares = floored_shares(raw, spec_w, cfg.template_floor)
+        tot = sum(spec_w.values())
+        out = []
+        for t, _ in templates:
+            n, good = stats[t][0], stats[t][1]
+            out.append(decision(round, None, "template_weight", round_share(shares[t]),
+                                f"template {t}: share {shares[t]:.3f} (spec {spec_w[t] / tot:.3f}); expected "
+                                f"yield {mean[t]:.3f} per generation ({good:g} usable of {n:g} generations); "
+                                f"{info}; floor {cfg.template_floor:g} x spec share"))
+        return shares, out
 
     # ------------------------------------------------------------ stop / grow
     def before_round(self, round: int, history: Sequence[dict], cells: Sequence[tuple[str, float]],

@@ -1,12 +1,16 @@
 """The feedback loop: generate in rounds and move each round's budget toward cells with high yield.
 
     round r:  allocate (generator.allocate) -> RUN/rounds/round-NNN.alloc.json
-              plan: expand(resolved, counts, start=generations so far, round=r)  (append-stable)
+              (per-cell counts, the pool, and the round's template mix: `template_weights`)
+              plan: expand(resolved, counts, start=generations so far, round=r, template_weights)
+                    (append-stable: the mix only affects the new generation indices)
               generate the pending shards (the normal resume path)
               yields + global scores (generator.yields) -> RUN/rounds/round-NNN.json   (round finished)
 
 A resumed run skips finished rounds (their JSON exists); an interrupted round re-reads its allocation
-file, so it plans exactly the same records and only its missing shards reach the model.
+file, so it plans exactly the same records and only its missing shards reach the model. Everything an
+allocation holds (counts, pool, template weights) is a function of the round files written before it,
+so a round re-derived from scratch plans the same records too.
 """
 from __future__ import annotations
 
@@ -153,7 +157,8 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             resolved = _resolve(spec, pool)
             emit("round", {"round": r, "rounds": len(slices), "generations": sum(alloc["counts"].values())})
             t_plan = time.time()
-            records = expand(resolved, counts=alloc["counts"], start=_starts(plan, r), round=r)
+            records = expand(resolved, counts=alloc["counts"], start=_starts(plan, r), round=r,
+                             template_weights=alloc.get("template_weights"))
             known = set(plan["id"].to_list()) if plan is not None else set()
             planned_here = set(plan.filter(pl.col("round") == r)["id"].to_list()) if plan is not None else set()
             if planned_here - {x.id for x in records}:
@@ -181,7 +186,8 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             spent += sum(alloc["counts"].values())
             result = {"round": r, "spec_hash": spec_hash, "slice": alloc["slice"], "allocation": alloc["counts"],
                       "spent": sum(alloc["counts"].values()), "spent_total": spent, "budget": budget,
-                      "active": alloc["active"], "pool": pool, "decisions": alloc["decisions"], "yields": y,
+                      "active": alloc["active"], "pool": pool, "template_weights": alloc.get("template_weights"),
+                      "decisions": alloc["decisions"], "yields": y,
                       "scores": scores, "score_name": rc.score, "tracked": tracked, "gain": gain,
                       "timings": {"generate_s": round(st.gen_seconds, 3), "yields_s": round(time.time() - t_y, 3)}}
             write_json_atomic(round_path(folder, r), result)
@@ -220,7 +226,8 @@ def _allocate(allocator: Allocator, r: int, slices: list[int], budget: int, spen
     left = budget - spent - sum(slices[r:])  # this round's slice plus anything earlier rounds left unspent
     if left <= 0 and budget - spent <= 0:
         return None
-    cells = [(c.id, c.weight) for c in _resolve(spec, pool).cells]
+    resolved = _resolve(spec, pool)
+    cells = [(c.id, c.weight) for c in resolved.cells]
     pre = Plan(r)
     if r > 1:
         gt, gp = growable(pool)
@@ -231,5 +238,6 @@ def _allocate(allocator: Allocator, r: int, slices: list[int], budget: int, spen
             pool = grow_pool(pool, pre.grow_topics, pre.grow_personas)
             cells = [(c.id, c.weight) for c in _resolve(spec, pool).cells]
     p = allocator.allocate(r, max(left, 0), cells, history)
+    tw, tdec = allocator.template_weights(r, history, [(t.name, w) for t, w in resolved.templates])
     return {"round": r, "slice": max(left, 0), "counts": p.counts, "active": [c for c, _ in cells], "pool": pool,
-            "decisions": pre.decisions + p.decisions, "stop": False}
+            "template_weights": tw, "decisions": pre.decisions + tdec + p.decisions, "stop": False}

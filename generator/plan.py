@@ -198,13 +198,27 @@ def default_counts(resolved: Resolved) -> dict[str, int]:
 
 
 def expand(resolved: Resolved, counts: dict[str, int] | None = None, start: dict[str, int] | None = None,
-           round: int = 1) -> list[Record]:
-    """Records for generations [start, start+count) of each cell, in cell order then index."""
+           round: int = 1, template_weights: dict[str, float] | None = None) -> list[Record]:
+    """Records for generations [start, start+count) of each cell, in cell order then index.
+
+    `template_weights` (template name -> weight, missing names weigh 0) replaces the spec's template
+    weights for the records planned by this call; the rounds loop passes the mix its allocator chose
+    for the round. It changes only which template each *new* generation index draws: the per-record
+    RNG and the number of draws are the same, and records planned earlier are not re-planned (they
+    already exist, with the weights of their own round). So a run stays append-stable as long as the
+    weights of each round are kept with the round and passed again when it is re-planned."""
     spec = resolved.spec
     counts = default_counts(resolved) if counts is None else counts
     start = start or {}
     tpl_list = [t for t, _ in resolved.templates]
     tpl_weights = [w for _, w in resolved.templates]
+    if template_weights is not None:
+        unknown = sorted(set(template_weights) - {t.name for t in tpl_list})
+        if unknown:
+            raise ValueError(f"template_weights names unknown templates: {', '.join(unknown)}")
+        tpl_weights = [float(template_weights.get(t.name, 0.0)) for t in tpl_list]
+        if not sum(tpl_weights) > 0 or min(tpl_weights) < 0:
+            raise ValueError("template_weights must be non-negative with a positive sum")
     model_weights = [m.share for m in resolved.models]
     records: list[Record] = []
     for cell in resolved.cells:

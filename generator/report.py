@@ -28,14 +28,22 @@ def trajectory_rows(rounds: list[dict]) -> list[dict[str, Any]]:
     for h in rounds:
         s = h.get("scores", {})
         flags = h.get("yields", {}).get("flags", {})
-        acts = [d["action"] for d in h.get("decisions", []) if d.get("cell") is None]
+        acts = list(dict.fromkeys(d["action"] for d in h.get("decisions", []) if d.get("cell") is None))
         rows.append({"round": h["round"], "spent": h["spent"], "spent_total": h["spent_total"],
                      "tracked": h.get("tracked"), "gain": h.get("gain"), "score": h.get("score_name"),
                      "ok": flags.get("ok", 0), "flagged": sum(v for k, v in flags.items() if k != "ok"),
                      "vendi": s.get("vendi"), "mean_cosine_distance": s.get("mean_cosine_distance"),
                      "near_dup_rate": s.get("near_dup_rate"), "cells": len(h.get("active", [])),
-                     "pool": ", ".join(acts)})
+                     "pool": ", ".join(acts), "templates": template_mix(h)})
     return rows
+
+
+def template_mix(h: dict) -> str:
+    """The round's template shares ('spec' when it used the spec's weights)."""
+    w = h.get("template_weights")
+    if not w:
+        return "spec"
+    return ", ".join(f"{k.rsplit('/', 1)[-1]} {v:.2f}" for k, v in w.items())
 
 
 def allocation_matrix(rounds: list[dict]) -> tuple[list[str], dict[str, list[int]]]:
@@ -53,12 +61,12 @@ def tables(rounds: list[dict], top: int = 25):
 
     t = Table(title="trajectory: diversity against generations spent")
     for col in ("round", "spent", "total", "tracked", "gain", "ok", "flagged", "vendi", "mean cos dist",
-                "near-dup", "cells", "pool"):
-        t.add_column(col, justify="left" if col == "pool" else "right")
+                "near-dup", "cells", "templates", "pool"):
+        t.add_column(col, justify="left" if col in ("pool", "templates") else "right")
     for r in trajectory_rows(rounds):
         t.add_row(str(r["round"]), str(r["spent"]), str(r["spent_total"]), f"{_fmt(r['tracked'])} ({r['score']})",
                   _fmt(r["gain"]), str(r["ok"]), str(r["flagged"]), _fmt(r["vendi"]),
-                  _fmt(r["mean_cosine_distance"]), _fmt(r["near_dup_rate"], 3), str(r["cells"]), r["pool"])
+                  _fmt(r["mean_cosine_distance"]), _fmt(r["near_dup_rate"], 3), str(r["cells"]), r["templates"], r["pool"])
     order, mat = allocation_matrix(rounds)
     a = Table(title=f"allocation per cell and round (top {min(top, len(order))} of {len(order)} cells)")
     a.add_column("cell")
@@ -174,9 +182,9 @@ def html(run_dir: str | Path, rounds: list[dict] | None = None) -> str:
     rows = trajectory_rows(rounds)
     parts.append("<h2>Trajectory</h2>" + _table_html(
         ["round", "spent", "total", "tracked", "gain", "ok", "flagged", "vendi", "mean cos dist", "near-dup",
-         "cells", "pool"],
+         "cells", "templates", "pool"],
         [[r["round"], r["spent"], r["spent_total"], r["tracked"], r["gain"], r["ok"], r["flagged"], r["vendi"],
-          r["mean_cosine_distance"], r["near_dup_rate"], r["cells"], r["pool"]] for r in rows]))
+          r["mean_cosine_distance"], r["near_dup_rate"], r["cells"], r["templates"], r["pool"]] for r in rows]))
     order, mat = allocation_matrix(rounds)
     last = rounds[-1]["yields"]["cells"] if rounds else {}
     parts.append("<h2>Allocation per cell</h2>" + _table_html(

@@ -137,6 +137,23 @@ class AllocatorConfig(Strict):
     grow_personas: bool = Field(True, description="When global diversity stalls, also raise "
                                 "`personas.sample` (when the spec samples personas).")
     grow_personas_by: int = Field(16, ge=1, description="Personas added to the pool per stall.")
+    adapt_templates: bool = Field(True, description="From round 2 on, re-weight the template mix of the "
+                                  "next round by each template's expected yield per generation spent (usable "
+                                  "rate x novelty, shrunk like the cells'); weights are stored with the round. "
+                                  "The uniform rule never re-weights.")
+    template_power: float = Field(1.0, ge=0, description="Sharpness of the re-weighting: a template's new "
+                                  "weight is its spec weight x (expected yield)^template_power (0: keep the "
+                                  "spec weights; 1: proportional to yield; larger: closer to the best one).")
+    template_prior: float | None = Field(2.0, gt=0, description="Pseudo-generations at the pooled usable "
+                                         "rate and novelty that shrink each template's estimate. Unset: "
+                                         "estimated by empirical Bayes like the cells' (with a handful of "
+                                         "templates and a few generations each that estimate mostly says "
+                                         "'no difference'). Template history is not discounted: a template's "
+                                         "usable rate is a property of its layout and the model, so every "
+                                         "round's generations count fully.")
+    template_floor: float = Field(0.25, ge=0, le=1, description="A template's share never falls below this "
+                                  "fraction of its spec share, so no template starves and a bad early "
+                                  "estimate can recover.")
     yield_metric: Literal["novelty", "cell_novelty"] = Field(
         "novelty", description="Per-generation yield: cosine distance (static embeddings) to the nearest "
         "other text of the whole run (novelty) or of the same cell (cell_novelty); zero for flagged rows "

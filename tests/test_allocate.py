@@ -241,3 +241,67 @@ def test_noise_alone_does_not_concentrate_the_budget():
                                                          "prior_weight": 1.0}), 0)
     p = fixed.allocate(2, 16, [(c, 1.0) for c in cells], history[:1])
     assert max(p.counts.values()) - min(p.counts.values()) > 2  # a weak fixed prior chases the noise
+
+
+# ---------------------------------------------------------------- template re-weighting
+
+def template_round(r: int, stats: dict[str, tuple[int, int, float]]) -> dict:
+    """A history entry with only per-template yields: {name: (generations, usable, novelty per usable)}."""
+    by = {t: {"n": n, "ok": ok, "near_dup": 0, "yield_sum": ok * nov, "yield_sq": ok * nov * nov,
+              "yield_mean": ok * nov / n if n else 0.0} for t, (n, ok, nov) in stats.items()}
+    return {"round": r, "allocation": {}, "active": [], "yields": {"cells": {}, "by": {"template": by}}}
+
+
+TEMPLATES = [("word_problem", 1.0), ("common_mistake", 1.0)]
+
+
+def test_template_weights_shift_toward_the_higher_usable_rate():
+    a = Allocator(cfg(), seed=3)
+    hist = [template_round(1, {"word_problem": (12, 8, 0.3), "common_mistake": (12, 1, 0.3)})]
+    w, decs = a.template_weights(2, hist, TEMPLATES)
+    assert w is not None and abs(sum(w.values()) - 1.0) < 1e-9
+    assert w["word_problem"] > 0.65 > 0.35 > w["common_mistake"] >= 0.25 * 0.5
+    assert [d["action"] for d in decs] == ["template_weight", "template_weight"]
+    assert all(d["cell"] is None and "expected yield" in d["reason"] for d in decs)
+    # more evidence for the same difference moves the mix further
+    hist.append(template_round(2, {"word_problem": (20, 14, 0.3), "common_mistake": (4, 0, 0.3)}))
+    w3, _ = a.template_weights(3, hist, TEMPLATES)
+    assert w3["word_problem"] >= w["word_problem"]
+
+
+def test_template_weights_never_below_the_floor():
+    a = Allocator(cfg(allocator={"template_floor": 0.4, "template_power": 3.0, "template_prior": 0.5}), seed=0)
+    hist = [template_round(1, {"word_problem": (30, 25, 0.4), "common_mistake": (30, 0, 0.0)})]
+    w, _ = a.template_weights(2, hist, [("word_problem", 3.0), ("common_mistake", 1.0)])
+    assert w["common_mistake"] == pytest.approx(0.4 * 0.25)  # floor x spec share
+    assert w["word_problem"] == pytest.approx(1 - 0.1)
+    # three templates, two starved: each held at its own floor, the rest to the productive one
+    three = [("a", 1.0), ("b", 1.0), ("c", 2.0)]
+    hist = [template_round(1, {"a": (20, 18, 0.5), "b": (20, 0, 0.0), "c": (40, 1, 0.1)})]
+    w, _ = a.template_weights(2, hist, three)
+    assert w["b"] == pytest.approx(0.4 * 0.25) and w["c"] == pytest.approx(0.4 * 0.5)
+    assert sum(w.values()) == pytest.approx(1.0)
+
+
+def test_template_weights_deterministic_and_off_when_they_should_be():
+    hist = [template_round(1, {"word_problem": (12, 6, 0.3), "common_mistake": (12, 3, 0.35)})]
+    first = Allocator(cfg(), seed=5).template_weights(2, hist, TEMPLATES)
+    assert first == Allocator(cfg(), seed=5).template_weights(2, hist, TEMPLATES)
+    assert first == Allocator(cfg(allocator={"rule": "thompson"}), seed=5).template_weights(2, hist, TEMPLATES)
+    assert Allocator(cfg(), seed=5).template_weights(1, [], TEMPLATES) == (None, [])
+    assert Allocator(cfg(allocator={"rule": "uniform"}), 5).template_weights(2, hist, TEMPLATES) == (None, [])
+    assert Allocator(cfg(allocator={"adapt_templates": False}), 5).template_weights(2, hist, TEMPLATES) == (None, [])
+    assert Allocator(cfg(), 5).template_weights(2, hist, TEMPLATES[:1]) == (None, [])
+    # equal templates: the spec mix; a difference within noise: the spec mix under empirical Bayes
+    same = [template_round(1, {"word_problem": (12, 4, 0.3), "common_mistake": (12, 4, 0.3)})]
+    w, _ = Allocator(cfg(), 5).template_weights(2, same, TEMPLATES)
+    assert w == pytest.approx({"word_problem": 0.5, "common_mistake": 0.5})
+    close = [template_round(1, {"word_problem": (12, 5, 0.3), "common_mistake": (12, 4, 0.3)})]
+    w, _ = Allocator(cfg(allocator={"template_prior": None}), 5).template_weights(2, close, TEMPLATES)
+    assert w == pytest.approx({"word_problem": 0.5, "common_mistake": 0.5}, abs=1e-5)
+    w, _ = Allocator(cfg(), 5).template_weights(2, close, TEMPLATES)  # the fixed prior acts on it, mildly
+    assert 0.5 < w["word_problem"] < 0.62
+    # power 0 keeps the spec weights whatever the yields say
+    w, _ = Allocator(cfg(allocator={"template_power": 0.0}), 5).template_weights(
+        2, hist, [("word_problem", 3.0), ("common_mistake", 1.0)])
+    assert w == pytest.approx({"word_problem": 0.75, "common_mistake": 0.25})

@@ -188,3 +188,68 @@ def test_rounds_on_the_embedded_model(shared_backend_factory, tmp_path):
     for y in cells.values():
         assert 0.0 <= y["yield_mean"] <= 1.0 and y["total"] >= 1
     assert all(d["reason"] for d in rounds[1]["decisions"])
+
+
+def card_responder(r) -> str:
+    """The structured `card` template answers with varied JSON; the plain `qa` template always refuses."""
+    rng = random.Random(r.sampling.seed)
+    if r.json_schema is not None:
+        return json.dumps({"question": " ".join(rng.choice(WORDS) for _ in range(12)),
+                           "answer": " ".join(rng.choice(WORDS) for _ in range(12))})
+    return "I'm sorry, but I cannot help with that request."
+
+
+def test_template_mix_follows_usable_rate_and_is_recorded(proj, tmp_path):
+    spec = load_spec(proj / "spec.yaml", {"rounds": "{count: 3, budget: 60, first_round_share: 0.4}"})
+    run_rounds(spec, out=tmp_path / "run", executor=executor(FakeBackend(responder=card_responder)))
+    rounds = load_rounds(tmp_path / "run")
+    assert rounds[0]["template_weights"] is None  # round 1: the spec mix (qa 2 : card 1)
+    for h in rounds[1:]:
+        w = h["template_weights"]
+        alloc = json.loads((tmp_path / "run" / "rounds" / f"round-{h['round']:03d}.alloc.json").read_text())
+        assert alloc["template_weights"] == w
+        assert w["card"] > 1 / 3 and w["qa"] >= 0.25 * 2 / 3 - 1e-9
+        assert sum(w.values()) == pytest.approx(1.0)
+        assert [d for d in h["decisions"] if d["action"] == "template_weight"]
+    df = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
+    share = {r: df.filter(pl.col("round") == r)["template"].to_list() for r in (1, 2, 3)}
+    assert share[1].count("card") / len(share[1]) < sum(share[r].count("card") for r in (2, 3)) / 36
+
+
+def test_resume_replans_template_weighted_rounds_identically(proj, tmp_path):
+    spec = load_spec(proj / "spec.yaml", {"rounds": "{count: 3, budget: 45, first_round_share: 0.4}",
+                                          "run.shard_size": "3"})
+    run = tmp_path / "run"
+    run_rounds(spec, out=run, executor=executor(FakeBackend(responder=card_responder)))
+    before = load_rounds(run)
+    plan = pl.read_parquet(run / "plan.parquet").sort("id")
+    assert before[1]["template_weights"] is not None
+    # drop rounds 2 and 3 entirely (results, allocations, shards): they are re-derived from round 1's file
+    for r in (2, 3):
+        for p in (run / "rounds").glob(f"round-{r:03d}*"):
+            p.unlink()
+        for p in (run / "generations").glob(f"part-{r:03d}-*.parquet"):
+            p.unlink()
+    run_rounds(spec, out=run, executor=executor(FakeBackend(responder=card_responder)))
+    after = load_rounds(run)
+    assert [h["template_weights"] for h in after] == [h["template_weights"] for h in before]
+    assert [h["allocation"] for h in after] == [h["allocation"] for h in before]
+    assert pl.read_parquet(run / "plan.parquet").sort("id").equals(plan)
+    # a fresh run of the same spec plans the same records
+    run_rounds(spec, out=tmp_path / "again", executor=executor(FakeBackend(responder=card_responder)))
+    assert pl.read_parquet(tmp_path / "again" / "plan.parquet").sort("id")["id"].equals(plan["id"])
+
+
+def test_expand_template_weights_change_only_new_indices(proj):
+    from generator.plan import expand, resolve_spec
+
+    resolved = resolve_spec(load_spec(proj / "spec.yaml"))
+    cells = {c.id: 2 for c in resolved.cells}
+    base = expand(resolved, counts=cells)
+    only_card = expand(resolved, counts=cells, start=cells, round=2, template_weights={"card": 1.0})
+    assert {r.template for r in only_card} == {"card"}
+    assert [r.id for r in expand(resolved, counts=cells)] == [r.id for r in base]  # earlier ones unchanged
+    same = expand(resolved, counts=cells, template_weights={"qa": 2.0, "card": 1.0})
+    assert [r.id for r in same] == [r.id for r in base]  # the spec weights, given explicitly
+    with pytest.raises(ValueError, match="unknown"):
+        expand(resolved, counts=cells, template_weights={"nope": 1.0})

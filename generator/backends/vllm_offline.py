@@ -23,14 +23,19 @@ def on_gpu() -> bool:
         return False
 
 
+# Structured answers as compact JSON: with the grammar's default "any whitespace" a small model
+# can spend its whole max_tokens on newlines and indentation between JSON tokens.
+COMPACT_JSON = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
+
+
 def engine_defaults(gpu: bool) -> dict[str, Any]:
     if gpu:
-        return {"gpu_memory_utilization": float(os.environ.get("SYNTHGEN_GPU_MEMORY", 0.9))}
+        return {"gpu_memory_utilization": float(os.environ.get("SYNTHGEN_GPU_MEMORY", 0.9)), **COMPACT_JSON}
     # The CPU build's default memory-fraction check fails on small machines: give the KV cache
     # explicit bytes instead, and skip graph capture that only pays off on GPUs.
     kv_gb = float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2))
     return {"kv_cache_memory_bytes": int(kv_gb * (1 << 30)), "enforce_eager": True, "max_model_len": 4096,
-            **CPU_SEED_SAFE}
+            **CPU_SEED_SAFE, **COMPACT_JSON}
 
 
 # Per-request seeds crash the CPU build when a prompt is prefilled in chunks: vLLM discards the

@@ -164,16 +164,17 @@ class ClusterAgentResult:
 
 # ------------------------------------------------------------------ schemas
 
-def _str(max_chars: int = 200) -> dict:
+def _str(max_chars: int = 200, min_chars: int = 0) -> dict:
     # Bounded strings keep every answer inside max_tokens: a small judge otherwise rambles and
     # the JSON is cut off, which costs a retry (the grammar enforces the bound while decoding).
-    return {"type": "string", "maxLength": max_chars}
+    return {"type": "string", "maxLength": max_chars, **({"minLength": min_chars} if min_chars else {})}
 
 
 def generation_schema() -> dict:
-    item = {"type": "object", "properties": {"name": _str(60), "definition": _str(160)},
+    item = {"type": "object", "properties": {"name": _str(60, 3), "definition": _str(160, 10)},
             "required": ["name", "definition"], "additionalProperties": False}
-    metric = {"type": "object", "properties": {"name": _str(60), "definition": _str(160), "rubric": _str(200)},
+    metric = {"type": "object", "properties": {"name": _str(60, 3), "definition": _str(160, 10),
+                                               "rubric": _str(200, 10)},
               "required": ["name", "definition", "rubric"], "additionalProperties": False}
     return {"type": "object", "properties": {
         "metadata": {"type": "array", "items": item, "minItems": 3, "maxItems": 5},
@@ -182,7 +183,7 @@ def generation_schema() -> dict:
 
 
 def summary_schema(k: int) -> dict:
-    item = {"type": "object", "properties": {"name": _str(), "definition": _str()},
+    item = {"type": "object", "properties": {"name": _str(60, 3), "definition": _str(200, 10)},
             "required": ["name", "definition"], "additionalProperties": False}
     return {"type": "object", "properties": {"items": {"type": "array", "items": item, "minItems": k,
                                                        "maxItems": k}},
@@ -190,7 +191,7 @@ def summary_schema(k: int) -> dict:
 
 
 def sentences_schema(n: int) -> dict:
-    item = {"type": "object", "properties": {"name": _str(), "criterion": _str()},
+    item = {"type": "object", "properties": {"name": _str(60, 3), "criterion": _str(240, 10)},
             "required": ["name", "criterion"], "additionalProperties": False}
     return {"type": "object", "properties": {"criteria": {"type": "array", "items": item, "minItems": n,
                                                           "maxItems": n}},
