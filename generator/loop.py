@@ -25,8 +25,7 @@ from .allocate import Allocator, Plan, grow_samples, round_slices
 from .errors import RunFolderError
 from .library import load_personas, load_topic_tree, resolve, tree_cells
 from .plan import Resolved, expand, resolve_spec, validate
-from .run import (ExecStats, Progress, RunResult, assign_shards, execute_records, finish_run, run_manifest,
-                  score_run)
+from .run import (ExecStats, Progress, RunResult, assign_shards, close_run, execute_records, run_manifest)
 from .spec import Spec, TreeTopics
 from .store import RunFolder, write_json_atomic
 from .yields import compute_yields
@@ -207,13 +206,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     if stop_decisions:
         write_json_atomic(folder.path / "rounds" / "stop.json", {"after_round": len(history),
                                                                  "decisions": stop_decisions})
-    frame, statuses = finish_run(folder, manifest, resolved, plan, total, plan_seconds)
-    scores = None
-    if score and spec.scoring is not None and frame.height:
-        scores = score_run(folder, spec)
-    emit("done", {"seconds": time.time() - t0})
-    return RunResult(run_dir=folder.path, manifest=manifest, planned=plan.height, generated=frame.height,
-                     model_calls=total.model_calls, statuses=statuses, scores=scores)
+    return close_run(spec, folder, manifest, resolved, plan, total, plan_seconds, score, emit, t0)
 
 
 def _resolve(spec: Spec, pool: dict[str, Any]) -> Resolved:

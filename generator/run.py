@@ -258,8 +258,13 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     finally:
         if own_executor:
             executor.close()
-    frame, statuses = finish_run(folder, manifest, resolved, plan, stats, plan_seconds)
+    return close_run(spec, folder, manifest, resolved, plan, stats, plan_seconds, score, emit, t0)
 
+
+def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame,
+              stats: "ExecStats", plan_seconds: float, score: bool, emit: Progress, t0: float) -> RunResult:
+    """The end of every run (single or rounds): manifest and card, the spec's scores, the result."""
+    frame, statuses = finish_run(folder, manifest, resolved, plan, stats, plan_seconds)
     scores = None
     if score and spec.scoring is not None and frame.height:
         scores = score_run(folder, spec)
