@@ -68,10 +68,10 @@ def write_spec(work: Path, name: str, model: str, prompts: int, max_tokens: int)
 def bare(spec_path: Path) -> dict:
     from vllm import LLM, SamplingParams
 
-    from generator.backends.vllm_offline import engine_defaults
-    from generator.models import resolve_model
-    from generator.plan import plan_spec
-    from generator.spec import load_spec
+    from generator.engine.backends.vllm_offline import engine_defaults
+    from generator.core.model_aliases import resolve_model
+    from generator.engine.planner import plan_spec
+    from generator.config.spec import load_spec
 
     _, records = plan_spec(load_spec(spec_path))
     kwargs = {**engine_defaults(False), **ENGINE}
@@ -90,8 +90,8 @@ def bare(spec_path: Path) -> dict:
 
 
 def through_run_spec(spec_path: Path, out: Path, executor=None) -> dict:
-    from generator.run import run_spec
-    from generator.spec import load_spec
+    from generator.engine.runner import run_spec
+    from generator.config.spec import load_spec
 
     res = run_spec(load_spec(spec_path), out=out, executor=executor, score=False)
     t = res.manifest["timings"][-1]
@@ -110,7 +110,7 @@ def free_port() -> int:
 def http(work: Path, prompts: int, max_tokens: int) -> dict:
     import httpx
 
-    from generator.models import resolve_model
+    from generator.core.model_aliases import resolve_model
 
     port = free_port()
     log = open(work / "server.log", "w")
@@ -168,7 +168,7 @@ def main() -> None:
             elif name == "http":
                 results[name] = http(work, args.prompts, args.max_tokens)
             elif name == "ray":
-                from generator.executors.ray import RayExecutor
+                from generator.engine.executors.ray import RayExecutor
 
                 ex = RayExecutor(actors=1)
                 try:

@@ -79,19 +79,19 @@ def main(argv=None) -> int:
 
     import polars as pl
 
-    from generator.backends.base import Borrowed
-    from generator.executors.local import LocalExecutor
-    from generator.loop import run_rounds
-    from generator.spec import load_spec
-    from generator.yields import row_flags
+    from generator.core.backend import Borrowed
+    from generator.engine.executors.local import LocalExecutor
+    from generator.feedback.rounds import run_rounds
+    from generator.config.spec import load_spec
+    from generator.feedback.yields import row_flags
 
     if args.fake:
-        from generator.backends.fake import FakeBackend
+        from generator.engine.backends.fake import FakeBackend
 
         inner = FakeBackend(model="smollm2-135m")
         inner.load_seconds = 0.0
     else:
-        from generator.backends.vllm_offline import VLLMOfflineBackend
+        from generator.engine.backends.vllm_offline import VLLMOfflineBackend
 
         inner = VLLMOfflineBackend("smollm2-135m", engine={"max_model_len": 2048})
     shared = Borrowed(inner)  # one engine for every run; executors never close it

@@ -34,12 +34,12 @@ def main() -> None:
 
     from vllm import SamplingParams
 
-    from generator.backends.base import Borrowed
-    from generator.backends.vllm_offline import VLLMOfflineBackend
-    from generator.executors.local import LocalExecutor
-    from generator.plan import plan_spec
-    from generator.run import run_spec
-    from generator.spec import load_spec
+    from generator.core.backend import Borrowed
+    from generator.engine.backends.vllm_offline import VLLMOfflineBackend
+    from generator.engine.executors.local import LocalExecutor
+    from generator.engine.planner import plan_spec
+    from generator.engine.runner import run_spec
+    from generator.config.spec import load_spec
 
     spec = load_spec(args.spec, {"sampling.max_tokens": str(args.max_tokens)})
     spec.scoring = None  # scoring is a separate step with its own benchmark (bench/score.py)

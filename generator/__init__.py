@@ -9,34 +9,39 @@ The Python API mirrors the CLI::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from generator.core.version import __version__
 
 
 def load_spec(path, overrides=None):
-    from .spec import load_spec as _load
+    from generator.config.spec import load_spec as _load
 
     return _load(path, overrides)
 
 
 def plan(spec, limit=None):
-    from .plan import plan_spec
+    from generator.engine.planner import plan_spec
 
     return plan_spec(spec, limit=limit)[1]
 
 
 def validate(spec):
     """Load every file the spec names and check every template; returns the resolved spec."""
-    from .plan import resolve_spec, validate as _validate
+    from generator.engine.planner import resolve_spec, validate as _validate
 
     resolved = resolve_spec(spec)
     _validate(resolved)
     return resolved
 
 
-def run(spec, out=None, limit=None, executor=None, progress=None):
-    from .run import run_spec
+def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
+    """Generate what `spec` plans: one pass, or the feedback loop when the spec has `rounds:`."""
+    if spec.rounds is not None:
+        from generator.feedback.rounds import run_rounds
 
-    return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress)
+        return run_rounds(spec, out=out, executor=executor, progress=progress, limit=limit, score=score)
+    from generator.engine.runner import run_spec
+
+    return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress, score=score)
 
 
 __all__ = ["__version__", "load_spec", "plan", "validate", "run"]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import polars as pl
+
+from generator.core.files import write_parquet_atomic
 
 from scoring.metrics import DEFAULT_METRICS, EMBEDDING, get, score_texts
 
@@ -254,12 +255,6 @@ def compare(paths: Sequence[str | Path], metrics: str | Sequence[str] | None = N
 
 # ------------------------------------------------------------------ dedup
 
-def _atomic_write(df: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
-
-
 def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = False,
               text_column: str = "text", semantic_threshold: float = 0.95,
               embedder: str = "static") -> dict[str, Any]:
@@ -309,7 +304,7 @@ def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = Fa
         col = pl.Series("duplicate_of", marks[fi], dtype=pl.Utf8) if df.height else pl.Series("duplicate_of", [], dtype=pl.Utf8)
         if "id" in df.columns and df["id"].dtype != pl.Utf8:
             col = pl.Series("duplicate_of", marks[fi], dtype=df["id"].dtype)
-        _atomic_write(df.with_columns(col), f)
+        write_parquet_atomic(df.with_columns(col), f)
     n_dup = sum(d is not None for d in dup)
     return {"files": len(files), "rows": sum(df.height for df in frames), "ok_rows": len(texts),
             "duplicates": n_dup, "exact": sum(e is not None for e in exact),

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from generator.core.paths import cache_dir
+
 STATIC_DIM = 256
 STATIC_VERSION = "static-minilm-v1"
 SIF_A = 1e-4
@@ -35,12 +37,6 @@ EMBEDDERS = ("static", "minilm", "hash")
 
 _models: dict[str, object] = {}
 _lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    d = Path(os.environ.get("SYNTHGEN_CACHE") or Path.home() / ".cache" / "synthgen")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def minilm_path() -> str:

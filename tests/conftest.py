@@ -34,7 +34,7 @@ def shared_data() -> Path:
 def vllm_backend():
     """The embedded model in a real offline vLLM engine, shared by every slow test."""
     pytest.importorskip("vllm")
-    from generator.backends.vllm_offline import VLLMOfflineBackend
+    from generator.engine.backends.vllm_offline import VLLMOfflineBackend
 
     backend = VLLMOfflineBackend("smollm2-135m", engine={"max_model_len": 2048})
     yield backend
@@ -44,7 +44,7 @@ def vllm_backend():
 @pytest.fixture(scope="session")
 def shared_backend_factory(vllm_backend):
     """A backend factory for executors that hands out the session's engine (never closes it)."""
-    from generator.backends.base import Borrowed
+    from generator.core.backend import Borrowed
 
     def factory(model_cfg, **_):
         assert model_cfg.name == vllm_backend.model, f"tests share one engine ({vllm_backend.model})"

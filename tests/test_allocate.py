@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from generator.allocate import Allocator, apportion, grow_samples, round_slices
-from generator.spec import RoundsConfig
+from generator.feedback.allocator import Allocator, apportion, grow_samples, round_slices
+from generator.config.spec import RoundsConfig
 
 
 def cfg(**kw) -> RoundsConfig:

@@ -6,10 +6,10 @@ import json
 import polars as pl
 import pytest
 
-from generator.executors.local import LocalExecutor
-from generator.run import run_spec
-from generator.spec import load_spec
-from generator.store import GENERATION_SCHEMA
+from generator.engine.executors.local import LocalExecutor
+from generator.engine.runner import run_spec
+from generator.config.spec import load_spec
+from generator.engine.run_folder import GENERATION_SCHEMA
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_tiny_spec_end_to_end(shared_backend_factory, tmp_path):
 
 
 def test_structured_output_is_valid_json(vllm_backend):
-    from generator.backends.base import Request, Sampling
+    from generator.core.backend import Request, Sampling
 
     # bounded fields + compact JSON (engine default): every answer fits in max_tokens
     schema = {"type": "object", "properties": {"question": {"type": "string", "maxLength": 120},
@@ -57,7 +57,7 @@ def test_structured_output_is_valid_json(vllm_backend):
 
 
 def test_same_batch_same_seed_same_text(vllm_backend):
-    from generator.backends.base import Request, Sampling
+    from generator.core.backend import Request, Sampling
 
     reqs = [Request(id=str(i), messages=({"role": "user", "content": "Name a fruit."},),
                     sampling=Sampling(temperature=1.0, max_tokens=12, seed=100 + i)) for i in range(3)]

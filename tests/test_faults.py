@@ -12,11 +12,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from generator.backends.fake import FakeBackend
-from generator.errors import BackendError, ModelError, RunFolderError
-from generator.executors.local import LocalExecutor
-from generator.run import run_spec
-from generator.spec import load_spec
+from generator.engine.backends.fake import FakeBackend
+from generator.core.errors import BackendError, ModelError, RunFolderError
+from generator.engine.executors.local import LocalExecutor
+from generator.engine.runner import run_spec
+from generator.config.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHGEN = Path(sys.executable).with_name("synthgen")
@@ -58,7 +58,7 @@ def test_disk_full_keeps_the_first_shard_and_rerun_completes(proj, tmp_path, mon
 
 
 def test_unreachable_server_names_the_url():
-    from generator.backends.openai_http import OpenAIBackend
+    from generator.engine.backends.openai_http import OpenAIBackend
 
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     with pytest.raises(BackendError) as err:
@@ -66,7 +66,7 @@ def test_unreachable_server_names_the_url():
     msg = str(err.value)
     assert url in msg and "cannot reach" in msg and "after 3 attempts" in msg and "\n" not in msg
     b = OpenAIBackend("m", url, max_retries=1, backoff=0.01, check=False)
-    from generator.backends.base import Request
+    from generator.core.backend import Request
 
     with pytest.raises(BackendError, match="cannot reach http://127.0.0.1"):
         list(b.generate([Request(id="a#1", messages=({"role": "user", "content": "hi"},))]))
@@ -111,7 +111,7 @@ def test_cli_unreachable_server_exits_2_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_bogus_model_is_one_model_error(tmp_path):
     pytest.importorskip("vllm")
-    from generator.backends.vllm_offline import VLLMOfflineBackend
+    from generator.engine.backends.vllm_offline import VLLMOfflineBackend
 
     bogus = tmp_path / "no-such-model"
     bogus.mkdir()

@@ -7,10 +7,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from generator.backends.fake import FakeBackend
-from generator.cli import main
-from generator.expand import expand_personas, expand_topic_node
-from generator.library import load_personas, load_topic_tree
+from generator.engine.backends.fake import FakeBackend
+from generator.cli.main import main
+from generator.library.growth import expand_personas, expand_topic_node
+from generator.library.catalog import load_personas, load_topic_tree
 
 
 def invoke(*args):
@@ -71,7 +71,7 @@ def _persona_answer(req):
 
 
 def test_expand_personas_drops_duplicates_and_invalid():
-    seeds = load_personas(__import__("generator.library", fromlist=["x"]).resolve("personas", "core", None))[:30]
+    seeds = load_personas(__import__("generator.library.catalog", fromlist=["x"]).resolve("personas", "core", None))[:30]
     answers = iter(range(10_000))
 
     def responder(req):
@@ -105,7 +105,7 @@ def test_expand_topic_node_adds_distinct_children(tmp_path):
     assert [n["name"] for n in new] == ["Comparing fractions", "Fraction word problems"]
     assert stats.near_duplicates >= 2 and stats.invalid >= 1
     out = tmp_path / "t2.yaml"
-    from generator.expand import dump_tree
+    from generator.library.growth import dump_tree
 
     out.write_text(dump_tree(raw))
     assert len(load_topic_tree(out).leaves()) == 3
@@ -113,7 +113,7 @@ def test_expand_topic_node_adds_distinct_children(tmp_path):
 
 @pytest.mark.slow
 def test_expand_personas_with_the_embedded_model(vllm_backend):
-    seeds = load_personas(__import__("generator.library", fromlist=["x"]).resolve("personas", "core", None))[:20]
+    seeds = load_personas(__import__("generator.library.catalog", fromlist=["x"]).resolve("personas", "core", None))[:20]
     new, stats = expand_personas(seeds, vllm_backend, count=4, seed=3)
     assert stats.model_calls >= 4 and len(new) >= 1
     for p in new:

@@ -12,9 +12,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from generator.library import load_topic_tree
-from generator.renderers import ANSWER_LEADS, RENDERERS, render
-from generator.templates import parse_template
+from generator.library.catalog import load_topic_tree
+from generator.library.renderers import ANSWER_LEADS, RENDERERS, render
+from generator.library.prompt_template import parse_template
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((ROOT / "templates").rglob("*.j2"))

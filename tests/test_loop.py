@@ -8,13 +8,13 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from generator.backends.fake import FakeBackend
-from generator.errors import RunFolderError
-from generator.executors.local import LocalExecutor
-from generator.loop import load_rounds, run_rounds
-from generator.run import run_spec
-from generator.spec import load_spec
-from generator.yields import is_refusal, row_flags
+from generator.engine.backends.fake import FakeBackend
+from generator.core.errors import RunFolderError
+from generator.engine.executors.local import LocalExecutor
+from generator.feedback.rounds import load_rounds, run_rounds
+from generator import run as run_spec
+from generator.config.spec import load_spec
+from generator.feedback.yields import is_refusal, row_flags
 
 WORDS = ("apple river stone cloud seven music garden bridge number engine planet silver window forest ocean "
          "candle mirror rabbit violin tower harbor lantern meadow copper falcon pepper quartz saddle thunder "
@@ -149,7 +149,7 @@ def test_uniform_rule_spreads_by_weight(proj, tmp_path):
 
 
 def test_report_cli_and_html(proj, tmp_path):
-    from generator.report_cli import report
+    from generator.cli.report import report
 
     spec = rounds_spec(proj, "{count: 3, budget: 30}")
     run_rounds(spec, out=tmp_path / "run", executor=executor(FakeBackend(responder=responder)))
@@ -241,7 +241,7 @@ def test_resume_replans_template_weighted_rounds_identically(proj, tmp_path):
 
 
 def test_expand_template_weights_change_only_new_indices(proj):
-    from generator.plan import expand, resolve_spec
+    from generator.engine.planner import expand, resolve_spec
 
     resolved = resolve_spec(load_spec(proj / "spec.yaml"))
     cells = {c.id: 2 for c in resolved.cells}

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from generator.errors import SpecError, SynthgenError
+from generator.core.errors import SpecError, SynthgenError
 from generator.mix import (MANIFEST_NAME, MixConfig, RepetitionWarning, best_fit, build_mix, hamilton,
                            load_mix_config, load_shard_rows, parse_ratio, read_megatron, select_documents)
 
@@ -465,7 +465,7 @@ def test_config_validation_and_yaml(tmp_path, tok_dir, run_dir):
 def test_cli(tok_dir, run_dir, tmp_path):
     from click.testing import CliRunner
 
-    from generator.mix_cli import mix
+    from generator.cli.mix import mix
 
     cfg = tmp_path / "mix.yaml"
     cfg.write_text(f"real:\n  - path: {REAL}\n    text_template: \"{{question}}\\n{{answer}}\"\n"

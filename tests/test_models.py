@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from generator import models
-from generator.errors import ModelError
+from generator.core import model_aliases as models
+from generator.core.errors import ModelError
 
 
 def test_non_alias_passes_through():

@@ -19,9 +19,9 @@ import httpx
 import polars as pl
 import pytest
 
-from generator.backends.base import Request, Sampling
-from generator.backends.openai_http import OpenAIBackend
-from generator.errors import BackendError
+from generator.core.backend import Request, Sampling
+from generator.engine.backends.openai_http import OpenAIBackend
+from generator.core.errors import BackendError
 from helpers import small_spec
 
 SCHEMA = {"type": "object", "properties": {"question": {"type": "string", "maxLength": 80},
@@ -138,7 +138,7 @@ def _free_port() -> int:
 
 
 def start_vllm_server(port: int, log: Path, extra: list[str] | None = None) -> subprocess.Popen:
-    from generator.models import resolve_model
+    from generator.core.model_aliases import resolve_model
 
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model("smollm2-135m"),
@@ -237,8 +237,8 @@ def test_default_requests_do_not_crash_a_cpu_server(vllm_server):
 
 @pytest.mark.slow
 def test_run_spec_through_the_server_keeps_the_key_out(vllm_server, tmp_path, monkeypatch):
-    from generator.run import run_spec
-    from generator.spec import load_spec
+    from generator.engine.runner import run_spec
+    from generator.config.spec import load_spec
 
     monkeypatch.setenv("SG_TEST_SERVER_KEY", "sk-do-not-store-4242")
     spec_path = tmp_path / "spec.yaml"
@@ -316,10 +316,10 @@ class FaultProxy:
 
 @pytest.mark.slow
 def test_faults_429_and_500_are_retried_nothing_lost(vllm_server, tmp_path, monkeypatch):
-    from generator.executors.local import LocalExecutor
-    from generator.backends import make_backend
-    from generator.run import run_spec
-    from generator.spec import load_spec
+    from generator.engine.executors.local import LocalExecutor
+    from generator.engine.backends import make_backend
+    from generator.engine.runner import run_spec
+    from generator.config.spec import load_spec
 
     monkeypatch.setenv("SG_TEST_SERVER_KEY", "k")
     made = []

@@ -1,8 +1,8 @@
 """The plan is deterministic and append-stable."""
 from __future__ import annotations
 
-from generator.plan import expand, plan_spec, records_frame, resolve_spec
-from generator.spec import load_spec
+from generator.engine.planner import expand, plan_spec, records_frame, resolve_spec
+from generator.config.spec import load_spec
 
 
 def _plan(proj, **sets):

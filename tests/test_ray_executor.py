@@ -12,10 +12,10 @@ import time
 import polars as pl
 import pytest
 
-from generator.backends.fake import FakeBackend
-from generator.executors.local import LocalExecutor
-from generator.run import run_spec
-from generator.spec import load_spec
+from generator.engine.backends.fake import FakeBackend
+from generator.engine.executors.local import LocalExecutor
+from generator.engine.runner import run_spec
+from generator.config.spec import load_spec
 from helpers import small_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -54,7 +54,7 @@ def _ids(run) -> list[str]:
 
 
 def test_ray_fake_backend_matches_local(proj, tmp_path):
-    from generator.executors.ray import RayExecutor
+    from generator.engine.executors.ray import RayExecutor
 
     spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2"})
     run_spec(spec, out=tmp_path / "local", executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()))
@@ -82,7 +82,7 @@ def test_ray_fake_backend_matches_local(proj, tmp_path):
 
 def test_ray_replaces_a_killed_actor(proj, tmp_path):
     """Kill an actor while it works: its unwritten shards go to a fresh actor, nothing lost or doubled."""
-    from generator.executors.ray import RayExecutor
+    from generator.engine.executors.ray import RayExecutor
 
     spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2", "run.window": "2"})
     ex = RayExecutor(actors=2, backend_factory=slow_fake_factory)
@@ -137,7 +137,7 @@ def dying_factory(model_cfg, marker=None, when="after", **_):
 def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path):
     import functools
 
-    from generator.executors.ray import RayExecutor
+    from generator.engine.executors.ray import RayExecutor
 
     spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2", "run.window": "4"})
     marker = str(tmp_path / "died")
@@ -158,7 +158,7 @@ def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path):
 def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path):
     import functools
 
-    from generator.executors.ray import RayExecutor
+    from generator.engine.executors.ray import RayExecutor
 
     spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2", "run.window": "4"})
     marker = str(tmp_path / "died")
@@ -178,7 +178,7 @@ def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path):
 def test_ray_real_model_two_actors_one_killed(tmp_path, monkeypatch):
     """Two actors, each its own vLLM engine on the embedded model; one is killed mid-run."""
     pytest.importorskip("vllm")
-    from generator.executors.ray import RayExecutor
+    from generator.engine.executors.ray import RayExecutor
 
     monkeypatch.setenv("SYNTHGEN_KV_CACHE_GB", "0.25")  # two small engines side by side
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -17,12 +17,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from generator.backends.fake import FakeBackend
-from generator.executors.local import LocalExecutor
-from generator.plan import plan_spec
-from generator.run import run_spec
-from generator.shards import make_request
-from generator.spec import load_spec
+from generator.engine.backends.fake import FakeBackend
+from generator.engine.executors.local import LocalExecutor
+from generator.engine.planner import plan_spec
+from generator.engine.runner import run_spec
+from generator.engine.requests import make_request
+from generator.config.spec import load_spec
 from helpers import small_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,12 +8,12 @@ import json
 import polars as pl
 import pytest
 
-from generator.backends.fake import FakeBackend
-from generator.errors import RunFolderError
-from generator.executors.local import LocalExecutor
-from generator.run import run_spec
-from generator.spec import load_spec
-from generator.store import GENERATION_SCHEMA
+from generator.engine.backends.fake import FakeBackend
+from generator.core.errors import RunFolderError
+from generator.engine.executors.local import LocalExecutor
+from generator.engine.runner import run_spec
+from generator.config.spec import load_spec
+from generator.engine.run_folder import GENERATION_SCHEMA
 
 
 def _executor(backend):
@@ -73,7 +73,7 @@ def test_changed_plan_refuses_to_resume(proj, tmp_path):
 
 def test_malformed_json_retried_then_recorded(proj, tmp_path):
     spec = load_spec(proj / "spec.yaml")
-    from generator.plan import plan_spec
+    from generator.engine.planner import plan_spec
 
     cards = [r.id for r in plan_spec(spec)[1] if r.template == "card"]
     fixed, broken = cards[0], cards[1]
@@ -108,7 +108,7 @@ def test_truncated_and_empty_are_flagged(proj, tmp_path):
 
 
 def test_backend_errors_are_recorded_not_raised(proj, tmp_path):
-    from generator.plan import plan_spec
+    from generator.engine.planner import plan_spec
 
     spec = load_spec(proj / "spec.yaml", {"run.retries": "1"})
     first = plan_spec(spec)[1][0].id

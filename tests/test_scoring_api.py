@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from scoring.api import compare, dedup_run, groups_for, load_texts, score, write_report
-from scoring.cli import cli
+from generator.cli.scoring import cli
 
 LEX = "distinct_n,compression_ratio,exact_dup_rate,near_dup_rate"
 BASE = " ".join(f"alpha{i}" for i in range(150))

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from generator.backends.base import Request, Result
+from generator.core.backend import Request, Result
 from scoring.cluster_agent import (WEAK_WARNING, ClusterAgent, ClusterAgentConfig, Criteria, aggregate,
                                    canonicalize, cluster_schema, parse_clustering, parse_verification,
                                    run_score, split_invalid)

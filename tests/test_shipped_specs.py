@@ -6,11 +6,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from generator.executors.local import LocalExecutor
-from generator.library import builtin_root
-from generator.plan import expand, plan_spec, resolve_spec, validate
-from generator.run import run_spec
-from generator.spec import load_spec
+from generator.engine.executors.local import LocalExecutor
+from generator.library.catalog import builtin_root
+from generator.engine.planner import expand, plan_spec, resolve_spec, validate
+from generator.engine.runner import run_spec
+from generator.config.spec import load_spec
 
 SPECS = sorted(p for p in builtin_root("specs").glob("*.yaml"))
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from generator.errors import SpecError, TemplateError
-from generator.plan import resolve_spec, validate
-from generator.spec import json_schema, load_spec
+from generator.core.errors import SpecError, TemplateError
+from generator.engine.planner import resolve_spec, validate
+from generator.config.spec import json_schema, load_spec
 
 
 def write(p: Path, text: str) -> Path:

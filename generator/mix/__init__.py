@@ -23,18 +23,18 @@ when the tokenizer has none). Megatron `.bin` files hold exactly these ids.
 """
 from __future__ import annotations
 
-from .apportion import hamilton
-from .build import RepetitionWarning, build_mix
-from .chat import ChatRenderer
-from .config import (DEFAULT_SHARD_TOKENS, REAL_SUFFIXES, MixConfig, RealSource, SyntheticFilters, SyntheticSource,
+from generator.mix.apportion import hamilton
+from generator.mix.build import RepetitionWarning, build_mix
+from generator.mix.chat import ChatRenderer
+from generator.mix.config import (DEFAULT_SHARD_TOKENS, REAL_SUFFIXES, MixConfig, RealSource, SyntheticFilters, SyntheticSource,
                      _validation_error, load_mix_config, mix_config_from_dict)
-from .manifest import MANIFEST_NAME, MANIFEST_VERSION, MixResult
-from .megatron import MEGATRON_DTYPE_CODES, MEGATRON_HEADER, read_megatron, write_megatron
-from .parsing import parse_ratio, parse_token_count, ratio_folder, ratio_text
-from .select import best_fit, select_documents, swap_refine
-from .shards import load_shard_rows
-from .tokcache import TOKCACHE_VERSION, default_cache_dir
-from .tokens import DEFAULT_TOKENIZER, ENCODE_BATCH, TokenizerInfo, count_tokens, encode_documents, load_tokenizer
+from generator.mix.manifest import MANIFEST_NAME, MANIFEST_VERSION, MixResult
+from generator.mix.megatron import MEGATRON_DTYPE_CODES, MEGATRON_HEADER, read_megatron, write_megatron
+from generator.mix.parsing import parse_ratio, parse_token_count, ratio_folder, ratio_text
+from generator.mix.select import best_fit, select_documents, swap_refine
+from generator.mix.shards import load_shard_rows
+from generator.mix.tokcache import TOKCACHE_VERSION, default_cache_dir
+from generator.mix.tokens import DEFAULT_TOKENIZER, ENCODE_BATCH, TokenizerInfo, count_tokens, encode_documents, load_tokenizer
 
 __all__ = [
     "MixConfig", "RealSource", "SyntheticSource", "SyntheticFilters", "MixResult", "TokenizerInfo",

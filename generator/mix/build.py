@@ -8,21 +8,21 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from ..errors import SynthgenError
-from .apportion import hamilton
-from .chat import ChatRenderer
-from .config import MixConfig, mix_config_from_dict
-from .digest import file_sha256
-from .manifest import MixResult, mix_record, prepare_out, run_manifest, source_accounting, write_manifest
-from .parsing import parse_ratio, ratio_folder
-from .pool import Pool, max_budget, select_kind
-from .real import load_real
-from .select import seeded_rng
-from .shards import shard_bounds, write_shard
-from .sources import LoadedSource
-from .synthetic import load_synthetic
-from .tokcache import default_cache_dir
-from .tokens import load_tokenizer
+from generator.core.errors import SynthgenError
+from generator.mix.apportion import hamilton
+from generator.mix.chat import ChatRenderer
+from generator.mix.config import MixConfig, mix_config_from_dict
+from generator.mix.digest import file_sha256
+from generator.mix.manifest import MixResult, mix_record, prepare_out, run_manifest, source_accounting, write_manifest
+from generator.mix.parsing import parse_ratio, ratio_folder
+from generator.mix.pool import Pool, max_budget, select_kind
+from generator.mix.real import load_real
+from generator.mix.select import seeded_rng
+from generator.mix.shards import shard_bounds, write_shard
+from generator.mix.sources import LoadedSource
+from generator.mix.synthetic import load_synthetic
+from generator.mix.tokcache import default_cache_dir
+from generator.mix.tokens import load_tokenizer
 
 
 class RepetitionWarning(UserWarning):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from ..errors import SynthgenError
-from .digest import text_sha256
-from .tokens import TokenizerInfo
+from generator.core.errors import SynthgenError
+from generator.mix.digest import text_sha256
+from generator.mix.tokens import TokenizerInfo
 
 
 class ChatRenderer:

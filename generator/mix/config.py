@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import SpecError, SynthgenError
-from .parsing import parse_ratio, parse_token_count, ratio_text
-from .templates import template_fields
-from .tokens import is_tokenizer_alias
+from generator.core.errors import SpecError, SynthgenError
+from generator.mix.parsing import parse_ratio, parse_token_count, ratio_text
+from generator.mix.templates import template_fields
+from generator.mix.tokens import is_tokenizer_alias
 
 DEFAULT_SHARD_TOKENS = 50_000_000
 REAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.zst", ".json.zst", ".ndjson.zst")
@@ -187,7 +187,7 @@ def load_mix_config(path: str | Path) -> MixConfig:
     """Read a mix YAML file: either a bare mix mapping or a spec with a `mix:` section.
 
     Relative paths inside resolve against the file's folder."""
-    from ..yamlio import load_yaml
+    from generator.core.yaml_loader import load_yaml
 
     path = Path(path)
     located = load_yaml(path)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SynthgenError
-from .chat import ChatRenderer
-from .config import MixConfig
-from .parsing import parse_ratio, ratio_text
-from .pool import Pool
-from .sources import LoadedSource
-from .tokens import TokenizerInfo
+from generator.core.errors import SynthgenError
+from generator.mix.chat import ChatRenderer
+from generator.mix.config import MixConfig
+from generator.mix.parsing import parse_ratio, ratio_text
+from generator.mix.pool import Pool
+from generator.mix.sources import LoadedSource
+from generator.mix.tokens import TokenizerInfo
 
 MANIFEST_NAME = "mix_manifest.json"
 MANIFEST_VERSION = 1

@@ -7,10 +7,10 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 
-from .apportion import hamilton
-from .parsing import parse_ratio
-from .select import best_fit, seeded_rng, select_documents, swap_refine
-from .sources import LoadedSource
+from generator.mix.apportion import hamilton
+from generator.mix.parsing import parse_ratio
+from generator.mix.select import best_fit, seeded_rng, select_documents, swap_refine
+from generator.mix.sources import LoadedSource
 
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 

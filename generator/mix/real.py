@@ -8,14 +8,14 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ..errors import SynthgenError
-from .chat import ChatRenderer
-from .config import REAL_SUFFIXES, RealSource
-from .digest import file_sha256
-from .sources import LoadedSource, fields_error, normalize_messages, texts_to_count
-from .templates import render_template, template_fields
-from .tokcache import cached_counts
-from .tokens import TokenizerInfo
+from generator.core.errors import SynthgenError
+from generator.mix.chat import ChatRenderer
+from generator.mix.config import REAL_SUFFIXES, RealSource
+from generator.mix.digest import file_sha256
+from generator.mix.sources import LoadedSource, fields_error, normalize_messages, texts_to_count
+from generator.mix.templates import render_template, template_fields
+from generator.mix.tokcache import cached_counts
+from generator.mix.tokens import TokenizerInfo
 
 
 def real_files(path: Path) -> list[Path]:

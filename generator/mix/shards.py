@@ -10,9 +10,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import SynthgenError
-from .megatron import write_megatron
-from .tokens import TokenizerInfo, encode_documents
+from generator.core.errors import SynthgenError
+from generator.mix.megatron import write_megatron
+from generator.mix.tokens import TokenizerInfo, encode_documents
 
 
 def shard_bounds(lengths: np.ndarray, shard_tokens: int) -> list[tuple[int, int]]:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import SynthgenError
+from generator.core.errors import SynthgenError
 
 
 def normalize_messages(value: Any) -> list[dict] | None:

@@ -7,13 +7,13 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from ..errors import SynthgenError
-from .chat import ChatRenderer
-from .config import SyntheticSource
-from .digest import file_sha256
-from .sources import LoadedSource, fields_error, normalize_messages, texts_to_count
-from .tokcache import cached_counts
-from .tokens import TokenizerInfo
+from generator.core.errors import SynthgenError
+from generator.mix.chat import ChatRenderer
+from generator.mix.config import SyntheticSource
+from generator.mix.digest import file_sha256
+from generator.mix.sources import LoadedSource, fields_error, normalize_messages, texts_to_count
+from generator.mix.tokcache import cached_counts
+from generator.mix.tokens import TokenizerInfo
 
 
 def load_synthetic(src: SyntheticSource, layout: str, tok: TokenizerInfo, chat: ChatRenderer, cache: Path,

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .digest import text_sha256
-from .tokens import TokenizerInfo, count_tokens
+from generator.mix.digest import text_sha256
+from generator.mix.tokens import TokenizerInfo, count_tokens
 
 TOKCACHE_VERSION = 1
 

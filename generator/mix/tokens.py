@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import SynthgenError
-from .digest import file_sha256
+from generator.core.errors import SynthgenError
+from generator.mix.digest import file_sha256
 
 DEFAULT_TOKENIZER = "smollm2-135m"
 ENCODE_BATCH = 10_000
@@ -18,7 +18,7 @@ ENCODE_BATCH = 10_000
 def is_tokenizer_alias(name: str) -> bool:
     """Whether `name` is a model alias (such as smollm2-135m) rather than a path."""
     try:
-        from ..models import is_alias
+        from generator.core.model_aliases import is_alias
     except ImportError:
         return False
     return is_alias(name)
@@ -49,7 +49,7 @@ def load_tokenizer(spec: str | Path | None = None, eos_token: str | None = None)
     p = Path(name).expanduser()
     if not p.exists():
         if is_tokenizer_alias(name):
-            from ..models import resolve_tokenizer_path
+            from generator.core.model_aliases import resolve_tokenizer_path
 
             p = Path(resolve_tokenizer_path(name))
         else:

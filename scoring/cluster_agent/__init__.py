@@ -9,7 +9,7 @@ from typing import Any
 
 from scoring.metrics.base import JUDGE, Metric, MetricResult, register_metric
 
-from .agent import (WEAK_WARNING, ClusterAgent, ClusterAgentConfig, ClusterAgentError, ClusterAgentResult,
+from scoring.cluster_agent.agent import (WEAK_WARNING, ClusterAgent, ClusterAgentConfig, ClusterAgentError, ClusterAgentResult,
                     Criteria, InvalidAnswer, aggregate, canonicalize, cluster_schema, parse_clustering,
                     parse_verification, run_score, split_invalid)
 

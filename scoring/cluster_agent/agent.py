@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from generator.backends.base import Request, Result, Sampling
+from generator.core.backend import Request, Result, Sampling
 
 PROMPTS = Path(__file__).parent / "prompts"
 WEAK_JUDGES = ("smollm2-135m", "smollm2_135m", "smollm2-135m-instruct")

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .base import EMBEDDING, MetricResult, register
+from scoring.metrics.base import EMBEDDING, MetricResult, register
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

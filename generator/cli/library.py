@@ -1,0 +1,233 @@
+"""Library commands: `library`, `init`, `personas expand`, `topics expand`, and `preview`."""
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from generator.core.errors import SynthgenError
+from generator.library.catalog import (KINDS, builtin_root, list_library, load_personas, load_template, load_topic_tree,
+                      resolve, template_name)
+
+out = Console()
+err = Console(stderr=True)
+
+model_options = [
+    click.option("--model", default="smollm2-135m", show_default=True, help="Model alias, folder or server model name."),
+    click.option("--backend", type=click.Choice(["vllm", "openai"]), default="vllm", show_default=True),
+    click.option("--base-url", help="OpenAI-compatible server URL for --backend openai."),
+    click.option("--api-key-env", help="Environment variable holding the server's API key."),
+]
+
+
+def with_model_options(f):
+    for opt in reversed(model_options):
+        f = opt(f)
+    return f
+
+
+def _backend(model, backend, base_url, api_key_env):
+    from generator.engine.backends import make_backend
+    from generator.cli.main import _quiet_engine_logs
+    from generator.config.spec import ModelConfig
+
+    _quiet_engine_logs(False)
+    try:
+        cfg = ModelConfig(name=model, backend=backend, base_url=base_url, api_key_env=api_key_env)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).splitlines()[-1]) from None
+    return make_backend(cfg)
+
+
+@click.command("library")
+@click.option("--dir", "base", type=click.Path(file_okay=False, path_type=Path),
+              help="Also list a project's own library folders (templates/, personas/, topics/).")
+def library(base):
+    """List templates, persona sets, topic trees and specs, with counts."""
+    t = Table(title="templates")
+    t.add_column("name", no_wrap=True)
+    for col in ("purpose", "output", "renderer"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("description", overflow="fold", ratio=1)
+    for p in list_library("templates", base):
+        tpl = load_template(p, template_name(p))
+        t.add_row(tpl.name, tpl.purpose, "json" if tpl.output_schema else "", tpl.renderer or "",
+                  tpl.description[:70])
+    out.print(t)
+    t = Table(title="persona sets")
+    for col in ("name", "personas", "occupations", "regions", "age bands"):
+        t.add_column(col, no_wrap=True)
+    for p in list_library("personas", base):
+        ps = load_personas(p)
+        t.add_row(p.stem, str(len(ps)), str(len({x.get("occupation") for x in ps})),
+                  str(len({x.get("region") for x in ps})), str(len({x.get("age_band") for x in ps})))
+    out.print(t)
+    t = Table(title="topic trees")
+    for col in ("name", "leaves", "nodes", "top-level", "levels"):
+        t.add_column(col)
+    for p in list_library("topics", base):
+        tree = load_topic_tree(p)
+        leaves = tree.leaves()
+        levels = Counter(n.level for n in leaves if n.level)
+        t.add_row(p.stem, str(len(leaves)), str(sum(1 for _ in tree.nodes())), str(len(tree.roots)),
+                  str(len(levels)))
+    out.print(t)
+    specs = list_library("specs", base)
+    out.print(f"specs: {', '.join(p.stem for p in specs)}")
+
+
+@click.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Write into a folder that already has library files.")
+def init(directory, force):
+    """Copy the built-in templates, personas, topics and specs into a new project DIRECTORY."""
+    directory.mkdir(parents=True, exist_ok=True)
+    clashes = [k for k in KINDS if (directory / k).exists()]
+    if clashes and not force:
+        raise SynthgenError(f"{directory} already has {', '.join(clashes)}/; pass --force to merge into it")
+    for kind in KINDS:
+        src = builtin_root(kind)
+        shutil.copytree(src, directory / kind, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.py", "*.pyc"))
+    out.print(f"[green]ok[/] {directory}: copied {', '.join(f'{k}/' for k in KINDS)}. "
+              f"Try: synthgen validate {directory}/specs/math.yaml")
+
+
+@click.group("personas")
+def personas():
+    """Persona sets: expand one with a model."""
+
+
+@personas.command("expand")
+@click.argument("seed_file", metavar="SEED", default="core")
+@click.option("-n", "count", type=int, default=20, show_default=True, help="New personas to write.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSONL file to append the new personas to.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Word-set Jaccard above which a new persona counts as a near duplicate.")
+@with_model_options
+def personas_expand(seed_file, count, out_path, seed, threshold, model, backend, base_url, api_key_env):
+    """Write N new personas related to personas of SEED (a set name or .jsonl), without near duplicates."""
+    from generator.library.growth import expand_personas, write_personas
+
+    try:
+        seeds = load_personas(resolve("personas", seed_file, Path.cwd()))
+    except FileNotFoundError as exc:
+        raise SynthgenError(str(exc)) from None
+    be = _backend(model, backend, base_url, api_key_env)
+    try:
+        new, stats = expand_personas(seeds, be, count, seed=seed, threshold=threshold)
+    finally:
+        be.close()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_personas(out_path, new)
+    out.print(f"[green]wrote[/] {len(new)} personas to {out_path} ({stats.model_calls} model calls, "
+              f"{stats.invalid} invalid, {stats.near_duplicates} near duplicates dropped)")
+    for note in stats.notes:
+        err.print(f"[yellow]note[/]: {note}")
+
+
+@click.group("topics")
+def topics():
+    """Topic trees: expand a node with a model."""
+
+
+@topics.command("expand")
+@click.argument("tree", metavar="TREE")
+@click.argument("node", metavar="NODE_PATH")
+@click.option("-n", "count", type=int, default=6, show_default=True, help="New subtopics to add.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the updated tree here (default: print the new subtopics).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@with_model_options
+def topics_expand(tree, node, count, out_path, seed, model, backend, base_url, api_key_env):
+    """Ask a model for new subtopics (with keywords) of NODE_PATH in TREE, dropping duplicates.
+
+    NODE_PATH is the node's names joined by ' / ', e.g. "Arithmetic / Fractions"."""
+    from generator.library.growth import dump_tree, expand_topic_node
+
+    try:
+        tree_file = resolve("topics", tree, Path.cwd())
+        load_topic_tree(tree_file)  # strict check of the input before paying for calls
+    except FileNotFoundError as exc:
+        raise SynthgenError(str(exc)) from None
+    be = _backend(model, backend, base_url, api_key_env)
+    try:
+        raw, new, stats = expand_topic_node(tree_file, node, be, count=count, seed=seed)
+    except KeyError as exc:
+        raise SynthgenError(str(exc.args[0])) from None
+    finally:
+        be.close()
+    if out_path:
+        out_path.write_text(dump_tree(raw))
+        load_topic_tree(out_path)  # what we wrote must load
+        out.print(f"[green]wrote[/] {out_path} with {len(new)} new subtopics under '{node}'")
+    else:
+        out.print(dump_tree({"nodes": new}))
+    err.print(f"{stats.model_calls} model calls, {stats.invalid} invalid, {stats.near_duplicates} duplicates dropped")
+
+
+@click.command("preview")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("-n", "count", type=int, default=4, show_default=True, help="Generations per template.")
+@click.option("--metrics", default="distinct_n,compression_ratio,near_dup_rate,mean_cosine_distance",
+              show_default=True, help="Comma-separated metric names.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec value.")
+def preview(spec_path, count, metrics, sets):
+    """Generate N records per template and show them with per-template diversity scores.
+
+    Nothing is written: this is for iterating on templates (edit, preview, compare)."""
+    from generator.engine.backends import make_backend
+    from generator.cli.main import _parse_sets, _quiet_engine_logs
+    from generator.engine.planner import expand, resolve_spec, validate
+    from generator.engine.requests import generate_rows
+    from generator.config.spec import load_spec
+
+    _quiet_engine_logs(False)
+    spec = load_spec(spec_path, _parse_sets(sets))
+    resolved = resolve_spec(spec)
+    validate(resolved)
+    per_cell = max(1, -(-count * len(resolved.templates) // max(1, len(resolved.cells))) * 2)
+    records = expand(resolved, counts={c.id: per_cell for c in resolved.cells})
+    chosen = []
+    for tpl, _ in resolved.templates:
+        mine = sorted((r for r in records if r.template == tpl.name), key=lambda r: (r.generation, r.topic_id))
+        chosen.extend(mine[:count])
+    rows = [r.to_row() for r in chosen]
+    tpls = resolved.template_by_name
+    finished: list[dict] = []
+    backends = {}
+    try:
+        for model in {r["model"] for r in rows}:
+            cfg = next(m for m in resolved.models if m.name == model)
+            backends[model] = make_backend(cfg)
+            generate_rows(backends[model], [r for r in rows if r["model"] == model], None, spec.run.retries,
+                          {n: t.output_schema for n, t in tpls.items()}, {n: t.renderer for n, t in tpls.items()},
+                          finished.append)
+    finally:
+        for b in backends.values():
+            b.close()
+    for row in sorted(finished, key=lambda r: (r["template"], r["generation"], r["topic_id"])):
+        out.rule(f"{row['template']} | {row['topic_id']} | {row['status']} | {row['completion_tokens']} tokens")
+        out.print(row["text"] or row["completion"], markup=False, highlight=False)
+    from scoring.metrics import score_texts
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    t = Table(title="diversity per template (ok rows)")
+    t.add_column("template")
+    t.add_column("ok")
+    for n in names:
+        t.add_column(n)
+    for tpl, _ in resolved.templates:
+        texts = [r["text"] for r in finished if r["template"] == tpl.name and r["status"] == "ok"]
+        if len(texts) < 2:
+            t.add_row(tpl.name, str(len(texts)), *["-"] * len(names))
+            continue
+        res = score_texts(texts, names, seed=spec.seed)
+        t.add_row(tpl.name, str(len(texts)), *[f"{res[n].value:.3f}" for n in names])
+    out.print(t)

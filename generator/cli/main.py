@@ -1,0 +1,238 @@
+"""The `synthgen` command: a thin layer of click commands over the Python API."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from generator.core.version import __version__
+from generator.core.errors import SynthgenError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+class Group(click.Group):
+    """Shows SynthgenError as one line instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SynthgenError as exc:
+            _fail(exc)
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    out_: dict[str, str] = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"'{v}' is not KEY=VALUE (e.g. --set seed=7)", param_hint="--set")
+        k, _, val = v.partition("=")
+        out_[k.strip()] = val
+    return out_
+
+
+def _quiet_engine_logs(verbose: bool) -> None:
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="synthgen")
+def main() -> None:
+    """Generate diverse synthetic training data from a YAML spec, measure its diversity,
+    and export real:synthetic training mixes.
+
+    \b
+    Start here:
+      synthgen validate specs/math.yaml     check a spec without loading a model
+      synthgen render specs/math.yaml -n 3  see the prompts it will send
+      synthgen run specs/math.yaml          generate into runs/math/
+    """
+
+
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                          help="Override a spec value, e.g. --set seed=7 --set generations_per_topic=2.")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: the spec's `output`, "
+              "else runs/<name>). Rerunning into the same folder resumes.")
+@click.option("--limit", type=int, help="Generate only the first N planned records (spread over topics).")
+@set_option
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where shards run: this process, or Ray actors (one vLLM engine each).")
+@click.option("--address", help="Ray cluster address for --executor ray (default: start a local Ray).")
+@click.option("--actors", type=int, default=None, help="Ray actors (default: one per GPU, or 1 on CPU).")
+@click.option("--verbose", is_flag=True, help="Show vLLM's own logs.")
+def run(spec_path, out, limit, sets, executor, address, actors, verbose):
+    """Generate the records SPEC plans into a run folder (resumes an existing one)."""
+    _quiet_engine_logs(verbose)
+    from generator import run as run_spec
+    from generator.config.spec import load_spec
+
+    spec = load_spec(spec_path, _parse_sets(sets))
+    ex = None
+    if executor == "ray":
+        from generator.engine.executors.ray import RayExecutor
+
+        ex = RayExecutor(address=address, actors=actors)
+    prog = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=console, transient=False)
+    state = {"task": None, "tokens": 0, "t0": None, "finished": 0, "records": 0}
+
+    def _advance() -> None:
+        # vLLM reports finished requests as they finish; rows arrive per window: show the larger
+        done = max(state["finished"], state["records"])
+        dt = max(time.time() - (state["t0"] or time.time()), 1e-6)
+        rate = f"{state['tokens'] / dt:,.0f} tok/s" if state["tokens"] else ""
+        prog.update(state["task"], completed=state["base"] + done, rate=rate)
+
+    def on_event(event: str, data: dict) -> None:
+        if event == "plan":
+            console.print(f"[bold]plan[/]: {data['records']} records ({data['new']} new) "
+                          f"in {data['seconds']:.2f}s")
+        elif event == "start":
+            done = data["records"] - data["pending"]
+            if done:
+                console.print(f"resuming: {done} records already generated, {data['pending']} to go")
+            if data["pending"]:
+                console.print("[dim]loading the model (first use converts the embedded model once)...[/]")
+            state["base"] = done
+            state["task"] = prog.add_task("generating", total=data["records"], completed=done, rate="")
+            prog.start()
+        elif event == "engine_ready":
+            state["t0"] = time.time()
+        elif event == "finished":
+            state["finished"] += data["n"]
+            _advance()
+        elif event == "record":
+            state["records"] += 1
+            state["tokens"] += data.get("completion_tokens") or 0
+            _advance()
+        elif event == "done":
+            prog.stop()
+
+    try:
+        result = run_spec(spec, out=out, limit=limit, executor=ex, progress=on_event)
+    finally:
+        prog.stop()
+    _summary(result)
+
+
+def _summary(result) -> None:
+    m = result.manifest
+    t = Table(title=f"run {m['name']} -> {result.run_dir}", show_header=False)
+    t.add_row("records", f"{result.generated} / {result.planned}")
+    for status, n in sorted(result.statuses.items()):
+        t.add_row(f"  {status}", str(n))
+    tok = m["counts"]["tokens"]
+    t.add_row("tokens", f"prompt {tok['prompt']:,}  completion {tok['completion']:,}")
+    last = m["timings"][-1]
+    t.add_row("time", f"plan {last['plan_s']:.1f}s  generate {last['generate_s']:.1f}s")
+    if last.get("completion_tokens_per_s"):
+        t.add_row("throughput", f"{last['completion_tokens_per_s']:,.0f} completion tok/s")
+    t.add_row("model calls", str(result.model_calls))
+    if result.scores:
+        for entry in result.scores.get("datasets", {}).values():
+            for name, res in entry.get("metrics", {}).items():
+                value = res.get("value")
+                groups = ", ".join(f"{g} {v:.3g}" for g, v in sorted((res.get("per_group") or {}).items()))
+                shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+                t.add_row(f"score {name}", shown + (f"  ({groups})" if groups else ""))
+    out.print(t)
+    bad = {k: v for k, v in result.statuses.items() if k != "ok"}
+    if bad:
+        console.print(f"[yellow]note[/]: {sum(bad.values())} records were flagged ({bad}); they stay in the "
+                      f"run with their status and are skipped by exports.")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@set_option
+def validate(spec_path, sets):
+    """Check SPEC and every file it names, and render each template once, without loading a model."""
+    from generator.engine.planner import default_counts, resolve_spec, validate as check
+    from generator.config.spec import load_spec
+
+    spec = load_spec(spec_path, _parse_sets(sets))
+    resolved = resolve_spec(spec)
+    check(resolved)
+    n = sum(default_counts(resolved).values())
+    out.print(f"[green]ok[/] {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
+              f"templates, {len(resolved.personas or [])} personas, {len(resolved.models)} model(s); "
+              f"{n} records planned")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("-n", "count", type=int, default=3, show_default=True, help="How many prompts to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print records as JSON lines instead.")
+@set_option
+def render(spec_path, count, as_json, sets):
+    """Show the first N rendered prompts of SPEC's plan (no model is loaded)."""
+    from generator.engine.planner import plan_spec
+    from generator.config.spec import load_spec
+
+    spec = load_spec(spec_path, _parse_sets(sets))
+    _, records = plan_spec(spec, limit=count)
+    for r in records[:count]:
+        if as_json:
+            out.print_json(json.dumps(r.to_row()))
+            continue
+        out.rule(f"{r.id}  {r.template}  |  {r.topic_id}  |  g={r.generation}  model={r.model}  seed={r.seed}")
+        if r.persona_ids:
+            out.print(f"[dim]personas: {', '.join(r.persona_ids)}  vars: {r.template_vars}[/]")
+        for m in r.messages:
+            out.print(f"[bold]{m['role']}[/]:", highlight=False)
+            out.print(m["content"], highlight=False, markup=False)
+
+
+@main.command()
+def schema():
+    """Print the spec's JSON Schema (for editor completion and validation)."""
+    from generator.config.spec import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+def _register_optional() -> None:
+    """Commands from other modules, attached by their click name when the module imports."""
+    import importlib
+
+    for module, names in (("generator.cli.scoring", ("score", "compare", "dedup")),
+                          ("generator.cli.mix", ("mix",)),
+                          ("generator.cli.library", ("library", "init", "personas", "topics", "preview")),
+                          ("generator.cli.report", ("report",))):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            if not (exc.name or "").startswith(module.split(".")[0]):
+                console.print(f"[dim]({module} unavailable: {exc})[/]")
+            continue
+        found = {c.name: c for c in vars(mod).values() if isinstance(c, click.Command)}
+        for name in names:
+            if name in found and name not in main.commands:
+                main.add_command(found[name], name)
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    main()

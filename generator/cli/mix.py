@@ -1,0 +1,113 @@
+"""`synthgen mix`: export real:synthetic training mixes (see docs/mix.md)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import click
+
+from generator.core.errors import SynthgenError
+
+
+def _echo(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.command("mix")
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--real", "reals", multiple=True, metavar="PATH",
+              help="Real data: a .parquet/.jsonl/.jsonl.zst file or a folder of them (repeatable).")
+@click.option("--text-field", default=None, help="Column with the text of --real sources (default: text).")
+@click.option("--text-template", default=None, help="Build the text of --real rows, e.g. '{question}\\n{answer}'.")
+@click.option("--messages-field", default=None, help="Column with a chat (list of {role, content}) in --real sources.")
+@click.option("--synthetic", "synthetics", multiple=True, metavar="RUN", help="A synthgen run folder (repeatable).")
+@click.option("--ratio", "ratio_opts", multiple=True, metavar="R:S",
+              help="real:synthetic by tokens, e.g. 4:1; repeat for several mixes in one pass.")
+@click.option("--total-tokens", default=None, help="Token budget per mix (e.g. 2000000 or 2M).")
+@click.option("--tokenizer", default=None, help="Tokenizer folder, tokenizer.json or model alias.")
+@click.option("--seed", type=int, default=None)
+@click.option("--allow-repetition/--no-allow-repetition", default=None,
+              help="Repeat documents (whole epochs + a remainder) when a ratio needs more than there is.")
+@click.option("--layout", type=click.Choice(["text", "messages"]), default=None)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "jsonl.zst", "parquet", "megatron"]), default=None)
+@click.option("--shard-tokens", default=None, help="Tokens per shard (e.g. 50M).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an earlier mix in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="Only print errors and the summary.")
+def mix(config, reals, text_field, text_template, messages_field, synthetics, ratio_opts, total_tokens, tokenizer,
+        seed, allow_repetition, layout, fmt, shard_tokens, out, overwrite, quiet):
+    """Build real:synthetic training mixes with exact token counts.
+
+    CONFIG is a mix YAML file (or a spec with a `mix:` section). Options override its values;
+    --real/--synthetic/--ratio replace its lists. Without CONFIG, the options describe the mix.
+
+    \b
+    synthgen mix mix.yaml
+    synthgen mix --real data/web --synthetic runs/r1 --ratio 4:1 --ratio 1:1 --out mixes/
+    """
+    from generator.mix import MixConfig, RepetitionWarning, build_mix, load_mix_config, ratio_text
+
+    try:
+        data: dict = {}
+        if config is not None:  # paths inside resolve against the file's folder, options against the cwd
+            data = load_mix_config(config).model_dump(exclude_unset=True)
+        if out is not None:
+            out = out.absolute()
+        if reals:
+            real = {}
+            if text_field:
+                real["text_field"] = text_field
+            if text_template:
+                real["text_template"] = text_template.replace("\\n", "\n")
+            if messages_field:
+                real["messages_field"] = messages_field
+            data["real"] = [{"path": Path(p).absolute(), **real} for p in reals]
+        elif text_field or text_template or messages_field:
+            if not data.get("real"):
+                raise click.UsageError("--text-field/--text-template/--messages-field apply to --real sources")
+            for r in data["real"]:
+                if text_field:
+                    r["text_field"] = text_field
+                if text_template:
+                    r["text_template"] = text_template.replace("\\n", "\n")
+                if messages_field:
+                    r["messages_field"] = messages_field
+        if synthetics:
+            data["synthetic"] = [{"run": Path(p).absolute()} for p in synthetics]
+        if ratio_opts:
+            data.pop("ratio", None)
+            data.pop("ratios", None)
+            if len(ratio_opts) == 1:
+                data["ratio"] = ratio_opts[0]
+            else:
+                data["ratios"] = list(ratio_opts)
+        for key, value in (("total_tokens", total_tokens), ("tokenizer", tokenizer), ("seed", seed),
+                           ("allow_repetition", allow_repetition), ("layout", layout), ("format", fmt),
+                           ("shard_tokens", shard_tokens), ("out", out), ("overwrite", overwrite)):
+            if value is not None:
+                data[key] = value
+        try:
+            cfg = MixConfig.model_validate(data)
+        except Exception as exc:  # pydantic ValidationError -> one line
+            from generator.mix import _validation_error
+
+            if hasattr(exc, "errors"):
+                raise _validation_error(exc) from None
+            raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RepetitionWarning)  # also printed through the log
+            result = build_mix(cfg, log=None if quiet else _echo)
+    except SynthgenError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    m = result.manifest
+    click.echo(f"wrote {result.manifest_path}")
+    for mx in m["mixes"]:
+        t = mx["tokens"]
+        ach = mx["achieved_ratio"]
+        ach_s = ("real only" if t["real"] else "empty") if ach is None else f"achieved {ach:.4f}:1"
+        click.echo(f"  {ratio_text(mx['ratio']):>7}  {mx['folder']:<14} {t['total']:>14,} tokens "
+                   f"(real {t['real']:,}, synthetic {t['synthetic']:,}; {ach_s}) "
+                   f"in {len(mx['shards'])} shard(s)")
+    for w in m.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)

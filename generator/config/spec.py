@@ -1,0 +1,326 @@
+"""The spec: a YAML file that says what to generate, with which prompts, models and seed.
+
+Loading is strict: unknown keys, duplicate keys, wrong types and missing files all fail with
+one line naming `file:line:col` and the fix. Pydantic models hold the shape; `load_spec`
+maps every validation error back to the position it came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from generator.core.yaml_loader import Located, load_yaml
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="Softmax temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(512, ge=1, le=131072, description="Most tokens to generate per record.")
+
+
+class SamplingOverride(Strict):
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, le=131072)
+
+
+class TreeTopics(Strict):
+    tree: str = Field(description="Topic tree file: a name under topics/ or a path.")
+    under: list[str] | None = Field(None, description="Restrict to subtrees (' / '-joined paths).")
+    depth: int | None = Field(None, ge=1, description="Cells are nodes at this depth; default: leaves.")
+    sample: int | None = Field(None, ge=1, description="Draw this many cells by weight (stable as it grows).")
+    weight: float = Field(1.0, gt=0)
+
+
+class InlineTopic(Strict):
+    topic: str
+    subtopic: str | None = None
+    keywords: list[str] = Field(default_factory=list)
+    level: str | None = None
+    weight: float = Field(1.0, gt=0)
+
+
+class InlineTopics(Strict):
+    items: list[Union[InlineTopic, str]] = Field(min_length=1)
+    weight: float = Field(1.0, gt=0)
+
+
+class PersonaConfig(Strict):
+    file: str = Field("core", description="Persona set: a name under personas/ or a .jsonl path.")
+    sample: int | None = Field(None, ge=1, description="Size of the persona pool drawn from the file.")
+
+
+class TemplateRef(Strict):
+    template: str = Field(description="Template name under templates/ (e.g. math/word_problem) or a path.")
+    weight: float = Field(1.0, gt=0)
+
+
+class ModelConfig(Strict):
+    name: str = Field(DEFAULT_MODEL, description="Model alias, Hugging Face folder, or server model name.")
+    share: float = Field(1.0, gt=0, description="Relative share of records this model generates.")
+    backend: Literal["vllm", "openai"] = "vllm"
+    base_url: str | None = Field(None, description="OpenAI-compatible server URL (backend: openai).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+    engine: dict[str, Any] = Field(default_factory=dict,
+                                   description="Extra keyword arguments for vllm.LLM (e.g. max_model_len).")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self):
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend: openai needs `base_url` (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+
+class ScoringConfig(Strict):
+    metrics: list[str] = Field(default_factory=lambda: ["distinct_n", "compression_ratio", "near_dup_rate", "vendi"],
+                               description="Metric names (`synthgen score --help` lists them).")
+    by: list[Literal["topic", "persona", "template", "model"]] = Field(
+        default_factory=list, description="Also score per group.")
+    sample: int | None = Field(None, ge=2, description="Score a seeded sample of this many rows.")
+    embedder: Literal["static", "minilm"] = "static"
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]):
+        try:
+            from scoring.metrics import available
+        except ImportError:  # scoring not installed: checked when scores are computed
+            return v
+        unknown = [m for m in v if m not in available()]
+        if unknown:
+            raise ValueError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(available())}")
+        return v
+
+
+class AllocatorConfig(Strict):
+    """How a rounds run spends each round's generations over the topic cells (docs/feedback.md)."""
+
+    rule: Literal["ucb", "thompson", "uniform"] = Field(
+        "ucb", description="ucb: upper confidence bound on each cell's yield; thompson: seeded Thompson "
+        "sampling from a Gaussian posterior of the yield; uniform: the cells' weights, ignoring yield "
+        "(the baseline: no saturation caps, no pool growth).")
+    exploration: float = Field(1.0, ge=0, description="Width of the UCB bonus / Thompson posterior, in "
+                               "units of the pooled standard deviation of per-generation yield.")
+    min_per_cell: int = Field(1, ge=0, description="Generations every active, unsaturated cell gets each "
+                              "round (as far as the round's slice allows).")
+    max_per_cell: int | None = Field(None, ge=1, description="Cap on a cell's total generations.")
+    reexplore_after: int = Field(2, ge=1, description="A cell (saturated ones included) that got nothing for "
+                                 "this many rounds in a row is re-explored with max(1, min_per_cell) "
+                                 "generations, so no cell is dropped forever on one noisy round.")
+    saturation: bool = Field(True, description="Stop adding generations to a cell once its within-cell "
+                             "diversity (Vendi of its texts) at G+dG is not above its value at G.")
+    saturation_tol: float = Field(0.0, ge=0, description="Within-cell Vendi must rise by more than this "
+                                  "for the cell to count as still growing.")
+    discount: float = Field(0.5, ge=0, le=1, description="Weight of a cell's yields from one round earlier "
+                            "(0: only the latest round counts; 1: all rounds count equally).")
+    prior_weight: float | None = Field(None, gt=0, description="Pseudo-generations at the pooled values that "
+                                       "shrink each cell's usable rate and novelty (its expected yield is their "
+                                       "product). Unset: estimated each round (empirical Bayes: noise variance "
+                                       "/ between-cell variance), so cells that differ only by noise are "
+                                       "treated alike.")
+    grow_topics: bool = Field(True, description="When global diversity stalls (gain < rounds.min_gain), "
+                              "raise the `sample:` of tree sources to bring in unused topic cells.")
+    grow_by: int = Field(4, ge=1, description="Topic cells added per stall (over all growable sources).")
+    grow_personas: bool = Field(True, description="When global diversity stalls, also raise "
+                                "`personas.sample` (when the spec samples personas).")
+    grow_personas_by: int = Field(16, ge=1, description="Personas added to the pool per stall.")
+    adapt_templates: bool = Field(True, description="From round 2 on, re-weight the template mix of the "
+                                  "next round by each template's expected yield per generation spent (usable "
+                                  "rate x novelty, shrunk like the cells'); weights are stored with the round. "
+                                  "The uniform rule never re-weights.")
+    template_power: float = Field(1.0, ge=0, description="Sharpness of the re-weighting: a template's new "
+                                  "weight is its spec weight x (expected yield)^template_power (0: keep the "
+                                  "spec weights; 1: proportional to yield; larger: closer to the best one).")
+    template_prior: float | None = Field(2.0, gt=0, description="Pseudo-generations at the pooled usable "
+                                         "rate and novelty that shrink each template's estimate. Unset: "
+                                         "estimated by empirical Bayes like the cells' (with a handful of "
+                                         "templates and a few generations each that estimate mostly says "
+                                         "'no difference'). Template history is not discounted: a template's "
+                                         "usable rate is a property of its layout and the model, so every "
+                                         "round's generations count fully.")
+    template_floor: float = Field(0.25, ge=0, le=1, description="A template's share never falls below this "
+                                  "fraction of its spec share, so no template starves and a bad early "
+                                  "estimate can recover.")
+    yield_metric: Literal["novelty", "cell_novelty"] = Field(
+        "novelty", description="Per-generation yield: cosine distance (static embeddings) to the nearest "
+        "other text of the whole run (novelty) or of the same cell (cell_novelty); zero for flagged rows "
+        "(truncated, empty, invalid_json, error, refused) and MinHash near duplicates.")
+
+
+class RoundsConfig(Strict):
+    """Generate in rounds; between rounds, measure per-cell yield and re-allocate (docs/feedback.md)."""
+
+    count: int = Field(3, ge=1, description="Number of rounds (at most; the loop may stop earlier).")
+    budget: int = Field(ge=1, description="Total generations across all rounds (never exceeded).")
+    first_round_share: float = Field(0.34, gt=0, le=1, description="Share of the budget spent in round 1, "
+                                     "over the active cells by weight; the rest is split evenly over the "
+                                     "later rounds.")
+    target: float | None = Field(None, description="Stop once the tracked global score reaches this.")
+    min_gain: float | None = Field(None, description="A round that adds less than this to the tracked score "
+                                   "is a stall: the pool grows if it can, otherwise the loop stops.")
+    score: Literal["vendi", "mean_cosine_distance", "cluster_proxy"] = Field(
+        "vendi", description="Tracked global diversity score over all ok generations.")
+    embedder: Literal["static", "minilm", "hash"] = Field(
+        "static", description="Embeddings for yields and the tracked score (static: fast distilled MiniLM).")
+    allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)
+
+
+class RunConfig(Strict):
+    shard_size: int = Field(64, ge=1, description="Records per output shard (one atomic Parquet file).")
+    retries: int = Field(2, ge=0, description="Extra attempts for empty, invalid-JSON or failed outputs.")
+    window: int | None = Field(None, ge=1, description="Requests per backend call (vLLM batches each call "
+                               "continuously; a crash loses at most one window). Default: 128 on CPU, 1024 on GPU.")
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    topics: list[Union[TreeTopics, InlineTopics]] = Field(min_length=1)
+    generations_per_topic: int = Field(1, ge=1)
+    personas: PersonaConfig | None = None
+    templates: list[TemplateRef] = Field(min_length=1)
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    output: str | None = None
+    run: RunConfig = Field(default_factory=RunConfig)
+    scoring: ScoringConfig | None = None
+    rounds: RoundsConfig | None = None
+    mix: dict[str, Any] | None = Field(None, description="Training-mix export; see docs/mix.md.")
+
+    # set by the loader, not part of the YAML
+    _file: Path | None = None
+    _located: Located | None = None
+
+    @field_validator("vars")
+    @classmethod
+    def _vars_do_not_shadow(cls, v: dict[str, Any]):
+        reserved = {"topic", "subtopic", "keywords", "level", "topic_path", "topics", "persona", "personas"}
+        clash = sorted(set(v) & reserved)
+        if clash:
+            raise ValueError(f"vars may not redefine {', '.join(clash)}: the plan provides them")
+        return v
+
+    @property
+    def file(self) -> Path | None:
+        return self._file
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._file.parent if self._file else None
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def output_dir(self) -> Path:
+        return Path(self.output or f"runs/{self.name}")
+
+
+def _loc_to_path(loc: tuple) -> tuple:
+    # pydantic inserts union member names (e.g. 'TreeTopics') into locations: drop them
+    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^[A-Z]\w*$|^function-", str(p)))
+
+
+def _format_error(err: dict) -> str:
+    kind = err.get("type", "")
+    loc = _loc_to_path(err.get("loc", ()))
+    key = loc[-1] if loc else ""
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'; remove it or check the spelling (`synthgen schema` lists the keys)"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    return f"'{'.'.join(str(p) for p in loc)}': {msg}"
+
+
+def _best_error(exc: ValidationError) -> dict:
+    # union members each fail; prefer an error about a key the user actually wrote
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "extra_forbidden":
+            return e
+    return errors[0]
+
+
+def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
+    data = doc.data
+    if not isinstance(data, dict):
+        raise doc.error((), "a spec must be a YAML mapping (name:, topics:, templates:, ...)")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        err = _best_error(exc)
+        loc = _loc_to_path(err.get("loc", ()))
+        raise doc.error(loc, _format_error(err)) from None
+    if spec.mix is not None:  # checked now, with positions, rather than when the mix is built
+        from pydantic import ValidationError as _VE
+
+        from generator.mix import MixConfig, _validation_error
+
+        try:
+            MixConfig.model_validate(spec.mix)
+        except _VE as exc:
+            raise _validation_error(exc, doc, ("mix",)) from None
+    spec._file = doc.file
+    spec._located = doc
+    return spec
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """`--set a.b=value`: values are YAML scalars, so `--set seed=3` is an int."""
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(data)
+    for dotted, raw in overrides.items():
+        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        node = data
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            key: Any = int(p) if p.isdigit() and isinstance(node, list) else p
+            if isinstance(node, list):
+                node = node[key]
+            else:
+                node = node.setdefault(key, {})
+        last: Any = int(parts[-1]) if parts[-1].isdigit() and isinstance(node, list) else parts[-1]
+        node[last] = value
+    return data
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+    """Load and validate a spec's shape (files and templates are checked by `validate_spec`)."""
+    path = Path(path)
+    if not path.exists():
+        from generator.core.paths import builtin_root
+
+        builtin = builtin_root("specs") / path.name
+        if path.parent == Path(".") or not path.is_absolute():
+            alt = builtin if builtin.exists() else builtin.with_suffix(".yaml")
+            if alt.exists() and path.parts[0] in ("specs", path.name):
+                path = alt
+    return parse_spec(load_yaml(path), overrides)
+
+
+def json_schema() -> dict:
+    schema = Spec.model_json_schema()
+    schema["title"] = "synthgen spec"
+    return schema

@@ -1,0 +1,21 @@
+"""Backends: offline vLLM (default), an OpenAI-compatible server, and a fake for control-flow tests."""
+from __future__ import annotations
+
+from typing import Any
+
+from generator.core.backend import Backend, Request, Result, Sampling
+
+
+def make_backend(model_cfg: Any, **kwargs: Any) -> Backend:
+    """Build the backend a spec's model entry asks for (`generator.spec.ModelConfig`)."""
+    if model_cfg.backend == "openai":
+        from generator.engine.backends.openai_http import OpenAIBackend
+
+        return OpenAIBackend(model=model_cfg.name, base_url=model_cfg.base_url,
+                             api_key_env=model_cfg.api_key_env, **kwargs)
+    from generator.engine.backends.vllm_offline import VLLMOfflineBackend
+
+    return VLLMOfflineBackend(model_cfg.name, engine=model_cfg.engine, **kwargs)
+
+
+__all__ = ["Backend", "Request", "Result", "Sampling", "make_backend"]

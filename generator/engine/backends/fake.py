@@ -1,0 +1,71 @@
+"""A deterministic stand-in model for fast tests of control flow (never the only test of a feature).
+
+`script` maps a request id (or `*`) to a list of answers used attempt after attempt; without a
+script it writes a short text derived from the prompt, or a minimal JSON object for schemas.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Iterable, Iterator
+
+from generator.core.backend import ProgressFn, Request, Result
+
+
+def _minimal(schema: dict, salt: str) -> Any:
+    t = schema.get("type")
+    if t == "object":
+        return {k: _minimal(v, salt + k) for k, v in schema.get("properties", {}).items()}
+    if t == "array":
+        n = max(int(schema.get("minItems", 1)), 1)
+        return [_minimal(schema.get("items", {"type": "string"}), f"{salt}{i}") for i in range(n)]
+    if t == "integer":
+        return int(schema.get("minimum", 1))
+    if t == "number":
+        return 1.5
+    if t == "boolean":
+        return True
+    return f"text {hashlib.sha1(salt.encode()).hexdigest()[:8]}"
+
+
+class FakeBackend:
+    def __init__(self, model: str = "fake", script: dict[str, list[str]] | None = None,
+                 responder: Callable[[Request], str] | None = None, fail: set[str] | None = None):
+        self.model = model
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.responder = responder
+        self.fail = fail or set()
+        self.calls: list[Request] = []
+
+    def _answer(self, r: Request) -> tuple[str, str]:
+        for key in (r.id, "*"):
+            if self.script.get(key):
+                text = self.script[key].pop(0)
+                return text, ("length" if text.endswith("<truncated>") else "stop")
+        if self.responder:
+            return self.responder(r), "stop"
+        if r.json_schema is not None:
+            return json.dumps(_minimal(r.json_schema, r.id)), "stop"
+        digest = hashlib.sha1(f"{r.messages[-1]['content']}|{r.sampling.seed}".encode()).hexdigest()
+        return f"Answer {digest[:12]} to: {r.messages[-1]['content'][:60]}", "stop"
+
+    def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
+        for r in requests:
+            self.calls.append(r)
+            if r.id in self.fail:
+                res = Result(id=r.id, text="", finish_reason="error", error="injected failure")
+            else:
+                text, reason = self._answer(r)
+                text = text.removesuffix("<truncated>")
+                res = Result(id=r.id, text=text, finish_reason=reason,
+                             prompt_tokens=sum(len(m["content"].split()) for m in r.messages),
+                             completion_tokens=len(text.split()))
+            if on_result:
+                on_result(res)
+            yield res
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "fake", "name": self.model}
+
+    def close(self) -> None:
+        pass

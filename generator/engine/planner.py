@@ -1,0 +1,265 @@
+"""Spec -> plan: a deterministic list of prompt records with their full lineage.
+
+Every random choice for a record (template, model, style, persona set, companion topics) is
+drawn from an RNG seeded by (spec seed, topic cell, generation index) alone. So the same spec
+gives the same plan byte for byte, and raising a count (more generations per topic, a larger
+topic sample, another round) appends records without changing any already planned.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from generator.core.errors import SpecError
+from generator.library.catalog import (TopicCell, load_personas, load_template, load_topic_tree, resolve, tree_cells)
+from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, Spec, TreeTopics
+from generator.library.prompt_template import Template
+
+
+def hash64(*parts: Any) -> int:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _unit(*parts: Any) -> float:
+    return (hash64(*parts) + 0.5) / 2**64
+
+
+@dataclass
+class Record:
+    id: str
+    round: int
+    topic_id: str
+    topic: str
+    subtopic: str
+    keywords: list[str]
+    level: str | None
+    persona_ids: list[str]
+    template: str
+    template_hash: str
+    template_vars: str  # JSON of the template's drawn `choices`
+    model: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+    generation: int
+    messages: list[dict[str, str]]
+    prompt: str
+    structured: bool = False
+    companion_topics: list[str] = field(default_factory=list)
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Resolved:
+    """A spec with every referenced file loaded: what `expand` needs, nothing else."""
+
+    spec: Spec
+    cells: list[TopicCell]
+    templates: list[tuple[Template, float]]
+    personas: list[dict] | None
+    models: list[ModelConfig]
+
+    @property
+    def template_by_name(self) -> dict[str, Template]:
+        return {t.name: t for t, _ in self.templates}
+
+    def sampling_for(self, model: ModelConfig) -> SamplingConfig:
+        base = self.spec.sampling.model_dump()
+        base.update({k: v for k, v in model.sampling.model_dump().items() if v is not None})
+        return SamplingConfig(**base)
+
+
+def _spec_error(spec: Spec, path: tuple, message: str) -> SpecError:
+    if spec._located is not None:
+        return spec._located.error(path, message)
+    return SpecError(message, file=spec.file)
+
+
+def _priority_sample(items: list, k: int, weights: list[float], *salt: Any) -> list:
+    """Weighted sample without replacement, stable as k grows (Efraimidis-Spirakis keys)."""
+    keyed = sorted(range(len(items)), key=lambda i: -(_unit(*salt, i) ** (1.0 / weights[i])))
+    chosen = sorted(keyed[:k])
+    return [items[i] for i in chosen]
+
+
+def resolve_spec(spec: Spec) -> Resolved:
+    base = spec.base_dir
+    cells: list[TopicCell] = []
+    for i, src in enumerate(spec.topics):
+        if isinstance(src, TreeTopics):
+            try:
+                path = resolve("topics", src.tree, base)
+            except FileNotFoundError as exc:
+                raise _spec_error(spec, ("topics", i, "tree"), f"{exc}; fix `tree:` or add the file") from None
+            tree = load_topic_tree(path)
+            found = tree_cells(tree, src.under, src.depth, src.weight)
+            if not found:
+                raise _spec_error(spec, ("topics", i), f"topic tree '{src.tree}' has no cells under "
+                                  f"{src.under} at depth {src.depth}; check `under:`/`depth:`")
+            if src.sample is not None and src.sample < len(found):
+                found = _priority_sample(found, src.sample, [c.weight for c in found], spec.seed, "topics", i)
+            cells.extend(found)
+        else:
+            assert isinstance(src, InlineTopics)
+            for item in src.items:
+                if isinstance(item, str):
+                    cells.append(TopicCell(id=item, topic=item, subtopic=item, keywords=(), level=None,
+                                           weight=src.weight, source="inline"))
+                else:
+                    sub = item.subtopic or item.topic
+                    cid = f"{item.topic} / {sub}" if item.subtopic else item.topic
+                    cells.append(TopicCell(id=cid, topic=item.topic, subtopic=sub, keywords=tuple(item.keywords),
+                                           level=item.level, weight=src.weight * item.weight, source="inline"))
+    seen: set[str] = set()
+    for c in cells:
+        if c.id in seen:
+            raise _spec_error(spec, ("topics",), f"topic '{c.id}' appears twice; remove one source")
+        seen.add(c.id)
+
+    templates: list[tuple[Template, float]] = []
+    for i, ref in enumerate(spec.templates):
+        try:
+            path = resolve("templates", ref.template, base)
+        except FileNotFoundError as exc:
+            raise _spec_error(spec, ("templates", i, "template"),
+                              f"{exc}; `synthgen library` lists the templates") from None
+        templates.append((load_template(path), ref.weight))
+    names = [t.name for t, _ in templates]
+    if len(set(names)) != len(names):
+        raise _spec_error(spec, ("templates",), "a template is listed twice; merge the entries and set `weight:`")
+
+    personas = None
+    if spec.personas is not None:
+        try:
+            ppath = resolve("personas", spec.personas.file, base)
+        except FileNotFoundError as exc:
+            raise _spec_error(spec, ("personas", "file"), f"{exc}; fix `file:`") from None
+        personas = load_personas(ppath)
+        if spec.personas.sample is not None and spec.personas.sample < len(personas):
+            personas = _priority_sample(personas, spec.personas.sample, [1.0] * len(personas), spec.seed, "personas")
+    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=list(spec.models))
+
+
+def available_variables(resolved: Resolved, template: Template) -> set[str]:
+    names = {"topic", "subtopic", "keywords", "level", "topic_path", "topics"}
+    if resolved.personas is not None:
+        names |= {"persona", "personas"}
+    return names | set(template.choices) | set(resolved.spec.vars)
+
+
+def validate(resolved: Resolved) -> None:
+    """Check every template against what the plan provides, then render one record each."""
+    spec = resolved.spec
+    for i, (tpl, _) in enumerate(resolved.templates):
+        tpl.check_variables(available_variables(resolved, tpl),
+                            where=f" (used by {spec.file.name if spec.file else 'the spec'}, templates[{i}])")
+        if tpl.personas_per_prompt > 1 and resolved.personas is not None \
+                and tpl.personas_per_prompt > len(resolved.personas):
+            raise _spec_error(spec, ("personas", "sample"), f"template '{tpl.name}' shows "
+                              f"{tpl.personas_per_prompt} personas per prompt but the pool has "
+                              f"{len(resolved.personas)}; raise `sample:`")
+        # a real render with StrictUndefined catches attribute typos static analysis cannot see
+        cell = resolved.cells[0]
+        rng = random.Random(0)
+        _render(resolved, tpl, cell, rng)
+
+
+def _render(resolved: Resolved, tpl: Template, cell: TopicCell, rng: random.Random
+            ) -> tuple[list[dict], dict, list[str], list[str]]:
+    choices = {k: rng.choice(v) for k, v in sorted(tpl.choices.items())}
+    persona_ids: list[str] = []
+    ctx: dict[str, Any] = dict(resolved.spec.vars)
+    ctx.update(cell.as_vars())
+    companions: list[TopicCell] = []
+    if tpl.topics_per_prompt > 1:
+        others = [c for c in resolved.cells if c.id != cell.id]
+        companions = rng.sample(others, min(len(others), tpl.topics_per_prompt - 1))
+    ctx["topics"] = [cell.as_vars()] + [c.as_vars() for c in companions]
+    if resolved.personas is not None:
+        k = min(max(1, tpl.personas_per_prompt), len(resolved.personas))
+        chosen = rng.sample(resolved.personas, k)
+        ctx["persona"] = chosen[0]
+        ctx["personas"] = chosen
+        persona_ids = [p["id"] for p in chosen]
+    ctx.update(choices)
+    return tpl.render_messages(ctx), choices, persona_ids, [c.id for c in companions]
+
+
+def default_counts(resolved: Resolved) -> dict[str, int]:
+    return {c.id: resolved.spec.generations_per_topic for c in resolved.cells}
+
+
+def expand(resolved: Resolved, counts: dict[str, int] | None = None, start: dict[str, int] | None = None,
+           round: int = 1, template_weights: dict[str, float] | None = None) -> list[Record]:
+    """Records for generations [start, start+count) of each cell, in cell order then index.
+
+    `template_weights` (template name -> weight, missing names weigh 0) replaces the spec's template
+    weights for the records planned by this call; the rounds loop passes the mix its allocator chose
+    for the round. It changes only which template each *new* generation index draws: the per-record
+    RNG and the number of draws are the same, and records planned earlier are not re-planned (they
+    already exist, with the weights of their own round). So a run stays append-stable as long as the
+    weights of each round are kept with the round and passed again when it is re-planned."""
+    spec = resolved.spec
+    counts = default_counts(resolved) if counts is None else counts
+    start = start or {}
+    tpl_list = [t for t, _ in resolved.templates]
+    tpl_weights = [w for _, w in resolved.templates]
+    if template_weights is not None:
+        unknown = sorted(set(template_weights) - {t.name for t in tpl_list})
+        if unknown:
+            raise ValueError(f"template_weights names unknown templates: {', '.join(unknown)}")
+        tpl_weights = [float(template_weights.get(t.name, 0.0)) for t in tpl_list]
+        if not sum(tpl_weights) > 0 or min(tpl_weights) < 0:
+            raise ValueError("template_weights must be non-negative with a positive sum")
+    model_weights = [m.share for m in resolved.models]
+    records: list[Record] = []
+    for cell in resolved.cells:
+        first = start.get(cell.id, 0)
+        for g in range(first, first + counts.get(cell.id, 0)):
+            rng = random.Random(hash64(spec.seed, "record", cell.id, g))
+            tpl = rng.choices(tpl_list, weights=tpl_weights)[0]
+            model = rng.choices(resolved.models, weights=model_weights)[0]
+            messages, choices, persona_ids, companions = _render(resolved, tpl, cell, rng)
+            coords = [cell.id, g, tpl.name, model.name, persona_ids, companions, choices]
+            rid = hashlib.sha256(json.dumps(coords, sort_keys=True).encode()).hexdigest()[:16]
+            sampling = resolved.sampling_for(model)
+            records.append(Record(
+                id=rid, round=round, topic_id=cell.id, topic=cell.topic, subtopic=cell.subtopic,
+                keywords=list(cell.keywords), level=cell.level, persona_ids=persona_ids,
+                template=tpl.name, template_hash=tpl.hash, template_vars=json.dumps(choices, sort_keys=True),
+                model=model.name, temperature=sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens, seed=hash64(spec.seed, "seed", rid) % (2**31 - 1),
+                generation=g, messages=messages, prompt=messages[-1]["content"],
+                structured=tpl.output_schema is not None, companion_topics=companions))
+    return records
+
+
+def plan_spec(spec: Spec, limit: int | None = None) -> tuple[Resolved, list[Record]]:
+    resolved = resolve_spec(spec)
+    validate(resolved)
+    records = expand(resolved)
+    if limit is not None:
+        records = limit_records(records, limit)
+    return resolved, records
+
+
+def limit_records(records: list[Record], limit: int) -> list[Record]:
+    """The first `limit` records, spread over topics (round-robin by generation index)."""
+    order = sorted(range(len(records)), key=lambda i: (records[i].generation, i))
+    keep = sorted(order[:limit])
+    return [records[i] for i in keep]
+
+
+def records_frame(records: Iterable[Record]):
+    import polars as pl
+
+    from generator.engine.run_folder import PLAN_SCHEMA
+
+    return pl.DataFrame([r.to_row() for r in records], schema=PLAN_SCHEMA)

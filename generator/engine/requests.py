@@ -1,0 +1,161 @@
+"""Turning planned records into finished rows: requests, cache replay, retries, status flags.
+
+Shared by every executor, so a shard written by a Ray actor is byte-compatible with one
+written locally. A record's attempt n uses seed `seed + n - 1`, so a retry is a new request
+with its own cache entry, and a resumed run replays every attempt it already paid for.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from generator.core.backend import Backend, Request, Result, Sampling
+from generator.engine.run_folder import RequestCache
+
+RETRYABLE = {"empty", "invalid_json", "error"}
+
+
+@dataclass
+class Shard:
+    name: str
+    round: int
+    rows: list[dict[str, Any]]  # plan rows (see store.PLAN_SCHEMA)
+
+
+@dataclass
+class ShardStats:
+    name: str
+    records: int = 0
+    model_calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def count(self, rows: list[dict], started: float) -> "ShardStats":
+        """Tally a landed shard's rows (statuses, tokens) and the time since `started`."""
+        for r in rows:
+            self.statuses[r["status"]] = self.statuses.get(r["status"], 0) + 1
+            self.prompt_tokens += r["prompt_tokens"] or 0
+            self.completion_tokens += r["completion_tokens"] or 0
+        self.seconds = time.time() - started
+        return self
+
+
+def make_request(row: dict, attempt: int, schemas: dict[str, dict | None]) -> Request:
+    seed = int(row["seed"]) + attempt - 1
+    return Request(id=f"{row['id']}#{attempt}", messages=tuple(row["messages"]),
+                   sampling=Sampling(temperature=row["temperature"], top_p=row["top_p"],
+                                     max_tokens=int(row["max_tokens"]), seed=seed),
+                   json_schema=schemas.get(row["template"]))
+
+
+def classify(row: dict, res: Result, renderers: dict[str, str | None]) -> tuple[str, str, str | None]:
+    """(status, training text, error) for one answer."""
+    if res.finish_reason == "error" or res.error:
+        return "error", "", res.error or "backend error"
+    completion = res.text or ""
+    if not completion.strip():
+        return "empty", "", None
+    if not row.get("structured"):
+        status = "truncated" if res.finish_reason == "length" else "ok"
+        return status, completion.strip(), None
+    try:
+        data = json.loads(completion)
+    except json.JSONDecodeError as exc:
+        # a structured answer cut by max_tokens is truncated, not malformed
+        status = "truncated" if res.finish_reason == "length" else "invalid_json"
+        return status, "", f"JSON: {exc.msg} at char {exc.pos}"
+    renderer = renderers.get(row["template"])
+    if not renderer:
+        return "ok", json.dumps(data, ensure_ascii=False), None
+    from generator.library.renderers import render
+
+    try:
+        return "ok", render(renderer, data, int(row["seed"])), None
+    except (ValueError, KeyError, TypeError) as exc:
+        return "invalid_json", "", f"renderer {renderer}: {exc}"
+
+
+def generate_rows(backend: Backend, rows: list[dict], cache: RequestCache | None, retries: int,
+                  schemas: dict[str, dict | None], renderers: dict[str, str | None],
+                  on_final: Callable[[dict], None], on_call: Callable[[int], None] | None = None) -> int:
+    """Run every row to a final status; `on_final(row)` gets each finished generation row.
+
+    Returns the number of requests sent to the backend (cache hits are free)."""
+    calls = 0
+    pending = list(rows)
+    attempt = 1
+    while pending:
+        last = attempt > retries
+        todo: list[tuple[dict, Request]] = []
+        next_pending: list[dict] = []
+
+        def settle(row: dict, req: Request, res: Result) -> None:
+            status, text, error = classify(row, res, renderers)
+            if status in RETRYABLE and not last:
+                next_pending.append(row)
+                return
+            on_final({**row, "completion": res.text, "text": text, "prompt_tokens": res.prompt_tokens,
+                      "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
+                      "status": status, "attempts": attempt, "error": error})
+
+        for row in pending:
+            req = make_request(row, attempt, schemas)
+            hit = cache.get(req.payload_hash(row["model"])) if cache is not None else None
+            if hit is not None:
+                settle(row, req, Result(**hit))
+            else:
+                todo.append((row, req))
+        if todo:
+            by_id = {req.id: (row, req) for row, req in todo}
+            buffer: list[tuple[str, dict]] = []
+            # flush once per backend window (a windowed backend yields a window's answers together,
+            # then blocks on the next one): a crash then loses at most the window in flight
+            flush_every = min(max(int(getattr(backend, "window", None) or 16), 1), 1024)
+            for res in backend.generate([req for _, req in todo]):
+                calls += 1
+                row, req = by_id[res.id]
+                if res.finish_reason != "error":  # errors are not answers worth replaying
+                    buffer.append((req.payload_hash(row["model"]), res.__dict__))
+                if cache is not None and len(buffer) >= flush_every:
+                    cache.put_many(buffer)
+                    buffer = []
+                settle(row, req, res)
+                if on_call:
+                    on_call(1)
+            if cache is not None:
+                cache.put_many(buffer)
+        pending = next_pending
+        attempt += 1
+    return calls
+
+
+class ShardAssembler:
+    """Collects finished rows and hands back each shard the moment all its records are in."""
+
+    def __init__(self, shards: Iterable[Shard], write: Callable[[Shard, list[dict]], None]):
+        self.write = write
+        self.shards = {s.name: s for s in shards}
+        self.owner: dict[str, str] = {}
+        self.done: dict[str, dict[str, dict]] = {}
+        for s in self.shards.values():
+            self.done[s.name] = {}
+            for r in s.rows:
+                self.owner[r["id"]] = s.name
+        self.started = time.time()
+
+    def add(self, row: dict) -> str | None:
+        name = self.owner[row["id"]]
+        bucket = self.done[name]
+        bucket[row["id"]] = row
+        shard = self.shards[name]
+        if len(bucket) == len(shard.rows):
+            ordered = [bucket[r["id"]] for r in shard.rows]  # plan order, so files are deterministic
+            self.write(shard, ordered)
+            del self.done[name]
+            return name
+        return None

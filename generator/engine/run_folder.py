@@ -1,0 +1,164 @@
+"""The run folder: what a run planned, what it generated, and enough to resume it.
+
+    RUN/
+      manifest.json              spec, hashes, versions, counts, timings (rewritten atomically)
+      plan.parquet               every planned record with its shard
+      generations/part-RRR-SSSSS.parquet   one per shard, written atomically (tmp + rename):
+                                 the file's existence is the shard's completion marker
+      cache.sqlite               request-level replay cache keyed by payload hash
+      README.md                  dataset card
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+
+from generator.core.errors import RunFolderError
+from generator.core.files import write_json_atomic, write_parquet_atomic
+
+MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
+PLAN_SCHEMA: dict[str, Any] = {
+    "id": pl.Utf8, "round": pl.Int32, "topic_id": pl.Utf8, "topic": pl.Utf8, "subtopic": pl.Utf8,
+    "keywords": pl.List(pl.Utf8), "level": pl.Utf8, "persona_ids": pl.List(pl.Utf8),
+    "template": pl.Utf8, "template_hash": pl.Utf8, "template_vars": pl.Utf8, "model": pl.Utf8,
+    "temperature": pl.Float64, "top_p": pl.Float64, "max_tokens": pl.Int32, "seed": pl.Int64,
+    "generation": pl.Int32, "messages": pl.List(MESSAGE), "prompt": pl.Utf8, "structured": pl.Boolean,
+    "companion_topics": pl.List(pl.Utf8),
+}
+RESULT_SCHEMA: dict[str, Any] = {
+    "completion": pl.Utf8, "text": pl.Utf8, "prompt_tokens": pl.Int32, "completion_tokens": pl.Int32,
+    "finish_reason": pl.Utf8, "status": pl.Utf8, "attempts": pl.Int32, "error": pl.Utf8,
+}
+GENERATION_SCHEMA = {**PLAN_SCHEMA, **RESULT_SCHEMA}
+STATUSES = ("ok", "truncated", "empty", "invalid_json", "error")
+
+
+def shard_name(round_: int, index: int) -> str:
+    return f"part-{round_:03d}-{index:05d}.parquet"
+
+
+def _ensure_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """Switch a cache file to WAL once. The switch needs an exclusive lock and may fail at once
+    (without the busy timeout) while another process opens the same new file: retry briefly.
+    WAL persists in the file, so later openers see it already set."""
+    for attempt in range(60):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise RunFolderError(f"{path}: the request cache stayed locked for a minute; is another run writing it?")
+
+
+class RequestCache:
+    """Answers already paid for, keyed by the request payload hash; safe across processes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+        with self._conn() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            _ensure_wal(conn, self.path)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def get(self, key: str) -> dict | None:
+        row = self._conn().execute("SELECT value FROM results WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_many(self, items: Iterable[tuple[str, dict]]) -> None:
+        rows = [(k, json.dumps(v)) for k, v in items]
+        if rows:
+            db = self._conn()
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
+            db.execute("COMMIT")
+
+    def __len__(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.generations = self.path / "generations"
+
+    # -- files
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def plan_path(self) -> Path:
+        return self.path / "plan.parquet"
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def create(self) -> None:
+        try:
+            self.generations.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"cannot create run folder {self.path}: {exc.strerror}") from None
+
+    def read_manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_json_atomic(self.manifest_path, manifest)
+
+    def read_plan(self) -> pl.DataFrame | None:
+        return pl.read_parquet(self.plan_path) if self.plan_path.exists() else None
+
+    def write_plan(self, frame: pl.DataFrame) -> None:
+        write_parquet_atomic(frame, self.plan_path)
+
+    def cache(self) -> RequestCache:
+        self.create()
+        return RequestCache(self.path / "cache.sqlite")
+
+    # -- shards
+    def shard_path(self, name: str) -> Path:
+        return self.generations / name
+
+    def completed_shards(self) -> set[str]:
+        if not self.generations.exists():
+            return set()
+        return {p.name for p in self.generations.glob("part-*.parquet")}
+
+    def write_shard(self, name: str, rows: list[dict]) -> Path:
+        frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA)
+        path = self.shard_path(name)
+        write_parquet_atomic(frame, path)
+        return path
+
+    def read_generations(self) -> pl.DataFrame:
+        files = sorted(self.generations.glob("part-*.parquet"))
+        if not files:
+            return pl.DataFrame(schema=GENERATION_SCHEMA)
+        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")

