@@ -1,13 +1,26 @@
 """The one small interface every backend implements.
 
 Backends know nothing of specs, topics or scoring: they turn chat requests into completions.
-The run loop, the cluster-agent and `topics expand` are all clients of `Backend.generate`.
+
+Two ways in:
+- `generate(requests)`: a fixed batch (the cluster-agent, `topics expand`, simple callers).
+- `stream(feed)`: a continuously fed engine. The caller keeps putting requests into a
+  `RequestFeed` while earlier ones are in flight (the next pipeline stage, a retry, a
+  regeneration), and the backend submits each one as soon as it can, so the engine never
+  drains between batches. The stream ends once the feed is closed, empty, and nothing is in flight.
+
+Contract for single-threaded callers: after handling a result (and putting its follow-ups), a
+caller that has no outstanding work left must `close()` the feed before asking for the next
+result; while it has outstanding work, that work is in the feed or in flight, so the stream
+always has something to wait for.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+import collections
+import threading
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 
@@ -47,12 +60,74 @@ class Result:
 ProgressFn = Callable[[Result], None]
 
 
+class RequestFeed:
+    """A thread-safe queue of requests for one backend, fed while the backend runs."""
+
+    def __init__(self, requests: Iterable[Request] = (), close: bool = False):
+        self._items: collections.deque[Request] = collections.deque(requests)
+        self._cond = threading.Condition()
+        self._closed = close
+
+    def put(self, request: Request) -> None:
+        self.put_many((request,))
+
+    def put_many(self, requests: Iterable[Request]) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("put() on a closed RequestFeed")
+            self._items.extend(requests)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def exhausted(self) -> bool:
+        """Closed and empty: nothing more will ever come out."""
+        with self._cond:
+            return self._closed and not self._items
+
+    def take(self, max_n: int | None = None, timeout: float | None = 0.0) -> list[Request]:
+        """Up to `max_n` requests (all there are when None). `timeout=0` never waits; `None` waits
+        until a request arrives or the feed is closed; a number waits at most that long."""
+        with self._cond:
+            if not self._items and not self._closed and timeout != 0.0:
+                self._cond.wait_for(lambda: self._items or self._closed, timeout=timeout)
+            n = len(self._items) if max_n is None else min(max_n, len(self._items))
+            return [self._items.popleft() for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def stream_in_windows(backend: "Backend", feed: RequestFeed, on_result: ProgressFn | None = None,
+                      window: int = 64) -> Iterator[Result]:
+    """`stream` for backends without a native one: each window of queued requests goes through
+    `generate`. Correct, but the engine drains at the end of each window."""
+    while True:
+        batch = feed.take(window, timeout=None)
+        if not batch:
+            if feed.exhausted():
+                return
+            continue
+        yield from backend.generate(batch, on_result)
+
+
 class Backend(Protocol):
     """A model behind one interface. `generate` yields one Result per request, in any order."""
 
     model: str
 
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
+        ...
+
+    def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
+        """Results of the requests put into `feed`, as they finish (see the module docstring)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -73,6 +148,10 @@ class Borrowed:
 
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
         return self.inner.generate(requests, on_result)
+
+    def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
+        inner = getattr(self.inner, "stream", None)
+        return inner(feed, on_result) if inner else stream_in_windows(self.inner, feed, on_result)
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()

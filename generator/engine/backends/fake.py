@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any, Callable, Iterable, Iterator
 
-from generator.core.backend import ProgressFn, Request, Result
+from generator.core.backend import ProgressFn, Request, RequestFeed, Result
 
 
 def _minimal(schema: dict, salt: str) -> Any:
@@ -51,18 +51,32 @@ class FakeBackend:
 
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
         for r in requests:
-            self.calls.append(r)
-            if r.id in self.fail:
-                res = Result(id=r.id, text="", finish_reason="error", error="injected failure")
-            else:
-                text, reason = self._answer(r)
-                text = text.removesuffix("<truncated>")
-                res = Result(id=r.id, text=text, finish_reason=reason,
-                             prompt_tokens=sum(len(m["content"].split()) for m in r.messages),
-                             completion_tokens=len(text.split()))
-            if on_result:
-                on_result(res)
-            yield res
+            yield self._one(r, on_result)
+
+    def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
+        """Finishes queued requests last-in-first-out, so callers cannot rely on arrival order."""
+        in_flight: list[Request] = []
+        while True:
+            in_flight.extend(feed.take(timeout=0.0 if in_flight else None))
+            if not in_flight:
+                if feed.exhausted():
+                    return
+                continue
+            yield self._one(in_flight.pop(), on_result)
+
+    def _one(self, r: Request, on_result: ProgressFn | None) -> Result:
+        self.calls.append(r)
+        if r.id in self.fail:
+            res = Result(id=r.id, text="", finish_reason="error", error="injected failure")
+        else:
+            text, reason = self._answer(r)
+            text = text.removesuffix("<truncated>")
+            res = Result(id=r.id, text=text, finish_reason=reason,
+                         prompt_tokens=sum(len(m["content"].split()) for m in r.messages),
+                         completion_tokens=len(text.split()))
+        if on_result:
+            on_result(res)
+        return res
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "fake", "name": self.model}
