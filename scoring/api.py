@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from generator.core.files import write_parquet_atomic
+from generator.core.run_layout import generation_files, read_generation_files
 
 from scoring.metrics import DEFAULT_METRICS, EMBEDDING, get, score_texts
 
@@ -36,10 +37,9 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
 
 
 def _read_run(run: Path) -> pl.DataFrame:
-    files = sorted((run / "generations").glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{run}: no generations/*.parquet")
-    df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    df = read_generation_files(run)
+    if df is None:
+        raise FileNotFoundError(f"{run}: no generations/part-*.parquet")
     if "status" in df.columns:
         df = df.filter(pl.col("status") == "ok")
     if "duplicate_of" in df.columns:
@@ -267,7 +267,7 @@ def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = Fa
     """
     from scoring.metrics.duplicates import _UnionFind, exact_duplicates, find_duplicates, semantic_duplicates
 
-    files = sorted((Path(run_dir) / "generations").glob("*.parquet"))
+    files = generation_files(run_dir)
     if not files:
         raise FileNotFoundError(f"{run_dir}: no generations/*.parquet")
     frames = [pl.read_parquet(f) for f in files]

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from generator.feedback.allocator import Allocator, apportion, grow_samples, round_slices
+from generator.core.apportion import apportion
+from generator.feedback.allocator import Allocator, grow_samples, round_slices
 from generator.config.spec import RoundsConfig
 
 

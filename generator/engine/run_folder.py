@@ -21,6 +21,7 @@ import polars as pl
 
 from generator.core.errors import RunFolderError
 from generator.core.files import write_json_atomic, write_parquet_atomic
+from generator.core.run_layout import GENERATIONS, generation_files, read_generation_files
 
 MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
 PLAN_SCHEMA: dict[str, Any] = {
@@ -37,10 +38,6 @@ RESULT_SCHEMA: dict[str, Any] = {
 }
 GENERATION_SCHEMA = {**PLAN_SCHEMA, **RESULT_SCHEMA}
 STATUSES = ("ok", "truncated", "empty", "invalid_json", "error")
-
-
-def shard_name(round_: int, index: int) -> str:
-    return f"part-{round_:03d}-{index:05d}.parquet"
 
 
 def _ensure_wal(conn: sqlite3.Connection, path: Path) -> None:
@@ -103,7 +100,7 @@ class RequestCache:
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.generations = self.path / "generations"
+        self.generations = self.path / GENERATIONS
 
     # -- files
     @property
@@ -149,7 +146,7 @@ class RunFolder:
     def completed_shards(self) -> set[str]:
         if not self.generations.exists():
             return set()
-        return {p.name for p in self.generations.glob("part-*.parquet")}
+        return {p.name for p in generation_files(self.path)}
 
     def write_shard(self, name: str, rows: list[dict]) -> Path:
         frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA)
@@ -158,7 +155,5 @@ class RunFolder:
         return path
 
     def read_generations(self) -> pl.DataFrame:
-        files = sorted(self.generations.glob("part-*.parquet"))
-        if not files:
-            return pl.DataFrame(schema=GENERATION_SCHEMA)
-        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+        frame = read_generation_files(self.path)
+        return pl.DataFrame(schema=GENERATION_SCHEMA) if frame is None else frame

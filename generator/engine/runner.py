@@ -19,6 +19,7 @@ import polars as pl
 
 from generator.core.version import __version__
 from generator.core.errors import RunFolderError
+from generator.core.run_layout import shard_index, shard_name
 from generator.engine.executors.base import Job
 from generator.engine.planner import Record, Resolved, plan_spec, records_frame
 from generator.engine.requests import Shard
@@ -57,13 +58,13 @@ def assign_shards(plan: pl.DataFrame, new: list[Record], shard_size: int) -> pl.
     start: dict[int, int] = {}
     if plan is not None and not plan.is_empty():
         for rnd, names in plan.group_by("round").agg(pl.col("shard")).iter_rows():
-            start[rnd] = max(int(n.split("-")[2].split(".")[0]) for n in names) + 1
+            start[rnd] = max(shard_index(n)[1] for n in names) + 1
     shard_col = []
     counters: dict[int, int] = {}
     for rnd in frame["round"].to_list():
         i = counters.get(rnd, 0)
         counters[rnd] = i + 1
-        shard_col.append(f"part-{rnd:03d}-{start.get(rnd, 0) + i // shard_size:05d}.parquet")
+        shard_col.append(shard_name(rnd, start.get(rnd, 0) + i // shard_size))
     frame = frame.with_columns(pl.Series("shard", shard_col))
     return frame if plan is None or plan.is_empty() else pl.concat([plan, frame], how="vertical")
 

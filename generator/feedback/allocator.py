@@ -39,34 +39,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from generator.config.spec import AllocatorConfig, RoundsConfig
+from generator.core.apportion import apportion
+from generator.feedback.shrinkage import floored_shares, shrunk_yield
 
 
 def decision(round: int, cell: str | None, action: str, amount: int | float | None, reason: str) -> dict:
     return {"round": round, "cell": cell, "action": action, "amount": amount, "reason": reason}
-
-
-def apportion(total: int, weights: Sequence[float], already: Sequence[int] | None = None) -> list[int]:
-    """Split `total` into integers proportional to `weights` (largest remainder; sums to `total`).
-
-    With `already` (counts given so far), the cumulative total is apportioned and `already` subtracted,
-    so repeated calls stay proportional over time; no count is negative."""
-    n = len(weights)
-    if n == 0 or total <= 0:
-        return [0] * n
-    already = list(already) if already is not None else [0] * n
-    w = np.asarray(weights, dtype=float)
-    w = w / w.sum()
-    goal = w * (total + sum(already)) - np.asarray(already, dtype=float)
-    goal = np.clip(goal, 0, None)
-    if goal.sum() <= 0:
-        goal = w.copy()
-    goal = goal * (total / goal.sum())
-    base = np.floor(goal).astype(int)
-    rest = total - int(base.sum())
-    order = sorted(range(n), key=lambda i: (-(goal[i] - base[i]), -w[i], i))
-    for i in order[:rest]:
-        base[i] += 1
-    return [int(b) for b in base]
 
 
 def round_slices(budget: int, count: int, first_share: float) -> list[int]:
@@ -79,58 +57,6 @@ def round_slices(budget: int, count: int, first_share: float) -> list[int]:
 
 def round_share(x: float) -> float:
     return float(f"{x:.6g}")
-
-
-def _strength(est: list[float], counts: list[float], var: float, fixed: float | None) -> float:
-    """Shrinkage in pseudo-generations: `fixed`, else noise variance / between-group variance (>= 0.5)."""
-    if fixed is not None:
-        return fixed
-    if len(est) < 2:
-        return 1e6
-    tau2 = float(np.var(est, ddof=1)) - float(np.mean([var / c for c in counts]))
-    return 1e6 if tau2 <= 0 else float(min(max(var / tau2, 0.5), 1e6))
-
-
-def shrunk_yield(stats: dict[str, tuple[float, float, float, float]], prior_weight: float | None = None
-                 ) -> tuple[dict[str, float], str]:
-    """Expected yield per generation spent, P(usable) x novelty of a usable text, for groups (cells or
-    templates) given as {key: (discounted generations, usable generations, yield sum, yield sum of
-    squares)}. Each factor is shrunk toward its pooled value (see `Allocator.expected_yield`)."""
-    seen = [v for v in stats.values() if v[0] > 0]
-    n = sum(v[0] for v in seen)
-    good = sum(v[1] for v in seen)
-    q0 = good / n if n else 0.0
-    v0 = sum(v[2] for v in seen) / good if good else 0.0
-    sq = sum(v[3] for v in seen)
-    sv2 = max(sq / good - v0 * v0, 1e-6) if good else 1e-6
-    kq = _strength([v[1] / v[0] for v in seen], [v[0] for v in seen], max(q0 * (1 - q0), 1e-6), prior_weight)
-    used = [v for v in seen if v[1] > 0]
-    kv = _strength([v[2] / v[1] for v in used], [v[1] for v in used], sv2, prior_weight)
-    out = {}
-    for key, (wn, wgood, wsum, _) in stats.items():
-        q = (wgood + kq * q0) / (wn + kq)
-        nov = (wsum + kv * v0) / (wgood + kv)
-        out[key] = q * nov
-    info = f"pooled usable rate {q0:.2f} and novelty {v0:.3f}, shrinkage {kq:.3g} / {kv:.3g} pseudo-gens"
-    return out, info
-
-
-def floored_shares(raw: dict[str, float], spec: dict[str, float], floor: float) -> dict[str, float]:
-    """`raw` normalised to shares, with no share below `floor` x its share of `spec` (the rest is
-    re-split among the others in proportion to `raw`)."""
-    tot_spec = sum(spec.values())
-    low = {k: floor * spec[k] / tot_spec for k in raw}
-    fixed: dict[str, float] = {}
-    while True:
-        free = [k for k in raw if k not in fixed]
-        mass = 1.0 - sum(fixed.values())
-        tot = sum(raw[k] for k in free)
-        shares = {k: (mass * raw[k] / tot if tot > 0 else mass / len(free)) for k in free}
-        under = [k for k in free if shares[k] < low[k] - 1e-12]
-        if not under or len(under) == len(free):
-            return {**fixed, **shares}
-        for k in under:
-            fixed[k] = low[k]
 
 
 @dataclass
@@ -151,7 +77,7 @@ class CellView:
 
 
 @dataclass
-class Plan:
+class Allocation:
     """The allocator's answer for one round."""
 
     round: int
@@ -276,25 +202,25 @@ class Allocator:
 
     # ------------------------------------------------------------ stop / grow
     def before_round(self, round: int, history: Sequence[dict], cells: Sequence[tuple[str, float]],
-                     growable_topics: int, growable_personas: int) -> Plan:
+                     growable_topics: int, growable_personas: int) -> Allocation:
         """Stop or grow the pool before allocating round `round` (>= 2)."""
-        plan = Plan(round)
+        alloc = Allocation(round)
         if not history:
-            return plan
+            return alloc
         last = history[-1]
         tracked, gain = last.get("tracked"), last.get("gain")
         rc = self.rounds
         if rc.target is not None and tracked is not None and tracked >= rc.target:
-            plan.stop = True
-            plan.decisions.append(decision(round, None, "stop", None,
+            alloc.stop = True
+            alloc.decisions.append(decision(round, None, "stop", None,
                                            f"target reached: {rc.score} {tracked:.4f} >= {rc.target:g}"))
-            return plan
+            return alloc
         if self.cfg.rule == "uniform":
             if rc.min_gain is not None and gain is not None and gain < rc.min_gain:
-                plan.stop = True
-                plan.decisions.append(decision(round, None, "stop", None, f"stall: {rc.score} gained {gain:.4f} < "
+                alloc.stop = True
+                alloc.decisions.append(decision(round, None, "stop", None, f"stall: {rc.score} gained {gain:.4f} < "
                                                f"min_gain {rc.min_gain:g} (uniform rule: no pool growth)"))
-            return plan
+            return alloc
         stalled = rc.min_gain is not None and gain is not None and gain < rc.min_gain
         views = self.views(cells, history, round)
         cap = self.cfg.max_per_cell
@@ -306,66 +232,79 @@ class Allocator:
         elif not open_cells:
             why = "every active cell is saturated or at max_per_cell"
         if why is None:
-            return plan
+            return alloc
         grew = False
         if self.cfg.grow_topics:
             if growable_topics > 0:
-                plan.grow_topics = min(self.cfg.grow_by, growable_topics)
-                plan.decisions.append(decision(round, None, "grow_topics", plan.grow_topics,
+                alloc.grow_topics = min(self.cfg.grow_by, growable_topics)
+                alloc.decisions.append(decision(round, None, "grow_topics", alloc.grow_topics,
                                                f"{why}: add topic cells (raise the tree sources' `sample`)"))
                 grew = True
             else:
-                plan.decisions.append(decision(round, None, "needs_topics_expand", 0,
+                alloc.decisions.append(decision(round, None, "needs_topics_expand", 0,
                                                f"{why}, and every cell of the topic sources is active: "
                                                "`synthgen topics expand` would be needed for new cells"))
         if self.cfg.grow_personas and growable_personas > 0:
-            plan.grow_personas = min(self.cfg.grow_personas_by, growable_personas)
-            plan.decisions.append(decision(round, None, "grow_personas", plan.grow_personas,
+            alloc.grow_personas = min(self.cfg.grow_personas_by, growable_personas)
+            alloc.decisions.append(decision(round, None, "grow_personas", alloc.grow_personas,
                                            f"{why}: add personas to the pool (raise `personas.sample`)"))
             grew = True
         if stalled and not grew:
-            plan.stop = True
-            plan.decisions.append(decision(round, None, "stop", None, f"{why}, and the pool cannot grow"))
-        return plan
+            alloc.stop = True
+            alloc.decisions.append(decision(round, None, "stop", None, f"{why}, and the pool cannot grow"))
+        return alloc
 
     # ------------------------------------------------------------ allocation
     def allocate(self, round: int, slice_: int, cells: Sequence[tuple[str, float]],
-                 history: Sequence[dict]) -> Plan:
+                 history: Sequence[dict]) -> Allocation:
         """Counts for round `round` over `cells` that sum to at most `slice_` (exactly, unless every cell is
         at `max_per_cell`)."""
-        plan = Plan(round)
         cfg = self.cfg
         ids = [c for c, _ in cells]
         views = self.views(cells, history, round)
         cap = cfg.max_per_cell
         room = {c: (slice_ if cap is None else max(0, cap - views[c].total)) for c in ids}
-        counts = {c: 0 for c in ids}
-
         if round == 1 or not history or cfg.rule == "uniform":
-            given = [views[c].total for c in ids] if cfg.rule == "uniform" else None
-            left = slice_
-            active = [c for c in ids if room[c] > 0]
-            while left > 0 and active:  # apportion, re-apportion what caps refuse
-                share = apportion(left, [views[c].weight for c in active],
-                                  [views[c].total + counts[c] for c in active] if given is not None else None)
-                moved = 0
-                for c, k in zip(active, share):
-                    k = min(k, room[c] - counts[c])
-                    counts[c] += k
-                    moved += k
-                left -= moved
-                active = [c for c in active if room[c] - counts[c] > 0]
-                if moved == 0:
-                    break
-            why = "round 1: by topic weight" if round == 1 or not history else "uniform rule: by topic weight"
-            for c in ids:
-                if counts[c]:
-                    plan.decisions.append(decision(round, c, "allocate", counts[c], why))
-            if left:
-                plan.decisions.append(decision(round, None, "unspent", left, "every cell is at max_per_cell"))
-            plan.counts = counts
-            return plan
+            return self._by_weight(round, slice_, ids, views, room, first=round == 1 or not history)
+        return self._by_index(round, slice_, ids, views, room, history)
 
+    def _by_weight(self, round: int, slice_: int, ids: list[str], views: dict[str, CellView],
+                   room: dict[str, int], first: bool) -> Allocation:
+        """Round 1 and the uniform rule: exact apportionment by topic weight, re-apportioning what caps refuse."""
+        cfg = self.cfg
+        alloc = Allocation(round)
+        counts = {c: 0 for c in ids}
+        given = [views[c].total for c in ids] if cfg.rule == "uniform" else None
+        left = slice_
+        active = [c for c in ids if room[c] > 0]
+        while left > 0 and active:  # apportion, re-apportion what caps refuse
+            share = apportion(left, [views[c].weight for c in active],
+                              [views[c].total + counts[c] for c in active] if given is not None else None)
+            moved = 0
+            for c, k in zip(active, share):
+                k = min(k, room[c] - counts[c])
+                counts[c] += k
+                moved += k
+            left -= moved
+            active = [c for c in active if room[c] - counts[c] > 0]
+            if moved == 0:
+                break
+        why = "round 1: by topic weight" if first else "uniform rule: by topic weight"
+        for c in ids:
+            if counts[c]:
+                alloc.decisions.append(decision(round, c, "allocate", counts[c], why))
+        if left:
+            alloc.decisions.append(decision(round, None, "unspent", left, "every cell is at max_per_cell"))
+        alloc.counts = counts
+        return alloc
+
+    def _by_index(self, round: int, slice_: int, ids: list[str], views: dict[str, CellView],
+                  room: dict[str, int], history: Sequence[dict]) -> Allocation:
+        """Later rounds: units handed out one at a time to the best UCB / Thompson index (module docstring)."""
+        cfg = self.cfg
+        cap = cfg.max_per_cell
+        alloc = Allocation(round)
+        counts = {c: 0 for c in ids}
         mu0, sigma = self.pooled(history)
         mean, shrink_info = self.expected_yield(views)
         n_eff = {c: views[c].wn + 1.0 for c in ids}  # data (+1): the bonus spreads units over the cells
@@ -385,9 +324,9 @@ class Allocator:
         for c in ids:
             v = views[c]
             if cap is not None and v.total >= cap:
-                plan.decisions.append(decision(round, c, "cap", 0, f"max_per_cell {cap} reached ({v.total})"))
+                alloc.decisions.append(decision(round, c, "cap", 0, f"max_per_cell {cap} reached ({v.total})"))
             elif cfg.saturation and v.saturated and v.starved < cfg.reexplore_after:
-                plan.decisions.append(decision(round, c, "cap", 0, f"saturated: {v.sat_reason}"))
+                alloc.decisions.append(decision(round, c, "cap", 0, f"saturated: {v.sat_reason}"))
         saturated = {c for c in ids if cfg.saturation and views[c].saturated}
         open_ids = [c for c in ids if room[c] > 0 and c not in saturated]
 
@@ -436,11 +375,11 @@ class Allocator:
                     f"{shrink_info}; yield sd {sigma:.3f})")
             if fallback and c in saturated:
                 stat += "; every open cell is saturated or capped, so saturated cells take the rest"
-            plan.decisions.append(decision(round, c, "allocate", counts[c], f"{why}; {stat}"))
+            alloc.decisions.append(decision(round, c, "allocate", counts[c], f"{why}; {stat}"))
         if left:
-            plan.decisions.append(decision(round, None, "unspent", left, "every cell is at max_per_cell"))
-        plan.counts = counts
-        return plan
+            alloc.decisions.append(decision(round, None, "unspent", left, "every cell is at max_per_cell"))
+        alloc.counts = counts
+        return alloc
 
 
 def grow_samples(sources: Sequence[tuple[int, int]], k: int) -> list[int]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from generator.feedback.allocator import Allocator, Plan, grow_samples, round_slices
+from generator.feedback.allocator import Allocation, Allocator, grow_samples, round_slices
 from generator.core.errors import RunFolderError
 from generator.library.catalog import load_personas, load_topic_tree, resolve, tree_cells
 from generator.engine.planner import Resolved, expand, resolve_spec, validate
@@ -222,7 +222,7 @@ def _allocate(allocator: Allocator, r: int, slices: list[int], budget: int, spen
         return None
     resolved = _resolve(spec, pool)
     cells = [(c.id, c.weight) for c in resolved.cells]
-    pre = Plan(r)
+    pre = Allocation(r)
     if r > 1:
         gt, gp = growable(pool)
         pre = allocator.before_round(r, history, cells, gt, gp)

@@ -1,0 +1,37 @@
+"""The run folder's file layout, shared by the engine that writes it and every reader (scoring, mix,
+view, export): one place names the shards and reads them back."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+GENERATIONS = "generations"
+SHARD_GLOB = "part-*.parquet"
+_SHARD_RE = re.compile(r"^part-(\d{3,})-(\d{5,})\.parquet$")
+
+
+def shard_name(round_: int, index: int) -> str:
+    return f"part-{round_:03d}-{index:05d}.parquet"
+
+
+def shard_index(name: str) -> tuple[int, int]:
+    """(round, index) of a shard file name written by `shard_name`."""
+    m = _SHARD_RE.match(Path(name).name)
+    if not m:
+        raise ValueError(f"not a shard file name: {name!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def generation_files(run_dir: str | Path) -> list[Path]:
+    return sorted((Path(run_dir) / GENERATIONS).glob(SHARD_GLOB))
+
+
+def read_generation_files(run_dir: str | Path) -> pl.DataFrame | None:
+    """Every generated row of a run folder (shards written by different versions may differ in
+    columns: missing ones are null), or None when no shard is written yet."""
+    files = generation_files(run_dir)
+    if not files:
+        return None
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
