@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_cluster_agent_mechanics_on_embedded_model(vllm_backend, shared_data):
-    from scoring.cluster_agent.agent import ClusterAgent, ClusterAgentConfig
+    from scoring.cluster_agent import ClusterAgent, ClusterAgentConfig
 
     rows = json.loads((shared_data / "clinc150" / "data_full.json").read_text())["train"]
     texts = [t for t, _ in rows[:300:7]][:30]

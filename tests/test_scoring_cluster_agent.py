@@ -12,7 +12,8 @@ from generator.core.backend import Request, Result
 from scoring.cluster_agent import (WEAK_WARNING, ClusterAgent, ClusterAgentConfig, Criteria, aggregate,
                                    canonicalize, cluster_schema, parse_clustering, parse_verification,
                                    run_score, split_invalid)
-from scoring.cluster_agent.agent import InvalidAnswer, render
+from scoring.cluster_agent.agent import render
+from scoring.cluster_agent.answers import InvalidAnswer
 from scoring.metrics import get
 
 

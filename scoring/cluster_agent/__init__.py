@@ -9,9 +9,10 @@ from typing import Any
 
 from scoring.metrics.base import JUDGE, Metric, MetricResult, register_metric
 
-from scoring.cluster_agent.agent import (WEAK_WARNING, ClusterAgent, ClusterAgentConfig, ClusterAgentError, ClusterAgentResult,
-                    Criteria, InvalidAnswer, aggregate, canonicalize, cluster_schema, parse_clustering,
-                    parse_verification, run_score, split_invalid)
+from scoring.cluster_agent.agent import WEAK_WARNING, ClusterAgent, ClusterAgentError, ClusterAgentResult
+from scoring.cluster_agent.answers import (InvalidAnswer, aggregate, canonicalize, cluster_schema, parse_clustering,
+                                          parse_verification, run_score, split_invalid)
+from scoring.cluster_agent.settings import ClusterAgentConfig, Criteria
 
 
 class ClusterAgentMetric(Metric):

@@ -25,9 +25,6 @@ failures are reported. Scores depend strongly on K and on the judge: never compa
 """
 from __future__ import annotations
 
-import json
-import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +34,10 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from generator.core.backend import Request, Result, Sampling
+from scoring.cluster_agent.settings import ClusterAgentConfig, Criteria
+from scoring.cluster_agent.answers import (InvalidAnswer, aggregate, cluster_schema, generation_schema,
+                                          parse_clustering, parse_json, parse_verification, sentences_schema,
+                                          split_invalid, summary_schema, verify_schema)
 
 PROMPTS = Path(__file__).parent / "prompts"
 WEAK_JUDGES = ("smollm2-135m", "smollm2_135m", "smollm2-135m-instruct")
@@ -52,67 +53,6 @@ def render(name: str, **kw: Any) -> str:
 
 class ClusterAgentError(RuntimeError):
     pass
-
-
-class InvalidAnswer(ValueError):
-    pass
-
-
-# ------------------------------------------------------------------ configuration and data
-
-@dataclass
-class ClusterAgentConfig:
-    K: int = 10              # samples per clustering call (paper: 10). Scores depend on K.
-    N: int = 50              # clustering runs (paper: 5000; small default for a CPU)
-    J: int = 5               # samples per criteria-generation call (paper: 5)
-    M: int = 5               # criteria-generation rounds (paper: 100)
-    k_metadata: int = 4      # metadata kept by the summary prompt (paper example: 4)
-    k_metrics: int = 4       # metrics kept by the summary prompt
-    verify: bool = True
-    retries: int = 2         # extra attempts per call after a bad answer
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens_criteria: int = 1024
-    max_tokens_cluster: int = 1024
-    max_tokens_verify: int = 512
-    max_chars: int = 1500    # each sample is cut to this many characters in prompts
-    sanity_probes: int = 1   # clustering calls on K copies of one text (should give 1 cluster)
-    seed: int = 0
-
-
-@dataclass
-class Criteria:
-    metadata: list[dict[str, str]]
-    metrics: list[dict[str, str]]
-    criteria: list[dict[str, str]]  # [{"name", "kind", "criterion"}], metadata then metrics
-    source: dict[str, Any] = field(default_factory=dict)
-
-    def ordered(self) -> list[dict[str, str]]:
-        """Metadata and metric criteria interleaved (metadata_1, metric_1, metadata_2, ...)."""
-        md = [c for c in self.criteria if c.get("kind") == "metadata"]
-        mt = [c for c in self.criteria if c.get("kind") == "metric"]
-        out = []
-        for i in range(max(len(md), len(mt))):
-            out += md[i:i + 1] + mt[i:i + 1]
-        return out
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"version": 1, **asdict(self)}, indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Criteria":
-        d = json.loads(Path(path).read_text())
-        d.pop("version", None)
-        return cls(**d)
-
-    @classmethod
-    def from_names(cls, metadata: dict[str, str], metrics: dict[str, str]) -> "Criteria":
-        """Hand-written criteria (the paper's ablation baseline)."""
-        md = [{"name": k, "definition": v} for k, v in metadata.items()]
-        mt = [{"name": k, "definition": v} for k, v in metrics.items()]
-        crit = ([{"name": k, "kind": "metadata", "criterion": v} for k, v in metadata.items()]
-                + [{"name": k, "kind": "metric", "criterion": v} for k, v in metrics.items()])
-        return cls(md, mt, crit, {"hand_written": True})
 
 
 @dataclass
@@ -163,204 +103,6 @@ class ClusterAgentResult:
 
 
 # ------------------------------------------------------------------ schemas
-
-def _str(max_chars: int = 200, min_chars: int = 0) -> dict:
-    # Bounded strings keep every answer inside max_tokens: a small judge otherwise rambles and
-    # the JSON is cut off, which costs a retry (the grammar enforces the bound while decoding).
-    return {"type": "string", "maxLength": max_chars, **({"minLength": min_chars} if min_chars else {})}
-
-
-def generation_schema() -> dict:
-    item = {"type": "object", "properties": {"name": _str(60, 3), "definition": _str(160, 10)},
-            "required": ["name", "definition"], "additionalProperties": False}
-    metric = {"type": "object", "properties": {"name": _str(60, 3), "definition": _str(160, 10),
-                                               "rubric": _str(200, 10)},
-              "required": ["name", "definition", "rubric"], "additionalProperties": False}
-    return {"type": "object", "properties": {
-        "metadata": {"type": "array", "items": item, "minItems": 3, "maxItems": 5},
-        "metrics": {"type": "array", "items": metric, "minItems": 3, "maxItems": 5}},
-        "required": ["metadata", "metrics"], "additionalProperties": False}
-
-
-def summary_schema(k: int) -> dict:
-    item = {"type": "object", "properties": {"name": _str(60, 3), "definition": _str(200, 10)},
-            "required": ["name", "definition"], "additionalProperties": False}
-    return {"type": "object", "properties": {"items": {"type": "array", "items": item, "minItems": k,
-                                                       "maxItems": k}},
-            "required": ["items"], "additionalProperties": False}
-
-
-def sentences_schema(n: int) -> dict:
-    item = {"type": "object", "properties": {"name": _str(60, 3), "criterion": _str(240, 10)},
-            "required": ["name", "criterion"], "additionalProperties": False}
-    return {"type": "object", "properties": {"criteria": {"type": "array", "items": item, "minItems": n,
-                                                          "maxItems": n}},
-            "required": ["criteria"], "additionalProperties": False}
-
-
-def cluster_schema(K: int, n_metrics: int = 0) -> dict:
-    label = {"type": "integer", "minimum": 1, "maximum": K}
-    scores = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 5}}
-    if n_metrics:
-        scores.update(minItems=n_metrics, maxItems=n_metrics)
-    cl = {"type": "object", "properties": {"cluster": label, "uniqueness_reasoning": _str(160),
-                                           "metadata": _str(80), "metric_scores": scores},
-          "required": ["cluster", "uniqueness_reasoning", "metadata", "metric_scores"],
-          "additionalProperties": False}
-    return {"type": "object", "properties": {
-        "analysis": _str(400),
-        "assignment": {"type": "array", "items": label, "minItems": K, "maxItems": K},
-        "clusters": {"type": "array", "items": cl, "minItems": 1, "maxItems": K}},
-        "required": ["analysis", "assignment", "clusters"], "additionalProperties": False}
-
-
-def verify_schema(n: int) -> dict:
-    v = {"type": "object", "properties": {"cluster": {"type": "integer"}, "reasoning": _str(),
-                                          "valid": {"type": "integer", "enum": [0, 1]}},
-         "required": ["cluster", "reasoning", "valid"], "additionalProperties": False}
-    return {"type": "object", "properties": {"verdicts": {"type": "array", "items": v, "minItems": n,
-                                                          "maxItems": n}},
-            "required": ["verdicts"], "additionalProperties": False}
-
-
-# ------------------------------------------------------------------ parsing and validation
-
-def parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        m = re.search(r"\{.*\}", text or "", re.S)
-        if m:
-            try:
-                return json.loads(m.group(0))
-            except json.JSONDecodeError:
-                pass
-    raise InvalidAnswer("not JSON")
-
-
-def canonicalize(labels: Sequence[int]) -> list[int]:
-    """Relabel clusters in order of first appearance: [5, 2, 5, 7] -> [1, 2, 1, 3]."""
-    m: dict[int, int] = {}
-    return [m.setdefault(x, len(m) + 1) for x in labels]
-
-
-def _as_int(x: Any) -> int:
-    if isinstance(x, bool):
-        raise InvalidAnswer("boolean label")
-    if isinstance(x, int):
-        return x
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
-        return int(x.strip())
-    raise InvalidAnswer(f"label {x!r} is not an integer")
-
-
-def parse_clustering(obj: Any, K: int) -> tuple[list[int], dict[int, str], list[str]]:
-    """Validate a clustering answer: (canonical labels, reasoning per canonical cluster, repairs).
-
-    Raises InvalidAnswer when the answer cannot be turned into a partition of the K samples.
-    """
-    if not isinstance(obj, dict):
-        raise InvalidAnswer("answer is not an object")
-    repairs: list[str] = []
-    raw_reason: dict[int, str] = {}
-    created: set[int] = set()  # singleton labels made for missing indices (no description expected)
-    if "assignment" in obj:
-        a = obj["assignment"]
-        if not isinstance(a, list) or len(a) != K:
-            raise InvalidAnswer(f"assignment must list exactly {K} labels")
-        raw = []
-        for x in a:
-            if not isinstance(x, int) or isinstance(x, bool):
-                repairs.append("coerced_label")
-            raw.append(_as_int(x))
-        if any(not 1 <= x <= K for x in raw):
-            repairs.append("label_out_of_range")
-        for c in obj.get("clusters") or []:
-            if isinstance(c, dict):
-                try:
-                    raw_reason[_as_int(c.get("cluster"))] = str(c.get("uniqueness_reasoning") or "")
-                except InvalidAnswer:
-                    repairs.append("bad_cluster_entry")
-    elif isinstance(obj.get("clusters"), list):  # the paper's shape: clusters with sample indices
-        raw = [0] * K
-        for ci, c in enumerate(obj["clusters"], start=1):
-            if not isinstance(c, dict):
-                raise InvalidAnswer("cluster entry is not an object")
-            idx = c.get("sample_indices", c.get("sample indices", c.get("samples")))
-            if not isinstance(idx, list):
-                raise InvalidAnswer("cluster without sample indices")
-            raw_reason[ci] = str(c.get("uniqueness_reasoning", c.get("uniqueness reasoning")) or "")
-            for s in idx:
-                s = _as_int(s)
-                if not 1 <= s <= K:
-                    repairs.append("index_out_of_range")
-                elif raw[s - 1]:
-                    repairs.append("index_in_two_clusters")
-                else:
-                    raw[s - 1] = ci
-        nxt = len(obj["clusters"]) + 1
-        for i in range(K):
-            if not raw[i]:
-                repairs.append("index_missing")
-                created.add(nxt)
-                raw[i] = nxt
-                nxt += 1
-        if len(repairs) > K // 2:
-            raise InvalidAnswer(f"{len(repairs)} index repairs needed")
-    else:
-        raise InvalidAnswer("no assignment")
-    mapping: dict[int, int] = {}
-    for x in raw:
-        mapping.setdefault(x, len(mapping) + 1)
-    labels = [mapping[x] for x in raw]
-    reasons = {mapping[r]: t for r, t in raw_reason.items() if r in mapping}
-    if set(raw_reason) - set(mapping) or set(mapping) - set(raw_reason) - created:
-        repairs.append("cluster_descriptions_mismatch")
-    return labels, reasons, repairs
-
-
-def parse_verification(obj: Any, asked: list[int]) -> dict[int, bool]:
-    """Validate verdicts for the clusters in `asked` (in order). Returns {cluster: valid}."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("verdicts"), list):
-        raise InvalidAnswer("no verdicts")
-    v = obj["verdicts"]
-    if len(v) != len(asked):
-        raise InvalidAnswer(f"{len(v)} verdicts for {len(asked)} clusters")
-    out = {}
-    for c, item in zip(asked, v):
-        if not isinstance(item, dict) or item.get("valid") not in (0, 1, True, False, "0", "1"):
-            raise InvalidAnswer("verdict without valid 0/1")
-        out[c] = str(item["valid"]) in ("1", "True")
-    return out
-
-
-def split_invalid(labels: list[int], valid: dict[int, bool]) -> list[int]:
-    """Members of invalid clusters become singletons; returns canonical labels."""
-    nxt = max(labels) + 1
-    out = []
-    for x in labels:
-        if valid.get(x, True):
-            out.append(x)
-        else:
-            out.append(nxt)
-            nxt += 1
-    return canonicalize(out)
-
-
-def run_score(n_clusters: int, K: int) -> float:
-    """D_i = C_i / S_i with S_i = K / C_i (mean cluster size) = C_i^2 / K."""
-    return n_clusters / (K / n_clusters)
-
-
-def aggregate(counts: Sequence[int], K: int) -> tuple[float | None, float | None]:
-    if not counts:
-        return None, None
-    d = np.array([run_score(c, K) for c in counts], dtype=float)
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
-    return float(d.mean()), se
-
 
 def is_weak_judge(backend: Any) -> bool:
     name = str(getattr(backend, "model", "") or "").lower()
