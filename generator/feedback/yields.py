@@ -86,6 +86,19 @@ def global_scores(texts: list[str], x: np.ndarray, which: str, seed: int = 0,
     return out
 
 
+def _novelty(x: np.ndarray, rows: list[int], cell_of: np.ndarray | None) -> dict[int, float]:
+    """1 - similarity to the nearest other usable text, for the usable `rows`: over the whole run, or
+    within the same cell when `cell_of` is given (cell_novelty). A text with no neighbour scores 1."""
+    if not rows:
+        return {}
+    sims = x[rows] @ x.T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    if cell_of is not None:
+        sims = np.where(cell_of[rows][:, None] == cell_of[None, :], sims, -np.inf)
+    best = sims.max(1)
+    return {u: 1.0 if not np.isfinite(best[k]) else float(np.clip(1.0 - best[k], 0.0, 1.0)) for k, u in enumerate(rows)}
+
+
 def compute_yields(frame: pl.DataFrame, round: int, embedder: str = "static", metric: str = "novelty",
                    score: str = "vendi", seed: int = 0) -> dict[str, Any]:
     """Yields of round `round`'s rows (see the module docstring) and the run's global scores.
@@ -108,20 +121,8 @@ def compute_yields(frame: pl.DataFrame, round: int, embedder: str = "static", me
     cell_arr = np.array([cells[i] for i in usable], dtype=object)
     round_arr = np.array([rounds[i] for i in usable])
 
-    # nearest other usable text: the whole run (novelty) or the same cell (cell_novelty)
     latest = [i for i in range(frame.height) if rounds[i] == round]
-    novelty: dict[int, float] = {}
-    if texts:
-        lat_u = [pos[i] for i in latest if i in pos]
-        if lat_u:
-            sims = x[lat_u] @ x.T
-            sims[np.arange(len(lat_u)), lat_u] = -np.inf
-            if metric == "cell_novelty":
-                same = cell_arr[lat_u][:, None] == cell_arr[None, :]
-                sims = np.where(same, sims, -np.inf)
-            best = sims.max(1)
-            for k, u in enumerate(lat_u):
-                novelty[u] = 1.0 if not np.isfinite(best[k]) else float(np.clip(1.0 - best[k], 0.0, 1.0))
+    novelty = _novelty(x, [pos[i] for i in latest if i in pos], cell_arr if metric == "cell_novelty" else None)
 
     row_yield: dict[int, float] = {}
     row_dup: dict[int, bool] = {}
