@@ -37,7 +37,6 @@ RESULT_SCHEMA: dict[str, Any] = {
     "finish_reason": pl.Utf8, "status": pl.Utf8, "attempts": pl.Int32, "error": pl.Utf8,
 }
 GENERATION_SCHEMA = {**PLAN_SCHEMA, **RESULT_SCHEMA}
-STATUSES = ("ok", "truncated", "empty", "invalid_json", "error")
 
 
 def _ensure_wal(conn: sqlite3.Connection, path: Path) -> None:

@@ -6,7 +6,6 @@ are replayed from the request cache, and only the rest reaches the model.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import json
 import platform
@@ -286,10 +285,3 @@ def score_run(folder: RunFolder, spec: Spec) -> dict | None:
 
     write_json_atomic(folder.path / "scores.json", scores)
     return scores
-
-
-def plan_digest(records: list[Record]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps(r.to_row(), sort_keys=True).encode())
-    return h.hexdigest()

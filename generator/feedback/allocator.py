@@ -73,7 +73,6 @@ class CellView:
     starved: int = 0          # rounds in a row (since it joined) with no allocation
     saturated: bool = False
     sat_reason: str = ""
-    last_yield: float | None = None
 
 
 @dataclass
@@ -116,7 +115,6 @@ class Allocator:
                         v.wsq += disc * y.get("yield_sq", 0.0)
                         v.wn += disc * y["n"]
                         v.wgood += disc * max(0, y.get("ok", y["n"]) - y.get("near_dup", 0))
-                        v.last_yield = y["yield_mean"]
                         before, after = y.get("within_vendi_before"), y.get("within_vendi")
                         if before is not None and after is not None and y.get("total_ok", 0) - y.get("ok", 0) >= 2:
                             rose = after > before + cfg.saturation_tol + 1e-6 * max(1.0, before)
@@ -305,7 +303,7 @@ class Allocator:
         cap = cfg.max_per_cell
         alloc = Allocation(round)
         counts = {c: 0 for c in ids}
-        mu0, sigma = self.pooled(history)
+        _, sigma = self.pooled(history)
         mean, shrink_info = self.expected_yield(views)
         n_eff = {c: views[c].wn + 1.0 for c in ids}  # data (+1): the bonus spreads units over the cells
         reasons: dict[str, list[str]] = {c: [] for c in ids}

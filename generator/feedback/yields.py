@@ -29,7 +29,6 @@ import polars as pl
 REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i cannot|i can ?not|i can't|i won'?t|i'?m unable|i am unable|"
     r"i'?m not able to|i am not able to|as an ai\b|as a language model|i must decline|unfortunately,? i can)")
-FLAGS = ("truncated", "empty", "invalid_json", "error", "refused")
 
 
 def is_refusal(text: str | None) -> bool:

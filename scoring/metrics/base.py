@@ -54,10 +54,6 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def ws_tokens(text: str) -> list[str]:
-    return text.split()
-
-
 def sample_token_budget(texts: Sequence[str], budget: int, seed: int = 0) -> list[str]:
     """Documents in a seeded random order until `budget` whitespace tokens; the last one truncated."""
     rng = np.random.default_rng(seed)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scoring.metrics.base import LEXICAL, MetricResult, register
+from scoring.metrics.base import MetricResult, register
 
 _WS = re.compile(r"\s+")
 NUM_PERM = 128

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from scoring.metrics.base import LEXICAL, MetricResult, register
+from scoring.metrics.base import MetricResult, register
 
 
 def ngrams(tokens: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:
