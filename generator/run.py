@@ -186,6 +186,8 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
     job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
     if spec.run.window:
         job.backend_kwargs["window"] = spec.run.window
+    if any(m.backend == "openai_batch" for m in resolved.models):  # batch ids live in the run folder
+        job.backend_kwargs["run_dir"] = str(folder.path)
     job.on_engine_ready = lambda: emit("engine_ready", {})
     stats.pending_records = sum(len(s.rows) for s in job.shards)
     emit("start", {"records": plan.height, "pending": stats.pending_records, "shards": len(job.shards),
