@@ -131,3 +131,10 @@ def test_local_runner_matches_offline_backend(proj, tmp_path, shared_backend_fac
     assert a["status"].to_list() == b["status"].to_list()
     assert (b["prompt_tokens"] > 0).all() and batch.generated == offline.generated == 6
     assert list((tmp_path / "batch" / "batches" / "smollm2-135m").glob("part-*.output.jsonl"))
+    # the batch run's usage is the tokens the entrypoint reported, and it exports like any run
+    from generator.export import ExportOptions, Filters, compute_usage, export_run
+
+    u = compute_usage(tmp_path / "batch")
+    assert u["models"][0]["completion_tokens"] >= b["completion_tokens"].sum() > 0
+    res = export_run(tmp_path / "batch", tmp_path / "ds", ExportOptions(filters=Filters(status=()), test_ratio=0.5))
+    assert sum(res.splits.values()) == 6 and set(pl.read_parquet(tmp_path / "ds" / "data" / "*.parquet")["id"]) == set(b["id"])

@@ -100,7 +100,9 @@ class BatchClient:
             self.b.stats["polls"] += 1
             status = info.get("status") or "unknown"
             if status != part.state.get("status"):
-                part.save(status=status, request_counts=info.get("request_counts"))
+                errs = [e.get("message") for e in ((info.get("errors") or {}).get("data") or []) if isinstance(e, dict)]
+                part.save(status=status, request_counts=info.get("request_counts"),
+                          error="; ".join(str(e) for e in errs if e)[:300] or None)
             if status in FINAL:
                 break
             time.sleep(self.b.poll_s)

@@ -216,15 +216,22 @@ class OpenAIBatchBackend:
             self.stats["requests_submitted"] += len(fresh)
             self.stats["parts_submitted"] += len(new)
             live.extend(new)
+        why: dict[str, str] = {}
         for part in live:
             self._complete(part)
             got = part.results()
-            for rid in want:
-                if rid not in done and rid in got:
-                    done[rid] = got[rid]
+            reason = (f"batch {part.state.get('batch_id') or part.base.name} ended "
+                      f"{part.state.get('status')} without an answer for this request"
+                      + (f": {part.state['error']}" if part.state.get("error") else ""))
+            for rid in part.ids():
+                if rid in want and rid not in done:
+                    if rid in got:
+                        done[rid] = got[rid]
+                    else:
+                        why[rid] = reason
         for r in reqs:
             res = done.get(r.id) or Result(id=r.id, text="", finish_reason="error",
-                                           error="batch ended without an answer for this request")
+                                           error=why.get(r.id, "no batch answered this request"))
             if self.on_finished is not None:
                 self.on_finished(1)
             if on_result:

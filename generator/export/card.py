@@ -43,7 +43,7 @@ def front_matter(*, data_files: dict[str, str] | None, license: str, task_catego
 
 def _text(value: Any) -> str:
     """User text in markdown: shown exactly, never interpreted as HTML."""
-    return html.escape(str(value))
+    return html.escape(str(value), quote=False)
 
 
 def _when(ts: Any) -> str:
@@ -174,8 +174,8 @@ def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFram
              f"Split: seeded (seed {seed}), stratified by `{_text(opts.stratify_by)}` so each group keeps about "
              f"the test ratio ({opts.test_ratio:g}).",
              f"Rows kept by: {_text('; '.join(filt)) if filt else 'all rows'}."]
-    if dropped:
-        about.append("Rows left out: " + _text(", ".join(f"{k}: {v}" for k, v in dropped.items())) + ".")
+    if any(dropped.values()):
+        about.append("Rows left out: " + _text(", ".join(f"{k}: {v}" for k, v in dropped.items() if v)) + ".")
     about += ["", "## Load it", "```python", "from datasets import load_dataset",
               "ds = load_dataset(\"path/to/this/folder\")  # or the Hub repo id", "```"]
     head = front_matter(data_files=data_files, license=opts.license,

@@ -68,8 +68,9 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
     res = export_run(run_dir, to, opts)
     splits = ", ".join(f"{s} {n:,}" for s, n in res.splits.items())
     out.print(Text(f"exported {sum(res.splits.values()):,} rows ({splits}) as {layout} to {res.path}"))
-    if res.dropped:
-        out.print(Text("left out: " + ", ".join(f"{k}: {v}" for k, v in res.dropped.items())), style="dim")
+    dropped = {k: v for k, v in res.dropped.items() if v}
+    if dropped:
+        out.print(Text("left out: " + ", ".join(f"{k}: {v}" for k, v in dropped.items())), style="dim")
     if repo:
         from .hub import push_to_hub
 
@@ -84,7 +85,7 @@ def usage(run_dir, as_json):
     """Requests, tokens and cost of RUN, per model (and per template or stage)."""
     from ..store import RunFolder
     from .rows import ExportError
-    from .usage import compute_usage
+    from .usage import compute_usage, money
 
     if not RunFolder(run_dir).exists():
         raise ExportError(f"{run_dir}: not a run folder (no manifest.json); pass the folder `synthgen run` wrote")
@@ -94,10 +95,11 @@ def usage(run_dir, as_json):
         return
     t = Table(title=f"usage of {u['run']}")
     for col in ("model", "group", "requests", "prompt tokens", "completion tokens", "cost"):
-        t.add_column(col, justify="right" if col not in ("model", "group") else "left")
+        text_col = col in ("model", "group")
+        t.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
 
     def row(r: dict, group: str) -> None:
-        cost = f"{r['cost']:.4f}" if r["cost"] is not None else "-"
+        cost = money(r["cost"])
         t.add_row(Text(str(r["model"])), Text(group), f"{r['requests']:,}", f"{r['prompt_tokens']:,}",
                   f"{r['completion_tokens']:,}", cost)
 
@@ -106,10 +108,10 @@ def usage(run_dir, as_json):
         for g, rows in u["by"].items():
             for r in rows:
                 if r["model"] == m["model"]:
-                    row(r, f"{g} {r[g]}")
+                    row(r, f"{g}={r[g]}")
     tot = u["total"]
     t.add_row("total", "", f"{tot['requests']:,}", f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}",
-              f"{tot['cost']:.4f}" if tot["cost"] is not None else "-")
+              money(tot["cost"]))
     out.print(t)
     note = ("every paid request, retries included (request cache)" if u["source"] == "cache"
             else "final attempts only (no request cache)")

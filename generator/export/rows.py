@@ -73,30 +73,31 @@ def select(frame: pl.DataFrame, filters: Filters) -> Selection:
     """The rows every filter keeps, with how many each filter left out."""
     dropped: dict[str, int] = {}
 
-    def apply(label: str, expr: pl.Expr, columns: list[str]) -> None:
+    def apply(label: str, expr: pl.Expr, columns: list[str], option: str) -> None:
         nonlocal frame
         missing = [c for c in columns if c not in frame.columns]
         if missing:
-            raise ExportError(f"{label}: the run has no column '{missing[0]}'; columns: "
+            raise ExportError(f"{option}: the run has no column '{missing[0]}'; columns: "
                               f"{', '.join(sorted(frame.columns))}")
         try:
             kept = frame.filter(expr)
         except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError,
                 pl.exceptions.SchemaError) as exc:
-            raise ExportError(f"{label}: cannot compare ({str(exc).splitlines()[0]}); check the value's type") from None
+            raise ExportError(f"{option}: cannot compare ({str(exc).splitlines()[0]}); check the value's type") from None
         dropped[label] = frame.height - kept.height
         frame = kept
 
     if filters.status:
-        apply(f"status in {list(filters.status)}", pl.col("status").is_in(list(filters.status)), ["status"])
+        apply(f"status in {list(filters.status)}", pl.col("status").is_in(list(filters.status)), ["status"],
+              "--status")
     if filters.templates:
         apply(f"template in {list(filters.templates)}", pl.col("template").is_in(list(filters.templates)),
-              ["template"])
+              ["template"], "--template")
     if filters.rounds:
-        apply(f"round in {list(filters.rounds)}", pl.col("round").is_in(list(filters.rounds)), ["round"])
+        apply(f"round in {list(filters.rounds)}", pl.col("round").is_in(list(filters.rounds)), ["round"], "--round")
     for w in filters.where:
         expr = parse_where(w)
-        apply(w, expr, [_WHERE.match(w).group(1)])
+        apply(w, expr, [_WHERE.match(w).group(1)], f"--where '{w}'")
     return Selection(frame=frame, dropped=dropped)
 
 

@@ -103,7 +103,7 @@ def usage_markdown(usage: dict) -> list[str]:
         return ["No model calls recorded."]
     lines = ["| model | requests | prompt tokens | completion tokens | cost |", "|---|---:|---:|---:|---:|"]
     for m in usage["models"]:
-        cost = f"{m['cost']:.4f}" if m["cost"] is not None else "(no price)"
+        cost = money(m["cost"]) if m["cost"] is not None else "(no price)"
         lines.append(f"| {_md(m['model'])} | {m['requests']:,} | {m['prompt_tokens']:,} | "
                      f"{m['completion_tokens']:,} | {cost} |")
     note = ("every request paid for, retries included (request cache)" if usage["source"] == "cache"
@@ -116,4 +116,11 @@ def usage_markdown(usage: dict) -> list[str]:
 def _md(text: Any) -> str:
     import html
 
-    return html.escape(str(text)).replace("|", "\\|")
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def money(cost: float | None) -> str:
+    """A cost to show: cents for sums of a unit or more, six decimals below."""
+    if cost is None:
+        return "-"
+    return f"{cost:,.2f}" if cost >= 1 else f"{cost:.6f}"
