@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class BatchServer:
-    def __init__(self, hold: bool = True):
+    def __init__(self, hold: bool = True, fail: bool = False):
         self.hold = hold
+        self.fail = fail  # batches end `failed` (validation error) instead of answering
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.uploads = 0
@@ -81,6 +82,9 @@ class BatchServer:
 
     def _finish(self, bid: str) -> None:
         b = self.batches[bid]
+        if self.fail:
+            b.update(status="failed", errors={"data": [{"code": "invalid", "message": "model not found"}]})
+            return
         lines = []
         for line in self.files[b["input_file_id"]].decode().splitlines():
             req = json.loads(line)

@@ -105,6 +105,39 @@ def test_killed_run_resumes_polling_without_resubmitting(proj, tmp_path):
         server.close()
 
 
+def test_failed_batch_gives_error_results_and_a_rerun_resubmits(tmp_path):
+    server = BatchServer(hold=False, fail=True)
+    try:
+        out = list(OpenAIBatchBackend("m", server.url, run_dir=tmp_path, poll_s=0.05).generate([_req(0), _req(1)]))
+        assert [r.finish_reason for r in out] == ["error", "error"]
+        assert "ended failed" in out[0].error and "model not found" in out[0].error
+        server.fail = False
+        again = list(OpenAIBatchBackend("m", server.url, run_dir=tmp_path, poll_s=0.05).generate([_req(0), _req(1)]))
+        assert [r.text for r in again] == ["answer to r0#1", "answer to r1#1"] and server.creations == 2
+    finally:
+        server.close()
+
+
+def test_uploaded_part_without_saved_batch_id_finds_its_batch(tmp_path):
+    """Killed between `POST /batches` and saving its answer: the batch is found by its input file."""
+    from generator.backends.batch_api import BatchClient
+
+    server = BatchServer(hold=True)
+    try:
+        b = OpenAIBatchBackend("m", server.url, run_dir=tmp_path, poll_s=0.05)
+        [part] = b._new_parts([_req(0)], 0)
+        with BatchClient(b) as client:
+            client.submit(part)
+        assert server.creations == 1
+        part.state.pop("batch_id")
+        part.save()
+        server.release()
+        [res] = list(OpenAIBatchBackend("m", server.url, run_dir=tmp_path, poll_s=0.05).generate([_req(0)]))
+        assert res.text == "answer to r0#1" and server.creations == 1 and server.uploads == 1
+    finally:
+        server.close()
+
+
 def test_missing_api_key_is_one_line(monkeypatch):
     monkeypatch.delenv("SYNTHGEN_TEST_NO_KEY", raising=False)
     with pytest.raises(BackendError, match="SYNTHGEN_TEST_NO_KEY is not set"):

@@ -99,7 +99,7 @@ class BatchClient:
             info = self._call("GET", f"/batches/{batch_id}").json()
             self.b.stats["polls"] += 1
             status = info.get("status") or "unknown"
-            if status != part.state.get("status"):
+            if status != part.state.get("status") or status in FINAL:
                 errs = [e.get("message") for e in ((info.get("errors") or {}).get("data") or []) if isinstance(e, dict)]
                 part.save(status=status, request_counts=info.get("request_counts"),
                           error="; ".join(str(e) for e in errs if e)[:300] or None)
