@@ -219,7 +219,8 @@ def _register_optional() -> None:
     for module, names in (("generator.cli.scoring", ("score", "compare", "dedup")),
                           ("generator.cli.mix", ("mix",)),
                           ("generator.cli.library", ("library", "init", "personas", "topics", "preview")),
-                          ("generator.cli.report", ("report",))):
+                          ("generator.cli.report", ("report",)),
+                          ("generator.cli.export", ("export", "usage"))):
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

@@ -66,20 +66,35 @@ class TemplateRef(Strict):
     weight: float = Field(1.0, gt=0)
 
 
+class Price(Strict):
+    """What a hosted model charges, in currency units per million tokens (shown by `synthgen usage`)."""
+
+    input_per_mtok: float = Field(ge=0, description="Price per million prompt tokens.")
+    output_per_mtok: float = Field(ge=0, description="Price per million completion tokens.")
+
+
 class ModelConfig(Strict):
     name: str = Field(DEFAULT_MODEL, description="Model alias, Hugging Face folder, or server model name.")
     share: float = Field(1.0, gt=0, description="Relative share of records this model generates.")
-    backend: Literal["vllm", "openai"] = "vllm"
+    backend: Literal["vllm", "openai", "openai_batch"] = "vllm"
     base_url: str | None = Field(None, description="OpenAI-compatible server URL (backend: openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
     engine: dict[str, Any] = Field(default_factory=dict,
                                    description="Extra keyword arguments for vllm.LLM (e.g. max_model_len).")
+    price: Price | None = Field(None, description="Price per million tokens; cost is shown only when set.")
+    batch_runner: Literal["api", "local"] = Field(
+        "api", description="backend: openai_batch only. api: the endpoint at `base_url`; local: vLLM's "
+        "run_batch entrypoint on this machine.")
+    batch_poll_s: float = Field(10.0, gt=0, description="backend: openai_batch: seconds between status polls.")
 
     @model_validator(mode="after")
     def _openai_needs_url(self):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend: openai needs `base_url` (e.g. http://127.0.0.1:8000/v1)")
+        if self.backend == "openai_batch" and self.batch_runner == "api" and not self.base_url:
+            raise ValueError("backend: openai_batch needs `base_url` (e.g. https://api.example.com/v1), "
+                             "or `batch_runner: local`")
         return self
 
 

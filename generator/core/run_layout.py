@@ -2,11 +2,16 @@
 view, export): one place names the shards and reads them back."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import polars as pl
 
+
+MANIFEST = "manifest.json"
+PLAN = "plan.parquet"
+CACHE = "cache.sqlite"
 GENERATIONS = "generations"
 SHARD_GLOB = "part-*.parquet"
 _SHARD_RE = re.compile(r"^part-(\d{3,})-(\d{5,})\.parquet$")
@@ -35,3 +40,20 @@ def read_generation_files(run_dir: str | Path) -> pl.DataFrame | None:
     if not files:
         return None
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def is_run_folder(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / MANIFEST).is_file()
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    """The run's manifest, or {} before the first write."""
+    try:
+        return json.loads((Path(run_dir) / MANIFEST).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def read_plan(run_dir: str | Path) -> pl.DataFrame | None:
+    path = Path(run_dir) / PLAN
+    return pl.read_parquet(path) if path.exists() else None

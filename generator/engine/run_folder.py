@@ -21,7 +21,8 @@ import polars as pl
 
 from generator.core.errors import RunFolderError
 from generator.core.files import write_json_atomic, write_parquet_atomic
-from generator.core.run_layout import GENERATIONS, generation_files, read_generation_files
+from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_files, read_generation_files,
+                                      read_manifest, read_plan)
 
 MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
 PLAN_SCHEMA: dict[str, Any] = {
@@ -104,11 +105,11 @@ class RunFolder:
     # -- files
     @property
     def manifest_path(self) -> Path:
-        return self.path / "manifest.json"
+        return self.path / MANIFEST
 
     @property
     def plan_path(self) -> Path:
-        return self.path / "plan.parquet"
+        return self.path / PLAN
 
     def exists(self) -> bool:
         return self.manifest_path.exists()
@@ -120,16 +121,13 @@ class RunFolder:
             raise RunFolderError(f"cannot create run folder {self.path}: {exc.strerror}") from None
 
     def read_manifest(self) -> dict:
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
-            return {}
+        return read_manifest(self.path)
 
     def write_manifest(self, manifest: dict) -> None:
         write_json_atomic(self.manifest_path, manifest)
 
     def read_plan(self) -> pl.DataFrame | None:
-        return pl.read_parquet(self.plan_path) if self.plan_path.exists() else None
+        return read_plan(self.path)
 
     def write_plan(self, frame: pl.DataFrame) -> None:
         write_parquet_atomic(frame, self.plan_path)

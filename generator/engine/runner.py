@@ -111,41 +111,9 @@ def build_job(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, on_reco
 
 
 def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
-    spec = resolved.spec
-    counts = manifest.get("counts", {})
-    lines = [
-        f"# {spec.name}: synthetic data generated with synthgen",
-        "",
-        spec.description.strip() or "(no description in the spec)",
-        "",
-        "## What was generated",
-        f"- records planned: {counts.get('planned', 0)}; generated: {counts.get('generated', 0)}",
-        f"- status counts: {json.dumps(counts.get('status', {}))}",
-        f"- topic cells: {len(resolved.cells)}; templates: {', '.join(t.name for t, _ in resolved.templates)}",
-        f"- personas: {len(resolved.personas) if resolved.personas else 0}",
-        f"- models: {', '.join(m.name for m in resolved.models)}",
-        f"- seed: {spec.seed}; spec hash: {manifest.get('spec_hash')}",
-        "",
-        "## How",
-        "Each row of `generations/*.parquet` is one model answer with its full lineage: topic cell, persona "
-        "ids, template name and content hash, the template's drawn choices, model, sampling parameters and "
-        "seed, round, the prompt messages, the raw completion, the training `text`, token counts, finish "
-        "reason and a status (`ok`, `truncated`, `empty`, `invalid_json`, `error`). Only `ok` rows are "
-        "training data; the others are kept so nothing is silently dropped.",
-        "",
-        "## Load it",
-        "```python",
-        "import polars as pl",
-        f"df = pl.read_parquet('{folder.path}/generations/*.parquet').filter(pl.col('status') == 'ok')",
-        "# or: datasets.load_dataset('parquet', data_files='.../generations/*.parquet')",
-        "```",
-        "",
-        "## Versions",
-        "```json",
-        json.dumps(manifest.get("versions", {}), indent=2),
-        "```",
-    ]
-    (folder.path / "README.md").write_text("\n".join(lines) + "\n")
+    from generator.export.card import write_run_card
+
+    write_run_card(folder.path, manifest, personas=len(resolved.personas) if resolved.personas else 0)
 
 
 @dataclass
@@ -186,6 +154,8 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
     job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
     if spec.run.window:
         job.backend_kwargs["window"] = spec.run.window
+    if any(m.backend == "openai_batch" for m in resolved.models):  # batch ids live in the run folder
+        job.backend_kwargs["run_dir"] = str(folder.path)
     job.on_engine_ready = lambda: emit("engine_ready", {})
     stats.pending_records = sum(len(s.rows) for s in job.shards)
     emit("start", {"records": plan.height, "pending": stats.pending_records, "shards": len(job.shards),

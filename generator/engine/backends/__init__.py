@@ -1,4 +1,4 @@
-"""Backends: offline vLLM (default), an OpenAI-compatible server, and a fake for control-flow tests."""
+"""Backends: offline vLLM (default), an OpenAI-compatible server, batch files, and a fake for tests."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,6 +13,13 @@ def make_backend(model_cfg: Any, **kwargs: Any) -> Backend:
 
         return OpenAIBackend(model=model_cfg.name, base_url=model_cfg.base_url,
                              api_key_env=model_cfg.api_key_env, **kwargs)
+    if model_cfg.backend == "openai_batch":
+        from generator.engine.backends.openai_batch import OpenAIBatchBackend
+
+        return OpenAIBatchBackend(model=model_cfg.name, base_url=model_cfg.base_url,
+                                  api_key_env=model_cfg.api_key_env, runner=model_cfg.batch_runner,
+                                  engine=model_cfg.engine, poll_s=model_cfg.batch_poll_s, **kwargs)
+    kwargs.pop("run_dir", None)  # only the batch backend keeps files in the run folder
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
 
     return VLLMOfflineBackend(model_cfg.name, engine=model_cfg.engine, **kwargs)

@@ -1,0 +1,119 @@
+"""`synthgen export` and `synthgen usage`."""
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+console = Console(stderr=True)
+out = Console()
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--layout", type=click.Choice(["text", "messages", "preference"]), default="text", show_default=True,
+              help="text: a `text` column (pre-training); messages: chat turns (SFT); preference: "
+              "prompt/chosen/rejected.")
+@click.option("--status", multiple=True, default=("ok",), show_default=True,
+              help="Keep rows with this status (repeatable).")
+@click.option("--template", "templates", multiple=True, help="Keep rows of this template (repeatable).")
+@click.option("--round", "rounds", multiple=True, type=int, help="Keep rows of this round (repeatable).")
+@click.option("--where", multiple=True, metavar="COLUMN OP VALUE",
+              help="Keep rows where a column passes a threshold, e.g. --where 'judge_score>=4' "
+              "(OP: >=, <=, >, <, ==, !=; repeatable, all must hold).")
+@click.option("--test-ratio", type=float, default=0.1, show_default=True,
+              help="Share of rows in the test split (0: train only).")
+@click.option("--seed", type=int, help="Seed of the split (default: the run's seed).")
+@click.option("--stratify-by", default="topic_id", show_default=True,
+              help="Column the split is stratified by.")
+@click.option("--prompt-column", default="prompt", show_default=True, help="preference: the prompt column.")
+@click.option("--response-a-column", default="response_a", show_default=True,
+              help="preference: the first response column.")
+@click.option("--response-b-column", default="response_b", show_default=True,
+              help="preference: the second response column.")
+@click.option("--choice-column", default="choice", show_default=True,
+              help="preference: the judge's choice (a/A/1/response_a or b/B/2/response_b; other values "
+              "leave the row out).")
+@click.option("--license", "license_", default="other", show_default=True, help="License id for the card.")
+@click.option("--language", "languages", multiple=True, default=("en",), show_default=True,
+              help="Language code for the card (repeatable).")
+@click.option("--task-category", "task_categories", multiple=True,
+              help="Hub task category (repeatable; default: text-generation).")
+@click.option("--tag", "tags", multiple=True, help="Extra card tag (repeatable).")
+@click.option("--rows-per-file", type=click.IntRange(min=1), default=500_000, show_default=True,
+              help="Most rows in one Parquet file.")
+@click.option("--overwrite", is_flag=True, help="Replace data/ and README.md in an existing --to folder.")
+@click.option("--push-to-hub", "repo", metavar="REPO", help="Then upload the folder as Hub dataset REPO "
+              "(token from HF_TOKEN or `hf auth login`).")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
+def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, seed, stratify_by, prompt_column,
+           response_a_column, response_b_column, choice_column, license_, languages, task_categories, tags,
+           rows_per_file, overwrite, repo, private):
+    """Export RUN as a dataset folder (Parquet splits + README.md card) that datasets.load_dataset reads."""
+    from generator.export.dataset import ExportOptions, export_run
+    from generator.export.rows import Filters, Preference
+
+    opts = ExportOptions(
+        layout=layout, filters=Filters(status=tuple(status), templates=tuple(templates), rounds=tuple(rounds),
+                                       where=tuple(where)),
+        test_ratio=test_ratio, seed=seed, stratify_by=stratify_by,
+        preference=Preference(prompt=prompt_column, response_a=response_a_column, response_b=response_b_column,
+                              choice=choice_column),
+        license=license_, languages=tuple(languages), task_categories=tuple(task_categories), tags=tuple(tags),
+        rows_per_file=rows_per_file, overwrite=overwrite)
+    res = export_run(run_dir, to, opts)
+    splits = ", ".join(f"{s} {n:,}" for s, n in res.splits.items())
+    out.print(Text(f"exported {sum(res.splits.values()):,} rows ({splits}) as {layout} to {res.path}"))
+    dropped = {k: v for k, v in res.dropped.items() if v}
+    if dropped:
+        out.print(Text("left out: " + ", ".join(f"{k}: {v}" for k, v in dropped.items())), style="dim")
+    if repo:
+        from generator.export.hub import push_to_hub
+
+        url = push_to_hub(res.path, repo, private=private)
+        out.print(Text(f"pushed to {repo}: {url}"))
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the usage as JSON.")
+def usage(run_dir, as_json):
+    """Requests, tokens and cost of RUN, per model (and per template or stage)."""
+    from generator.core.run_layout import is_run_folder
+    from generator.export.rows import ExportError
+    from generator.export.usage import compute_usage, money
+
+    if not is_run_folder(run_dir):
+        raise ExportError(f"{run_dir}: not a run folder (no manifest.json); pass the folder `synthgen run` wrote")
+    u = compute_usage(run_dir)
+    if as_json:
+        click.echo(json.dumps(u, indent=2))
+        return
+    t = Table(title=f"usage of {u['run']}")
+    for col in ("model", "group", "requests", "prompt tokens", "completion tokens", "cost"):
+        text_col = col in ("model", "group")
+        t.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
+
+    def row(r: dict, group: str) -> None:
+        cost = money(r["cost"])
+        t.add_row(Text(str(r["model"])), Text(group), f"{r['requests']:,}", f"{r['prompt_tokens']:,}",
+                  f"{r['completion_tokens']:,}", cost)
+
+    for m in u["models"]:
+        row(m, "(all)")
+        for g, rows in u["by"].items():
+            for r in rows:
+                if r["model"] == m["model"]:
+                    row(r, f"{g}={r[g]}")
+    tot = u["total"]
+    t.add_row("total", "", f"{tot['requests']:,}", f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}",
+              money(tot["cost"]))
+    out.print(t)
+    note = ("every paid request, retries included (request cache)" if u["source"] == "cache"
+            else "final attempts only (no request cache)")
+    console.print(Text(f"counted from: {note}; cost = tokens x the model's `price` per million tokens "
+                       f"(models without one show -)"), style="dim")

@@ -1,0 +1,122 @@
+"""`synthgen export`: a run folder as a dataset folder that `datasets.load_dataset(DIR)` loads as is.
+
+    DIR/
+      README.md                               card: Hub front matter (configs/data_files, license,
+                                              task categories, size, languages, tags) + run facts
+      data/train-<digest>-00000-of-0000N.parquet   one or more files per split (digest: of the rows)
+      data/test-<digest>-00000-of-0000N.parquet    (absent when --test-ratio is 0)
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from generator.core.files import write_parquet_atomic
+from generator.core.run_layout import is_run_folder, read_generation_files, read_manifest
+from generator.export.rows import LAYOUT_ABOUT, ExportError, Filters, Preference, layout_frame, select, split
+
+
+
+@dataclass
+class ExportOptions:
+    layout: str = "text"
+    filters: Filters = field(default_factory=Filters)
+    test_ratio: float = 0.1
+    seed: int | None = None          # default: the run's seed
+    stratify_by: str = "topic_id"
+    preference: Preference = field(default_factory=Preference)
+    license: str = "other"
+    languages: tuple[str, ...] = ("en",)
+    task_categories: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    rows_per_file: int = 500_000
+    overwrite: bool = False
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    splits: dict[str, int]
+    files: list[str]
+    dropped: dict[str, int]
+    columns: list[str]
+
+
+def _prepare(to: Path, overwrite: bool) -> None:
+    if to.exists() and any(to.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{to}: folder exists and is not empty; choose another --to, or pass --overwrite "
+                              f"to replace its data/ and README.md")
+        shutil.rmtree(to / "data", ignore_errors=True)
+    (to / "data").mkdir(parents=True, exist_ok=True)
+
+
+def _digest(frame: pl.DataFrame) -> str:
+    buf = io.BytesIO()
+    frame.write_ipc(buf)
+    return hashlib.sha256(buf.getvalue()).hexdigest()[:10]
+
+
+def _write_split(frame: pl.DataFrame, to: Path, name: str, rows_per_file: int) -> tuple[list[str], str]:
+    """Files of one split and their glob. The names carry a digest of the rows: `datasets` caches a
+    folder's data under a key made from the card's data_files patterns, so a fixed pattern would
+    serve a stale copy after a re-export (or for another folder of the same name)."""
+    n_files = max(1, -(-frame.height // rows_per_file))
+    digest = _digest(frame)
+    names = []
+    for k in range(n_files):
+        rel = f"data/{name}-{digest}-{k:05d}-of-{n_files:05d}.parquet"
+        write_parquet_atomic(frame.slice(k * rows_per_file, rows_per_file), to / rel)
+        names.append(rel)
+    return names, f"data/{name}-{digest}-*.parquet"
+
+
+def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None = None) -> ExportResult:
+    opts = opts or ExportOptions()
+    run_dir = Path(run_dir)
+    if not is_run_folder(run_dir):
+        raise ExportError(f"{run_dir}: not a run folder (no manifest.json); pass the folder `synthgen run` wrote")
+    if not 0 <= opts.test_ratio < 1:
+        raise ExportError(f"--test-ratio {opts.test_ratio}: must be at least 0 and below 1")
+    if opts.layout not in LAYOUT_ABOUT:
+        raise ExportError(f"--layout {opts.layout}: unknown; choose from {', '.join(LAYOUT_ABOUT)}")
+    manifest = read_manifest(run_dir)
+    gens = read_generation_files(run_dir)
+    if gens is None:
+        raise ExportError(f"{run_dir}: no generations yet; run `synthgen run` on its spec first")
+    sel = select(gens, opts.filters)
+    frame, left_out = layout_frame(sel.frame, opts.layout, opts.preference)
+    dropped = dict(sel.dropped)
+    if left_out:
+        dropped["preference: no choice of a or b"] = left_out
+    if frame.is_empty():
+        raise ExportError(f"{run_dir}: no rows left after the filters ({json.dumps(dropped)}); "
+                          f"loosen --status/--template/--round/--where")
+    kept = sel.frame.filter(pl.col("id").is_in(frame["id"].implode())) if "id" in frame.columns else sel.frame
+    seed = opts.seed if opts.seed is not None else int(manifest.get("seed") or 0)
+    labels = split(kept, opts.test_ratio, seed, opts.stratify_by)
+    frame = frame.with_columns(labels.alias("__split"))
+    to = Path(to)
+    _prepare(to, opts.overwrite)
+    files: list[str] = []
+    splits: dict[str, int] = {}
+    data_files: dict[str, str] = {}
+    for name in ("train", "test"):
+        part = frame.filter(pl.col("__split") == name).drop("__split")
+        if part.is_empty():
+            continue
+        written, data_files[name] = _write_split(part, to, name, opts.rows_per_file)
+        files += written
+        splits[name] = part.height
+    from generator.export.card import write_export_card
+
+    write_export_card(to, run_dir, manifest, gens, opts, splits, data_files, dropped, seed,
+                      columns=[c for c in frame.columns if c != "__split"])
+    return ExportResult(path=to, splits=splits, files=files, dropped=dropped,
+                        columns=[c for c in frame.columns if c != "__split"])
