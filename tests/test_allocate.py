@@ -19,7 +19,7 @@ def cfg(**kw) -> RoundsConfig:
 
 def fake_round(r: int, counts: dict[str, int], history: list[dict], true_yield: dict[str, float],
                within_growth: dict[str, float], rng: random.Random, noise: float = 0.05) -> dict:
-    """One round's history entry as `generator.loop` writes it, from per-cell true yields.
+    """One round's history entry as `generator.feedback.rounds` writes it, from per-cell true yields.
 
     Within-cell Vendi grows by `within_growth[c]` per generation (0: saturated from the start)."""
     prev = history[-1]["yields"]["cells"] if history else {}

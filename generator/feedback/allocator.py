@@ -1,7 +1,7 @@
 """The allocator: how many generations each topic cell gets in the next round. Pure and deterministic.
 
 Inputs are plain data: the active cells (id, weight), the history of finished rounds (each round's
-allocation and the per-cell yields of `generator.yields`), the round's slice of the budget and the
+allocation and the per-cell yields of `generator.feedback.yields`), the round's slice of the budget and the
 seed. Outputs are the counts and a list of decisions `{round, cell, action, amount, reason}`.
 
 Rules (docs/feedback.md explains why):

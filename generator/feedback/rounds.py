@@ -1,11 +1,11 @@
 """The feedback loop: generate in rounds and move each round's budget toward cells with high yield.
 
-    round r:  allocate (generator.allocate) -> RUN/rounds/round-NNN.alloc.json
+    round r:  allocate (generator.feedback.allocator) -> RUN/rounds/round-NNN.alloc.json
               (per-cell counts, the pool, and the round's template mix: `template_weights`)
               plan: expand(resolved, counts, start=generations so far, round=r, template_weights)
                     (append-stable: the mix only affects the new generation indices)
               generate the pending shards (the normal resume path)
-              yields + global scores (generator.yields) -> RUN/rounds/round-NNN.json   (round finished)
+              yields + global scores (generator.feedback.yields) -> RUN/rounds/round-NNN.json   (round finished)
 
 A resumed run skips finished rounds (their JSON exists); an interrupted round re-reads its allocation
 file, so it plans exactly the same records and only its missing shards reach the model. Everything an
