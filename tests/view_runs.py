@@ -15,7 +15,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WORDS = ("apple river stone cloud seven music garden bridge number engine planet silver window forest ocean "
          "candle mirror rabbit violin tower harbor lantern meadow copper falcon pepper quartz saddle thunder "
          "velvet walnut yellow zebra anchor basket cactus dragon").split()
-SCRIPT = "<script>window.__injected = 1</script><b>bold?</b> & done"
+SCRIPT = "<script>window.__injected = 1</script><img src=x onerror=\"window.__injected = 2\"><b>bold?</b> & done"
 REPEAT = "Circles are round and every circle has a radius and a diameter that is twice the radius."
 
 

@@ -25,7 +25,7 @@ def view(run_dir, run2, port, no_browser, embedder):
     try:
         state = View(run_dir, run2, embedder=embedder)
     except RunError as exc:
-        click.echo(f"error: {exc} ; pass a folder written by `synthgen run`", err=True)
+        click.echo(f"error: {exc} ; pass a run folder written by `synthgen run`", err=True)
         sys.exit(2)
     try:
         srv = serve(state, port)

@@ -52,7 +52,7 @@ def load_run(run_dir: str | Path) -> pl.DataFrame:
     files = sorted((run / "generations").glob("*.parquet"))
     plan_path = run / "plan.parquet"
     if not files and not plan_path.exists():
-        raise RunError(f"{run}: no plan.parquet and no generations/*.parquet; is it a run folder?")
+        raise RunError(f"{run}: no plan.parquet or generations/*.parquet")
     frames = [pl.read_parquet(f) for f in files]
     df = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     if plan_path.exists():
