@@ -21,7 +21,7 @@ FILTERS = {"template": "template", "topic": "topic_id", "persona": "persona_ids"
 # lineage shown in the record's header, in this order
 LINEAGE = ("id", "round", "topic_id", "topic", "subtopic", "level", "keywords", "persona_ids", "companion_topics",
            "template", "template_hash", "template_vars", "model", "temperature", "top_p", "max_tokens", "seed",
-           "generation", "structured", "status", "finish_reason", "attempts", "prompt_tokens",
+           "generation", "shard", "structured", "status", "finish_reason", "attempts", "prompt_tokens",
            "completion_tokens", "error", "duplicate_of")
 # columns with their own place on the page (not repeated among the extra columns)
 SHOWN = set(LINEAGE) | {"messages", "prompt", "completion", "text"}
@@ -88,7 +88,7 @@ def facets(df: pl.DataFrame) -> dict[str, list[list[Any]]]:
 
 
 def filter_expr(df: pl.DataFrame, params: dict[str, str]) -> pl.Expr:
-    """The polars predicate for the query parameters (filters, `q` full-text, `dup`, `rows`)."""
+    """The polars predicate for the exact filters and `dup` (the full-text `q` is applied after them)."""
     conds = [pl.lit(True)]
     for name, col in FILTERS.items():
         v = params.get(name)
@@ -101,13 +101,17 @@ def filter_expr(df: pl.DataFrame, params: dict[str, str]) -> pl.Expr:
             conds.append(pl.col(col) == _int(v))
         else:
             conds.append(pl.col(col) == v)
-    q = (params.get("q") or "").strip().lower()
-    if q:
-        conds.append(pl.col("_q").str.contains(q, literal=True))
     dup = params.get("dup")
     if dup and "duplicate_of" in df.columns:
         conds.append(pl.col("duplicate_of").is_not_null() if dup == "only" else pl.col("duplicate_of").is_null())
     return pl.all_horizontal(conds)
+
+
+def matching(df: pl.DataFrame, params: dict[str, str]) -> pl.DataFrame:
+    """The records matching the query; the substring search runs on what the exact filters kept."""
+    hit = df.filter(filter_expr(df, params))
+    q = (params.get("q") or "").strip().lower()
+    return hit.filter(pl.col("_q").str.contains(q, literal=True)) if q else hit
 
 
 def _int(v: str) -> int:
@@ -119,7 +123,7 @@ def _int(v: str) -> int:
 
 def query(df: pl.DataFrame, params: dict[str, str], page_size: int = 25) -> dict[str, Any]:
     """One page of the filtered records, as short rows for the list."""
-    hit = df.filter(filter_expr(df, params))
+    hit = matching(df, params)
     page = max(_int(params.get("page") or "1"), 1)
     size = min(max(_int(params.get("size") or str(page_size)), 1), 200)
     pages = max(math.ceil(hit.height / size), 1)
