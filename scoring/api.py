@@ -144,8 +144,12 @@ def score_one(texts: list[str], metrics: Sequence[str], groups: list[str] | None
         for g in groups:
             counts[g] = counts.get(g, 0) + 1
         out["groups"] = counts
-    if with_map and emb is not None:
+    if with_map and emb is not None:  # the report's view of the data: map, examples, closest pairs
+        from scoring.examples import examples_by_group, similar_pairs
+
         out["map"] = _map(emb, groups, seed)
+        out["examples"] = examples_by_group(texts, groups, seed=seed)
+        out["similar_pairs"] = similar_pairs(emb, texts, groups, seed=seed)
     return out
 
 
