@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -96,7 +97,13 @@ def main() -> None:
         deep = [get(url + f"api/records?page={args.records // 25 - k}")[0] for k in range(10)]
         search = [get(url + "api/records?q=" + w)[0] for w in WORDS[:10]]
         _, rec = get(url + "api/records?page=7")
-        get(url + "api/neighbours?id=" + rec["records"][0]["id"])  # waits for the embeddings
+        while True:  # 503 until the background embeddings are ready
+            try:
+                get(url + "api/neighbours?id=" + rec["records"][0]["id"])
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503:
+                    raise
         ready = time.perf_counter() - t0
         nb = [get(url + "api/neighbours?id=" + r["id"])[0] for r in rec["records"][:10]]
         cl, _ = get(url + "api/clusters")

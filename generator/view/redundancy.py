@@ -15,6 +15,13 @@ COMPARE_METRICS = ("distinct_n", "compression_ratio", "near_dup_rate", "vendi", 
                    "kmeans_entropy")
 SCORE_SAMPLE = 2000  # documents scored per run, seeded, so compare answers in seconds on any run size
 FIT_SAMPLE = 10000   # rows k-means is fitted on; every row is then assigned to its nearest centroid
+WAIT = 20.0  # seconds a request waits for the embeddings before answering 503 (the page retries)
+
+
+def _embed(texts: list[str], embedder: str) -> np.ndarray:
+    from scoring.embed import embed
+
+    return embed(texts, embedder=embedder)
 
 
 class Embeddings:
@@ -37,9 +44,15 @@ class Embeddings:
 
     def _compute(self) -> None:
         try:
-            from scoring.embed import embed
+            if self.texts:
+                # a child process: embedding holds the GIL for seconds to minutes, and the server's
+                # threads must keep answering pages meanwhile
+                import multiprocessing
 
-            x = embed(self.texts, embedder=self.embedder) if self.texts else np.zeros((0, 1), np.float32)
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    x = pool.apply(_embed, (self.texts, self.embedder))
+            else:
+                x = np.zeros((0, 1), np.float32)
             n = np.linalg.norm(x, axis=1, keepdims=True)
             self.matrix = (x / np.where(n > 0, n, 1)).astype(np.float32)
         except Exception as exc:  # shown on the page instead of killing the server
@@ -52,12 +65,12 @@ class Embeddings:
         if self.error:
             raise RuntimeError(f"embeddings unavailable ({self.error})")
         if self.matrix is None:
-            raise TimeoutError("embeddings are still being computed; retry in a moment")
+            raise TimeoutError(f"computing the embeddings of {len(self.texts)} texts; retrying")
         return self.matrix
 
     def neighbours(self, row: int, k: int = 10) -> list[tuple[int, float]]:
         """(row, cosine similarity) of the k records most similar to `row`, most similar first."""
-        x = self.ready(timeout=120)
+        x = self.ready(timeout=WAIT)
         i = self.pos.get(int(row))
         if i is None or len(x) < 2:
             return []
@@ -78,7 +91,7 @@ class Embeddings:
     def _kmeans(self, k: int | None) -> dict[str, Any]:
         from scoring.metrics.semantic import kmeans_labels
 
-        x = self.ready(timeout=120)
+        x = self.ready(timeout=WAIT)
         n = len(x)
         if n < 2:
             return {"k": 0, "labels": np.zeros(n, dtype=int), "clusters": []}
@@ -106,7 +119,7 @@ def run_scores(emb: Embeddings, df: pl.DataFrame, n_docs: int, token_budget: int
     """The run's diversity on `n_docs` seeded ok records (lexical metrics at `token_budget` tokens)."""
     from scoring.metrics import get, score_texts
 
-    x = emb.ready(timeout=300)
+    x = emb.ready(timeout=WAIT)
     idx = ok_sample(emb, df, n_docs, seed)
     texts = [emb.texts[i] for i in idx]
     if len(texts) < 2:
