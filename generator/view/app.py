@@ -124,6 +124,6 @@ class View:
         order, mat = allocation_matrix(rounds)
         last = rounds[-1].get("yields", {}).get("cells", {})
         cells = [{"cell": c, "per_round": mat[c], "total": sum(mat[c]),
-                  "last_yield": data._plain(last.get(c, {}).get("yield_mean"))} for c in order]
-        return {"rounds": [h["round"] for h in rounds], "trajectory": data._plain(trajectory_rows(rounds)),
+                  "last_yield": data.plain(last.get(c, {}).get("yield_mean"))} for c in order]
+        return {"rounds": [h["round"] for h in rounds], "trajectory": data.plain(trajectory_rows(rounds)),
                 "cells": cells}

@@ -83,7 +83,7 @@ def facets(df: pl.DataFrame) -> dict[str, list[list[Any]]]:
         if isinstance(s.dtype, pl.List):
             s = s.explode()
         counts = s.drop_nulls().value_counts(sort=True, name="n")
-        out[name] = [[_plain(v), n] for v, n in counts.iter_rows()]
+        out[name] = [[plain(v), n] for v, n in counts.iter_rows()]
     return out
 
 
@@ -139,7 +139,7 @@ def summaries(rows: pl.DataFrame) -> list[dict[str, Any]]:
         cols.append("stage")
     out = []
     for r, snip in zip(rows.select(cols).iter_rows(named=True), rows["_text"].str.slice(0, SNIPPET).to_list()):
-        r = {k: _plain(v) for k, v in r.items()}
+        r = {k: plain(v) for k, v in r.items()}
         r["snippet"] = snip
         out.append(r)
     return out
@@ -151,21 +151,21 @@ def record(df: pl.DataFrame, rid: str) -> dict[str, Any] | None:
     if hit.is_empty():
         return None
     row = hit.row(0, named=True)
-    extra = {k: _plain(v) for k, v in row.items() if k not in SHOWN and not k.startswith("_")}
+    extra = {k: plain(v) for k, v in row.items() if k not in SHOWN and not k.startswith("_")}
     return {"id": rid, "system": row["_system"], "user": row["_user"], "prompt": row.get("prompt"),
-            "messages": _plain(row.get("messages")), "completion": row.get("completion"), "text": row.get("text"),
-            "lineage": {k: _plain(row[k]) for k in LINEAGE if k in row},
+            "messages": plain(row.get("messages")), "completion": row.get("completion"), "text": row.get("text"),
+            "lineage": {k: plain(row[k]) for k in LINEAGE if k in row},
             "extra": extra}
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
     """A JSON-safe value (non-finite floats become null)."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain(x) for k, x in v.items()}
     if v is None or isinstance(v, (str, int, float, bool)):
         return v
     return json.loads(json.dumps(v, default=str))
