@@ -40,6 +40,7 @@ class View:
         if self.b is not None and self.a.name == self.b.name:  # two runs of one spec: tell them apart by folder
             self.a.name, self.b.name = str(self.a.path), str(self.b.path)
         self._scores: dict[str, Any] | None = None
+        self._overlap: dict[str, int] | None = None
         self._lock = threading.Lock()
 
     def run(self, which: str | None) -> Run:
@@ -88,9 +89,10 @@ class View:
         ids = [r["id"] for r in page["records"]]
         other = b.df.filter(pl.col("id").is_in(ids))
         by_id = {r["id"]: r for r in data.summaries(other)}
-        a_ids, b_ids = set(self.a.df["id"].to_list()), set(b.df["id"].to_list())
-        return {**page, "pairs": [{"a": r, "b": by_id.get(r["id"])} for r in page["records"]],
-                "shared": len(a_ids & b_ids), "only_a": len(a_ids - b_ids), "only_b": len(b_ids - a_ids)}
+        if self._overlap is None:  # the same for every page: counted once
+            a_ids, b_ids = set(self.a.df["id"].to_list()), set(b.df["id"].to_list())
+            self._overlap = {"shared": len(a_ids & b_ids), "only_a": len(a_ids - b_ids), "only_b": len(b_ids - a_ids)}
+        return {**page, "pairs": [{"a": r, "b": by_id.get(r["id"])} for r in page["records"]], **self._overlap}
 
     def scores(self) -> dict[str, Any]:
         """Both runs' diversity on the same number of documents and token budget, and B - A."""
