@@ -145,8 +145,12 @@ def score_one(texts: list[str], metrics: Sequence[str], groups: list[str] | None
         for g in groups:
             counts[g] = counts.get(g, 0) + 1
         out["groups"] = counts
-    if with_map and emb is not None:
+    if with_map and emb is not None:  # the report's view of the data: map, examples, closest pairs
+        from scoring.examples import examples_by_group, similar_pairs
+
         out["map"] = _map(emb, groups, seed)
+        out["examples"] = examples_by_group(texts, groups, seed=seed)
+        out["similar_pairs"] = similar_pairs(emb, texts, groups, seed=seed)
     return out
 
 
@@ -320,3 +324,19 @@ def write_report(scores: dict[str, Any], path: str | Path) -> Path:
     p.write_text(render_html(scores), encoding="utf-8")
     return p
 
+
+def data_sections(path: str, by: str | None, embedder: str = "static", seed: int = 0, sample: int = 5000) -> str:
+    """Map, examples and closest pairs of a run folder or file, as HTML (for other reports)."""
+    from scoring.embed import embed
+    from scoring.examples import examples_by_group, similar_pairs
+    from scoring.report import examples_html, map_html, pairs_html
+
+    texts, df = load_texts(path, sample=sample, seed=seed)
+    if not texts:
+        return ""
+    groups = groups_for(df, by) if by else None
+    emb = embed(texts, embedder=embedder)
+    parts = [map_html(_map(emb, groups, seed), embedder, by),
+             examples_html(examples_by_group(texts, groups, seed=seed), by),
+             pairs_html(similar_pairs(emb, texts, groups, seed=seed))]
+    return "\n".join(p for p in parts if p)

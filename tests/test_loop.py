@@ -158,7 +158,7 @@ def test_report_cli_and_html(proj, tmp_path):
     assert res.exit_code == 0, res.output
     assert "trajectory" in res.output and "Arithmetic / Addition" in res.output
     page = out.read_text()
-    assert page.count("data:image/png;base64,") == 3 and "Decisions" in page
+    assert page.count("data:image/png;base64,") == 4 and "Decisions" in page  # 3 rounds charts + the data map
     empty = tmp_path / "empty"
     empty.mkdir()
     res = CliRunner().invoke(report, [str(empty)])

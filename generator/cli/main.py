@@ -220,7 +220,8 @@ def _register_optional() -> None:
                           ("generator.cli.mix", ("mix",)),
                           ("generator.cli.library", ("library", "init", "personas", "topics", "preview")),
                           ("generator.cli.report", ("report",)),
-                          ("generator.cli.export", ("export", "usage"))):
+                          ("generator.cli.export", ("export", "usage")),
+                          ("generator.cli.view", ("view",))):
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

@@ -111,16 +111,18 @@ def plots(rounds: list[dict], top: int = 12) -> dict[str, str]:
     out = {}
     rows = trajectory_rows(rounds)
     xs = [r["spent_total"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.plot(xs, [r["tracked"] for r in rows], "o-", label=f"tracked: {rows[0]['score'] if rows else ''}")
-    ax.set_xlabel("generations spent")
-    ax.set_ylabel(rows[0]["score"] if rows else "score")
-    ax2 = ax.twinx()
-    ax2.plot(xs, [r["near_dup_rate"] for r in rows], "s--", color="tab:red", label="near-dup rate")
-    ax2.set_ylabel("near-duplicate rate")
-    fig.legend(loc="lower right", fontsize=8)
-    ax.set_title("diversity against generations spent")
-    out["trajectory"] = _png(fig)
+    if any(r["tracked"] for r in rows):  # no empty frames: a chart is drawn only when it has values
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        ax.plot(xs, [r["tracked"] for r in rows], "o-", label=f"tracked: {rows[0]['score'] if rows else ''}")
+        ax.set_xlabel("generations spent")
+        ax.set_ylabel(rows[0]["score"] if rows else "score")
+        if any(r["near_dup_rate"] for r in rows):
+            ax2 = ax.twinx()
+            ax2.plot(xs, [r["near_dup_rate"] for r in rows], "s--", color="tab:red", label="near-dup rate")
+            ax2.set_ylabel("near-duplicate rate")
+        fig.legend(loc="lower right", fontsize=8)
+        ax.set_title("diversity against generations spent")
+        out["trajectory"] = _png(fig)
 
     order, mat = allocation_matrix(rounds)
     shown = order[:top]
@@ -139,12 +141,17 @@ def plots(rounds: list[dict], top: int = 12) -> dict[str, str]:
     ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
     out["allocation"] = _png(fig)
 
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    lines = []
     for k, c in enumerate(shown):
         ys = [h["yields"]["cells"].get(c, {}) for h in rounds]
         pts = [(h["round"], y["yield_mean"]) for h, y in zip(rounds, ys) if y.get("n")]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=c[-40:], color=cmap(k % 20))
+            lines.append((c, k, pts))
+    if not any(p[1] for _, _, pts in lines for p in pts):
+        return out
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for c, k, pts in lines:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=c[-40:], color=cmap(k % 20))
     ax.set_xlabel("round")
     ax.set_ylabel("mean yield per generation")
     ax.set_title("per-cell yield (novelty; flagged and near-duplicate rows count 0)")
@@ -197,11 +204,27 @@ def html(run_dir: str | Path, rounds: list[dict] | None = None) -> str:
             parts.append(f"<h2>Last round by {dim}</h2>" + _table_html(
                 [dim, "n", "ok", "near dup", "mean yield"],
                 [[k, v["n"], v["ok"], v["near_dup"], v["yield_mean"]] for k, v in sorted(by.items())]))
+    parts.append(_data_html(run_dir))
     parts.append("<h2>Decisions</h2>" + _table_html(
         ["round", "cell", "action", "amount", "reason"],
         [[d["round"], d.get("cell") or "-", d["action"], d.get("amount"), d["reason"]]
          for h in rounds for d in h.get("decisions", [])]))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}th{background:#eee}")
+             "font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}th{background:#eee}"
+             "img{max-width:100%}.muted{color:#667;font-size:12px}.ex{display:grid;grid-template-columns:"
+             "repeat(auto-fill,minmax(330px,1fr));gap:10px}.card{border:1px solid #ddd;border-radius:4px;"
+             "padding:6px 8px}.card h4{margin:0 0 4px}pre{white-space:pre-wrap;word-break:break-word;font:12px/1.35 "
+             "ui-monospace,monospace;background:#f7f7f9;margin:4px 0;padding:4px 6px;max-height:14em;overflow:auto}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>rounds report</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")
+
+
+def _data_html(run_dir: Path) -> str:
+    """What the run wrote: the 2-D map, examples per topic cell and the most similar pairs."""
+    try:
+        from scoring.api import data_sections
+
+        body = data_sections(str(run_dir), by="topic")
+    except (ImportError, RuntimeError, FileNotFoundError) as exc:  # scoring extra or embeddings missing
+        return f"<h2>The data</h2><p>(not shown: {_html.escape(str(exc))})</p>"
+    return f"<h2>The data</h2>{body}" if body else ""
