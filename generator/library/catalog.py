@@ -51,20 +51,15 @@ def resolve(kind: str, ref: str, base_dir: Path | None, confine: Confinement | N
         candidates.append(p)
         if p.suffix not in exts:
             candidates.extend(p.with_name(p.name + e) for e in exts)
-    outside = None
     for c in candidates:
-        if confine is not None and not confine.permits(c):
-            outside = outside or c
-            if c.is_file():
-                break
+        if not c.is_file():
             continue
-        if c.is_file():
-            return c.resolve()
-    if outside is not None:
-        try:
-            confine.check(outside, kind[:-1], ref)
-        except SpecError as exc:
-            raise Refused(exc.message) from None
+        if confine is not None and not confine.permits(c):
+            try:  # the first file found is outside: refuse rather than fall back to another one
+                confine.check(c, kind[:-1], ref)
+            except SpecError as exc:
+                raise Refused(exc.message) from None
+        return c.resolve()
     raise FileNotFoundError(f"no {kind[:-1]} '{ref}' (looked in {', '.join(str(r) for r in dict.fromkeys(roots))})")
 
 
@@ -87,12 +82,15 @@ def template_name(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _load_template_cached(path: Path, mtime: float, name: str) -> Template:
-    return parse_template(path, name=name)
+def _load_template_cached(path: Path, mtime: float, name: str, roots: tuple[Path, ...] | None,
+                          confine: Confinement | None) -> Template:
+    return parse_template(path, name=name, roots=roots, confine=confine)
 
 
-def load_template(path: Path, name: str | None = None) -> Template:
-    return _load_template_cached(path, path.stat().st_mtime, name or template_name(path))
+def load_template(path: Path, name: str | None = None, roots: tuple[Path, ...] | None = None,
+                  confine: Confinement | None = None) -> Template:
+    """A template (cached by file, version, include roots and confinement)."""
+    return _load_template_cached(path, path.stat().st_mtime, name or template_name(path), roots, confine)
 
 
 # ---------------------------------------------------------------- topics
