@@ -23,7 +23,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, click.ClickException):
         text = exc.format_message()
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
-            text += f" (see: {exc.ctx.command_path} --help)"
+            text = text.rstrip(".") + f"; see {exc.ctx.command_path} --help"
     elif isinstance(exc, SynthgenError):
         text = str(exc)
     elif isinstance(exc, OSError) and exc.strerror:

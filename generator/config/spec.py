@@ -307,12 +307,27 @@ def _format_error(err: dict) -> str:
     if kind == "missing":
         return f"missing required key '{key}'"
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    if "; " not in msg:
+        msg += "; fix the value (`synthgen schema` lists what each key accepts)"
     return f"'{'.'.join(str(p) for p in loc)}': {msg}"
 
 
 def _best_error(exc: ValidationError) -> dict:
-    # union members each fail; prefer an error about a key the user actually wrote
+    """The error to show. Union members (TreeTopics | InlineTopics) each fail: pick the member the
+    user meant (the one with the fewest unknown and missing keys), then an unknown key in it first."""
     errors = exc.errors()
+
+    def member(e: dict) -> str:
+        return next((str(p) for p in e.get("loc", ()) if re.match(r"^[A-Z]\w*$", str(p))), "")
+
+    groups: dict[str, list[dict]] = {}
+    for e in errors:
+        groups.setdefault(member(e), []).append(e)
+    shared = groups.pop("", [])
+    if groups:
+        best = min(groups.values(), key=lambda g: (sum(e.get("type") in ("extra_forbidden", "missing")
+                                                       for e in g), len(g)))
+        errors = shared + best
     for e in errors:
         if e.get("type") == "extra_forbidden":
             return e
@@ -322,7 +337,7 @@ def _best_error(exc: ValidationError) -> dict:
 def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
     data = doc.data
     if not isinstance(data, dict):
-        raise doc.error((), "a spec must be a YAML mapping (name:, topics:, templates:, ...)")
+        raise doc.error((), "a spec must be a YAML mapping (name:, topics:, templates:, ...); start from `synthgen init` or specs/tiny.yaml")
     if overrides:
         data = apply_overrides(data, overrides)
     try:

@@ -147,7 +147,7 @@ class _Walker:
             sources = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
             for src in sources:
                 if not isinstance(src, yaml.MappingNode):
-                    raise self.fail(src, "a merge key (<<) needs a mapping or a list of mappings")
+                    raise self.fail(src, "a merge key (<<) needs a mapping or a list of mappings; point it at an anchored mapping (<<: *name)")
                 if id(src) in self.active:
                     raise self.fail(src, "a merge key (<<) refers to the mapping that contains it; remove it")
                 merged = self.convert(src, path + ("<<",), depth + 1)

@@ -158,7 +158,7 @@ def _load_tree_cached(path: Path, mtime: float) -> TopicTree:
     doc = load_yaml(path)
     data = doc.data
     if not isinstance(data, dict) or "nodes" not in data:
-        raise doc.error((), "a topic tree needs `name`, `description` and `nodes:`")
+        raise doc.error((), "a topic tree needs `name`, `description` and `nodes:`; add them")
     extra = set(data) - {"name", "description", "nodes"}
     if extra:
         key = sorted(extra)[0]
@@ -166,25 +166,25 @@ def _load_tree_cached(path: Path, mtime: float) -> TopicTree:
 
     def build(raw: Any, loc: tuple, parent: tuple[str, ...], inherited_level: str | None) -> TopicNode:
         if not isinstance(raw, dict) or "name" not in raw:
-            raise doc.error(loc, "each topic node needs a `name`")
+            raise doc.error(loc, "each topic node needs a `name`; add one")
         bad = set(raw) - NODE_KEYS
         if bad:
             key = sorted(bad)[0]
             raise doc.error(loc + (key,), f"unknown key '{key}' in topic node; allowed: {', '.join(sorted(NODE_KEYS))}")
         if not isinstance(raw["name"], (str, int, float)) or not str(raw["name"]).strip():
-            raise doc.error(loc + ("name",), "a topic `name` must be a non-empty string")
+            raise doc.error(loc + ("name",), "a topic `name` must be a non-empty string; fix the name")
         name = str(raw["name"]).strip()
         level = raw.get("level", inherited_level)
         keywords = raw.get("keywords") or []
         if not isinstance(keywords, list) or not all(isinstance(k, (str, int, float)) for k in keywords):
-            raise doc.error(loc + ("keywords",), "`keywords` must be a list of words, e.g. [fractions, halves]")
+            raise doc.error(loc + ("keywords",), "`keywords` must be a list of words; write e.g. [fractions, halves]")
         weight = raw.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
             raise doc.error(loc + ("weight",), f"topic weight must be a number above 0, got {weight!r}; "
                                                f"remove the node to drop it")
         children = raw.get("children") or []
         if not isinstance(children, list):
-            raise doc.error(loc + ("children",), "`children` must be a list of topic nodes")
+            raise doc.error(loc + ("children",), "`children` must be a list of topic nodes; write `- name: ...` entries")
         node = TopicNode(name=name, path=parent + (name,), keywords=[str(k) for k in keywords],
                          level=str(level) if level is not None else None, weight=float(weight),
                          line=doc.where(loc)[0])
@@ -200,7 +200,7 @@ def _load_tree_cached(path: Path, mtime: float) -> TopicTree:
         return node
 
     if not isinstance(data["nodes"], list) or not data["nodes"]:
-        raise doc.error(("nodes",), "`nodes:` must be a non-empty list of topic nodes")
+        raise doc.error(("nodes",), "`nodes:` must be a non-empty list of topic nodes; write `- name: ...` entries")
     roots = [build(r, ("nodes", i), (), None) for i, r in enumerate(data["nodes"])]
     return TopicTree(name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
                      roots=roots, file=path)
@@ -248,19 +248,19 @@ def _load_personas_cached(path: Path, mtime: float) -> tuple[dict, ...]:
             raise SpecError(f"invalid JSON in persona file: {msg}; one JSON object per line", file=path,
                             line=lineno, col=getattr(exc, "colno", None)) from None
         if not isinstance(rec, dict):
-            raise SpecError("persona record must be a JSON object with id and description", file=path,
+            raise SpecError("persona record must be a JSON object; write {\"id\": ..., \"description\": ...}", file=path,
                             line=lineno)
         missing = [f for f in PERSONA_FIELDS if f not in rec]
         if missing:
-            raise SpecError(f"persona record lacks {', '.join(missing)}", file=path, line=lineno)
+            raise SpecError(f"persona record lacks {', '.join(missing)}; add them", file=path, line=lineno)
         if not isinstance(rec["id"], str) or not isinstance(rec["description"], str):
-            raise SpecError("persona `id` and `description` must be strings", file=path, line=lineno)
+            raise SpecError("persona `id` and `description` must be strings; quote them", file=path, line=lineno)
         if rec["id"] in ids:
-            raise SpecError(f"duplicate persona id '{rec['id']}'", file=path, line=lineno)
+            raise SpecError(f"duplicate persona id '{rec['id']}'; make the ids unique", file=path, line=lineno)
         ids.add(rec["id"])
         out.append(rec)
     if not out:
-        raise SpecError("persona file is empty", file=path)
+        raise SpecError("persona file is empty; add one JSON object per line", file=path)
     return tuple(out)
 
 

@@ -162,7 +162,7 @@ class Template:
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, self.body_line) from None
         if not user:
-            raise TemplateError(f"template '{self.name}' rendered an empty prompt", file=self.path,
+            raise TemplateError(f"template '{self.name}' rendered an empty prompt; give it some text", file=self.path,
                                 line=self.body_line)
         messages.append({"role": "user", "content": user})
         return messages
@@ -187,7 +187,7 @@ def parse_template(path: str | Path, name: str | None = None, roots: tuple[Path,
         located = load_yaml(path, "\n" * 1 + "\n".join(lines[1:end]))
         front = located.data or {}
         if not isinstance(front, dict):
-            raise TemplateError("front matter must be a mapping", file=path, line=2)
+            raise TemplateError("front matter must be a mapping; write `key: value` lines between the --- lines", file=path, line=2)
         unknown = sorted(set(front) - FRONT_MATTER_KEYS, key=str)
         if unknown:
             line, col = located.where((unknown[0],))
@@ -198,13 +198,13 @@ def parse_template(path: str | Path, name: str | None = None, roots: tuple[Path,
     _check_front(front, located, path)
     purpose = front.get("purpose", "general")
     if purpose not in PURPOSES:
-        raise TemplateError(f"purpose '{purpose}' is not one of {sorted(PURPOSES)}", file=path, line=2)
+        raise TemplateError(f"purpose '{purpose}' is not one of {sorted(PURPOSES)}; pick one", file=path, line=2)
     choices = front.get("choices") or {}
     if not isinstance(choices, dict) or not all(isinstance(v, list) and v for v in choices.values()):
-        raise TemplateError("`choices` must map each variable to a non-empty list", file=path, line=2)
+        raise TemplateError("`choices` must map each variable to a non-empty list; fix the value", file=path, line=2)
     schema = front.get("output_schema")
     if schema is not None and not isinstance(schema, dict):
-        raise TemplateError("`output_schema` must be a JSON schema mapping", file=path, line=2)
+        raise TemplateError("`output_schema` must be a JSON schema mapping; fix the value", file=path, line=2)
     tpl = Template(
         name=name or front.get("name") or path.stem,
         path=path, body=body, body_line=body_line,
@@ -253,11 +253,12 @@ def _check_front(front: dict, located: Any, path: Path) -> None:
         if value is None:
             continue
         if not isinstance(value, types) or isinstance(value, bool):
-            raise fail(key, f"front-matter `{key}` must be a {types[0].__name__}, got {type(value).__name__}")
+            kind = {"str": "string", "int": "whole number", "list": "list", "dict": "mapping"}[types[0].__name__]
+            raise fail(key, f"front-matter `{key}` must be a {kind}, got {type(value).__name__}; fix the value")
         if types == (int,) and not 1 <= value <= 64:
-            raise fail(key, f"front-matter `{key}` must be between 1 and 64")
+            raise fail(key, f"front-matter `{key}` must be between 1 and 64; fix the value")
         if key in ("variables", "tags") and not all(isinstance(v, str) for v in value):
-            raise fail(key, f"front-matter `{key}` must be a list of names")
+            raise fail(key, f"front-matter `{key}` must be a list of names; fix the value")
     renderer = front.get("renderer")
     if renderer is not None:
         if renderer not in RENDERERS:
@@ -270,7 +271,7 @@ def _check_front(front: dict, located: Any, path: Path) -> None:
 def _check_schema(tpl: Template) -> None:
     schema = tpl.output_schema
     if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict):
-        raise TemplateError("`output_schema` must be an object schema with `properties`",
+        raise TemplateError("`output_schema` must be an object schema with `properties`; add `type: object` and `properties:`",
                             file=tpl.path, line=2)
     try:
         import jsonschema  # optional: only for a deeper check
@@ -279,5 +280,5 @@ def _check_schema(tpl: Template) -> None:
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise TemplateError(f"`output_schema` is not a valid JSON schema: {exc.message}",
+        raise TemplateError(f"`output_schema` is not a valid JSON schema: {exc.message}; fix the schema",
                             file=tpl.path, line=2) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jinja2
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from generator.core.confine import Confinement
@@ -78,8 +79,10 @@ def _range(*args: int) -> range:
 
 
 def _guard_filter(fn: Callable) -> Callable:
+    skip = 2 if getattr(fn, "jinja_pass_arg", None) else 1  # (context,) value: not size arguments
+
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        for a in list(args[1:]) + list(kwargs.values()):
+        for a in list(args[skip:]) + list(kwargs.values()):
             _check_int(a, "filter argument")
         out = fn(*args, **kwargs)
         if _size(out) > MAX_OUTPUT:
@@ -92,8 +95,48 @@ def _guard_filter(fn: Callable) -> Callable:
     return guarded
 
 
+def _check_replace(s: Any, old: Any, new: Any) -> None:
+    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
+        hits = s.count(old) if old else len(s) + 1
+        if len(s) + hits * max(len(new) - len(old), 0) > MAX_OUTPUT:
+            raise LimitError(f"replace() would build over {MAX_OUTPUT:,} characters")
+
+
+def _check_join(items: Any, sep: Any = "") -> None:
+    if isinstance(items, (list, tuple)):
+        total = sum(len(i) if isinstance(i, str) else 16 for i in items) + len(str(sep)) * len(items)
+        if total > MAX_OUTPUT:
+            raise LimitError(f"join() would build over {MAX_OUTPUT:,} characters")
+
+
+def _guard_join(fn: Callable) -> Callable:
+    def guarded(eval_ctx, value, d="", attribute=None):
+        _check_join(value if isinstance(value, (list, tuple)) else None, d)
+        return fn(eval_ctx, value, d, attribute)
+
+    guarded.jinja_pass_arg = fn.jinja_pass_arg  # type: ignore[attr-defined]
+    return guarded
+
+
+class _CodeGenerator(CodeGenerator):
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Any) -> None:
+        # `a ~ b` has no sandbox hook of its own: route it through one that checks the size
+        self.write("environment.checked_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%", "//"})
+    code_generator_class = _CodeGenerator
+
+    def checked_concat(self, parts: tuple) -> str:
+        texts = [p if isinstance(p, str) else str(p) for p in parts]
+        if sum(map(len, texts)) > MAX_OUTPUT:
+            raise LimitError(f"a string of over {MAX_OUTPUT:,} characters")
+        return "".join(texts)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -117,6 +160,11 @@ class Sandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         for a in list(args) + list(kwargs.values()):
             _check_int(a, "argument")
+        owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
+        if isinstance(owner, str) and name == "replace" and len(args) >= 2:
+            _check_replace(owner, args[0], args[1])
+        elif isinstance(owner, str) and name == "join" and args:
+            _check_join(list(args[0]) if isinstance(args[0], (list, tuple)) else None, owner)
         out = super().call(__context, __obj, *args, **kwargs)
         if _size(out) > MAX_OUTPUT:
             raise LimitError(f"a call built {_size(out):,} items, above the limit of {MAX_OUTPUT:,}")
@@ -184,10 +232,18 @@ def sandbox(roots: tuple[Path, ...] = (), confine: Confinement | None = None) ->
                       keep_trailing_newline=False, autoescape=False, loader=ConfinedLoader(roots, confine))
         env.globals.pop("lipsum", None)  # lipsum(n) builds n paragraphs: nothing a prompt needs
         env.globals["range"] = _range
+        env.filters["join"] = _guard_join(env.filters["join"])
+        replace = env.filters["replace"]
+
+        def checked_replace(eval_ctx, s, old, new, count=None):
+            _check_replace(str(s), str(old), str(new))
+            return replace(eval_ctx, s, old, new, count)
+
+        checked_replace.jinja_pass_arg = replace.jinja_pass_arg  # type: ignore[attr-defined]
+        env.filters["replace"] = checked_replace
         for name in ("center", "indent", "wordwrap", "truncate", "batch", "slice", "format", "join",
                      "replace", "filesizeformat", "round"):
-            if name in env.filters:
-                env.filters[name] = _guard_filter(env.filters[name])
+            env.filters[name] = _guard_filter(env.filters[name])
         env.filters["bullets"] = lambda items, mark="- ": "\n".join(f"{mark}{i}" for i in items)
         env.filters["tojson"] = _tojson
         _ENVS[key] = env
@@ -255,7 +311,9 @@ def spec_error_for(exc: BaseException, tpl_name: str, tpl_path: Path, body_line:
     elif isinstance(exc, jinja2.UndefinedError):
         msg = (f"template '{tpl_name}': {exc.message}; check the variable name against the spec "
                f"(topics, personas, vars)")
-    elif isinstance(exc, (LimitError, ConfinedError)):
+    elif isinstance(exc, LimitError):
+        msg = f"template '{tpl_name}': {exc}; make the template smaller (docs/security.md lists the limits)"
+    elif isinstance(exc, ConfinedError):
         msg = f"template '{tpl_name}': {exc}"
     elif isinstance(exc, SecurityError):
         msg = f"template '{tpl_name}' tried an unsafe operation: {exc}; remove it"
