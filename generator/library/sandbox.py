@@ -252,7 +252,10 @@ def sandbox(roots: tuple[Path, ...] = (), confine: Confinement | None = None) ->
 
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+    # only when nobody else uses the real-time timer (a test runner's timeout, an application's own)
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer") \
+            or signal.getitimer(signal.ITIMER_REAL)[0] or signal.getsignal(signal.SIGALRM) not in (
+                signal.SIG_DFL, None):
         yield
         return
 
