@@ -49,6 +49,7 @@ class Group(click.Group):
             cls.debug = True
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        Group.debug = bool(os.environ.get("SYNTHGEN_DEBUG"))  # per invocation; --debug sets it while parsing
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from generator.core.confine import LIBRARY_KINDS, Confinement, check_allowed_dir, project_root
 from generator.core.errors import SpecError
+from generator.config.overrides import apply_overrides
 from generator.core.yaml_loader import Located, load_yaml
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -359,48 +360,6 @@ def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
     spec._located = doc
     spec.confinement()  # a refused `allow_paths:` entry fails at load, with its line
     return spec
-
-
-def _set_error(dotted: str, message: str) -> SpecError:
-    return SpecError(f"--set {dotted}: {message}")
-
-
-def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """`--set a.b=value`: values are YAML scalars, so `--set seed=3` is an int."""
-    import copy
-
-    data = copy.deepcopy(data)
-    for dotted, raw in overrides.items():
-        if isinstance(raw, str):
-            try:
-                value = load_yaml(Path("--set"), raw).data
-            except SpecError as exc:
-                raise _set_error(dotted, f"{exc.message}") from None
-        else:
-            value = raw
-        parts = dotted.split(".")
-        if not dotted or any(not p.strip() for p in parts):
-            raise _set_error(dotted, "not a KEY path; write e.g. --set sampling.temperature=0.7")
-        node: Any = data
-        for depth, p in enumerate(parts):
-            last = depth == len(parts) - 1
-            if isinstance(node, list):
-                if not p.isdigit() or int(p) >= len(node):
-                    raise _set_error(dotted, f"'{'.'.join(parts[:depth])}' is a list of {len(node)}; use an "
-                                             f"index from 0 to {len(node) - 1}")
-                key: Any = int(p)
-            elif isinstance(node, dict):
-                key = p
-            else:
-                raise _set_error(dotted, f"'{'.'.join(parts[:depth])}' is a single value, not a section; "
-                                         f"set it directly")
-            if last:
-                node[key] = value
-            else:
-                if isinstance(node, dict) and node.get(key) is None:
-                    node[key] = {}
-                node = node[key]
-    return data
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,

@@ -23,10 +23,11 @@ Path_ = tuple[Any, ...]
 
 MAX_DEPTH = 64            # nesting levels of mappings and lists
 MAX_EXPANDED = 500_000    # values after expanding aliases (each alias re-counts what it names)
-# Largest YAML file loaded (specs, topic trees, mix configs). PyYAML builds a node per value, about
-# 1 s per MiB on one core, so the limit keeps every load under ~2 s and far above real files
-# (the largest built-in topic tree is 0.11 MiB). SYNTHGEN_MAX_YAML_BYTES raises it.
-MAX_YAML_BYTES = int(os.environ.get("SYNTHGEN_MAX_YAML_BYTES") or 2 * 1024 * 1024)
+# Largest YAML file loaded (specs, topic trees, mix configs). PyYAML (with libyaml) still builds a
+# Python node per value: a dense file costs about 1.4 s of CPU per MiB, so the limit keeps every
+# load under ~2 s and far above real files (the largest built-in topic tree is 0.11 MiB).
+# SYNTHGEN_MAX_YAML_BYTES raises it.
+MAX_YAML_BYTES = int(os.environ.get("SYNTHGEN_MAX_YAML_BYTES") or 1024 * 1024)
 
 _T = "tag:yaml.org,2002:"
 SCALAR_TAGS = {_T + t for t in ("str", "int", "float", "bool", "null", "timestamp")}

@@ -39,7 +39,7 @@ def test_a_yaml_file_over_the_size_limit_is_refused_without_parsing(tmp_path):
     big = tmp_path / "big.yaml"
     big.write_text("name: x\ndescription: '" + "a" * MAX_YAML_BYTES + "'\n")
     t0 = time.perf_counter()
-    with pytest.raises(SpecError, match=r"big\.yaml: YAML file is larger than the limit of 2 MiB; split it "
+    with pytest.raises(SpecError, match=r"big\.yaml: YAML file is larger than the limit of 1 MiB; split it "
                                         r"or raise SYNTHGEN_MAX_YAML_BYTES"):
         load_yaml(big)
     assert time.perf_counter() - t0 < 2
