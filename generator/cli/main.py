@@ -74,6 +74,10 @@ allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR
 @allow_option
 def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
     """Generate the records SPEC plans into a run folder (resumes an existing one)."""
+    if limit is not None and limit < 1:
+        raise click.UsageError(f"--limit {limit}: give a count of 1 or more")
+    if actors is not None and actors < 1:
+        raise click.UsageError(f"--actors {actors}: give a count of 1 or more")
     _quiet_engine_logs(verbose)
     from generator import run as run_spec
     from generator.config.spec import load_spec

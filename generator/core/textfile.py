@@ -19,6 +19,18 @@ MAX_TEXT_BYTES = int(os.environ.get("SYNTHGEN_MAX_FILE_BYTES") or 16 * 1024 * 10
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x80-\x9f]")
 
 
+def has_control(value) -> bool:
+    """A parsed value (string, list, mapping) holding a control character (e.g. from a YAML
+    "\\e" or JSON "\\u001b" escape): refused like a raw one, so no terminal escape reaches output."""
+    if isinstance(value, str):
+        return _CONTROL.search(value) is not None
+    if isinstance(value, dict):
+        return any(has_control(k) or has_control(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_control(v) for v in value)
+    return False
+
+
 def position(text: str, index: int) -> tuple[int, int]:
     """1-based (line, column) of character `index` in `text`."""
     line = text.count("\n", 0, index) + 1

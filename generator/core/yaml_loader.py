@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from generator.core.errors import SpecError
-from generator.core.textfile import check_text, read_text
+from generator.core.textfile import check_text, has_control, read_text
 
 Path_ = tuple[Any, ...]
 
@@ -88,6 +88,9 @@ class _Walker:
         if isinstance(node, yaml.ScalarNode):
             self.expanded += 1
             if node.tag == _STR:  # the common case, without the constructor's overhead
+                if has_control(node.value):  # from an escape such as "\e[31m" or "\x00"
+                    raise self.fail(node, "control character in a string (from an escape such as \\e or "
+                                          "\\x00); remove it (only tab and newline are allowed)")
                 return node.value
             if node.tag not in SCALAR_TAGS:
                 raise self.fail(node, f"YAML tag '{_tag_name(node.tag)}' is not allowed; remove it "

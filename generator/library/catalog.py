@@ -14,7 +14,7 @@ from typing import Any
 
 from generator.core.confine import Confinement
 from generator.core.errors import SpecError
-from generator.core.textfile import read_text
+from generator.core.textfile import has_control, read_text
 from generator.core.paths import builtin_root
 from generator.library.prompt_template import Template, parse_template
 from generator.core.yaml_loader import load_yaml
@@ -250,6 +250,9 @@ def _load_personas_cached(path: Path, mtime: float) -> tuple[dict, ...]:
         if not isinstance(rec, dict):
             raise SpecError("persona record must be a JSON object; write {\"id\": ..., \"description\": ...}", file=path,
                             line=lineno)
+        if has_control(rec):
+            raise SpecError("control character in a persona (from an escape such as \\u001b); remove it",
+                            file=path, line=lineno)
         missing = [f for f in PERSONA_FIELDS if f not in rec]
         if missing:
             raise SpecError(f"persona record lacks {', '.join(missing)}; add them", file=path, line=lineno)
