@@ -34,14 +34,19 @@ def validate(spec):
 
 
 def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
-    """Generate what `spec` plans: one pass, or the feedback loop when the spec has `rounds:`."""
-    if spec.rounds is not None:
-        from generator.feedback.rounds import run_rounds
+    """Generate what `spec` plans: one pass, or the feedback loop when the spec has `rounds:`.
 
-        return run_rounds(spec, out=out, executor=executor, progress=progress, limit=limit, score=score)
-    from generator.engine.runner import run_spec
+    The run folder is locked for the whole run: a second run on it fails at once."""
+    from generator.engine.run_folder import RunFolder
 
-    return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress, score=score)
+    with RunFolder(out or spec.output_dir()).lock():
+        if spec.rounds is not None:
+            from generator.feedback.rounds import run_rounds
+
+            return run_rounds(spec, out=out, executor=executor, progress=progress, limit=limit, score=score)
+        from generator.engine.runner import run_spec
+
+        return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress, score=score)
 
 
 __all__ = ["__version__", "load_spec", "plan", "validate", "run"]

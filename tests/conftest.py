@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import importorskip_ci, skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -26,14 +28,14 @@ def proj(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not beside the repository")
+        skip_or_fail("../shared/data is not beside the repository")
     return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
 def vllm_backend():
     """The embedded model in a real offline vLLM engine, shared by every slow test."""
-    pytest.importorskip("vllm")
+    importorskip_ci("vllm")
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
 
     backend = VLLMOfflineBackend("smollm2-135m", engine={"max_model_len": 2048})

@@ -20,3 +20,29 @@ def small_spec(name: str, seed: int, max_tokens: int, run: str, models: str = ""
             + (f"models:\n  - {models}\n" if models else "")
             + f"sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {max_tokens}}}\n"
             f"run: {run}\n")
+
+
+def skip_or_fail(reason: str, module_level: bool = False) -> None:
+    """Skip locally; under CI=true fail instead, so CI cannot pass without running the test."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a missing dependency or data set is a failure)", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+def importorskip_ci(name: str):
+    """`pytest.importorskip`, except that under CI=true a missing module fails the test."""
+    import importlib
+    import os
+
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            pytest.fail(f"{name} is not importable ({exc}); CI=true needs every dependency", pytrace=False)
+    return pytest.importorskip(name)

@@ -10,6 +10,7 @@ from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec
 from generator.config.spec import load_spec
 from generator.engine.run_folder import GENERATION_SCHEMA
+from helpers import importorskip_ci
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def test_tiny_spec_end_to_end(shared_backend_factory, tmp_path):
     assert manifest["models"]["smollm2-135m"]["backend"] == "vllm"
     assert res.model_calls == 6
     # loads in `datasets` as Parquet where it is installed
-    datasets = pytest.importorskip("datasets")
+    datasets = importorskip_ci("datasets")
     ds = datasets.load_dataset("parquet", data_files=str(run / "generations" / "*.parquet"), split="train")
     assert ds.num_rows == 6
 

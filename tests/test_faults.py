@@ -17,6 +17,7 @@ from generator.core.errors import BackendError, ModelError, RunFolderError
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec
 from generator.config.spec import load_spec
+from helpers import importorskip_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHGEN = Path(sys.executable).with_name("synthgen")
@@ -110,7 +111,7 @@ def test_cli_unreachable_server_exits_2_with_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_bogus_model_is_one_model_error(tmp_path):
-    pytest.importorskip("vllm")
+    importorskip_ci("vllm")
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
 
     bogus = tmp_path / "no-such-model"

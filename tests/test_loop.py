@@ -178,10 +178,13 @@ def test_rounds_on_the_embedded_model(shared_backend_factory, tmp_path):
     spec = load_spec("specs/tiny.yaml", {"rounds": "{count: 2, budget: 12, first_round_share: 0.5}",
                                          "sampling.max_tokens": "64"})
     res = run_spec(spec, out=tmp_path / "run", executor=LocalExecutor(backend_factory=shared_backend_factory))
+    # mechanics only: what the 135M model writes (and so how many rows are usable) is not asserted
     assert res.planned == res.generated == 12
+    assert sum(res.statuses.values()) == 12
     rounds = load_rounds(tmp_path / "run")
     assert [h["spent"] for h in rounds] == [6, 6]
-    assert rounds[1]["tracked"] is not None and rounds[1]["scores"]["n"] >= 1
+    frame = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
+    assert frame.height == 12 and sorted(frame["round"].unique().to_list()) == [1, 2]
     cells = rounds[1]["yields"]["cells"]
     assert set(cells) == {"Arithmetic / Adding two-digit numbers", "Money / Making change",
                           "Measurement / Telling time"}

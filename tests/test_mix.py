@@ -18,11 +18,13 @@ import pytest
 from generator.core.errors import SpecError, SynthgenError
 from generator.mix import (MANIFEST_NAME, MixConfig, RepetitionWarning, best_fit, build_mix, hamilton,
                            load_mix_config, load_shard_rows, parse_ratio, read_megatron, select_documents)
+from helpers import importorskip_ci, skip_or_fail
 
 GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
 TRAIN = GSM8K / "train.jsonl"
 REAL = TRAIN  # the tests' real side; a 2,000-row slice of TRAIN (fixture below) unless a test says otherwise
-pytestmark = pytest.mark.skipif(not TRAIN.is_file(), reason=f"{TRAIN} not found")
+if not TRAIN.is_file():
+    skip_or_fail(f"{TRAIN} not found", module_level=True)
 EOS = "<|endoftext|>"
 TEMPLATE = "{question}\n{answer}"
 
@@ -330,7 +332,7 @@ def test_megatron_int32_for_large_vocab(tmp_path, run_dir):
 
 
 def test_loads_with_datasets(tok_dir, run_dir, tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = importorskip_ci("datasets")
     for fmt, builder in (("parquet", "parquet"), ("jsonl.zst", "json"), ("jsonl", "json")):
         out = tmp_path / fmt.replace(".", "_")
         res = build_mix(_cfg(tok_dir, run_dir, out, ratio="2:1", total_tokens=15_000, format=fmt))

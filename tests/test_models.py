@@ -7,6 +7,7 @@ import pytest
 
 from generator.core import model_aliases as models
 from generator.core.errors import ModelError
+from helpers import importorskip_ci
 
 
 def test_non_alias_passes_through():
@@ -50,7 +51,7 @@ def test_conversion_runs_once_under_a_lock(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_converts_to_a_loadable_folder():
-    pytest.importorskip("transformers")
+    importorskip_ci("transformers")
     path = models.ensure_converted("smollm2-135m")
     from transformers import AutoConfig, AutoTokenizer
 

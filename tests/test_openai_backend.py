@@ -22,7 +22,7 @@ import pytest
 from generator.core.backend import Request, Sampling
 from generator.engine.backends.openai_http import OpenAIBackend
 from generator.core.errors import BackendError
-from helpers import small_spec
+from helpers import importorskip_ci, small_spec
 
 SCHEMA = {"type": "object", "properties": {"question": {"type": "string", "maxLength": 80},
                                            "answer": {"type": "integer"}},
@@ -177,7 +177,7 @@ def vllm_server(tmp_path_factory):
     if os.environ.get("SYNTHGEN_TEST_OPENAI_URL"):
         yield os.environ["SYNTHGEN_TEST_OPENAI_URL"].rstrip("/")
         return
-    pytest.importorskip("vllm")
+    importorskip_ci("vllm")
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm_server") / "server.log"
     proc = start_vllm_server(port, log)

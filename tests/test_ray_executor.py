@@ -16,11 +16,11 @@ from generator.engine.backends.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec
 from generator.config.spec import load_spec
-from helpers import small_spec
+from helpers import importorskip_ci, small_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-ray = pytest.importorskip("ray")
+ray = importorskip_ci("ray")
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +177,7 @@ def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path):
 
 def test_ray_real_model_two_actors_one_killed(tmp_path, monkeypatch):
     """Two actors, each its own vLLM engine on the embedded model; one is killed mid-run."""
-    pytest.importorskip("vllm")
+    importorskip_ci("vllm")
     from generator.engine.executors.ray import RayExecutor
 
     monkeypatch.setenv("SYNTHGEN_KV_CACHE_GB", "0.25")  # two small engines side by side

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from scoring.api import compare, dedup_run, groups_for, load_texts, score, write_report
 from generator.cli.scoring import cli
+from helpers import importorskip_ci
 
 LEX = "distinct_n,compression_ratio,exact_dup_rate,near_dup_rate"
 BASE = " ".join(f"alpha{i}" for i in range(150))
@@ -37,7 +38,7 @@ def test_load_texts_from_run_and_files(run_dir, tmp_path):
     assert len(texts) == 6 and "failed one" not in texts
     assert groups_for(df, "persona")[:3] == ["p0", "p1", "p2"]
     assert groups_for(df, "topic")[:2] == ["t0", "t1"]
-    zst = pytest.importorskip("zstandard")
+    zst = importorskip_ci("zstandard")
     rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(5)]
     raw = "\n".join(json.dumps(r) for r in rows).encode()
     (tmp_path / "d.jsonl.zst").write_bytes(zst.ZstdCompressor().compress(raw))

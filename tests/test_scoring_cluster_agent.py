@@ -15,6 +15,7 @@ from scoring.cluster_agent import (WEAK_WARNING, ClusterAgent, ClusterAgentConfi
 from scoring.cluster_agent.agent import render
 from scoring.cluster_agent.answers import InvalidAnswer
 from scoring.metrics import get
+from helpers import importorskip_ci
 
 
 class FakeBackend:
@@ -125,7 +126,7 @@ def test_schema_pins_a_partition():
     a = s["properties"]["assignment"]
     assert a["minItems"] == a["maxItems"] == 10
     assert a["items"] == {"type": "integer", "minimum": 1, "maximum": 10}
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = importorskip_ci("jsonschema")
     jsonschema.validate(assign([1] * 10)(None) | {"clusters": [{"cluster": 1, "uniqueness_reasoning": "",
                                                                "metadata": "", "metric_scores": [3, 3]}]}, s)
     with pytest.raises(jsonschema.ValidationError):

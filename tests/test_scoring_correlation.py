@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from scoring.validation import intent_scores, signed_correlations, spearman
+from helpers import skip_or_fail
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LEXICAL = ["distinct_n", "ngram_entropy", "compression_ratio", "self_repetition", "self_bleu"]
 SEMANTIC = ["vendi", "mean_cosine_distance", "dcscore", "cluster_proxy"]
 DATASETS = ["clinc150", "banking77"]
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repository")
+if not DATA.is_dir():
+    skip_or_fail("../shared/data is not beside the repository", module_level=True)
 
 
 @pytest.fixture(scope="module", params=DATASETS)

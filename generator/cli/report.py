@@ -17,15 +17,17 @@ def report(run_dir, out, top):
     from generator.feedback.rounds import load_rounds
     from generator.feedback.rounds_report import html, tables
 
-    console = Console()
+    from generator.cli.output import echo, show_table
+
+    console = Console(emoji=False, highlight=False)
     rounds = load_rounds(run_dir)
     if not rounds:
         raise click.ClickException(f"{run_dir} has no finished rounds (rounds/round-001.json); "
                                    "it was not run with a `rounds:` section, or round 1 has not finished")
     for t in tables(rounds, top=top):
         if t.row_count:
-            console.print(t)
+            show_table(t, console)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(html(run_dir, rounds))
-        console.print(f"wrote {out}")
+        echo(f"wrote {out}")

@@ -12,7 +12,23 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from generator.cli.output import echo, show_table
+
 BY_CHOICES = ["topic", "persona", "template", "model"]
+
+
+def check_metrics(ctx, param, value):
+    """Unknown metric names fail before any data is read, as one line."""
+    if not value:
+        return value
+    from scoring.metrics import available
+
+    names = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in names if m not in available()]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown metric {', '.join(unknown) or repr(value)}; choose from "
+                                 f"{', '.join(available())}")
+    return value
 
 
 def _common(f):
@@ -20,7 +36,8 @@ def _common(f):
         click.option("--text-column", default="text", show_default=True,
                      help="Column with the text; join columns with '+', e.g. question+answer."),
         click.option("--by", type=click.Choice(BY_CHOICES), default=None, help="Per-group scores."),
-        click.option("--metrics", default=None, help="Comma-separated metric names (default: all cheap ones)."),
+        click.option("--metrics", default=None, callback=check_metrics,
+                     help="Comma-separated metric names (default: all cheap ones)."),
         click.option("--sample", type=int, default=None, help="Score a seeded sample of N rows."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--embedder", type=click.Choice(["static", "minilm", "hash"]), default="static",
@@ -46,10 +63,10 @@ def _write(result: dict, out: str | None, report: str | None, console: Console) 
 
     if out:
         Path(out).write_text(json.dumps(result, indent=2))
-        console.print(f"scores written to {out}")
+        echo(f"scores written to {out}")
     if report:
         write_report(result, report)
-        console.print(f"report written to {report}")
+        echo(f"report written to {report}")
 
 
 @click.command("score")
@@ -59,7 +76,7 @@ def score_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_bud
     """Score the diversity of run folders, Parquet, CSV or JSONL(.zst) files."""
     from scoring.api import score
 
-    console = Console()
+    console = Console(emoji=False, highlight=False)
     res = score(list(paths), metrics=metrics, by=by, sample=sample, seed=seed, text_column=text_column,
                 token_budget=token_budget, embedder=embedder, with_map=bool(report))
     for p, ds in res["datasets"].items():
@@ -75,9 +92,9 @@ def score_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_bud
             d = ds["direction"].get(n)
             t.add_row(n, _fmt(m["value"]), _fmt(m["spread"], 2), {True: "↑", False: "↓", None: ""}[d],
                       *[_fmt(m["per_group"].get(g)) for g in groups])
-        console.print(t)
+        show_table(t, console)
         if len(ds.get("groups", {})) > 8:
-            console.print(f"({len(ds['groups'])} groups; all of them are in --out / --report)")
+            echo(f"({len(ds['groups'])} groups; all of them are in --out / --report)")
     _write(res, out, report, console)
 
 
@@ -90,7 +107,7 @@ def compare_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_b
 
     if len(paths) < 2:
         raise click.UsageError("compare needs at least two paths")
-    console = Console()
+    console = Console(emoji=False, highlight=False)
     res = compare(list(paths), metrics=metrics, by=by, sample=sample, seed=seed, text_column=text_column,
                   token_budget=token_budget, embedder=embedder, with_map=bool(report))
     t = Table(title=f"compare (baseline {res['baseline']}, {res['n_docs']} docs, {res['token_budget']} tokens)")
@@ -107,11 +124,11 @@ def compare_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_b
             if i:
                 d = row["diffs"].get(p)
                 if d:
-                    v += f" ({'[bold red]' if d['significant'] else ''}{d['diff']:+.3g}{'[/]' if d['significant'] else ''})"
+                    v += f" ({d['diff']:+.3g}{'*' if d['significant'] else ''})"
             cells.append(v)
         t.add_row(row["metric"], {True: "↑", False: "↓", None: ""}[row["higher_is_diverse"]], *cells)
-    console.print(t)
-    console.print("Δ in bold red: larger than twice the combined spread.")
+    show_table(t, console)
+    echo("Δ marked *: larger than twice the combined spread.")
     _write(res, out, report, console)
 
 
@@ -130,7 +147,7 @@ def dedup_cmd(run, threshold, embeddings, text_column):
     t.add_column("value", justify="right")
     for k, v in stats.items():
         t.add_row(k, _fmt(v))
-    Console().print(t)
+    show_table(t)
 
 
 @click.group()

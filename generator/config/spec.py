@@ -14,13 +14,17 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from generator.core.confine import LIBRARY_KINDS, Confinement, check_allowed_dir, project_root
+from generator.core.errors import SpecError
+from generator.config.overrides import apply_overrides
 from generator.core.yaml_loader import Located, load_yaml
 
 DEFAULT_MODEL = "smollm2-135m"
+MAX_RECORDS = 1_000_000  # default bound on a plan (docs/security.md): more needs run.max_records
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class SamplingConfig(Strict):
@@ -87,6 +91,32 @@ class ModelConfig(Strict):
         "api", description="backend: openai_batch only. api: the endpoint at `base_url`; local: vLLM's "
         "run_batch entrypoint on this machine.")
     batch_poll_s: float = Field(10.0, gt=0, description="backend: openai_batch: seconds between status polls.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, v: str | None):
+        from generator.core.redact import looks_like_key
+
+        if v is not None and looks_like_key(v):  # never echo the value: it may be the key itself
+            raise ValueError("this looks like a key, not an environment variable's name; put the key in "
+                             "a variable (export MY_API_KEY=...) and write its name here (api_key_env: "
+                             "MY_API_KEY)")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None):
+        from urllib.parse import urlsplit
+
+        if v is not None:
+            try:
+                parts = urlsplit(v)
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ValueError("not a valid URL; write e.g. http://127.0.0.1:8000/v1") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
+        return v
 
     @model_validator(mode="after")
     def _openai_needs_url(self):
@@ -197,6 +227,8 @@ class RunConfig(Strict):
     retries: int = Field(2, ge=0, description="Extra attempts for empty, invalid-JSON or failed outputs.")
     window: int | None = Field(None, ge=1, description="Requests per backend call (vLLM batches each call "
                                "continuously; a crash loses at most one window). Default: 128 on CPU, 1024 on GPU.")
+    max_records: int = Field(MAX_RECORDS, ge=1, le=10**12, description="Largest plan allowed; a spec that plans "
+                             "more fails at validate. Raise it explicitly for a larger run.")
 
 
 class Spec(Strict):
@@ -215,10 +247,13 @@ class Spec(Strict):
     scoring: ScoringConfig | None = None
     rounds: RoundsConfig | None = None
     mix: dict[str, Any] | None = Field(None, description="Training-mix export; see docs/mix.md.")
+    allow_paths: list[str] = Field(default_factory=list, description="Folders outside the project root "
+                                   "that templates, topics and personas may come from (docs/security.md).")
 
     # set by the loader, not part of the YAML
     _file: Path | None = None
     _located: Located | None = None
+    _cli_allow: tuple[str, ...] = ()  # --allow-path folders (command line), checked like allow_paths
 
     @field_validator("vars")
     @classmethod
@@ -236,6 +271,33 @@ class Spec(Strict):
     @property
     def base_dir(self) -> Path | None:
         return self._file.parent if self._file else None
+
+    @property
+    def project_root(self) -> Path:
+        """The spec's folder, or its parent when the spec lives in `specs/` (docs/security.md)."""
+        return project_root(self._file) if self._file else Path.cwd()
+
+    def confinement(self) -> Confinement:
+        """The folders this spec may read prompt files from; refuses disallowed `allow_paths`."""
+        from generator.core.paths import builtin_root
+
+        root = self.project_root
+        allowed: list[Path] = []
+        for i, raw in enumerate(self.allow_paths):
+            try:
+                allowed.append(check_allowed_dir(raw, root, from_spec=True))
+            except ValueError as exc:
+                msg = f"allow_paths: {exc}"
+                if self._located is not None:
+                    raise self._located.error(("allow_paths", i), msg) from None
+                raise SpecError(msg, file=self._file) from None
+        for raw in self._cli_allow:
+            try:
+                allowed.append(check_allowed_dir(raw, Path.cwd(), from_spec=False))
+            except ValueError as exc:
+                raise SpecError(f"--allow-path: {exc}") from None
+        return Confinement(project=root, builtin=tuple(builtin_root(k) for k in LIBRARY_KINDS),
+                           allowed=tuple(allowed))
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
@@ -261,12 +323,27 @@ def _format_error(err: dict) -> str:
     if kind == "missing":
         return f"missing required key '{key}'"
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    if "; " not in msg:
+        msg += "; fix the value (`synthgen schema` lists what each key accepts)"
     return f"'{'.'.join(str(p) for p in loc)}': {msg}"
 
 
 def _best_error(exc: ValidationError) -> dict:
-    # union members each fail; prefer an error about a key the user actually wrote
+    """The error to show. Union members (TreeTopics | InlineTopics) each fail: pick the member the
+    user meant (the one with the fewest unknown and missing keys), then an unknown key in it first."""
     errors = exc.errors()
+
+    def member(e: dict) -> str:
+        return next((str(p) for p in e.get("loc", ()) if re.match(r"^[A-Z]\w*$", str(p))), "")
+
+    groups: dict[str, list[dict]] = {}
+    for e in errors:
+        groups.setdefault(member(e), []).append(e)
+    shared = groups.pop("", [])
+    if groups:
+        best = min(groups.values(), key=lambda g: (sum(e.get("type") in ("extra_forbidden", "missing")
+                                                       for e in g), len(g)))
+        errors = shared + best
     for e in errors:
         if e.get("type") == "extra_forbidden":
             return e
@@ -276,7 +353,7 @@ def _best_error(exc: ValidationError) -> dict:
 def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
     data = doc.data
     if not isinstance(data, dict):
-        raise doc.error((), "a spec must be a YAML mapping (name:, topics:, templates:, ...)")
+        raise doc.error((), "a spec must be a YAML mapping (name:, topics:, templates:, ...); start from `synthgen init` or specs/tiny.yaml")
     if overrides:
         data = apply_overrides(data, overrides)
     try:
@@ -296,32 +373,12 @@ def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
             raise _validation_error(exc, doc, ("mix",)) from None
     spec._file = doc.file
     spec._located = doc
+    spec.confinement()  # a refused `allow_paths:` entry fails at load, with its line
     return spec
 
 
-def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """`--set a.b=value`: values are YAML scalars, so `--set seed=3` is an int."""
-    import copy
-
-    import yaml
-
-    data = copy.deepcopy(data)
-    for dotted, raw in overrides.items():
-        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
-        node = data
-        parts = dotted.split(".")
-        for p in parts[:-1]:
-            key: Any = int(p) if p.isdigit() and isinstance(node, list) else p
-            if isinstance(node, list):
-                node = node[key]
-            else:
-                node = node.setdefault(key, {})
-        last: Any = int(parts[-1]) if parts[-1].isdigit() and isinstance(node, list) else parts[-1]
-        node[last] = value
-    return data
-
-
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
+              allow_paths: tuple[str, ...] | list[str] = ()) -> Spec:
     """Load and validate a spec's shape (files and templates are checked by `validate_spec`)."""
     path = Path(path)
     if not path.exists():
@@ -332,7 +389,11 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
             alt = builtin if builtin.exists() else builtin.with_suffix(".yaml")
             if alt.exists() and path.parts[0] in ("specs", path.name):
                 path = alt
-    return parse_spec(load_yaml(path), overrides)
+    spec = parse_spec(load_yaml(path), overrides)
+    if allow_paths:
+        spec._cli_allow = tuple(str(p) for p in allow_paths)
+        spec.confinement()
+    return spec
 
 
 def json_schema() -> dict:

@@ -11,10 +11,14 @@ import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 from generator.core.errors import SpecError
-from generator.library.catalog import (TopicCell, load_personas, load_template, load_topic_tree, resolve, tree_cells)
+from generator.core.confine import Confinement
+from generator.core.paths import builtin_root
+from generator.library.catalog import (Refused, TopicCell, load_personas, load_template, load_topic_tree, resolve,
+                                       tree_cells)
 from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, Spec, TreeTopics
 from generator.library.prompt_template import Template
 
@@ -89,20 +93,48 @@ def _priority_sample(items: list, k: int, weights: list[float], *salt: Any) -> l
     return [items[i] for i in chosen]
 
 
+def _resolve(spec: Spec, kind: str, ref: str, confine: Confinement, loc: tuple, fix: str):
+    try:
+        return resolve(kind, ref, spec.base_dir, confine)
+    except Refused as exc:
+        raise _spec_error(spec, loc, str(exc)) from None
+    except FileNotFoundError as exc:
+        raise _spec_error(spec, loc, f"{exc}; {fix}") from None
+
+
+def template_roots(spec: Spec, confine: Confinement) -> tuple[Path, ...]:
+    """Where `{% include %}` names resolve: the project's templates/, allowed folders, the built-in one."""
+    roots = [spec.project_root / "templates"]
+    if spec.base_dir is not None:
+        roots.append(spec.base_dir / "templates")
+    roots += [*confine.allowed, builtin_root("templates")]
+    return tuple(dict.fromkeys(roots))
+
+
+def check_plan_size(spec: Spec, n_cells: int) -> None:
+    """Refuse a plan above `run.max_records` before anything is built (the count is analytic)."""
+    planned = spec.rounds.budget if spec.rounds is not None else n_cells * spec.generations_per_topic
+    if planned > spec.run.max_records:
+        loc = ("rounds", "budget") if spec.rounds is not None else ("generations_per_topic",)
+        raise _spec_error(spec, loc, f"the spec plans {planned:,} records, more than run.max_records "
+                                     f"({spec.run.max_records:,}); lower the counts, or set run.max_records "
+                                     f"to at least {planned} if you mean it")
+
+
 def resolve_spec(spec: Spec) -> Resolved:
-    base = spec.base_dir
+    confine = spec.confinement()
     cells: list[TopicCell] = []
     for i, src in enumerate(spec.topics):
         if isinstance(src, TreeTopics):
-            try:
-                path = resolve("topics", src.tree, base)
-            except FileNotFoundError as exc:
-                raise _spec_error(spec, ("topics", i, "tree"), f"{exc}; fix `tree:` or add the file") from None
+            path = _resolve(spec, "topics", src.tree, confine, ("topics", i, "tree"), "fix `tree:` or add the file")
             tree = load_topic_tree(path)
             found = tree_cells(tree, src.under, src.depth, src.weight)
             if not found:
                 raise _spec_error(spec, ("topics", i), f"topic tree '{src.tree}' has no cells under "
                                   f"{src.under} at depth {src.depth}; check `under:`/`depth:`")
+            if src.sample is not None and src.sample > len(found):
+                raise _spec_error(spec, ("topics", i, "sample"), f"`sample: {src.sample}` but topic tree "
+                                  f"'{src.tree}' has {len(found)} cells there; set sample to at most {len(found)}")
             if src.sample is not None and src.sample < len(found):
                 found = _priority_sample(found, src.sample, [c.weight for c in found], spec.seed, "topics", i)
             cells.extend(found)
@@ -123,25 +155,25 @@ def resolve_spec(spec: Spec) -> Resolved:
             raise _spec_error(spec, ("topics",), f"topic '{c.id}' appears twice; remove one source")
         seen.add(c.id)
 
+    check_plan_size(spec, len(cells))
     templates: list[tuple[Template, float]] = []
+    roots = template_roots(spec, confine)
     for i, ref in enumerate(spec.templates):
-        try:
-            path = resolve("templates", ref.template, base)
-        except FileNotFoundError as exc:
-            raise _spec_error(spec, ("templates", i, "template"),
-                              f"{exc}; `synthgen library` lists the templates") from None
-        templates.append((load_template(path), ref.weight))
+        path = _resolve(spec, "templates", ref.template, confine, ("templates", i, "template"),
+                        "`synthgen library` lists the templates")
+        templates.append((load_template(path, roots=roots, confine=confine), ref.weight))
     names = [t.name for t, _ in templates]
     if len(set(names)) != len(names):
         raise _spec_error(spec, ("templates",), "a template is listed twice; merge the entries and set `weight:`")
 
     personas = None
     if spec.personas is not None:
-        try:
-            ppath = resolve("personas", spec.personas.file, base)
-        except FileNotFoundError as exc:
-            raise _spec_error(spec, ("personas", "file"), f"{exc}; fix `file:`") from None
+        ppath = _resolve(spec, "personas", spec.personas.file, confine, ("personas", "file"), "fix `file:`")
         personas = load_personas(ppath)
+        if spec.personas.sample is not None and spec.personas.sample > len(personas):
+            raise _spec_error(spec, ("personas", "sample"), f"`sample: {spec.personas.sample}` but persona set "
+                              f"'{spec.personas.file}' has {len(personas)} personas; set sample to at most "
+                              f"{len(personas)}")
         if spec.personas.sample is not None and spec.personas.sample < len(personas):
             personas = _priority_sample(personas, spec.personas.sample, [1.0] * len(personas), spec.seed, "personas")
     return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=list(spec.models))
@@ -206,7 +238,6 @@ def expand(resolved: Resolved, counts: dict[str, int] | None = None, start: dict
     RNG and the number of draws are the same, and records planned earlier are not re-planned (they
     already exist, with the weights of their own round). So a run stays append-stable as long as the
     weights of each round are kept with the round and passed again when it is re-planned."""
-    spec = resolved.spec
     counts = default_counts(resolved) if counts is None else counts
     start = start or {}
     tpl_list = [t for t, _ in resolved.templates]
@@ -218,36 +249,58 @@ def expand(resolved: Resolved, counts: dict[str, int] | None = None, start: dict
         tpl_weights = [float(template_weights.get(t.name, 0.0)) for t in tpl_list]
         if not sum(tpl_weights) > 0 or min(tpl_weights) < 0:
             raise ValueError("template_weights must be non-negative with a positive sum")
+    pairs = ((cell, g) for cell in resolved.cells
+             for g in range(start.get(cell.id, 0), start.get(cell.id, 0) + counts.get(cell.id, 0)))
+    return list(render_pairs(resolved, pairs, tpl_list, tpl_weights, round))
+
+
+def render_pairs(resolved: Resolved, pairs: Iterable[tuple[TopicCell, int]], tpl_list: list[Template],
+                 tpl_weights: list[float], round: int = 1) -> Iterator[Record]:
+    """The record of each (cell, generation index), rendered only when the iterator gets to it."""
+    spec = resolved.spec
     model_weights = [m.share for m in resolved.models]
-    records: list[Record] = []
-    for cell in resolved.cells:
-        first = start.get(cell.id, 0)
-        for g in range(first, first + counts.get(cell.id, 0)):
-            rng = random.Random(hash64(spec.seed, "record", cell.id, g))
-            tpl = rng.choices(tpl_list, weights=tpl_weights)[0]
-            model = rng.choices(resolved.models, weights=model_weights)[0]
-            messages, choices, persona_ids, companions = _render(resolved, tpl, cell, rng)
-            coords = [cell.id, g, tpl.name, model.name, persona_ids, companions, choices]
-            rid = hashlib.sha256(json.dumps(coords, sort_keys=True).encode()).hexdigest()[:16]
-            sampling = resolved.sampling_for(model)
-            records.append(Record(
-                id=rid, round=round, topic_id=cell.id, topic=cell.topic, subtopic=cell.subtopic,
-                keywords=list(cell.keywords), level=cell.level, persona_ids=persona_ids,
-                template=tpl.name, template_hash=tpl.hash, template_vars=json.dumps(choices, sort_keys=True),
-                model=model.name, temperature=sampling.temperature, top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens, seed=hash64(spec.seed, "seed", rid) % (2**31 - 1),
-                generation=g, messages=messages, prompt=messages[-1]["content"],
-                structured=tpl.output_schema is not None, companion_topics=companions))
-    return records
+    for cell, g in pairs:
+        rng = random.Random(hash64(spec.seed, "record", cell.id, g))
+        tpl = rng.choices(tpl_list, weights=tpl_weights)[0]
+        model = rng.choices(resolved.models, weights=model_weights)[0]
+        messages, choices, persona_ids, companions = _render(resolved, tpl, cell, rng)
+        coords = [cell.id, g, tpl.name, model.name, persona_ids, companions, choices]
+        rid = hashlib.sha256(json.dumps(coords, sort_keys=True).encode()).hexdigest()[:16]
+        sampling = resolved.sampling_for(model)
+        yield Record(
+            id=rid, round=round, topic_id=cell.id, topic=cell.topic, subtopic=cell.subtopic,
+            keywords=list(cell.keywords), level=cell.level, persona_ids=persona_ids,
+            template=tpl.name, template_hash=tpl.hash, template_vars=json.dumps(choices, sort_keys=True),
+            model=model.name, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens, seed=hash64(spec.seed, "seed", rid) % (2**31 - 1),
+            generation=g, messages=messages, prompt=messages[-1]["content"],
+            structured=tpl.output_schema is not None, companion_topics=companions)
+
+
+def first_pairs(resolved: Resolved, limit: int) -> list[tuple[TopicCell, int]]:
+    """The (cell, generation) pairs of the first `limit` records, spread over topics (round-robin by
+    generation index), in plan order; nothing beyond them is built."""
+    counts = default_counts(resolved)
+    picked: list[tuple[int, int]] = []
+    g = 0
+    while len(picked) < limit and any(n > g for n in counts.values()):
+        for i, cell in enumerate(resolved.cells):
+            if len(picked) >= limit:
+                break
+            if counts[cell.id] > g:
+                picked.append((i, g))
+        g += 1
+    return [(resolved.cells[i], g) for i, g in sorted(picked)]
 
 
 def plan_spec(spec: Spec, limit: int | None = None) -> tuple[Resolved, list[Record]]:
     resolved = resolve_spec(spec)
     validate(resolved)
-    records = expand(resolved)
-    if limit is not None:
-        records = limit_records(records, limit)
-    return resolved, records
+    if limit is None:
+        return resolved, expand(resolved)
+    tpl_list = [t for t, _ in resolved.templates]
+    pairs = first_pairs(resolved, max(limit, 0))
+    return resolved, list(render_pairs(resolved, pairs, tpl_list, [w for _, w in resolved.templates]))
 
 
 def limit_records(records: list[Record], limit: int) -> list[Record]:

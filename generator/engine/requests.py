@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from generator.core.redact import scrub_text
 from generator.core.backend import Backend, Request, Result, Sampling
 from generator.engine.run_folder import RequestCache
 
@@ -101,7 +102,7 @@ def generate_rows(backend: Backend, rows: list[dict], cache: RequestCache | None
                 return
             on_final({**row, "completion": res.text, "text": text, "prompt_tokens": res.prompt_tokens,
                       "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
-                      "status": status, "attempts": attempt, "error": error})
+                      "status": status, "attempts": attempt, "error": scrub_text(error) if error else error})
 
         for row in pending:
             req = make_request(row, attempt, schemas)

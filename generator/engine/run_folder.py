@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import polars as pl
 
@@ -131,6 +134,31 @@ class RunFolder:
 
     def write_plan(self, frame: pl.DataFrame) -> None:
         write_parquet_atomic(frame, self.plan_path)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one run: a second run on it fails at once, naming the holder."""
+        from filelock import FileLock, Timeout
+
+        self.create()
+        owner = self.path / ".lock.owner"
+        lock = FileLock(str(self.path / ".lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                who = json.loads(owner.read_text())
+                held = f"pid {who.get('pid')} on host {who.get('host')}"
+            except (OSError, ValueError):
+                held = "another process"
+            raise RunFolderError(f"{self.path} is in use by another run ({held}); wait for it to finish, "
+                                 f"or write this run elsewhere with --out NEW_DIR") from None
+        try:
+            owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+            yield
+        finally:
+            owner.unlink(missing_ok=True)
+            lock.release()
 
     def cache(self) -> RequestCache:
         self.create()

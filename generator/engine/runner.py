@@ -7,7 +7,6 @@ are replayed from the request cache, and only the rest reaches the model.
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import polars as pl
 from generator.core.version import __version__
 from generator.core.errors import RunFolderError
 from generator.core.run_layout import shard_index, shard_name
+from generator.core.redact import scrub
 from generator.engine.executors.base import Job
 from generator.engine.planner import Record, Resolved, plan_spec, records_frame
 from generator.engine.requests import Shard
@@ -131,7 +131,8 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
     """The run's manifest (read back when the folder exists) updated with this spec's identity."""
     manifest = folder.read_manifest() or {"created_at": time.time()}
     manifest.update({
-        "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec.hash(),
+        # URLs lose user:password and token parameters: a manifest is shared with the data
+        "name": spec.name, "spec": scrub(spec.model_dump(mode="json")), "spec_hash": spec.hash(),
         "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
         "versions": versions(), "templates": {t.name: t.hash for t, _ in resolved.templates},
         "topic_cells": len(resolved.cells),
@@ -249,8 +250,17 @@ def score_run(folder: RunFolder, spec: Spec) -> dict | None:
     except ImportError:
         return None
     cfg = spec.scoring
-    scores = scoring_api.score([folder.path], metrics=cfg.metrics, by=(cfg.by[0] if cfg.by else None),
-                               sample=cfg.sample, seed=spec.seed)
+    by = list(dict.fromkeys(cfg.by)) or [None]
+    # one pass per grouping: the first fills `per_group`; every one is kept under `per_by`
+    scores = scoring_api.score([folder.path], metrics=cfg.metrics, by=by[0], sample=cfg.sample,
+                               seed=spec.seed, embedder=cfg.embedder)
+    if by[0] is not None:
+        scores["per_by"] = {}
+        for b in by:
+            res = scores if b == by[0] else scoring_api.score(
+                [folder.path], metrics=cfg.metrics, by=b, sample=cfg.sample, seed=spec.seed, embedder=cfg.embedder)
+            scores["per_by"][b] = {p: {n: m.get("per_group") for n, m in ds["metrics"].items()}
+                                   for p, ds in res["datasets"].items()}
     from generator.core.files import write_json_atomic
 
     write_json_atomic(folder.path / "scores.json", scores)

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from generator.core.confine import Confinement
 from generator.core.errors import SpecError
+from generator.core.textfile import has_control, read_text
 from generator.core.paths import builtin_root
 from generator.library.prompt_template import Template, parse_template
 from generator.core.yaml_loader import load_yaml
@@ -20,14 +22,21 @@ from generator.core.yaml_loader import load_yaml
 KINDS = {"templates": (".j2",), "personas": (".jsonl",), "topics": (".yaml", ".yml"), "specs": (".yaml", ".yml")}
 
 
-def resolve(kind: str, ref: str, base_dir: Path | None) -> Path:
+class Refused(PermissionError):
+    """A reference that resolves outside the confinement (the message names the fix)."""
+
+
+def resolve(kind: str, ref: str, base_dir: Path | None, confine: Confinement | None = None) -> Path:
     """Resolve a library reference.
 
     A path (`./x.j2`, `../t/x.yaml`, anything with the kind's suffix) resolves against the spec's
     folder, then the built-in library. A name (`math/word_problem`, `core`) resolves in the
     project's `<kind>/` folder (beside the spec, or one level up when the spec lives in `specs/`),
-    then the built-in library.
+    then the built-in library. With `confine`, a file that resolves outside its roots (an
+    absolute path, a `../` escape, a symlink pointing out) raises Refused instead.
     """
+    if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
+        raise FileNotFoundError(f"no {kind[:-1]} named {ref!r}")
     exts = KINDS[kind]
     ref_path = Path(ref)
     pathlike = ref_path.is_absolute() or ref.startswith(".") or ref_path.suffix in exts
@@ -43,8 +52,14 @@ def resolve(kind: str, ref: str, base_dir: Path | None) -> Path:
         if p.suffix not in exts:
             candidates.extend(p.with_name(p.name + e) for e in exts)
     for c in candidates:
-        if c.is_file():
-            return c.resolve()
+        if not c.is_file():
+            continue
+        if confine is not None and not confine.permits(c):
+            try:  # the first file found is outside: refuse rather than fall back to another one
+                confine.check(c, kind[:-1], ref)
+            except SpecError as exc:
+                raise Refused(exc.message) from None
+        return c.resolve()
     raise FileNotFoundError(f"no {kind[:-1]} '{ref}' (looked in {', '.join(str(r) for r in dict.fromkeys(roots))})")
 
 
@@ -67,12 +82,15 @@ def template_name(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _load_template_cached(path: Path, mtime: float, name: str) -> Template:
-    return parse_template(path, name=name)
+def _load_template_cached(path: Path, mtime: float, name: str, roots: tuple[Path, ...] | None,
+                          confine: Confinement | None) -> Template:
+    return parse_template(path, name=name, roots=roots, confine=confine)
 
 
-def load_template(path: Path, name: str | None = None) -> Template:
-    return _load_template_cached(path, path.stat().st_mtime, name or template_name(path))
+def load_template(path: Path, name: str | None = None, roots: tuple[Path, ...] | None = None,
+                  confine: Confinement | None = None) -> Template:
+    """A template (cached by file, version, include roots and confinement)."""
+    return _load_template_cached(path, path.stat().st_mtime, name or template_name(path), roots, confine)
 
 
 # ---------------------------------------------------------------- topics
@@ -140,7 +158,7 @@ def _load_tree_cached(path: Path, mtime: float) -> TopicTree:
     doc = load_yaml(path)
     data = doc.data
     if not isinstance(data, dict) or "nodes" not in data:
-        raise doc.error((), "a topic tree needs `name`, `description` and `nodes:`")
+        raise doc.error((), "a topic tree needs `name`, `description` and `nodes:`; add them")
     extra = set(data) - {"name", "description", "nodes"}
     if extra:
         key = sorted(extra)[0]
@@ -148,18 +166,30 @@ def _load_tree_cached(path: Path, mtime: float) -> TopicTree:
 
     def build(raw: Any, loc: tuple, parent: tuple[str, ...], inherited_level: str | None) -> TopicNode:
         if not isinstance(raw, dict) or "name" not in raw:
-            raise doc.error(loc, "each topic node needs a `name`")
+            raise doc.error(loc, "each topic node needs a `name`; add one")
         bad = set(raw) - NODE_KEYS
         if bad:
             key = sorted(bad)[0]
             raise doc.error(loc + (key,), f"unknown key '{key}' in topic node; allowed: {', '.join(sorted(NODE_KEYS))}")
+        if not isinstance(raw["name"], (str, int, float)) or not str(raw["name"]).strip():
+            raise doc.error(loc + ("name",), "a topic `name` must be a non-empty string; fix the name")
         name = str(raw["name"]).strip()
         level = raw.get("level", inherited_level)
-        node = TopicNode(name=name, path=parent + (name,), keywords=[str(k) for k in raw.get("keywords") or []],
-                         level=str(level) if level is not None else None, weight=float(raw.get("weight", 1.0)),
+        keywords = raw.get("keywords") or []
+        if not isinstance(keywords, list) or not all(isinstance(k, (str, int, float)) for k in keywords):
+            raise doc.error(loc + ("keywords",), "`keywords` must be a list of words; write e.g. [fractions, halves]")
+        weight = raw.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise doc.error(loc + ("weight",), f"topic weight must be a number above 0, got {weight!r}; "
+                                               f"remove the node to drop it")
+        children = raw.get("children") or []
+        if not isinstance(children, list):
+            raise doc.error(loc + ("children",), "`children` must be a list of topic nodes; write `- name: ...` entries")
+        node = TopicNode(name=name, path=parent + (name,), keywords=[str(k) for k in keywords],
+                         level=str(level) if level is not None else None, weight=float(weight),
                          line=doc.where(loc)[0])
         names: set[str] = set()
-        for i, child in enumerate(raw.get("children") or []):
+        for i, child in enumerate(children):
             c = build(child, loc + ("children", i), node.path, node.level)
             if c.name in names:
                 raise doc.error(loc + ("children", i), f"duplicate sibling topic '{c.name}'; rename one")
@@ -169,7 +199,9 @@ def _load_tree_cached(path: Path, mtime: float) -> TopicTree:
             raise doc.error(loc, f"leaf topic '{name}' has no `keywords:`; add 3-8 keywords")
         return node
 
-    roots = [build(r, ("nodes", i), (), None) for i, r in enumerate(data["nodes"] or [])]
+    if not isinstance(data["nodes"], list) or not data["nodes"]:
+        raise doc.error(("nodes",), "`nodes:` must be a non-empty list of topic nodes; write `- name: ...` entries")
+    roots = [build(r, ("nodes", i), (), None) for i, r in enumerate(data["nodes"])]
     return TopicTree(name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
                      roots=roots, file=path)
 
@@ -206,24 +238,32 @@ PERSONA_FIELDS = ("id", "description")
 def _load_personas_cached(path: Path, mtime: float) -> tuple[dict, ...]:
     out = []
     ids: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SpecError(f"invalid JSON in persona file: {exc.msg}", file=path, line=lineno,
-                                col=exc.colno) from None
-            missing = [f for f in PERSONA_FIELDS if f not in rec]
-            if missing:
-                raise SpecError(f"persona record lacks {', '.join(missing)}", file=path, line=lineno)
-            if rec["id"] in ids:
-                raise SpecError(f"duplicate persona id '{rec['id']}'", file=path, line=lineno)
-            ids.add(rec["id"])
-            out.append(rec)
+    for lineno, line in enumerate(read_text(path, "persona file").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = getattr(exc, "msg", "nested too deeply")
+            raise SpecError(f"invalid JSON in persona file: {msg}; one JSON object per line", file=path,
+                            line=lineno, col=getattr(exc, "colno", None)) from None
+        if not isinstance(rec, dict):
+            raise SpecError("persona record must be a JSON object; write {\"id\": ..., \"description\": ...}", file=path,
+                            line=lineno)
+        if has_control(rec):
+            raise SpecError("control character in a persona (from an escape such as \\u001b); remove it",
+                            file=path, line=lineno)
+        missing = [f for f in PERSONA_FIELDS if f not in rec]
+        if missing:
+            raise SpecError(f"persona record lacks {', '.join(missing)}; add them", file=path, line=lineno)
+        if not isinstance(rec["id"], str) or not isinstance(rec["description"], str):
+            raise SpecError("persona `id` and `description` must be strings; quote them", file=path, line=lineno)
+        if rec["id"] in ids:
+            raise SpecError(f"duplicate persona id '{rec['id']}'; make the ids unique", file=path, line=lineno)
+        ids.add(rec["id"])
+        out.append(rec)
     if not out:
-        raise SpecError("persona file is empty", file=path)
+        raise SpecError("persona file is empty; add one JSON object per line", file=path)
     return tuple(out)
 
 

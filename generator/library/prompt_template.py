@@ -24,17 +24,18 @@ uses StrictUndefined, so a misspelt attribute (`persona.ocupation`) fails at val
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import meta, nodes
 
-from generator.core.errors import TemplateError
+from generator.core.confine import Confinement
+from generator.core.errors import SpecError, TemplateError
+from generator.core.textfile import read_text
 from generator.core.yaml_loader import load_yaml
+from generator.library.sandbox import error_line, render_limited, sandbox, spec_error_for
 
 FRONT_MATTER_KEYS = {
     "name", "description", "purpose", "variables", "system", "choices", "topics_per_prompt",
@@ -43,20 +44,16 @@ FRONT_MATTER_KEYS = {
 PURPOSES = {"pretraining", "sft", "math", "scoring", "general"}
 
 
-def _env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=False,
-        autoescape=False,
-    )
-    env.filters["bullets"] = lambda items, mark="- ": "\n".join(f"{mark}{i}" for i in items)
-    env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False)
-    return env
+def default_roots(path: Path) -> tuple[Path, ...]:
+    """Template roots for a file loaded on its own: its nearest `templates/` folder, the built-in one."""
+    from generator.core.paths import builtin_root
+
+    path = Path(path).absolute()
+    own = next((p for p in path.parents if p.name == "templates"), path.parent)
+    return tuple(dict.fromkeys((own, builtin_root("templates"))))
 
 
-ENV = _env()
+ENV = sandbox()
 
 
 @dataclass
@@ -76,28 +73,57 @@ class Template:
     renderer: str | None = None
     tags: list[str] = field(default_factory=list)
     source: str = ""
+    env: Any = field(default=None, repr=False, compare=False)
 
     @property
     def hash(self) -> str:
         """Content hash of the whole file: lineage records which version produced a row."""
         return hashlib.sha256(self.source.encode()).hexdigest()[:16]
 
+    @property
+    def _env(self):
+        return self.env or ENV
+
+    def _error(self, exc: BaseException, line_offset: int) -> SpecError:
+        file, lineno = error_line(exc)
+        return spec_error_for(exc, self.name, self.path, line_offset, lineno, file)
+
     def _compile(self, text: str, line_offset: int) -> jinja2.Template:
         try:
-            return ENV.from_string(text)
+            return self._env.from_string(text)
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"template syntax error: {exc.message}", file=self.path,
-                                line=line_offset + (exc.lineno or 1) - 1) from None
+            raise self._error(exc, line_offset) from None
+
+    def _parse(self, text: str, line: int) -> nodes.Template:
+        try:
+            return self._env.parse(text)
+        except jinja2.TemplateSyntaxError as exc:
+            raise self._error(exc, line) from None
 
     def referenced_variables(self) -> set[str]:
         names: set[str] = set()
         for text, line in ((self.body, self.body_line), (self.system or "", 1)):
-            try:
-                names |= meta.find_undeclared_variables(ENV.parse(text))
-            except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(f"template syntax error: {exc.message}", file=self.path,
-                                    line=line + (exc.lineno or 1) - 1) from None
+            names |= meta.find_undeclared_variables(self._parse(text, line))
         return names
+
+    def check_includes(self) -> None:
+        """Load every template named literally by include/extends/import: a missing, refused or broken
+        one fails now, at load, with the line of the tag."""
+        for text, line in ((self.body, self.body_line), (self.system or "", 1)):
+            for node in self._parse(text, line).find_all((nodes.Include, nodes.Extends, nodes.Import,
+                                                          nodes.FromImport)):
+                ref = node.template
+                if not isinstance(ref, nodes.Const) or not isinstance(ref.value, str):
+                    continue
+                try:
+                    self._env.get_template(ref.value)
+                except SpecError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every template failure is one line
+                    file, lineno = error_line(exc)
+                    if file is None:
+                        lineno = node.lineno
+                    raise spec_error_for(exc, self.name, self.path, line, lineno, file) from None
 
     def check_variables(self, available: set[str], where: str = "") -> None:
         """Fail before any model call if the template uses a variable nobody provides."""
@@ -112,34 +138,43 @@ class Template:
                 f"template '{self.name}' uses undefined variable(s) {', '.join(missing)}{where}; {fixes}",
                 file=self.path, line=self.body_line)
 
+    def _compiled(self, text: str, line: int) -> jinja2.Template:
+        cache = self.__dict__.setdefault("_compiled_cache", {})
+        if text not in cache:
+            cache[text] = self._compile(text, line)
+        return cache[text]
+
     def render_messages(self, context: dict[str, Any]) -> list[dict[str, str]]:
         messages = []
+        if self.system:
+            try:
+                system = render_limited(self._compiled(self.system, 1), context).strip()
+            except SpecError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every template failure is one line
+                raise self._error(exc, 1) from None
+            messages.append({"role": "system", "content": system})
         try:
-            if self.system:
-                messages.append({"role": "system",
-                                 "content": self._compile(self.system, 1).render(context).strip()})
-            user = self._compile(self.body, self.body_line).render(context).strip()
-        except jinja2.UndefinedError as exc:
-            raise TemplateError(f"template '{self.name}': {exc.message}; check the variable name "
-                                f"against the spec (topics, personas, vars)", file=self.path,
-                                line=self.body_line) from None
-        except jinja2.exceptions.SecurityError as exc:
-            raise TemplateError(f"template '{self.name}' tried an unsafe operation: {exc}",
-                                file=self.path, line=self.body_line) from None
+            user = render_limited(self._compiled(self.body, self.body_line), context).strip()
+        except SpecError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, self.body_line) from None
         if not user:
-            raise TemplateError(f"template '{self.name}' rendered an empty prompt", file=self.path,
+            raise TemplateError(f"template '{self.name}' rendered an empty prompt; give it some text", file=self.path,
                                 line=self.body_line)
         messages.append({"role": "user", "content": user})
         return messages
 
 
-def parse_template(path: str | Path, name: str | None = None) -> Template:
+def parse_template(path: str | Path, name: str | None = None, roots: tuple[Path, ...] | None = None,
+                   confine: Confinement | None = None) -> Template:
+    """Load a template file; includes resolve in `roots` (default: its templates/ folder and the
+    built-in one) and, with `confine`, only inside the confinement's folders."""
     path = Path(path)
-    try:
-        source = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TemplateError("template file not found; check the name or path", file=path) from None
+    source = read_text(path, "template file")
     front: dict[str, Any] = {}
+    located = None
     body, body_line = source, 1
     if source.startswith("---"):
         lines = source.split("\n")
@@ -151,23 +186,24 @@ def parse_template(path: str | Path, name: str | None = None) -> Template:
         located = load_yaml(path, "\n" * 1 + "\n".join(lines[1:end]))
         front = located.data or {}
         if not isinstance(front, dict):
-            raise TemplateError("front matter must be a mapping", file=path, line=2)
-        unknown = sorted(set(front) - FRONT_MATTER_KEYS)
+            raise TemplateError("front matter must be a mapping; write `key: value` lines between the --- lines", file=path, line=2)
+        unknown = sorted(set(front) - FRONT_MATTER_KEYS, key=str)
         if unknown:
             line, col = located.where((unknown[0],))
             raise TemplateError(f"unknown front-matter key '{unknown[0]}'; allowed: "
                                 f"{', '.join(sorted(FRONT_MATTER_KEYS))}", file=path, line=line, col=col)
         body = "\n".join(lines[end + 1:])
         body_line = end + 2
+    _check_front(front, located, path)
     purpose = front.get("purpose", "general")
     if purpose not in PURPOSES:
-        raise TemplateError(f"purpose '{purpose}' is not one of {sorted(PURPOSES)}", file=path, line=2)
+        raise TemplateError(f"purpose '{purpose}' is not one of {sorted(PURPOSES)}; pick one", file=path, line=2)
     choices = front.get("choices") or {}
     if not isinstance(choices, dict) or not all(isinstance(v, list) and v for v in choices.values()):
-        raise TemplateError("`choices` must map each variable to a non-empty list", file=path, line=2)
+        raise TemplateError("`choices` must map each variable to a non-empty list; fix the value", file=path, line=2)
     schema = front.get("output_schema")
     if schema is not None and not isinstance(schema, dict):
-        raise TemplateError("`output_schema` must be a JSON schema mapping", file=path, line=2)
+        raise TemplateError("`output_schema` must be a JSON schema mapping; fix the value", file=path, line=2)
     tpl = Template(
         name=name or front.get("name") or path.stem,
         path=path, body=body, body_line=body_line,
@@ -182,8 +218,10 @@ def parse_template(path: str | Path, name: str | None = None) -> Template:
         renderer=front.get("renderer"),
         tags=list(front.get("tags") or []),
         source=source,
+        env=sandbox(roots or default_roots(path), confine),
     )
     tpl.referenced_variables()  # surfaces syntax errors at load time
+    tpl.check_includes()
     declared = set(tpl.variables)
     if declared and not tpl.referenced_variables() <= declared | set(choices):
         extra = sorted(tpl.referenced_variables() - declared - set(choices))
@@ -194,10 +232,45 @@ def parse_template(path: str | Path, name: str | None = None) -> Template:
     return tpl
 
 
+_FRONT_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "description": (str,), "purpose": (str,), "variables": (list,), "system": (str,),
+    "choices": (dict,), "topics_per_prompt": (int,), "personas_per_prompt": (int,), "output_schema": (dict,),
+    "renderer": (str,), "tags": (list,),
+}
+
+
+def _check_front(front: dict, located: Any, path: Path) -> None:
+    """Types of front-matter values, and a renderer that exists and has a schema to render."""
+    from generator.library.renderers import RENDERERS
+
+    def fail(key: str, message: str) -> TemplateError:
+        line, col = located.where((key,)) if located is not None else (1, None)
+        return TemplateError(message, file=path, line=line, col=col)
+
+    for key, types in _FRONT_TYPES.items():
+        value = front.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            kind = {"str": "string", "int": "whole number", "list": "list", "dict": "mapping"}[types[0].__name__]
+            raise fail(key, f"front-matter `{key}` must be a {kind}, got {type(value).__name__}; fix the value")
+        if types == (int,) and not 1 <= value <= 64:
+            raise fail(key, f"front-matter `{key}` must be between 1 and 64; fix the value")
+        if key in ("variables", "tags") and not all(isinstance(v, str) for v in value):
+            raise fail(key, f"front-matter `{key}` must be a list of names; fix the value")
+    renderer = front.get("renderer")
+    if renderer is not None:
+        if renderer not in RENDERERS:
+            raise fail("renderer", f"unknown renderer '{renderer}'; known renderers: {', '.join(sorted(RENDERERS))}")
+        if front.get("output_schema") is None:
+            raise fail("renderer", f"renderer '{renderer}' renders a JSON answer, but the template has no "
+                                   f"`output_schema`; add one or remove `renderer:`")
+
+
 def _check_schema(tpl: Template) -> None:
     schema = tpl.output_schema
     if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict):
-        raise TemplateError("`output_schema` must be an object schema with `properties`",
+        raise TemplateError("`output_schema` must be an object schema with `properties`; add `type: object` and `properties:`",
                             file=tpl.path, line=2)
     try:
         import jsonschema  # optional: only for a deeper check
@@ -206,5 +279,5 @@ def _check_schema(tpl: Template) -> None:
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise TemplateError(f"`output_schema` is not a valid JSON schema: {exc.message}",
+        raise TemplateError(f"`output_schema` is not a valid JSON schema: {exc.message}; fix the schema",
                             file=tpl.path, line=2) from None

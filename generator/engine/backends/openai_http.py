@@ -134,7 +134,9 @@ class OpenAIBackend:
         return base * (0.5 + random.random())  # jitter: spread retries of a burst over time
 
     def _unreachable(self, exc: Exception) -> BackendError:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        from generator.core.redact import scrub_text
+
+        reason = scrub_text(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
         return BackendError(f"backend openai: cannot reach {self.public_url} after {self.max_retries + 1} "
                             f"attempts ({type(exc).__name__}: {reason}); start the server or fix `base_url`")
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from generator.core.errors import SynthgenError
 from generator.engine.requests import Shard, ShardStats
@@ -30,6 +31,17 @@ from generator.engine.executors.base import Job
 # environment forwarded to actors (matters on a remote cluster; local workers inherit it anyway).
 # API keys are NOT forwarded: set the variable named by `api_key_env` on the worker nodes.
 FORWARD_ENV_PREFIXES = ("SYNTHGEN_", "VLLM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+# Never forwarded unless named in SYNTHGEN_RAY_FORWARD_ENV (comma-separated): HF_TOKEN and the like.
+SECRET_ENV = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Variables sent to Ray workers: the allow-listed prefixes minus anything secret-looking, plus
+    the variables named in SYNTHGEN_RAY_FORWARD_ENV."""
+    environ = os.environ if environ is None else environ
+    named = {n.strip() for n in environ.get("SYNTHGEN_RAY_FORWARD_ENV", "").split(",") if n.strip()}
+    return {k: v for k, v in environ.items()
+            if k in named or (k.startswith(FORWARD_ENV_PREFIXES) and not SECRET_ENV.search(k))}
 
 
 def _resolve_factory(factory: Callable | str | None) -> Callable:
@@ -173,7 +185,7 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+            env = forwarded_env()
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                       "runtime_env": {"env_vars": env} if env else None}
             if self.address:
