@@ -38,6 +38,12 @@ def _gsm(name: str) -> list[dict]:
     return [json.loads(x) for x in (GSM8K / name).read_text().splitlines()]
 
 
+def make_paths(work: Path) -> dict[str, Path]:
+    """Where make_inputs puts each input."""
+    return {"tok": work / "tok", "tok_chat": work / "tok_chat", "qa": work / "qa.jsonl", "folder": work / "web",
+            "chats": work / "chats.jsonl", "run": work / "run-a", "run2": work / "run-b"}
+
+
 def make_inputs(work: Path) -> dict[str, Path]:
     """Real files of every supported kind (with empty and missing texts) and two synthetic runs."""
     import polars as pl
@@ -45,16 +51,16 @@ def make_inputs(work: Path) -> dict[str, Path]:
 
     train, test = _gsm("train.jsonl"), _gsm("test.jsonl")
     work.mkdir(parents=True, exist_ok=True)
-    p = {"tok": work / "tok", "tok_chat": work / "tok_chat"}
+    p = make_paths(work)
     for d in (p["tok"], p["tok_chat"]):
         d.mkdir()
         shutil.copy(FIXTURE / "tokenizer.json", d / "tokenizer.json")
     (p["tok_chat"] / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
-    p["qa"] = work / "qa.jsonl"  # question/answer rows, used with text_template
+    # question/answer rows, used with text_template
     p["qa"].write_text("".join(json.dumps(r) + "\n" for r in train[:3000]))
 
-    folder = p["folder"] = work / "web"  # a folder of .parquet, .jsonl.zst and .jsonl with a `text` field
+    folder = p["folder"]  # a folder of .parquet, .jsonl.zst and .jsonl with a `text` field
     folder.mkdir()
     texts = [{"text": f"{r['question']}\n{r['answer']}", "url": f"https://example.org/{i}"}
              for i, r in enumerate(train[3000:4800])]
@@ -69,20 +75,19 @@ def make_inputs(work: Path) -> dict[str, Path]:
     (folder / "sub").mkdir()
     (folder / "sub" / "c.jsonl").write_text("\n".join(lines) + "\n")
 
-    p["chats"] = work / "chats.jsonl"  # a chat column
+    # a chat column
     rows = [{"messages": [{"role": "user", "content": r["question"]},
                           {"role": "assistant", "content": r["answer"]}], "n": i}
             for i, r in enumerate(train[4800:5600])]
     rows[3]["messages"] = []
     p["chats"].write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    p["run"] = work / "run-a"
     (p["run"] / "generations").mkdir(parents=True)
     syn = _synthetic_rows(test[:700])
     pl.DataFrame(syn[:400]).write_parquet(p["run"] / "generations" / "part-00000.parquet")
     pl.DataFrame(syn[400:]).write_parquet(p["run"] / "generations" / "part-00001.parquet")
 
-    p["run2"] = work / "run-b"  # topics by name only (natural order), some rows without an id
+    # run-b: topics by name only (natural order), some rows without an id
     (p["run2"] / "generations").mkdir(parents=True)
     syn2 = []
     for i, q in enumerate(test[700:1300]):
