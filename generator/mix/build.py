@@ -18,7 +18,7 @@ from .parsing import parse_ratio, ratio_folder
 from .pool import Pool, max_budget, select_kind
 from .real import load_real
 from .select import seeded_rng
-from .shards import shard_bounds, write_shard
+from .output_shards import shard_bounds, write_shard
 from .sources import LoadedSource
 from .synthetic import load_synthetic
 from .tokcache import default_cache_dir

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import SpecError, SynthgenError
 from .parsing import parse_ratio, parse_token_count, ratio_text
-from .templates import template_fields
+from .row_templates import template_fields
 from .tokens import is_tokenizer_alias
 
 DEFAULT_SHARD_TOKENS = 50_000_000

@@ -13,7 +13,7 @@ from .chat import ChatRenderer
 from .config import REAL_SUFFIXES, RealSource
 from .digest import file_sha256
 from .sources import LoadedSource, fields_error, normalize_messages, texts_to_count
-from .templates import render_template, template_fields
+from .row_templates import render_template, template_fields
 from .tokcache import cached_counts
 from .tokens import TokenizerInfo
 
