@@ -1,0 +1,112 @@
+"""Counting documents' tokens on every core: in this process, or in a pool of worker processes.
+
+Small inputs are counted here (the word-cache counter of `fastcount` when the tokenizer allows it,
+else the tokenizer's multi-threaded batch encoder). Large files go to `workers` processes that
+each run a single-threaded tokenizer and the word cache, so reading and parsing in this process
+overlaps with counting, and the Python-level work runs on every core too. Both give the same
+numbers: the count is exact either way.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .fastcount import PretokenCounter
+from .tokens import ENCODE_BATCH, TokenizerInfo
+
+POOL_MIN_BYTES = 48 << 20  # files smaller than this are counted in this process
+TASK_DOCS = 4_000  # documents per worker task
+
+_worker: dict[str, Any] = {}
+
+
+def _counts(texts: Sequence[str | None], tok: Any, fast: PretokenCounter | None) -> np.ndarray:
+    """Tokens per document plus one EOS; None gives -1 (as count_tokens)."""
+    out = np.full(len(texts), -1, dtype=np.int64)
+    idx = [i for i, t in enumerate(texts) if t is not None]
+    for start in range(0, len(idx), ENCODE_BATCH):
+        chunk = idx[start:start + ENCODE_BATCH]
+        batch = [texts[i] for i in chunk]
+        if fast is not None:
+            out[chunk] = fast.count(batch) + 1
+        else:
+            fn = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
+            out[chunk] = [len(e) + 1 for e in fn(batch, add_special_tokens=False)]
+    return out
+
+
+def _init_worker(tokenizer_json: str, word_cache: bool) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer_json)
+    _worker["tok"] = tok
+    _worker["fast"] = PretokenCounter.build(tok, Path(tokenizer_json)) if word_cache else None
+
+
+def _work(texts: list[str | None]) -> np.ndarray:
+    return _counts(texts, _worker["tok"], _worker["fast"]).astype(np.int32)
+
+
+class _Done:
+    def __init__(self, value: np.ndarray):
+        self.value = value
+
+    def result(self) -> np.ndarray:
+        return self.value
+
+
+class _Joined:
+    def __init__(self, parts: list[Future]):
+        self.parts = parts
+
+    def result(self) -> np.ndarray:
+        vals = [p.result() for p in self.parts]
+        return np.concatenate(vals).astype(np.int64) if vals else np.zeros(0, dtype=np.int64)
+
+
+class TokenCounter:
+    """Counts documents (+1 EOS each): `submit(texts, big)` returns an object with `.result()`.
+
+    workers: processes for big inputs (default: the cores available; 0 or 1 = count here).
+    word_cache: use fastcount's exact word cache where the tokenizer allows it."""
+
+    def __init__(self, tok: TokenizerInfo, workers: int | None = None, word_cache: bool = True):
+        self.tok = tok
+        self.workers = _cores() if workers is None else workers
+        self.word_cache = word_cache
+        self.fast = PretokenCounter.build(tok.tokenizer, tok.path) if word_cache else None
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def method(self) -> str:
+        how = "word cache + batch encoder" if self.fast is not None else "batch encoder"
+        return f"{how}, {self.workers} worker processes for files over {POOL_MIN_BYTES >> 20} MB" \
+            if self.workers > 1 else f"{how}, in one process"
+
+    def submit(self, texts: Sequence[str | None], big: bool = False) -> Any:
+        if not big or self.workers <= 1:
+            return _Done(_counts(texts, self.tok.tokenizer, self.fast))
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker,
+                                             initargs=(str(self.tok.path), self.word_cache))
+        texts = list(texts)
+        return _Joined([self._pool.submit(_work, texts[i:i + TASK_DOCS]) for i in range(0, len(texts), TASK_DOCS)])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
