@@ -26,7 +26,7 @@ from .select import seeded_rng
 from .sources import SourceIndex
 from .synthetic import index_synthetic
 from .tokcache import default_cache_dir
-from .tokens import load_tokenizer
+from .tokens import TokenizerInfo, load_tokenizer
 
 
 class RepetitionWarning(UserWarning):
@@ -52,20 +52,8 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
 
     tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
     chat = ChatRenderer(tok)
-    cache = (cfg.cache_dir or default_cache_dir()).expanduser()
     stats = {"cache_hits": 0, "cache_misses": 0, "tokens_counted": 0}
-    counter = TokenCounter(tok)
-    ctx = IndexContext(tok=tok, chat=chat, counter=counter, cache_dir=cache, stats=stats, layout=cfg.layout)
-    sources: list[SourceIndex] = []
-    try:
-        for rs in cfg.real:
-            say(f"reading real source {rs.display_name()} ({rs.path})")
-            sources.append(index_real(rs, ctx))
-        for ss in cfg.synthetic:
-            say(f"reading synthetic source {ss.display_name()} ({ss.run})")
-            sources.append(index_synthetic(ss, ctx))
-    finally:
-        counter.close()
+    sources = _index_sources(cfg, tok, chat, stats, say)
     pool = Pool(sources)
     avail = {"real": pool.available("real"), "synthetic": pool.available("synthetic")}
     say(f"available: {avail['real']:,} real tokens, {avail['synthetic']:,} synthetic tokens "
@@ -79,46 +67,10 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
         if budget <= 0:
             raise SynthgenError(f"no tokens to mix: real sources have {avail['real']:,} tokens, synthetic "
                                 f"sources {avail['synthetic']:,} after filters")
-    # check every ratio before writing anything
-    warn_msgs: list[str] = []
-    for r in ratios:
-        rw, sw = parse_ratio(r)
-        need = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
-        for kind in ("real", "synthetic"):
-            if need[kind] > avail[kind]:
-                if not cfg.allow_repetition or avail[kind] == 0:
-                    cap = max_budget(pool, r)
-                    fix = (f"lower total_tokens to {cap:,}, or set allow_repetition: true" if avail[kind]
-                           else f"add {kind} data or change the ratio")
-                    raise SynthgenError(
-                        f"ratio {r} with total_tokens {budget:,} needs {need[kind]:,} {kind} tokens but the "
-                        f"{kind} sources have {avail[kind]:,}; {fix}")
-                factor = need[kind] / avail[kind]
-                msg = (f"ratio {r}: {kind} tokens repeated {factor:.3f}x ({need[kind]:,} needed, "
-                       f"{avail[kind]:,} unique) because allow_repetition is true")
-                warn_msgs.append(msg)
-                warnings.warn(msg, RepetitionWarning, stacklevel=2)
-                say("warning: " + msg)
+    warn_msgs = _check_ratios(cfg, pool, budget, say)  # every ratio, before anything is written
 
     prepare_out(out_dir, cfg.overwrite)
-    plans = []
-    for r in ratios:
-        rw, sw = parse_ratio(r)
-        kind_budget = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
-        say(f"ratio {r}: selecting {kind_budget['real']:,} real + {kind_budget['synthetic']:,} synthetic tokens")
-        sel_parts, targets = [], []
-        for kind in ("real", "synthetic"):
-            if kind_budget[kind] > 0:
-                ids, t = select_kind(pool, kind, kind_budget[kind], cfg.seed, cfg.allow_repetition)
-                sel_parts.append(ids)
-                targets += t
-        sel = np.concatenate(sel_parts) if sel_parts else np.zeros(0, dtype=np.int64)
-        sel = np.sort(sel, kind="stable")  # canonical order before the seeded shuffle
-        sel = sel[seeded_rng(cfg.seed, "shuffle", r).permutation(len(sel))]
-        lengths = pool.n_tokens[sel]
-        folder = out_dir if len(ratios) == 1 and cfg.ratio is not None else out_dir / ratio_folder(r)
-        plans.append((MixPlan(r, folder, sel, lengths, shard_bounds(lengths, cfg.shard_tokens)), kind_budget, targets))
-
+    plans = [_plan(cfg, pool, budget, r, out_dir, say) for r in ratios]
     say("reading the selected documents")
     spill = Spill(out_dir / f".mix-spill-{os.getpid()}.arrows", pa.large_string() if cfg.layout == "text"
                   else MESSAGE_TYPE)
@@ -143,8 +95,73 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
     return MixResult(out=out_dir, manifest=manifest)
 
 
+def _index_sources(cfg: MixConfig, tok: TokenizerInfo, chat: ChatRenderer, stats: dict,
+                   say: Callable[[str], None]) -> list[SourceIndex]:
+    """Read every source once: rows kept, tokens per row (counted, or from the token cache)."""
+    counter = TokenCounter(tok)
+    ctx = IndexContext(tok=tok, chat=chat, counter=counter, stats=stats, layout=cfg.layout,
+                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser())
+    say(f"counting tokens with {counter.method}")
+    sources: list[SourceIndex] = []
+    try:
+        for rs in cfg.real:
+            say(f"reading real source {rs.display_name()} ({rs.path})")
+            sources.append(index_real(rs, ctx))
+        for ss in cfg.synthetic:
+            say(f"reading synthetic source {ss.display_name()} ({ss.run})")
+            sources.append(index_synthetic(ss, ctx))
+    finally:
+        counter.close()
+    return sources
+
+
+def _check_ratios(cfg: MixConfig, pool: Pool, budget: int, say: Callable[[str], None]) -> list[str]:
+    """Raise when a ratio cannot be met; the repetition warnings (also issued) otherwise."""
+    avail = {"real": pool.available("real"), "synthetic": pool.available("synthetic")}
+    warn_msgs: list[str] = []
+    for r in cfg.ratio_list():
+        rw, sw = parse_ratio(r)
+        need = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
+        for kind in ("real", "synthetic"):
+            if need[kind] > avail[kind]:
+                if not cfg.allow_repetition or avail[kind] == 0:
+                    cap = max_budget(pool, r)
+                    fix = (f"lower total_tokens to {cap:,}, or set allow_repetition: true" if avail[kind]
+                           else f"add {kind} data or change the ratio")
+                    raise SynthgenError(
+                        f"ratio {r} with total_tokens {budget:,} needs {need[kind]:,} {kind} tokens but the "
+                        f"{kind} sources have {avail[kind]:,}; {fix}")
+                factor = need[kind] / avail[kind]
+                msg = (f"ratio {r}: {kind} tokens repeated {factor:.3f}x ({need[kind]:,} needed, "
+                       f"{avail[kind]:,} unique) because allow_repetition is true")
+                warn_msgs.append(msg)
+                warnings.warn(msg, RepetitionWarning, stacklevel=3)  # the caller of build_mix
+                say("warning: " + msg)
+    return warn_msgs
+
+
+def _plan(cfg: MixConfig, pool: Pool, budget: int, r: str, out_dir: Path, say: Callable[[str], None]
+          ) -> tuple[MixPlan, dict, list[dict]]:
+    """One ratio's selection in output order, its side budgets and its per-stratum targets."""
+    rw, sw = parse_ratio(r)
+    kind_budget = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
+    say(f"ratio {r}: selecting {kind_budget['real']:,} real + {kind_budget['synthetic']:,} synthetic tokens")
+    sel_parts, targets = [], []
+    for kind in ("real", "synthetic"):
+        if kind_budget[kind] > 0:
+            ids, t = select_kind(pool, kind, kind_budget[kind], cfg.seed, cfg.allow_repetition)
+            sel_parts.append(ids)
+            targets += t
+    sel = np.concatenate(sel_parts) if sel_parts else np.zeros(0, dtype=np.int64)
+    sel = np.sort(sel, kind="stable")  # canonical order before the seeded shuffle
+    sel = sel[seeded_rng(cfg.seed, "shuffle", r).permutation(len(sel))]
+    lengths = pool.n_tokens[sel]
+    folder = out_dir if len(cfg.ratio_list()) == 1 and cfg.ratio is not None else out_dir / ratio_folder(r)
+    return MixPlan(r, folder, sel, lengths, shard_bounds(lengths, cfg.shard_tokens)), kind_budget, targets
+
+
 def _write_one(plan: MixPlan, k: int, table: pa.Table, sources: list[SourceIndex], pool: Pool, cfg: MixConfig,
-               tok, out_dir: Path) -> dict:
+               tok: TokenizerInfo, out_dir: Path) -> dict:
     """Write shard k of a mix; its manifest entry."""
     a, b = plan.bounds[k]
     lengths = plan.lengths[a:b]

@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 
 from .chat import ChatRenderer
-from .counting import POOL_MIN_BYTES, TokenCounter
+from . import counting
+from .counting import TokenCounter
 from .digest import file_sha256
 from .reader import Chunk, scan_file
 from .tokcache import cache_file, read_cache, write_cache
@@ -77,7 +78,7 @@ def index_file(file: Path, columns: list[str] | None, extract: Callable[[pl.Data
 
 def _scan(file: Path, sha: str, columns: list[str] | None, extract: Callable, ctx: IndexContext,
           count: bool) -> FileScan:
-    big = count and file.stat().st_size >= POOL_MIN_BYTES
+    big = count and file.stat().st_size >= counting.POOL_MIN_BYTES
     chunks: list[Chunk] = []
     infos: list[Any] = []
     cols: dict[str, None] = {}
