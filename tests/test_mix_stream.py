@@ -61,3 +61,66 @@ def test_reference_output_unchanged(work, name):
     for k in ("files_counted", "counted_this_run", "files_from_cache"):
         tc[k] = ref_tc[k]
     assert warm["manifest"] == want["manifest"]
+
+
+SMALL = {"reader.CHUNK_BYTES": 3_000, "gather.SPILL_BYTES": 30_000, "output_shards.WRITE_ROWS": 7,
+         "index.MAX_IN_FLIGHT": 1}
+
+
+@pytest.mark.parametrize("name", sorted(REF["cases"]))
+def test_reference_output_small_chunks(work, name, monkeypatch):
+    """Chunks of a few rows, many spill segments, JSONL written a few rows at a time, and (for two
+    cases) counting in worker processes: still the reference bytes."""
+    import importlib
+
+    for target, value in SMALL.items():
+        mod, attr = target.split(".")
+        monkeypatch.setattr(importlib.import_module(f"generator.mix.{mod}"), attr, value)
+    if name in ("jsonl_multi", "messages_parquet"):
+        from generator.mix import counting
+
+        monkeypatch.setattr(counting, "POOL_MIN_BYTES", 0)
+        monkeypatch.setattr(counting, "TASK_DOCS", 500)
+    cfg = mix_cases.cases(mix_cases.make_paths(work / "in"))[name]
+    got = mix_cases.run_case(f"{name}-small", cfg, work, work / "small" / name)
+    want = REF["cases"][name]
+    _same_files(got["files"], want["files"])
+    assert got["manifest"] == want["manifest"]
+    assert not list((work / "small" / name).glob(".mix-spill*"))  # the spill file is gone
+
+
+def test_word_cache_counts_exactly(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from generator.mix.fastcount import PretokenCounter
+
+    need_data()
+    path = mix_cases.FIXTURE / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    fast = PretokenCounter.build(tok, path)
+    assert fast is not None
+    rows = mix_cases._gsm("train.jsonl")[:3000]
+    texts = [f"{r['question']}\n{r['answer']}" for r in rows] + [
+        "it's   odd\t\ttabs \r\n x", "trailing   ", "  lead", "'s'S'T 'RE we'll", "x\x0cy\x0bz", "",
+        "caf\u00e9 \U0001F600 text", "a <|endoftext|> b", "1234567890" * 9, "\n\n\n", " ?!... \'\'\' --"]
+    want = [len(e) for e in tok.encode_batch(texts, add_special_tokens=False)]
+    assert fast.count(texts).tolist() == want
+    assert fast.fast_docs > 2000 and fast.slow_docs >= 4  # non-ASCII, control and added-token texts
+    # pipelines the word cache does not reproduce are left to the batch encoder
+    wl = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1, "a": 2}, unk_token="[UNK]"))
+    wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    wl.save(str(tmp_path / "wl.json"))
+    assert PretokenCounter.build(wl, tmp_path / "wl.json") is None
+    data = json.loads(path.read_text())
+    data["pre_tokenizer"]["add_prefix_space"] = True
+    (tmp_path / "prefix.json").write_text(json.dumps(data))
+    assert PretokenCounter.build(Tokenizer.from_file(str(tmp_path / "prefix.json")), tmp_path / "prefix.json") is None
+
+
+def test_repetition_warning_points_at_the_caller(work):
+    from generator.mix import RepetitionWarning, build_mix
+
+    cfg = mix_cases.cases(mix_cases.make_paths(work / "in"))["parquet_filters_repeat"]
+    with pytest.warns(RepetitionWarning) as rec:
+        build_mix({**cfg, "out": str(work / "warn"), "cache_dir": str(work / "cache-warn")})
+    assert rec[0].filename == __file__

@@ -1,5 +1,8 @@
 """Counting documents' tokens on every core: in this process, or in a pool of worker processes.
 
+Worker processes start with `spawn`: a script that calls build_mix must guard its top level
+with `if __name__ == "__main__":`; where the workers cannot start, counting goes on here.
+
 Small inputs are counted here (the word-cache counter of `fastcount` when the tokenizer allows it,
 else the tokenizer's multi-threaded batch encoder). Large files go to `workers` processes that
 each run a single-threaded tokenizer and the word cache, so reading and parsing in this process
@@ -11,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,11 +66,17 @@ class _Done:
 
 
 class _Joined:
-    def __init__(self, parts: list[Future]):
-        self.parts = parts
+    def __init__(self, owner: "TokenCounter", parts: list[tuple[Future, list[str | None]]]):
+        self.owner, self.parts = owner, parts
 
     def result(self) -> np.ndarray:
-        vals = [p.result() for p in self.parts]
+        vals = []
+        for fut, texts in self.parts:
+            try:
+                vals.append(fut.result())
+            except BrokenProcessPool:  # workers could not start (e.g. an unguarded script): count here
+                self.owner.workers = 1
+                vals.append(_counts(texts, self.owner.tok.tokenizer, self.owner.fast))
         return np.concatenate(vals).astype(np.int64) if vals else np.zeros(0, dtype=np.int64)
 
 
@@ -96,12 +106,15 @@ class TokenCounter:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_init_worker,
                                              initargs=(str(self.tok.path), self.word_cache))
-        texts = list(texts)
-        return _Joined([self._pool.submit(_work, texts[i:i + TASK_DOCS]) for i in range(0, len(texts), TASK_DOCS)])
+        parts = [list(texts[i:i + TASK_DOCS]) for i in range(0, len(texts), TASK_DOCS)]
+        return _Joined(self, [(self._pool.submit(_work, p), p) for p in parts])
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            except BrokenProcessPool:
+                pass
             self._pool = None
 
 
