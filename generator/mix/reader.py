@@ -1,8 +1,9 @@
 """Reading source files in bounded chunks, and reading a chunk again later by its position.
 
 JSONL is cut into blocks of whole lines (CHUNK_BYTES each), JSONL.zst likewise after
-decompression, Parquet into row groups. A `Chunk` remembers where its rows are, so that the
-documents a mix selects can be read back without reading the rest of the file into memory.
+decompression, Parquet into batches of about CHUNK_BYTES (uncompressed) within each row group.
+A `Chunk` remembers where its rows are, so that the documents a mix selects can be read back
+without reading the rest of the file into memory.
 """
 from __future__ import annotations
 
@@ -17,15 +18,31 @@ import pyarrow.parquet as pq
 
 from ..errors import SynthgenError
 
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 8 << 20  # peak memory grows by about 6x this (the block, parsed rows, Python strings)
 
 
 @dataclass(frozen=True)
 class Chunk:
-    start: int  # byte offset (JSONL: in the file, JSONL.zst: in the decompressed stream) or row group
+    """JSONL: bytes [start, end) of the file (JSONL.zst: of the decompressed stream).
+    Parquet: batch `end` of `batch_rows` rows within row group `start`."""
+    start: int
     end: int
     first_row: int  # index of the chunk's first row within its file
     rows: int
+    batch_rows: int = 0
+
+
+def _batch_rows(pf: pq.ParquetFile, group: int) -> int:
+    md = pf.metadata.row_group(group)
+    per_row = max(1, md.total_byte_size // max(1, md.num_rows))
+    return max(1, CHUNK_BYTES // per_row)
+
+
+def _batches(pf: pq.ParquetFile, group: int, size: int, cols: list[str] | None) -> Iterator[pl.DataFrame]:
+    for batch in pf.iter_batches(batch_size=size, row_groups=[group], columns=cols, use_threads=True):
+        df = pl.from_arrow(batch)
+        assert isinstance(df, pl.DataFrame)
+        yield df
 
 
 def file_format(path: Path) -> str:
@@ -80,14 +97,14 @@ def scan_file(path: Path, columns: list[str] | None = None) -> Iterator[tuple[Ch
     row = 0
     try:
         if fmt == "parquet":
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)  # stream pages, not row groups
             names = pf.schema_arrow.names
             cols = [c for c in dict.fromkeys(columns) if c in names] if columns is not None else None
             for g in range(pf.metadata.num_row_groups):
-                df = pl.from_arrow(pf.read_row_group(g, columns=cols))
-                assert isinstance(df, pl.DataFrame)
-                yield Chunk(g, g + 1, row, df.height), df, names
-                row += df.height
+                size = _batch_rows(pf, g)
+                for b, df in enumerate(_batches(pf, g, size, cols)):
+                    yield Chunk(g, b, row, df.height, size), df, names
+                    row += df.height
             return
         with _open(path, fmt) as f:
             for offset, block in _byte_blocks(f, CHUNK_BYTES):
@@ -104,13 +121,19 @@ def read_chunks(path: Path, chunks: list[Chunk], columns: list[str] | None = Non
     fmt = file_format(path)
     try:
         if fmt == "parquet":
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
             names = pf.schema_arrow.names
             cols = [c for c in dict.fromkeys(columns) if c in names] if columns is not None else None
+            by_group: dict[int, list[Chunk]] = {}
             for ch in chunks:
-                df = pl.from_arrow(pf.read_row_group(ch.start, columns=cols))
-                assert isinstance(df, pl.DataFrame)
-                yield ch, df
+                by_group.setdefault(ch.start, []).append(ch)
+            for g, group in by_group.items():
+                want = {ch.end: ch for ch in group}
+                for b, df in enumerate(_batches(pf, g, group[0].batch_rows, cols)):
+                    if b in want:
+                        yield want[b], df
+                    if b >= max(want):
+                        break
         elif fmt == "jsonl":
             with open(path, "rb") as f:
                 for ch in chunks:
