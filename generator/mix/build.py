@@ -100,7 +100,7 @@ def _index_sources(cfg: MixConfig, tok: TokenizerInfo, chat: ChatRenderer, stats
     """Read every source once: rows kept, tokens per row (counted, or from the token cache)."""
     counter = TokenCounter(tok)
     ctx = IndexContext(tok=tok, chat=chat, counter=counter, stats=stats, layout=cfg.layout,
-                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser())
+                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser(), say=say)
     say(f"counting tokens with {counter.method}")
     sources: list[SourceIndex] = []
     try:

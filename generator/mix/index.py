@@ -2,6 +2,7 @@
 token cache), and keep per chunk only what selection needs, never the text."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,7 @@ class IndexContext:
     cache_dir: Path
     stats: dict
     layout: str
+    say: Callable[[str], None] = lambda _msg: None
 
 
 @dataclass
@@ -57,6 +59,7 @@ def index_file(file: Path, columns: list[str] | None, extract: Callable[[pl.Data
     """Scan `file` once; count every row unless the token cache has the file's counts.
 
     A file without rows is left out of the cache and its statistics unless `cache_empty`."""
+    t0 = time.perf_counter()
     sha = file_sha256(file)
     path = cache_file(sha, key, ctx.tok, ctx.cache_dir)
     cached = read_cache(path)
@@ -67,12 +70,18 @@ def index_file(file: Path, columns: list[str] | None, extract: Callable[[pl.Data
         cached = None
         scan = _scan(file, sha, columns, extract, ctx, count=True)
     if cached is not None:
-        ctx.stats["cache_hits"] += 1
         scan.n_tokens = cached
+    tokens = int(scan.n_tokens[scan.n_tokens > 0].sum())
+    if cached is not None:
+        ctx.stats["cache_hits"] += 1
+        how = "tokens (counts from the cache)"
     else:
         ctx.stats["cache_misses"] += 1
-        ctx.stats["tokens_counted"] += int(scan.n_tokens[scan.n_tokens > 0].sum())
+        ctx.stats["tokens_counted"] += tokens
         write_cache(path, file, sha, key, ctx.tok, scan.n_tokens)
+        how = "tokens counted"
+    dt = time.perf_counter() - t0
+    ctx.say(f"  {file.name}: {scan.rows:,} rows, {tokens:,} {how} in {dt:.1f} s ({tokens / max(dt, 1e-9) / 1e6:.2f}M/s)")
     return scan
 
 
