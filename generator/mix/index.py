@@ -81,7 +81,8 @@ def index_file(file: Path, columns: list[str] | None, extract: Callable[[pl.Data
         write_cache(path, file, sha, key, ctx.tok, scan.n_tokens)
         how = "tokens counted"
     dt = time.perf_counter() - t0
-    ctx.say(f"  {file.name}: {scan.rows:,} rows, {tokens:,} {how} in {dt:.1f} s ({tokens / max(dt, 1e-9) / 1e6:.2f}M/s)")
+    ctx.say(f"  {file.name}: {scan.rows:,} rows, {tokens:,} {how} in {dt:.1f} s "
+            f"({tokens / max(dt, 1e-9) / 1e6:.2f}M/s)")
     return scan
 
 

@@ -1,4 +1,4 @@
-"""What loading a source yields (its kept documents and their token counts), and helpers both kinds share."""
+"""What indexing a source yields (its kept documents' rows, token counts and topics), and shared helpers."""
 from __future__ import annotations
 
 import json
@@ -60,7 +60,7 @@ class SourceIndex:
     files: list[dict] = field(default_factory=list)  # for the manifest
     skipped: dict = field(default_factory=dict)
     parts: list[SourceFile] = field(default_factory=list)
-    reader: Any = None  # RealRows / SyntheticRows: `read_columns(file)`, `documents(df, local, file_rows, source_rows, file)`
+    reader: Any = None  # RealRows / SyntheticRows: read_columns(file), documents(df, local, file_rows, ...)
 
     @property
     def docs(self) -> int:

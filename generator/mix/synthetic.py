@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from ..errors import SynthgenError
 from .config import SyntheticSource
-from .index import ChunkRows, IndexContext, column, index_file
+from .index import ChunkRows, IndexContext, index_file
 from .reader import Chunk
 from .sources import SourceFile, SourceIndex, fields_error, is_empty, normalize_messages, skip_reason
 
