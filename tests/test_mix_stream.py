@@ -92,7 +92,7 @@ def test_reference_output_small_chunks(work, name, monkeypatch):
 def test_word_cache_counts_exactly(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from generator.mix.fastcount import PretokenCounter
+    from generator.wordcount import PretokenCounter
 
     need_data()
     path = mix_cases.FIXTURE / "tokenizer.json"

@@ -3,8 +3,8 @@
 Worker processes start with `spawn`: a script that calls build_mix must guard its top level
 with `if __name__ == "__main__":`; where the workers cannot start, counting goes on here.
 
-Small inputs are counted here (the word-cache counter of `fastcount` when the tokenizer allows it,
-else the tokenizer's multi-threaded batch encoder). Large files go to `workers` processes that
+Small inputs are counted here (the word-cache counter of `generator.wordcount` when the
+tokenizer allows it, else the tokenizer's multi-threaded batch encoder). Large files go to `workers` processes that
 each run a single-threaded tokenizer and the word cache, so reading and parsing in this process
 overlaps with counting, and the Python-level work runs on every core too. Both give the same
 numbers: the count is exact either way.
@@ -15,46 +15,15 @@ import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .fastcount import PretokenCounter
-from .tokens import ENCODE_BATCH, TokenizerInfo
+from ..wordcount import PretokenCounter, count_documents, init_worker, work
+from .tokens import TokenizerInfo
 
 POOL_MIN_BYTES = 48 << 20  # files smaller than this are counted in this process
 TASK_DOCS = 4_000  # documents per worker task
-
-_worker: dict[str, Any] = {}
-
-
-def _counts(texts: Sequence[str | None], tok: Any, fast: PretokenCounter | None) -> np.ndarray:
-    """Tokens per document plus one EOS; None gives -1 (as count_tokens)."""
-    out = np.full(len(texts), -1, dtype=np.int64)
-    idx = [i for i, t in enumerate(texts) if t is not None]
-    for start in range(0, len(idx), ENCODE_BATCH):
-        chunk = idx[start:start + ENCODE_BATCH]
-        batch = [texts[i] for i in chunk]
-        if fast is not None:
-            out[chunk] = fast.count(batch) + 1
-        else:
-            fn = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
-            out[chunk] = [len(e) + 1 for e in fn(batch, add_special_tokens=False)]
-    return out
-
-
-def _init_worker(tokenizer_json: str, word_cache: bool) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(tokenizer_json)
-    _worker["tok"] = tok
-    _worker["fast"] = PretokenCounter.build(tok, Path(tokenizer_json)) if word_cache else None
-
-
-def _work(texts: list[str | None]) -> np.ndarray:
-    return _counts(texts, _worker["tok"], _worker["fast"]).astype(np.int32)
 
 
 class _Done:
@@ -76,7 +45,7 @@ class _Joined:
                 vals.append(fut.result())
             except BrokenProcessPool:  # workers could not start (e.g. an unguarded script): count here
                 self.owner.workers = 1
-                vals.append(_counts(texts, self.owner.tok.tokenizer, self.owner.fast))
+                vals.append(count_documents(texts, self.owner.tok.tokenizer, self.owner.fast))
         return np.concatenate(vals).astype(np.int64) if vals else np.zeros(0, dtype=np.int64)
 
 
@@ -84,7 +53,7 @@ class TokenCounter:
     """Counts documents (+1 EOS each): `submit(texts, big)` returns an object with `.result()`.
 
     workers: processes for big inputs (default: the cores available; 0 or 1 = count here).
-    word_cache: use fastcount's exact word cache where the tokenizer allows it."""
+    word_cache: use generator.wordcount's exact word cache where the tokenizer allows it."""
 
     def __init__(self, tok: TokenizerInfo, workers: int | None = None, word_cache: bool = True):
         self.tok = tok
@@ -101,13 +70,13 @@ class TokenCounter:
 
     def submit(self, texts: Sequence[str | None], big: bool = False) -> Any:
         if not big or self.workers <= 1:
-            return _Done(_counts(texts, self.tok.tokenizer, self.fast))
+            return _Done(count_documents(texts, self.tok.tokenizer, self.fast))
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker,
+                                             initializer=init_worker,
                                              initargs=(str(self.tok.path), self.word_cache))
         parts = [list(texts[i:i + TASK_DOCS]) for i in range(0, len(texts), TASK_DOCS)]
-        return _Joined(self, [(self._pool.submit(_work, p), p) for p in parts])
+        return _Joined(self, [(self._pool.submit(work, p), p) for p in parts])
 
     def close(self) -> None:
         if self._pool is not None:

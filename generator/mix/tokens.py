@@ -9,10 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import SynthgenError
+from ..wordcount import ENCODE_BATCH
 from .digest import file_sha256
 
 DEFAULT_TOKENIZER = "smollm2-135m"
-ENCODE_BATCH = 10_000
 
 
 def is_tokenizer_alias(name: str) -> bool:

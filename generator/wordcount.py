@@ -1,4 +1,7 @@
-"""Exact token counts without building encodings, for GPT-2-style byte-level BPE tokenizers.
+"""Exact token counts without building encodings, for GPT-2-style byte-level BPE tokenizers;
+and the entry points of the counting worker processes of `synthgen mix` (generator/mix/counting.py).
+
+This module imports only numpy and tokenizers, so that the workers stay small.
 
 A HF tokenizer splits a text on its added tokens, normalizes, pre-tokenizes it into words and runs
 the model on each word on its own, so a text's count is the sum of its words' counts. For a
@@ -15,6 +18,7 @@ token's content, and every text of any other tokenizer go to the tokenizer's bat
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -108,3 +112,37 @@ class PretokenCounter:
         self.fast_docs += len(texts) - len(slow)
         self.slow_docs += len(slow)
         return out
+
+
+ENCODE_BATCH = 10_000  # documents per call of the batch encoder
+
+
+def count_documents(texts: Sequence[str | None], tok: Any, fast: PretokenCounter | None) -> np.ndarray:
+    """Tokens per document plus one EOS; None gives -1."""
+    out = np.full(len(texts), -1, dtype=np.int64)
+    idx = [i for i, t in enumerate(texts) if t is not None]
+    for start in range(0, len(idx), ENCODE_BATCH):
+        chunk = idx[start:start + ENCODE_BATCH]
+        batch = [texts[i] for i in chunk]
+        if fast is not None:
+            out[chunk] = fast.count(batch) + 1
+        else:
+            fn = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
+            out[chunk] = [len(e) + 1 for e in fn(batch, add_special_tokens=False)]
+    return out
+
+
+_worker: dict[str, Any] = {}
+
+
+def init_worker(tokenizer_json: str, word_cache: bool) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer_json)
+    _worker["tok"] = tok
+    _worker["fast"] = PretokenCounter.build(tok, Path(tokenizer_json)) if word_cache else None
+
+
+def work(texts: list[str | None]) -> np.ndarray:
+    return count_documents(texts, _worker["tok"], _worker["fast"]).astype(np.int32)
