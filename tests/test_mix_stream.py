@@ -178,3 +178,15 @@ def test_memory_bounded_on_a_large_source(work, tmp_path):
     assert m["docs"] == i and m["counted"] > 0
     grew = m["peak"] - m["baseline"]  # about 80 MB here (8 MB chunks); the whole source in memory: ~500 MB
     assert grew < 0.5 * size, f"the mix process grew by {grew / 1e6:.0f} MB on a {size / 1e6:.0f} MB source"
+
+
+def test_overwrite_removes_a_stale_spill(work):
+    from generator.mix import build_mix
+
+    cfg = {**mix_cases.cases(mix_cases.make_paths(work / "in"))["megatron"], "cache_dir": str(work / "cache-ow")}
+    out = work / "ow"
+    build_mix({**cfg, "out": str(out)})
+    (out / ".mix-spill-123.arrows").write_bytes(b"left by a killed mix")
+    build_mix({**cfg, "out": str(out), "overwrite": True})
+    assert not list(out.glob(".mix-spill-*")) and not list(out.glob(".*.tmp"))
+    assert json.loads((out / "mix_manifest.json").read_text())["mixes"][0]["tokens"]["total"] == 40_000

@@ -43,6 +43,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
                 if folder != out and folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             manifest.unlink()
+        for stale in out.glob(".mix-spill-*.arrows"):  # left by a mix that was killed while writing
+            stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
