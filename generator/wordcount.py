@@ -107,7 +107,8 @@ class PretokenCounter:
             else:
                 out[i] = sum(map(get, findall(s)))
         if slow:
-            enc = self.tok.encode_batch([texts[i] for i in slow], add_special_tokens=False)
+            fn = getattr(self.tok, "encode_batch_fast", None) or self.tok.encode_batch
+            enc = fn([texts[i] for i in slow], add_special_tokens=False)
             out[slow] = [len(e) for e in enc]
         self.fast_docs += len(texts) - len(slow)
         self.slow_docs += len(slow)
