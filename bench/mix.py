@@ -84,11 +84,15 @@ def sample_texts(folder: Path, nbytes: int) -> list[str]:
 
 
 def compare_counting(texts: list[str], tokenizer: str | None) -> dict:
-    """Tokens/s of each way of counting, on the same texts (+1 EOS each, as the mix counts)."""
+    """Tokens/s (wall clock) and tokens per CPU-second (this process and the counting workers) of
+    each way of counting, on the same texts (+1 EOS each, as the mix counts)."""
+    import psutil
+
     from generator.mix import load_tokenizer
     from generator.mix.counting import TokenCounter
 
     tok = load_tokenizer(tokenizer)
+    me = psutil.Process()
     results = {}
     for name, workers, word_cache in (("batch encoder, in process (Rust threads)", 1, False),
                                       ("batch encoder, 2 worker processes", 2, False),
@@ -97,13 +101,17 @@ def compare_counting(texts: list[str], tokenizer: str | None) -> dict:
         counter = TokenCounter(tok, workers=workers, word_cache=word_cache)
         if workers > 1:
             counter.submit(["warm up the workers"] * 2, big=True).result()
-        t0 = time.perf_counter()
-        n = counter.submit(texts, big=True).result()
-        dt = time.perf_counter() - t0
+        procs = [me] + ([psutil.Process(pid) for pid in counter._pool._processes] if counter._pool else [])
+
+        def cpu() -> float:
+            return sum(sum(p.cpu_times()[:2]) for p in procs)
+        c0, t0 = cpu(), time.perf_counter()
+        n = int(counter.submit(texts, big=True).result().sum())
+        dt, used = time.perf_counter() - t0, cpu() - c0
         counter.close()
-        results[name] = (int(n.sum()), dt)
-        print(f"  {name:<44} {int(n.sum()):>11,} tokens in {dt:6.2f} s = {n.sum() / dt / 1e6:5.2f} M tok/s",
-              flush=True)
+        results[name] = (n, dt, used)
+        print(f"  {name:<42} {n:>10,} tokens in {dt:6.2f} s = {n / dt / 1e6:5.2f} M tok/s, "
+              f"{used:5.1f} CPU-s = {n / used / 1e6:5.2f} M tok per CPU-s", flush=True)
     return results
 
 
