@@ -1,30 +1,48 @@
-"""Largest-remainder apportionment (Hamilton's method): integer shares that sum exactly to a total."""
+"""Largest-remainder apportionment (Hamilton's method): integer shares that sum exactly to a total.
+
+One routine for the feedback loop (generations per topic cell) and the mix (tokens per source).
+Arithmetic is exact (fractions), so equal remainders are equal and the tie rule decides them:
+`ties="index"` gives the extra unit to the lower index, `ties="weight"` to the heavier weight first.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from fractions import Fraction
+from typing import Any, Sequence
 
 import numpy as np
 
 
-def apportion(total: int, weights: Sequence[float], already: Sequence[int] | None = None) -> list[int]:
+def _exact(x: Any) -> Fraction:
+    return Fraction(int(x)) if isinstance(x, (int, np.integer)) else Fraction(x)
+
+
+def apportion(total: int, weights: Sequence[Any], already: Sequence[int] | None = None,
+              ties: str = "weight") -> list[int]:
     """Split `total` into integers proportional to `weights` (largest remainder; sums to `total`).
 
     With `already` (counts given so far), the cumulative total is apportioned and `already` subtracted,
-    so repeated calls stay proportional over time; no count is negative."""
+    so repeated calls stay proportional over time; no count is negative. All-zero weights give zeros."""
     n = len(weights)
-    if n == 0 or total <= 0:
+    w = [_exact(x) for x in weights]
+    if total < 0 or any(x < 0 for x in w):
+        raise ValueError("apportion: negative total or weight")
+    wsum = sum(w)
+    if n == 0 or total == 0 or wsum == 0:
         return [0] * n
-    already = list(already) if already is not None else [0] * n
-    w = np.asarray(weights, dtype=float)
-    w = w / w.sum()
-    goal = w * (total + sum(already)) - np.asarray(already, dtype=float)
-    goal = np.clip(goal, 0, None)
-    if goal.sum() <= 0:
-        goal = w.copy()
-    goal = goal * (total / goal.sum())
-    base = np.floor(goal).astype(int)
-    rest = total - int(base.sum())
-    order = sorted(range(n), key=lambda i: (-(goal[i] - base[i]), -w[i], i))
+    w = [x / wsum for x in w]
+    if already is None:
+        goal = [x * total for x in w]
+    else:
+        done = [Fraction(int(a)) for a in already]
+        goal = [max(x * (total + sum(done)) - a, Fraction(0)) for x, a in zip(w, done)]
+        gsum = sum(goal)
+        goal = [g * total / gsum for g in goal] if gsum > 0 else [x * total for x in w]
+    base = [g.numerator // g.denominator for g in goal]
+    rest = total - sum(base)
+    if ties == "index":
+        order = sorted(range(n), key=lambda i: (-(goal[i] - base[i]), i))
+    else:
+        order = sorted(range(n), key=lambda i: (-(goal[i] - base[i]), -w[i], i))
     for i in order[:rest]:
         base[i] += 1
-    return [int(b) for b in base]
+    return base

@@ -13,7 +13,7 @@ Pipeline (`build`, configured by `config`):
      topics (synthetic side, by available tokens) (`apportion`, `pool`), then select documents
      without splitting them (`select`);
   4. shuffle the selection with the seed, cut it into shards of `shard_tokens`, and write
-     JSONL, JSONL.zst, Parquet or Megatron `.bin/.idx` (`shards`, `megatron`), plus
+     JSONL, JSONL.zst, Parquet or Megatron `.bin/.idx` (`output_shards`, `megatron`), plus
      `mix_manifest.json` (`manifest`).
 
 Token counting convention: a document's count is the number of ids its text encodes to with
@@ -32,7 +32,7 @@ from generator.mix.manifest import MANIFEST_NAME, MANIFEST_VERSION, MixResult
 from generator.mix.megatron import MEGATRON_DTYPE_CODES, MEGATRON_HEADER, read_megatron, write_megatron
 from generator.mix.parsing import parse_ratio, parse_token_count, ratio_folder, ratio_text
 from generator.mix.select import best_fit, select_documents, swap_refine
-from generator.mix.shards import load_shard_rows
+from generator.mix.output_shards import load_shard_rows
 from generator.mix.tokcache import TOKCACHE_VERSION, default_cache_dir
 from generator.mix.tokens import DEFAULT_TOKENIZER, ENCODE_BATCH, TokenizerInfo, count_tokens, encode_documents, load_tokenizer
 

@@ -1,6 +1,7 @@
 """`build_mix`: load the sources, check every ratio can be met, select, shuffle, write shards and the manifest."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -12,17 +13,20 @@ from generator.core.errors import SynthgenError
 from generator.mix.apportion import hamilton
 from generator.mix.chat import ChatRenderer
 from generator.mix.config import MixConfig, mix_config_from_dict
+from generator.mix.counting import TokenCounter
 from generator.mix.digest import file_sha256
+from generator.mix.gather import MixPlan, Spill, shard_tables, spill_selected
+from generator.mix.index import IndexContext
 from generator.mix.manifest import MixResult, mix_record, prepare_out, run_manifest, source_accounting, write_manifest
+from generator.mix.output_shards import shard_bounds, write_shard
 from generator.mix.parsing import parse_ratio, ratio_folder
-from generator.mix.pool import Pool, max_budget, select_kind
-from generator.mix.real import load_real
+from generator.mix.pool import MESSAGE_TYPE, Pool, max_budget, select_kind
+from generator.mix.real import index_real
 from generator.mix.select import seeded_rng
-from generator.mix.shards import shard_bounds, write_shard
-from generator.mix.sources import LoadedSource
-from generator.mix.synthetic import load_synthetic
+from generator.mix.sources import SourceIndex
+from generator.mix.synthetic import index_synthetic
 from generator.mix.tokcache import default_cache_dir
-from generator.mix.tokens import load_tokenizer
+from generator.mix.tokens import TokenizerInfo, load_tokenizer
 
 
 class RepetitionWarning(UserWarning):
@@ -48,15 +52,8 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
 
     tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
     chat = ChatRenderer(tok)
-    cache = (cfg.cache_dir or default_cache_dir()).expanduser()
     stats = {"cache_hits": 0, "cache_misses": 0, "tokens_counted": 0}
-    sources: list[LoadedSource] = []
-    for rs in cfg.real:
-        say(f"loading real source {rs.display_name()} ({rs.path})")
-        sources.append(load_real(rs, cfg.layout, tok, chat, cache, stats))
-    for ss in cfg.synthetic:
-        say(f"loading synthetic source {ss.display_name()} ({ss.run})")
-        sources.append(load_synthetic(ss, cfg.layout, tok, chat, cache, stats))
+    sources = _index_sources(cfg, tok, chat, stats, say)
     pool = Pool(sources)
     avail = {"real": pool.available("real"), "synthetic": pool.available("synthetic")}
     say(f"available: {avail['real']:,} real tokens, {avail['synthetic']:,} synthetic tokens "
@@ -70,9 +67,59 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
         if budget <= 0:
             raise SynthgenError(f"no tokens to mix: real sources have {avail['real']:,} tokens, synthetic "
                                 f"sources {avail['synthetic']:,} after filters")
-    # check every ratio before writing anything
+    warn_msgs = _check_ratios(cfg, pool, budget, say)  # every ratio, before anything is written
+
+    prepare_out(out_dir, cfg.overwrite)
+    plans = [_plan(cfg, pool, budget, r, out_dir, say) for r in ratios]
+    say("reading the selected documents")
+    spill = Spill(out_dir / f".mix-spill-{os.getpid()}.arrows", pa.large_string() if cfg.layout == "text"
+                  else MESSAGE_TYPE)
+    mixes = []
+    try:
+        spill_selected([p for p, _, _ in plans], pool, cfg.layout, spill)
+        table_of = shard_tables([p for p, _, _ in plans], pool, cfg.layout, spill)
+        for plan, kind_budget, targets in plans:
+            plan.folder.mkdir(parents=True, exist_ok=True)
+            shards = [_write_one(plan, k, table_of(plan, k), sources, pool, cfg, tok, out_dir)
+                      for k in range(len(plan.bounds))]
+            say(f"ratio {plan.ratio}: wrote {len(shards)} shard(s) to {plan.folder}")
+            per_source = source_accounting(pool, plan.sel, plan.lengths, targets)
+            folder = str(plan.folder.relative_to(out_dir)) if plan.folder != out_dir else "."
+            mixes.append(mix_record(plan.ratio, folder, budget, kind_budget, plan.sel, per_source, shards,
+                                    cfg.format))
+    finally:
+        spill.close()
+
+    manifest = run_manifest(cfg, budget, tok, chat, sources, stats, mixes, warn_msgs)
+    write_manifest(out_dir, manifest)
+    return MixResult(out=out_dir, manifest=manifest)
+
+
+def _index_sources(cfg: MixConfig, tok: TokenizerInfo, chat: ChatRenderer, stats: dict,
+                   say: Callable[[str], None]) -> list[SourceIndex]:
+    """Read every source once: rows kept, tokens per row (counted, or from the token cache)."""
+    counter = TokenCounter(tok)
+    ctx = IndexContext(tok=tok, chat=chat, counter=counter, stats=stats, layout=cfg.layout,
+                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser(), say=say)
+    say(f"counting tokens with {counter.method}")
+    sources: list[SourceIndex] = []
+    try:
+        for rs in cfg.real:
+            say(f"reading real source {rs.display_name()} ({rs.path})")
+            sources.append(index_real(rs, ctx))
+        for ss in cfg.synthetic:
+            say(f"reading synthetic source {ss.display_name()} ({ss.run})")
+            sources.append(index_synthetic(ss, ctx))
+    finally:
+        counter.close()
+    return sources
+
+
+def _check_ratios(cfg: MixConfig, pool: Pool, budget: int, say: Callable[[str], None]) -> list[str]:
+    """Raise when a ratio cannot be met; the repetition warnings (also issued) otherwise."""
+    avail = {"real": pool.available("real"), "synthetic": pool.available("synthetic")}
     warn_msgs: list[str] = []
-    for r in ratios:
+    for r in cfg.ratio_list():
         rw, sw = parse_ratio(r)
         need = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
         for kind in ("real", "synthetic"):
@@ -88,53 +135,43 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
                 msg = (f"ratio {r}: {kind} tokens repeated {factor:.3f}x ({need[kind]:,} needed, "
                        f"{avail[kind]:,} unique) because allow_repetition is true")
                 warn_msgs.append(msg)
-                warnings.warn(msg, RepetitionWarning, stacklevel=2)
+                warnings.warn(msg, RepetitionWarning, stacklevel=3)  # the caller of build_mix
                 say("warning: " + msg)
+    return warn_msgs
 
-    prepare_out(out_dir, cfg.overwrite)
-    payload, lineage = pool.arrays(cfg.layout)
-    names = pa.array([s.name for s in sources], type=pa.string())
-    kinds = pa.array([s.kind for s in sources], type=pa.string())
-    col = "text" if cfg.layout == "text" else "messages"
-    mixes = []
-    for r in ratios:
-        rw, sw = parse_ratio(r)
-        kind_budget = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
-        say(f"ratio {r}: selecting {kind_budget['real']:,} real + {kind_budget['synthetic']:,} synthetic tokens")
-        sel_parts, targets = [], []
-        for kind in ("real", "synthetic"):
-            if kind_budget[kind] > 0:
-                ids, t = select_kind(pool, kind, kind_budget[kind], cfg.seed, cfg.allow_repetition)
-                sel_parts.append(ids)
-                targets += t
-        sel = np.concatenate(sel_parts) if sel_parts else np.zeros(0, dtype=np.int64)
-        sel = np.sort(sel, kind="stable")  # canonical order before the seeded shuffle
-        sel = sel[seeded_rng(cfg.seed, "shuffle", r).permutation(len(sel))]
-        lengths = pool.n_tokens[sel]
-        folder = out_dir if len(ratios) == 1 and cfg.ratio is not None else out_dir / ratio_folder(r)
-        folder.mkdir(parents=True, exist_ok=True)
-        shards = []
-        sel_src = pool.source_idx[sel]
-        for k, (a, b) in enumerate(shard_bounds(lengths, cfg.shard_tokens)):
-            ids = sel[a:b]
-            src_idx = pa.array(sel_src[a:b])
-            table = pa.table({col: payload.take(pa.array(ids)), "source": names.take(src_idx),
-                              "kind": kinds.take(src_idx), "lineage_id": lineage.take(pa.array(ids))})
-            files = write_shard(folder / f"part-{k:05d}", cfg.format, table, lengths[a:b], tok)
-            is_real = np.array([sources[i].kind == "real" for i in sel_src[a:b]], dtype=bool)
-            shards.append({
-                "file": str(files[0].relative_to(out_dir)),
-                "files": [str(f.relative_to(out_dir)) for f in files],
-                "docs": int(b - a), "tokens": int(lengths[a:b].sum()),
-                "real_tokens": int(lengths[a:b][is_real].sum()),
-                "synthetic_tokens": int(lengths[a:b][~is_real].sum()),
-                "sha256": [file_sha256(f) for f in files],
-            })
-        say(f"ratio {r}: wrote {len(shards)} shard(s) to {folder}")
-        per_source = source_accounting(pool, sel, lengths, targets)
-        mixes.append(mix_record(r, str(folder.relative_to(out_dir)) if folder != out_dir else ".", budget,
-                                kind_budget, sel, per_source, shards, cfg.format))
 
-    manifest = run_manifest(cfg, budget, tok, chat, sources, stats, mixes, warn_msgs)
-    write_manifest(out_dir, manifest)
-    return MixResult(out=out_dir, manifest=manifest)
+def _plan(cfg: MixConfig, pool: Pool, budget: int, r: str, out_dir: Path, say: Callable[[str], None]
+          ) -> tuple[MixPlan, dict, list[dict]]:
+    """One ratio's selection in output order, its side budgets and its per-stratum targets."""
+    rw, sw = parse_ratio(r)
+    kind_budget = dict(zip(("real", "synthetic"), hamilton(budget, [rw, sw])))
+    say(f"ratio {r}: selecting {kind_budget['real']:,} real + {kind_budget['synthetic']:,} synthetic tokens")
+    sel_parts, targets = [], []
+    for kind in ("real", "synthetic"):
+        if kind_budget[kind] > 0:
+            ids, t = select_kind(pool, kind, kind_budget[kind], cfg.seed, cfg.allow_repetition)
+            sel_parts.append(ids)
+            targets += t
+    sel = np.concatenate(sel_parts) if sel_parts else np.zeros(0, dtype=np.int64)
+    sel = np.sort(sel, kind="stable")  # canonical order before the seeded shuffle
+    sel = sel[seeded_rng(cfg.seed, "shuffle", r).permutation(len(sel))]
+    lengths = pool.n_tokens[sel]
+    folder = out_dir if len(cfg.ratio_list()) == 1 and cfg.ratio is not None else out_dir / ratio_folder(r)
+    return MixPlan(r, folder, sel, lengths, shard_bounds(lengths, cfg.shard_tokens)), kind_budget, targets
+
+
+def _write_one(plan: MixPlan, k: int, table: pa.Table, sources: list[SourceIndex], pool: Pool, cfg: MixConfig,
+               tok: TokenizerInfo, out_dir: Path) -> dict:
+    """Write shard k of a mix; its manifest entry."""
+    a, b = plan.bounds[k]
+    lengths = plan.lengths[a:b]
+    files = write_shard(plan.folder / f"part-{k:05d}", cfg.format, table, lengths, tok)
+    is_real = np.array([sources[i].kind == "real" for i in pool.source_idx[plan.sel[a:b]]], dtype=bool)
+    return {
+        "file": str(files[0].relative_to(out_dir)),
+        "files": [str(f.relative_to(out_dir)) for f in files],
+        "docs": int(b - a), "tokens": int(lengths.sum()),
+        "real_tokens": int(lengths[is_real].sum()),
+        "synthetic_tokens": int(lengths[~is_real].sum()),
+        "sha256": [file_sha256(f) for f in files],
+    }

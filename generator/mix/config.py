@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from generator.core.errors import SpecError, SynthgenError
 from generator.mix.parsing import parse_ratio, parse_token_count, ratio_text
-from generator.mix.templates import template_fields
+from generator.mix.row_templates import template_fields
 from generator.mix.tokens import is_tokenizer_alias
 
 DEFAULT_SHARD_TOKENS = 50_000_000

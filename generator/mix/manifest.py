@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from generator.core.errors import SynthgenError
+from generator.core.files import write_json_atomic
 from generator.mix.chat import ChatRenderer
 from generator.mix.config import MixConfig
 from generator.mix.parsing import parse_ratio, ratio_text
 from generator.mix.pool import Pool
-from generator.mix.sources import LoadedSource
+from generator.mix.sources import SourceIndex
 from generator.mix.tokens import TokenizerInfo
 
 MANIFEST_NAME = "mix_manifest.json"
@@ -42,6 +43,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
                 if folder != out and folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             manifest.unlink()
+        for stale in out.glob(".mix-spill-*.arrows"):  # left by a mix that was killed while writing
+            stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -79,7 +82,7 @@ def source_accounting(pool: Pool, sel: np.ndarray, lengths: np.ndarray, targets:
         entry = {"name": s.name, "kind": s.kind,
                  "target_tokens": sum(t["target"] for t in targets if t["source"] == s.name),
                  "tokens": int(tok_by_src[i]), "docs": int(docs_by_src[i]),
-                 "available_tokens": s.available_tokens, "available_docs": len(s.payload),
+                 "available_tokens": s.available_tokens, "available_docs": s.docs,
                  "unique_tokens": int(pool.n_tokens[lo:hi][reps[lo:hi] > 0].sum()),
                  "max_doc_repeats": int(reps[lo:hi].max()) if hi > lo else 0}
         # tokens per distinct token used (1.0 = nothing repeated), and the share of the source used
@@ -125,7 +128,7 @@ def mix_record(ratio: str, folder: str, budget: int, kind_budget: dict, sel: np.
     return mix
 
 
-def run_manifest(cfg: MixConfig, budget: int, tok: TokenizerInfo, chat: ChatRenderer, sources: list[LoadedSource],
+def run_manifest(cfg: MixConfig, budget: int, tok: TokenizerInfo, chat: ChatRenderer, sources: list[SourceIndex],
                  stats: dict, mixes: list[dict], warn_msgs: list[str]) -> dict:
     """The whole manifest: settings, tokenizer, counting and seeding rules, sources, and every mix."""
     return {
@@ -153,7 +156,7 @@ def run_manifest(cfg: MixConfig, budget: int, tok: TokenizerInfo, chat: ChatRend
                          "available tokens -> topic_id (synthetic) by available tokens; documents are whole, "
                          "chosen by seeded shuffle + greedy prefix + best fit, leftover carried to the next "
                          "stratum",
-        "sources": [{"name": s.name, "kind": s.kind, **s.description, "available_docs": len(s.payload),
+        "sources": [{"name": s.name, "kind": s.kind, **s.description, "available_docs": s.docs,
                      "available_tokens": s.available_tokens, "topics": len(s.topics) if s.kind == "synthetic"
                      else None, "skipped_rows": s.skipped, "files": s.files} for s in sources],
         "mixes": mixes,
@@ -162,5 +165,5 @@ def run_manifest(cfg: MixConfig, budget: int, tok: TokenizerInfo, chat: ChatRend
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
+    """Last, atomically and fsynced: a manifest present means a complete mix."""
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)

@@ -10,7 +10,7 @@ import pyarrow as pa
 from generator.mix.apportion import hamilton
 from generator.mix.parsing import parse_ratio
 from generator.mix.select import best_fit, seeded_rng, select_documents, swap_refine
-from generator.mix.sources import LoadedSource
+from generator.mix.sources import SourceIndex
 
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
@@ -27,11 +27,11 @@ class Stratum:
 class Pool:
     """All kept documents of all sources, with global ids."""
 
-    def __init__(self, sources: list[LoadedSource]):
+    def __init__(self, sources: list[SourceIndex]):
         self.sources = sources
-        self.offsets = np.cumsum([0] + [len(s.payload) for s in sources])
+        self.offsets = np.cumsum([0] + [s.docs for s in sources])
         self.n_tokens = np.concatenate([s.n_tokens for s in sources]) if sources else np.zeros(0, np.int64)
-        self.source_idx = np.concatenate([np.full(len(s.payload), i, dtype=np.int32)
+        self.source_idx = np.concatenate([np.full(s.docs, i, dtype=np.int32)
                                           for i, s in enumerate(sources)]) if sources else np.zeros(0, np.int32)
         self.topic_codes = np.concatenate([s.topic_codes for s in sources]) if sources else np.zeros(0, np.int32)
         self.strata: list[Stratum] = []
@@ -42,22 +42,12 @@ class Pool:
             for t in range(len(s.topics)):
                 ids = order[bounds[t]:bounds[t + 1]] + base
                 self.strata.append(Stratum(si, t, ids.astype(np.int64), int(self.n_tokens[ids].sum())))
-        self._payload: pa.Array | None = None
-        self._lineage: pa.Array | None = None
 
     def kind_sources(self, kind: str) -> list[int]:
         return [i for i, s in enumerate(self.sources) if s.kind == kind]
 
     def available(self, kind: str) -> int:
         return sum(self.sources[i].available_tokens for i in self.kind_sources(kind))
-
-    def arrays(self, layout: str) -> tuple[pa.Array, pa.Array]:
-        if self._payload is None:
-            items = [x for s in self.sources for x in s.payload]
-            typ = pa.large_string() if layout == "text" else MESSAGE_TYPE
-            self._payload = pa.array(items, type=typ)
-            self._lineage = pa.array([x for s in self.sources for x in s.lineage], type=pa.string())
-        return self._payload, self._lineage
 
 
 def max_budget(pool: Pool, ratio: str) -> int:

@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from generator.mix.digest import text_sha256
-from generator.mix.tokens import TokenizerInfo, count_tokens
+from generator.mix.tokens import TokenizerInfo
 
 TOKCACHE_VERSION = 1
 
@@ -20,22 +19,24 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SYNTHGEN_CACHE", Path.home() / ".cache" / "synthgen")).expanduser()
 
 
-def cached_counts(file: Path, file_sha: str, extract_key: dict, texts: Callable[[], list[str | None]],
-                   n_rows: int, tok: TokenizerInfo, cache_dir: Path, stats: dict) -> np.ndarray:
+def cache_file(file_sha: str, extract_key: dict, tok: TokenizerInfo, cache_dir: Path) -> Path:
+    """Where the counts of one file, read one way, with one tokenizer, are kept."""
     key = text_sha256(json.dumps({"v": TOKCACHE_VERSION, "tokenizer": tok.sha256, "eos": tok.eos_id, **extract_key},
                           sort_keys=True))
-    path = cache_dir / "tokcache" / f"{file_sha[:24]}-{key[:16]}.tokcache.parquet"
-    if path.is_file():
-        try:
-            t = pq.read_table(path)
-            if t.num_rows == n_rows:
-                stats["cache_hits"] += 1
-                return t.column("n_tokens").to_numpy().astype(np.int64)
-        except (OSError, pa.ArrowException):
-            pass
-    counts = count_tokens(texts(), tok)
-    stats["cache_misses"] += 1
-    stats["tokens_counted"] += int(counts[counts > 0].sum())
+    return cache_dir / "tokcache" / f"{file_sha[:24]}-{key[:16]}.tokcache.parquet"
+
+
+def read_cache(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        return pq.read_table(path).column("n_tokens").to_numpy().astype(np.int64)
+    except (OSError, KeyError, pa.ArrowException):
+        return None
+
+
+def write_cache(path: Path, file: Path, file_sha: str, extract_key: dict, tok: TokenizerInfo,
+                counts: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -46,4 +47,3 @@ def cached_counts(file: Path, file_sha: str, extract_key: dict, texts: Callable[
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs speed
-    return counts

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from generator.core.errors import SynthgenError
+from generator.core.wordcount import ENCODE_BATCH
 from generator.mix.digest import file_sha256
 
 DEFAULT_TOKENIZER = "smollm2-135m"
-ENCODE_BATCH = 10_000
 
 
 def is_tokenizer_alias(name: str) -> bool:

@@ -14,6 +14,8 @@ from generator.core.errors import SynthgenError
 from generator.mix.megatron import write_megatron
 from generator.mix.tokens import TokenizerInfo, encode_documents
 
+WRITE_ROWS = 10_000  # rows serialized at a time (JSONL)
+
 
 def shard_bounds(lengths: np.ndarray, shard_tokens: int) -> list[tuple[int, int]]:
     """Cut a sequence of documents into runs of at most shard_tokens (one oversize doc = one shard)."""
@@ -35,16 +37,13 @@ def write_shard(path_stem: Path, fmt: str, table: pa.Table, lengths: np.ndarray,
         pq.write_table(table, path, compression="zstd", row_group_size=10_000)
         return [path]
     if fmt in ("jsonl", "jsonl.zst"):
-        buf = io.BytesIO()
-        pl.from_arrow(table).write_ndjson(buf)
-        data = buf.getvalue()
-        if fmt == "jsonl":
-            path = path_stem.with_name(path_stem.name + ".jsonl")
-            path.write_bytes(data)
-        else:
-            path = path_stem.with_name(path_stem.name + ".jsonl.zst")
-            with pa.output_stream(str(path), compression="zstd") as f:
-                f.write(data)
+        # in slices: one JSON line per row, and zstd output does not depend on how input is fed
+        path = path_stem.with_name(path_stem.name + "." + fmt)
+        with (open(path, "wb") if fmt == "jsonl" else pa.output_stream(str(path), compression="zstd")) as f:
+            for a in range(0, table.num_rows, WRITE_ROWS):
+                buf = io.BytesIO()
+                pl.from_arrow(table.slice(a, WRITE_ROWS)).write_ndjson(buf)
+                f.write(buf.getvalue())
         return [path]
     # megatron: token ids + a sidecar with the row metadata
     texts = table.column("text").to_pylist()
