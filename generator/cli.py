@@ -220,7 +220,8 @@ def _register_optional() -> None:
     for module, names in (("scoring.cli", ("score", "compare", "dedup")),
                           ("generator.mix_cli", ("mix",)),
                           ("generator.library_cli", ("library", "init", "personas", "topics", "preview")),
-                          ("generator.report_cli", ("report",))):
+                          ("generator.report_cli", ("report",)),
+                          ("generator.probe.command", ("probe",))):
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:
