@@ -137,7 +137,7 @@ def test_killed_probe_resumes_from_last_checkpoint(mixes, tmp_path):
 
     out = tmp_path / "p"
     args = [sys.executable, "-m", "generator.cli", "probe", str(mixes / "ratio-1_0"), "--out", str(out),
-            "--seeds", "1", "--max-steps", "6", "--save-steps", "2", "--eval-synthetic-docs", "0",
+            "--seeds", "1", "--max-steps", "4", "--save-steps", "2", "--eval-synthetic-docs", "0",
             "--seq-len", "64", "--batch-size", "2", "--warmup", "0", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(args, cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -149,16 +149,17 @@ def test_killed_probe_resumes_from_last_checkpoint(mixes, tmp_path):
             assert time.time() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     ckpt, step = last_checkpoint(ckpt_dir)
-    assert ckpt is not None and 2 <= step < 6
+    assert ckpt is not None and 2 <= step < 4
     assert not (out / "arms" / "ratio-1_0" / "seed-0" / "final").exists()
-    settings = ProbeSettings(seeds=[0], max_steps=6, save_steps=2, eval_synthetic_docs=0, seq_len=64,
+    settings = ProbeSettings(seeds=[0], max_steps=4, save_steps=2, eval_synthetic_docs=0, seq_len=64,
                              batch_size=2, warmup_fraction=0.0)
     probe = run_probe([mixes / "ratio-1_0"], settings, out, log=lambda m: None, progress=False)
     train = probe["arms"][0]["runs"][0]["train"]
     assert train["resumed_from_step"] == step
     assert train["first_step_this_process"] == step + 1
-    assert train["steps"] == 6
-    assert [x["step"] for x in train["losses"]] == [1, 2, 3, 4, 5, 6]  # the killed run's log carried over
+    assert train["steps"] == 4
+    assert [x["step"] for x in train["losses"]] == [1, 2, 3, 4]  # the killed run's log carried over

@@ -15,6 +15,9 @@ IGNORE = -100
 
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the probe draws its own bar; a weights bar per model load is noise
 
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:

@@ -46,9 +46,10 @@ def extract_number(text: str) -> str | None:
 def load_model(path: Path, device: str, dtype):
     from transformers import AutoModelForCausalLM
 
+    tok = load_tokenizer(path)  # first: it also silences the weights-loading bar
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
     model.eval()
-    return model, load_tokenizer(path)
+    return model, tok
 
 
 def perplexity(model, tok, items: list, seq_len: int, batch_size: int) -> dict:

@@ -104,13 +104,15 @@ def _fmt(s: dict | None, key: str) -> str:
 def table(probe: dict):
     """One row per arm: mean ± sd over seeds for each metric, diversity, wall time."""
     from rich.table import Table
+    from rich.text import Text
 
     arms = probe.get("arms", [])
     keys = [k for k in METRICS if any(k in a.get("summary", {}) for a in arms)]
     keys += sorted({k for a in arms for k in a.get("summary", {}) if k.startswith("lm_eval:")})
     xm = probe.get("diversity", {}).get("x_metric")
-    t = Table(title=f"probe: {probe.get('base_model', {}).get('name')} · {len(probe.get('settings', {}).get('seeds', []))} "
-                    f"seed(s) · {probe.get('settings', {}).get('derived', {}).get('steps')} steps (mean ± sd)")
+    t = Table(title=Text(f"probe: {probe.get('base_model', {}).get('name')} · "
+                         f"{len(probe.get('settings', {}).get('seeds', []))} seed(s) · "
+                         f"{probe.get('settings', {}).get('derived', {}).get('steps')} steps (mean ± sd)"))
     for col in ["arm", "ratio", "syn. frac.", f"diversity ({xm})" if xm else "diversity", "seeds"] + \
                [METRICS.get(k, (k,))[0] for k in keys] + ["wall s / seed"]:
         t.add_column(col, justify="left" if col == "arm" else "right")
@@ -122,13 +124,14 @@ def table(probe: dict):
         s = a.get("summary", {})
         div = (a.get("diversity") or {}).get(xm) if xm else None
         done = sum(r.get("status") == "done" for r in a.get("runs", []))
-        t.add_row(a["name"], a["ratio"], f"{a['synthetic_fraction']:.3f}", "-" if div is None else f"{div:.4f}",
+        t.add_row(Text(a["name"]), a["ratio"], f"{a['synthetic_fraction']:.3f}", "-" if div is None else f"{div:.4f}",
                   f"{done}/{len(a.get('runs', []))}", *[_fmt(s.get(k), k) for k in keys], _fmt(s.get("wall_s"), ""))
     return t
 
 
 def differences_table(probe: dict):
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="difference from the first arm, against the spread (sd_a + sd_b)")
     for col in ("arm", "vs", "metric", "delta", "spread", "exceeds spread"):
@@ -136,7 +139,7 @@ def differences_table(probe: dict):
     for d in probe.get("differences", []):
         if d["metric"] not in METRICS and not d["metric"].startswith("lm_eval:"):
             continue
-        t.add_row(d["arm"], d["vs"], d["metric"], f"{d['delta']:+.4g}",
+        t.add_row(Text(d["arm"]), Text(d["vs"]), d["metric"], f"{d['delta']:+.4g}",
                   "-" if d["spread"] is None else f"{d['spread']:.4g}",
                   "-" if d["exceeds"] is None else ("yes" if d["exceeds"] else "no"))
     return t
@@ -178,3 +181,43 @@ def plot(probe: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+
+def html(probe: dict, folder: Path) -> str:
+    """A self-contained page: the table (as text), the differences, and the plot inline."""
+    import base64
+    import html as h
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    c = Console(file=buf, width=160, color_system=None, highlight=False)
+    c.print(table(probe))
+    if probe.get("differences"):
+        c.print(differences_table(probe))
+    png = Path(folder) / (probe.get("plot") or "probe.png")
+    img = (f'<img alt="probe plot" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
+           if png.is_file() else "<p>no plot yet</p>")
+    return (f"<!doctype html><meta charset='utf-8'><title>synthgen probe</title>"
+            f"<h1>synthgen probe: {h.escape(str(probe.get('base_model', {}).get('name')))}</h1>"
+            f"<pre>{h.escape(buf.getvalue())}</pre>{img}")
+
+
+def print_report(folder: str | Path, console, out: str | Path | None = None) -> None:
+    """`synthgen report PROBE_FOLDER`: the table, the differences, the plot's path; --out: an HTML page."""
+    probe = load_probe(folder)
+    console.print(table(probe))
+    if probe.get("differences"):
+        console.print(differences_table(probe))
+    if probe.get("status") != "complete":
+        console.print(f"status: {probe.get('status')} (rerun the same `synthgen probe` command to finish)",
+                      markup=False)
+    png = Path(folder) / (probe.get("plot") or "probe.png")
+    if png.is_file():
+        console.print(f"plot: {png}", markup=False)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(html(probe, Path(folder)), encoding="utf-8")
+        console.print(f"wrote {out}", markup=False)

@@ -54,8 +54,9 @@ def pick_dtype(setting: str, device: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
-def last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
-    """The newest complete checkpoint and its step; incomplete ones (killed mid-save) are removed."""
+def last_checkpoint(ckpt_dir: Path, remove_incomplete: bool = False) -> tuple[Path | None, int]:
+    """The newest complete checkpoint and its step; with remove_incomplete, newer incomplete ones
+    (a run killed mid-save) are deleted. Never remove while a trainer may be writing there."""
     if not ckpt_dir.is_dir():
         return None, 0
     found = []
@@ -70,7 +71,8 @@ def last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
                 return d, step
         except (OSError, ValueError):
             pass
-        shutil.rmtree(d, ignore_errors=True)
+        if remove_incomplete:
+            shutil.rmtree(d, ignore_errors=True)
     return None, 0
 
 
@@ -158,10 +160,10 @@ def train_arm(rows: list[dict], layout: str, settings: ProbeSettings, seed: int,
 
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.precision, device)
-    tok = load_tokenizer(base)
+    tok = load_tokenizer(base)  # first: it also silences the weights-loading bar
     dataset, tokens = build_dataset(rows, layout, tok, settings.seq_len)
     ckpt_dir = arm_dir / "checkpoints"
-    resume, resumed_step = last_checkpoint(ckpt_dir)
+    resume, resumed_step = last_checkpoint(ckpt_dir, remove_incomplete=True)
     args = TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=settings.steps(), per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
