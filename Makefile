@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,scoring,ray,dev
+EXTRAS ?= cpu,scoring,ray,dev,probe
 SPEC ?= specs/math.yaml
 PYTEST_ARGS ?=
 
