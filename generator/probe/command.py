@@ -62,7 +62,7 @@ def _tokens(value: str | None) -> int | None:
               help="GSM8K-style file (question, answer with '#### N') for answer accuracy.")
 @click.option("--gsm8k-n", type=click.IntRange(min=1), default=16, show_default=True, help="First N problems.")
 @click.option("--gsm8k-max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--gsm8k-prompt", default="{question}\n", show_default=True,
+@click.option("--gsm8k-prompt", default="{question}\\n", show_default=True,
               help="Text layout: the prompt the model continues ({question}).")
 @click.option("--lm-eval-task", "lm_eval_tasks", multiple=True,
               help="lm-evaluation-harness task through its vLLM backend (repeatable; needs lm_eval installed).")
@@ -94,7 +94,7 @@ def probe(mixes, model, out, seeds, first_seed, max_steps, token_budget, batch_s
     from . import ProbeSettings, seed_list
     from .report import differences_table, table
 
-    def esc(t):  # user text (templates) is shown as is: no markup
+    def unescape(t):  # a typed "\\n" in a template means a newline, as in `synthgen mix`
         return t.replace("\\n", "\n") if t else t
 
     try:
@@ -104,11 +104,11 @@ def probe(mixes, model, out, seeds, first_seed, max_steps, token_budget, batch_s
             lr_scheduler=lr_scheduler, warmup_fraction=warmup_fraction, weight_decay=weight_decay,
             save_steps=save_steps, device=device, precision=precision,
             eval_real=eval_real.absolute() if eval_real else None, eval_text_field=eval_text_field,
-            eval_text_template=esc(eval_text_template), eval_user_template=esc(eval_user_template),
-            eval_assistant_template=esc(eval_assistant_template), eval_docs=eval_docs,
+            eval_text_template=unescape(eval_text_template), eval_user_template=unescape(eval_user_template),
+            eval_assistant_template=unescape(eval_assistant_template), eval_docs=eval_docs,
             eval_synthetic_docs=eval_synthetic_docs, eval_seq_len=eval_seq_len, eval_batch_size=eval_batch_size,
             gsm8k=gsm8k.absolute() if gsm8k else None, gsm8k_n=gsm8k_n, gsm8k_max_new_tokens=gsm8k_max_new_tokens,
-            gsm8k_prompt=esc(gsm8k_prompt), lm_eval_tasks=list(lm_eval_tasks), lm_eval_limit=lm_eval_limit,
+            gsm8k_prompt=unescape(gsm8k_prompt), lm_eval_tasks=list(lm_eval_tasks), lm_eval_limit=lm_eval_limit,
             diversity_metrics=list(diversity_metrics) or ["distinct_n", "compression_ratio"],
             keep_models=keep_models)
     except ValidationError as exc:
