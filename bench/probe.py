@@ -5,7 +5,7 @@ evaluated on GSM8K test (perplexity and answer accuracy) and on held-out synthet
 the table (mean ± sd over seeds), the wall time per arm, and whether any difference from the
 real-only arm exceeds the spread (|delta| > sd_a + sd_b).
 
-    python bench/probe.py [--run RUN] [--steps 6] [--seeds 3] [--out DIR]
+    python bench/probe.py [--run RUN] [--steps 4] [--seeds 3] [--out DIR]
 
 Without --run, a small math run is generated first (`synthgen run specs/math.yaml --limit 64`,
 several minutes on 2 CPU cores). Rerunning with the same --out resumes where it stopped.
@@ -40,14 +40,14 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="a synthgen math run folder (default: generate one)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/synthgen-bench-probe"))
     ap.add_argument("--mix-tokens", type=int, default=2200, help="tokens per mix (about one pass at the default steps)")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--eval-docs", type=int, default=8)
     ap.add_argument("--gsm8k-n", type=int, default=4)
-    ap.add_argument("--gsm8k-max-new-tokens", type=int, default=32)
+    ap.add_argument("--gsm8k-max-new-tokens", type=int, default=24)
     a = ap.parse_args()
 
     run = a.run or make_run(a.out / "run")

@@ -143,8 +143,8 @@ def run_probe(mixes: list[Path], settings: ProbeSettings, out: Path, log: Callab
     write_probe(out, probe)
     total = len(arms) * len(settings.seeds)
     k = 0
-    for a, entry in zip(arms, probe["arms"]):
-        for i, seed in enumerate(settings.seeds):
+    for i, seed in enumerate(settings.seeds):  # seed-major: an interrupted probe has every arm at seed 0 first
+        for a, entry in zip(arms, probe["arms"]):
             k += 1
             d = out / "arms" / _safe(a.name) / f"seed-{seed}"
             entry["runs"][i] = _one(a, seed, d, settings, base, layout, real_items, syn_items, problems,
