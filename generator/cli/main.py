@@ -222,7 +222,8 @@ def _register_optional() -> None:
                           ("generator.cli.library", ("library", "init", "personas", "topics", "preview")),
                           ("generator.cli.report", ("report",)),
                           ("generator.cli.export", ("export", "usage")),
-                          ("generator.cli.view", ("view",))):
+                          ("generator.cli.view", ("view",)),
+                          ("generator.cli.probe", ("probe",))):
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

@@ -11,7 +11,10 @@ import click
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Also write an HTML report with plots here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Cells shown in the allocation table.")
 def report(run_dir, out, top):
-    """Show how a rounds run spent its budget: diversity against generations, allocation per cell."""
+    """Show how a rounds run spent its budget: diversity against generations, allocation per cell.
+
+    For a `synthgen probe` folder: the probe's table, its differences against the spread, and the
+    plot (with --out, an HTML page with the table and the plot)."""
     from rich.console import Console
 
     from generator.feedback.rounds import load_rounds
@@ -20,6 +23,11 @@ def report(run_dir, out, top):
     from generator.cli.output import echo, show_table
 
     console = Console(emoji=False, highlight=False)
+    if (Path(run_dir) / "probe.json").is_file():  # a `synthgen probe` folder: its tables (docs/probe.md)
+        from generator.probe.report import print_report
+
+        print_report(run_dir, console, out)
+        return
     rounds = load_rounds(run_dir)
     if not rounds:
         raise click.ClickException(f"{run_dir} has no finished rounds (rounds/round-001.json); "
