@@ -180,8 +180,9 @@ class RoundsConfig(Strict):
 class RunConfig(Strict):
     shard_size: int = Field(64, ge=1, description="Records per output shard (one atomic Parquet file).")
     retries: int = Field(2, ge=0, description="Extra attempts for empty, invalid-JSON or failed outputs.")
-    window: int | None = Field(None, ge=1, description="Requests per backend call (vLLM batches each call "
-                               "continuously; a crash loses at most one window). Default: 128 on CPU, 1024 on GPU.")
+    window: int | None = Field(None, ge=1, description="Deprecated for local runs: the engine is fed continuously "
+                               "and every answer is cached as it lands. Still sizes the record batches the Ray "
+                               "executor hands each actor (default 256).")
 
 
 class Spec(Strict):

@@ -31,13 +31,24 @@ def on_gpu() -> bool:
 COMPACT_JSON = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
 
 
+def memory_key(gpu: bool) -> str:
+    """The engine setting that sizes a model's memory: a GPU fraction, or KV-cache bytes on CPU."""
+    return "gpu_memory_utilization" if gpu else "kv_cache_memory_bytes"
+
+
+def memory_budget(gpu: bool) -> float | int:
+    """What one run may give its offline engines (all of it to one model, split among several)."""
+    if gpu:
+        return float(os.environ.get("SYNTHGEN_GPU_MEMORY", 0.9))
+    return int(float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2)) * (1 << 30))
+
+
 def engine_defaults(gpu: bool) -> dict[str, Any]:
     if gpu:
-        return {"gpu_memory_utilization": float(os.environ.get("SYNTHGEN_GPU_MEMORY", 0.9)), **COMPACT_JSON}
+        return {memory_key(gpu): memory_budget(gpu), **COMPACT_JSON}
     # The CPU build's default memory-fraction check fails on small machines: give the KV cache
     # explicit bytes instead, and skip graph capture that only pays off on GPUs.
-    kv_gb = float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2))
-    return {"kv_cache_memory_bytes": int(kv_gb * (1 << 30)), "enforce_eager": True, "max_model_len": 4096,
+    return {memory_key(gpu): memory_budget(gpu), "enforce_eager": True, "max_model_len": 4096,
             **CPU_SEED_SAFE, **COMPACT_JSON}
 
 
