@@ -9,7 +9,8 @@ end to end and by its own decode time (the manifest's `generate_s`: feeding the 
 cache, shard files). Arms alternate to spread machine noise over both.
 
 (c) `synthgen run` in a subprocess (its own engine), SIGKILLed once a third of the answers are in
-the request cache. The subprocess logs, line by line, each request it hands the engine and each
+the request cache. Prompts are one line (bench/overhead.py measures long templated prompts), so
+decoding dominates. The subprocess logs, line by line, each request it hands the engine and each
 answer the engine finishes; after the kill, the request cache says which answers were kept.
 Lost = requests handed to the engine whose answers are not in the cache (the resumed run pays for
 them again); in flight = requests handed to the engine and not finished at the kill.
@@ -34,7 +35,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SPEC = ROOT / "specs" / "math.yaml"
+TOPICS = ("fractions", "volcanoes", "rainbows", "magnets", "tides", "bridges", "honeybees", "glaciers",
+          "batteries", "comets", "deserts", "vaccines", "rivers", "telescopes", "forests", "clocks")
+
+
+def short_spec(folder: Path, records: int, max_tokens: int) -> Path:
+    """A spec with one-line prompts, so decoding (where a drained engine idles) dominates."""
+    (folder / "short.j2").write_text(
+        "---\nname: short\ndescription: One short answer, for the engine benchmark.\npurpose: general\n"
+        "variables: [subtopic]\nsystem: You are brief.\n---\nTell me something about {{ subtopic }}.\n")
+    items = "\n".join(f"      - {{topic: Science, subtopic: {t}}}" for t in TOPICS)
+    spec = folder / "spec.yaml"
+    spec.write_text(f"name: engine-bench\nseed: 5\ntopics:\n  - items:\n{items}\n"
+                    f"generations_per_topic: {-(-records // len(TOPICS))}\n"
+                    f"templates:\n  - template: {folder / 'short.j2'}\n"
+                    f"sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {max_tokens}}}\n"
+                    f"run: {{shard_size: 16}}\n")
+    return spec
 
 
 def long_tail(key: str, low: int, high: int) -> int:
@@ -69,9 +86,8 @@ def bench_decode(args) -> None:
     from generator.engine.planner import plan_spec
     from generator.engine.runner import run_spec
 
-    sets = {"generations_per_topic": str(-(-args.records // 16)), "sampling.max_tokens": str(args.max_tokens)}
-    spec = load_spec(SPEC, sets)
-    spec.scoring = None  # scoring is a separate step with its own benchmark (bench/score.py)
+    spec = load_spec(short_spec(Path(tempfile.mkdtemp(prefix="synthgen-bench-spec-")), args.records,
+                                args.max_tokens))
     _, records = plan_spec(spec, limit=args.records)
     plain = requests_mod.make_request
     draw = use_long_tail(records, args.min_tokens, args.max_tokens)  # the same budgets in both arms
@@ -124,8 +140,8 @@ def bench_decode(args) -> None:
     print(f"  synthgen decode      : {d:7.2f} s  ratio {d / b:.3f}  (target <= 1.02)")
     print(f"  synthgen run_spec    : {s:7.2f} s  ratio {s / b:.3f}  (plan, decode, shards, manifest, card)",
           flush=True)
-    print(f"  engine steps         : synthgen {statistics.median(our_steps):.0f} vs bare {statistics.median(bare_steps):.0f}"
-          f"  ratio {statistics.median(our_steps) / statistics.median(bare_steps):.3f}", flush=True)
+    print(f"  engine steps         : synthgen {statistics.median(our_steps):.0f} vs bare "
+          f"{statistics.median(bare_steps):.0f}  ratio {statistics.median(our_steps) / statistics.median(bare_steps):.3f}", flush=True)
 
 
 # ---------------------------------------------------------------- (c) SIGKILL mid-run
@@ -176,11 +192,12 @@ def cache_count(path: Path) -> int:
 def bench_kill(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="synthgen-kill-"))
     run, log = work / "run", work / "engine.log"
-    argv = ["run", str(SPEC), "--out", str(run), "--limit", str(args.records),
-            "--set", f"generations_per_topic={-(-args.records // 16)}", "--set", f"sampling.max_tokens={args.kill_tokens}"]
-    cmd = [sys.executable, __file__, "--child", str(log), str(args.min_tokens), str(args.kill_tokens), "--", *argv]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=open(work / "stderr.log", "w"),
-                            start_new_session=True)
+    spec = short_spec(work, args.records, args.kill_tokens)
+    argv = ["run", str(spec), "--out", str(run), "--limit", str(args.records)]
+    cmd = [sys.executable, __file__, "--child", str(log), str(args.min_tokens), str(args.kill_tokens), "--",
+           *argv]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=open(work / "stderr.log", "w"), start_new_session=True)
     target = max(1, args.records // 3)
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline and cache_count(run / "cache.sqlite") < target:

@@ -211,7 +211,8 @@ def test_cpu_kv_bytes_split():
     gib = 1 << 30
     got = split_memory([_M("a"), _M("b"), _M("c", kv_cache_memory_bytes=gib)], False, 2 * gib)
     assert got == {"a": {"kv_cache_memory_bytes": gib // 2}, "b": {"kv_cache_memory_bytes": gib // 2}}
-    assert sum(v["kv_cache_memory_bytes"] for v in split_memory([_M("a"), _M("b"), _M("c")], False, gib).values()) <= gib
+    thirds = split_memory([_M("a"), _M("b"), _M("c")], False, gib)
+    assert sum(v["kv_cache_memory_bytes"] for v in thirds.values()) <= gib
 
 
 def test_overrides_that_take_the_whole_budget_are_one_clear_error():

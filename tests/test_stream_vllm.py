@@ -78,3 +78,12 @@ def test_an_abandoned_stream_aborts_what_it_had_in_flight(vllm_backend):
     engine = vllm_backend.llm.llm_engine
     assert not engine.has_unfinished_requests()
     assert len(list(vllm_backend.generate([_req(50, 4)]))) == 1  # and the engine still serves
+
+
+def test_one_stream_at_a_time_per_engine(vllm_backend):
+    first = vllm_backend.stream(RequestFeed([_req(60, 4)], close=True))
+    next(first)
+    with pytest.raises(RuntimeError, match="one feed"):
+        next(vllm_backend.stream(RequestFeed([_req(61, 4)], close=True)))
+    first.close()
+    assert len(list(vllm_backend.generate([_req(62, 4)]))) == 1

@@ -90,6 +90,7 @@ class VLLMOfflineBackend:
         self.window = window
         self.on_finished = on_finished  # called with a count as requests finish
         self.last_stream: StreamStats | None = None  # what the latest stream did (steps, timings)
+        self._streaming = False
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -128,7 +129,18 @@ class VLLMOfflineBackend:
             return stream_in_windows(_ChatWindows(self), feed, self._on_result(on_result),
                                      window=self.window or (1024 if self.gpu else 128))
         stats = self.last_stream = StreamStats()
-        return stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats)
+        return self._one_at_a_time(stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats))
+
+    def _one_at_a_time(self, results: Iterator[Result]) -> Iterator[Result]:
+        # two loops stepping one engine would take each other's answers: one feed per engine
+        if self._streaming:
+            raise RuntimeError(f"{self.model}: a second stream while one is running; put every request "
+                               f"for this engine into the one feed")
+        self._streaming = True
+        try:
+            yield from results
+        finally:
+            self._streaming = False
 
     def _on_result(self, on_result: ProgressFn | None) -> ProgressFn | None:
         if self.on_finished is None:
