@@ -140,8 +140,8 @@ def bench_decode(args) -> None:
     print(f"  synthgen decode      : {d:7.2f} s  ratio {d / b:.3f}  (target <= 1.02)")
     print(f"  synthgen run_spec    : {s:7.2f} s  ratio {s / b:.3f}  (plan, decode, shards, manifest, card)",
           flush=True)
-    print(f"  engine steps         : synthgen {statistics.median(our_steps):.0f} vs bare "
-          f"{statistics.median(bare_steps):.0f}  ratio {statistics.median(our_steps) / statistics.median(bare_steps):.3f}", flush=True)
+    ours_n, bare_n = statistics.median(our_steps), statistics.median(bare_steps)
+    print(f"  engine steps         : synthgen {ours_n:.0f} vs bare {bare_n:.0f}  ratio {ours_n / bare_n:.3f}", flush=True)
 
 
 # ---------------------------------------------------------------- (c) SIGKILL mid-run
