@@ -87,3 +87,16 @@ def test_one_stream_at_a_time_per_engine(vllm_backend):
         next(vllm_backend.stream(RequestFeed([_req(61, 4)], close=True)))
     first.close()
     assert len(list(vllm_backend.generate([_req(62, 4)]))) == 1
+
+
+def test_window_caps_requests_in_the_engine_and_refills_at_once(vllm_backend):
+    vllm_backend.window = 2
+    try:
+        out = list(vllm_backend.generate([_req(70 + i, 4 + 4 * i) for i in range(5)]))
+    finally:
+        vllm_backend.window = None
+    st = vllm_backend.last_stream
+    assert len(out) == 5 and st.max_in_flight == 2
+    # each later request joined the step after one finished: no draining between "windows"
+    finish_steps = sorted(st.finished.values())
+    assert sorted(st.submitted.values())[2:] == finish_steps[:3]

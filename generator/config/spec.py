@@ -180,9 +180,9 @@ class RoundsConfig(Strict):
 class RunConfig(Strict):
     shard_size: int = Field(64, ge=1, description="Records per output shard (one atomic Parquet file).")
     retries: int = Field(2, ge=0, description="Extra attempts for empty, invalid-JSON or failed outputs.")
-    window: int | None = Field(None, ge=1, description="Deprecated for local runs: the engine is fed continuously "
-                               "and every answer is cached as it lands. Still sizes the record batches the Ray "
-                               "executor hands each actor (default 256).")
+    window: int | None = Field(None, ge=1, description="Most requests in an offline engine at once (default: as "
+                               "many as it schedules); each finished one is replaced at once. Also the records per "
+                               "batch the Ray executor hands an actor (default 256).")
 
 
 class Spec(Strict):

@@ -85,8 +85,8 @@ class VLLMOfflineBackend:
                  on_finished=None):
         self.model = model
         self.gpu = on_gpu()
-        # `window` (run.window) no longer bounds what is in flight: the engine is fed continuously.
-        # It is kept for specs that set it and for the Ray executor's batch size.
+        # `window` (run.window): at most this many requests in the engine at once (None: as many
+        # as the engine schedules); a finished one is replaced at once, so it never drains
         self.window = window
         self.on_finished = on_finished  # called with a count as requests finish
         self.last_stream: StreamStats | None = None  # what the latest stream did (steps, timings)
@@ -129,7 +129,8 @@ class VLLMOfflineBackend:
             return stream_in_windows(_ChatWindows(self), feed, self._on_result(on_result),
                                      window=self.window or (1024 if self.gpu else 128))
         stats = self.last_stream = StreamStats()
-        return self._one_at_a_time(stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats))
+        return self._one_at_a_time(stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats,
+                                                 self.window))
 
     def _one_at_a_time(self, results: Iterator[Result]) -> Iterator[Result]:
         # two loops stepping one engine would take each other's answers: one feed per engine

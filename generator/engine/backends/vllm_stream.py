@@ -34,7 +34,10 @@ def _result(r: Request, out: Any) -> Result:
 
 
 def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
-                  on_result: ProgressFn | None, stats: StreamStats) -> Iterator[Result]:
+                  on_result: ProgressFn | None, stats: StreamStats,
+                  max_in_flight: int | None = None) -> Iterator[Result]:
+    """`max_in_flight` (run.window) caps the requests handed to the engine at once; a finished
+    one is replaced at the next step, so the cap never drains the engine."""
     engine = llm.llm_engine
     # LLM's request ids are counter values; the engine makes them unique with a random suffix
     # ("7-1a2b3c4d"), and step() reports the counter value: key by that
@@ -55,7 +58,8 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
         while True:
             if not in_flight and not len(feed) and not feed.closed:
                 stats.idle_waits += 1
-            batch = feed.take(timeout=0.0 if in_flight else None)
+            room = None if max_in_flight is None else max(max_in_flight - len(in_flight), 0)
+            batch = feed.take(room, timeout=0.0 if in_flight else None)
             if batch:
                 submit(batch)
             if not in_flight:
