@@ -165,12 +165,12 @@ def child(log_path: str, low: int, high: int, argv: list[str]) -> None:
             log.write(f"submitted {len(ids)}\n")
             return ids
 
-    def stream_engine(llm, feed, params, on_result, stats):
+    def stream_engine(llm, feed, params, on_result, *rest):
         def landed(res):
             log.write(f"finished {res.id}\n")
             if on_result:
                 on_result(res)
-        return inner(Traced(llm), feed, params, landed, stats)
+        return inner(Traced(llm), feed, params, landed, *rest)
 
     offline.stream_engine = stream_engine
     sys.argv = ["synthgen", *argv]
