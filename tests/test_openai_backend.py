@@ -338,3 +338,22 @@ def test_faults_429_and_500_are_retried_nothing_lost(vllm_server, tmp_path, monk
     df = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
     assert df.height == 12 and df["id"].n_unique() == 12 and (df["status"] != "error").all()
     assert res.model_calls == 12
+
+
+@pytest.mark.slow
+def test_real_server_stream_takes_follow_ups_while_others_run(vllm_server):
+    from generator.core.backend import RequestFeed
+
+    b = OpenAIBackend("smollm2-135m", vllm_server, concurrency=8)
+    feed = RequestFeed([_req(300, max_tokens=4), _req(301, max_tokens=64), _req(302, schema=SCHEMA, max_tokens=48)])
+    out = []
+    for res in b.stream(feed):
+        out.append(res)
+        if len(out) == 1:
+            feed.put_many([_req(303, max_tokens=4), _req(304, schema=SCHEMA, max_tokens=48)])
+        if len(out) == 5:
+            feed.close()
+    assert sorted(r.id for r in out) == [f"r{i}#1" for i in range(300, 305)]
+    assert b.stats["requests"] == 5
+    for r in out:
+        assert r.finish_reason in ("stop", "length") and r.completion_tokens > 0

@@ -94,7 +94,7 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
     state = {"task": None, "tokens": 0, "t0": None, "finished": 0, "records": 0}
 
     def _advance() -> None:
-        # vLLM reports finished requests as they finish; rows arrive per window: show the larger
+        # the engine reports each finished request; its row follows once classified: show the larger
         done = max(state["finished"], state["records"])
         dt = max(time.time() - (state["t0"] or time.time()), 1e-6)
         rate = f"{state['tokens'] / dt:,.0f} tok/s" if state["tokens"] else ""

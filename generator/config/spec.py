@@ -225,8 +225,9 @@ class RoundsConfig(Strict):
 class RunConfig(Strict):
     shard_size: int = Field(64, ge=1, description="Records per output shard (one atomic Parquet file).")
     retries: int = Field(2, ge=0, description="Extra attempts for empty, invalid-JSON or failed outputs.")
-    window: int | None = Field(None, ge=1, description="Requests per backend call (vLLM batches each call "
-                               "continuously; a crash loses at most one window). Default: 128 on CPU, 1024 on GPU.")
+    window: int | None = Field(None, ge=1, description="Most requests in an offline engine at once (default: as "
+                               "many as it schedules); each finished one is replaced at once. Also the records per "
+                               "batch the Ray executor hands an actor (default 256).")
     max_records: int = Field(MAX_RECORDS, ge=1, le=10**12, description="Largest plan allowed; a spec that plans "
                              "more fails at validate. Raise it explicitly for a larger run.")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from generator.core.redact import scrub_text
-from generator.core.backend import Backend, Request, Result, Sampling
+from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling, stream_in_windows
 from generator.engine.run_folder import RequestCache
 
 RETRYABLE = {"empty", "invalid_json", "error"}
@@ -86,52 +86,61 @@ def generate_rows(backend: Backend, rows: list[dict], cache: RequestCache | None
                   on_final: Callable[[dict], None], on_call: Callable[[int], None] | None = None) -> int:
     """Run every row to a final status; `on_final(row)` gets each finished generation row.
 
-    Returns the number of requests sent to the backend (cache hits are free)."""
-    calls = 0
-    pending = list(rows)
-    attempt = 1
-    while pending:
-        last = attempt > retries
-        todo: list[tuple[dict, Request]] = []
-        next_pending: list[dict] = []
+    Every request goes into one feed of a continuously fed backend: a retry is put the moment the
+    answer that needs it lands, and each answer is written to the request cache as it lands, so a
+    crash loses only the requests in flight. Returns the number of requests sent to the backend
+    (cache hits are free)."""
+    feed = RequestFeed()
+    waiting: dict[str, tuple[dict, Request, int]] = {}  # request id -> (row, request, attempt)
 
-        def settle(row: dict, req: Request, res: Result) -> None:
-            status, text, error = classify(row, res, renderers)
-            if status in RETRYABLE and not last:
-                next_pending.append(row)
-                return
-            on_final({**row, "completion": res.text, "text": text, "prompt_tokens": res.prompt_tokens,
-                      "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
-                      "status": status, "attempts": attempt, "error": scrub_text(error) if error else error})
+    def settle(row: dict, attempt: int, res: Result) -> bool:
+        """True when the row is final (and handed to on_final); False when it needs a retry."""
+        status, text, error = classify(row, res, renderers)
+        if status in RETRYABLE and attempt <= retries:
+            return False
+        on_final({**row, "completion": res.text, "text": text, "prompt_tokens": res.prompt_tokens,
+                  "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
+                  "status": status, "attempts": attempt, "error": scrub_text(error) if error else error})
+        return True
 
-        for row in pending:
+    def submit(row: dict, attempt: int) -> None:
+        """Replay the attempts already paid for; put the first one that is not into the feed."""
+        while True:
             req = make_request(row, attempt, schemas)
             hit = cache.get(req.payload_hash(row["model"])) if cache is not None else None
-            if hit is not None:
-                settle(row, req, Result(**hit))
-            else:
-                todo.append((row, req))
-        if todo:
-            by_id = {req.id: (row, req) for row, req in todo}
-            buffer: list[tuple[str, dict]] = []
-            # flush once per backend window (a windowed backend yields a window's answers together,
-            # then blocks on the next one): a crash then loses at most the window in flight
-            flush_every = min(max(int(getattr(backend, "window", None) or 16), 1), 1024)
-            for res in backend.generate([req for _, req in todo]):
-                calls += 1
-                row, req = by_id[res.id]
-                if res.finish_reason != "error":  # errors are not answers worth replaying
-                    buffer.append((req.payload_hash(row["model"]), res.__dict__))
-                if cache is not None and len(buffer) >= flush_every:
-                    cache.put_many(buffer)
-                    buffer = []
-                settle(row, req, res)
-                if on_call:
-                    on_call(1)
-            if cache is not None:
-                cache.put_many(buffer)
-        pending = next_pending
-        attempt += 1
+            if hit is None:
+                waiting[req.id] = (row, req, attempt)
+                feed.put(req)
+                return
+            if settle(row, attempt, Result(**hit)):
+                return
+            attempt += 1
+
+    for row in rows:
+        submit(row, 1)
+    if not waiting:
+        return 0
+    native = getattr(backend, "stream", None)
+    results = native(feed) if native else stream_in_windows(backend, feed, window=len(waiting))
+    calls = 0
+    try:
+        for res in results:
+            calls += 1
+            row, req, attempt = waiting.pop(res.id)
+            if cache is not None and res.finish_reason != "error":  # errors are not worth replaying
+                cache.put_many([(req.payload_hash(row["model"]), res.__dict__)])
+            if not settle(row, attempt, res):
+                submit(row, attempt + 1)
+            if on_call:
+                on_call(1)
+            if not waiting:
+                feed.close()  # the contract: nothing outstanding, so the stream may end
+    finally:
+        close = getattr(results, "close", None)
+        if close:
+            close()  # a stream abandoned by an exception aborts what it still has in flight
+    if waiting:
+        raise RuntimeError(f"backend stream ended with {len(waiting)} requests unanswered")
     return calls
 
 

@@ -30,8 +30,10 @@ def _minimal(schema: dict, salt: str) -> Any:
 
 class FakeBackend:
     def __init__(self, model: str = "fake", script: dict[str, list[str]] | None = None,
-                 responder: Callable[[Request], str] | None = None, fail: set[str] | None = None):
+                 responder: Callable[[Request], str] | None = None, fail: set[str] | None = None,
+                 lifo: bool = False):
         self.model = model
+        self.lifo = lifo  # stream: finish the newest queued request first
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.responder = responder
         self.fail = fail or set()
@@ -54,7 +56,10 @@ class FakeBackend:
             yield self._one(r, on_result)
 
     def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
-        """Finishes queued requests last-in-first-out, so callers cannot rely on arrival order."""
+        """Finishes queued requests one at a time, oldest first like a real engine's equal-length
+        requests, or newest first with `lifo=True` (so a test can show a caller does not rely on
+        arrival order). Each one goes through `generate`, so a subclass that wraps `generate` (to
+        inject a crash or a delay) wraps the stream too."""
         in_flight: list[Request] = []
         while True:
             in_flight.extend(feed.take(timeout=0.0 if in_flight else None))
@@ -62,7 +67,7 @@ class FakeBackend:
                 if feed.exhausted():
                     return
                 continue
-            yield self._one(in_flight.pop(), on_result)
+            yield from self.generate([in_flight.pop(-1 if self.lifo else 0)], on_result)
 
     def _one(self, r: Request, on_result: ProgressFn | None) -> Result:
         self.calls.append(r)

@@ -1,8 +1,9 @@
 """An OpenAI-compatible chat-completions server (vLLM's `api_server`, or any hosted endpoint).
 
 Requests go out concurrently over async httpx (at most `concurrency` in flight), in an asyncio
-loop on a worker thread; finished results come back over a queue, so `generate()` is an ordinary
-iterator that yields each answer the moment it lands. Timeouts, connection errors, 429 and 5xx
+loop on a worker thread that sends each request the moment it is put in the feed (`stream`;
+`generate` is a stream over a closed feed); finished results come back over a queue, so both are
+ordinary iterators that yield each answer the moment it lands. Timeouts, connection errors, 429 and 5xx
 are retried with exponential backoff and jitter (a server's `Retry-After` wins); other 4xx raise
 `BackendError` with the status and the server's message, as does a server still unreachable after
 the retries. The API key is read from the environment variable named by `api_key_env` and lives
@@ -22,7 +23,7 @@ from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from generator.core.errors import BackendError
-from generator.core.backend import ProgressFn, Request, Result
+from generator.core.backend import ProgressFn, Request, RequestFeed, Result
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
@@ -227,15 +228,31 @@ class OpenAIBackend:
                       prompt_tokens=int(usage.get("prompt_tokens") or 0),
                       completion_tokens=int(usage.get("completion_tokens") or 0))
 
-    async def _run_all(self, requests: list[Request], out: queue.Queue, stop: threading.Event) -> None:
+    async def _run_feed(self, feed: RequestFeed, out: queue.Queue, stop: threading.Event) -> None:
+        """Send each request the moment it is in the feed (at most `concurrency` at once); put
+        each result (or the error to raise) on `out` as it lands."""
         sem = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task] = set()
+
+        def landed(task: asyncio.Task) -> None:
+            tasks.discard(task)
+            if not task.cancelled():
+                out.put(task.exception() or task.result())
+
         async with self._client() as client:
-            tasks = [asyncio.create_task(self._one(client, sem, r)) for r in requests]
             try:
-                for fut in asyncio.as_completed(tasks):
-                    if stop.is_set():
+                while not stop.is_set():
+                    # waits in a worker thread, so answers keep landing meanwhile; the short timeout
+                    # only bounds how long a stopped consumer takes to be noticed
+                    batch = await asyncio.to_thread(feed.take, None, 0.05)
+                    for r in batch:
+                        task = asyncio.create_task(self._one(client, sem, r))
+                        tasks.add(task)
+                        task.add_done_callback(landed)
+                    if not batch and feed.exhausted():
                         break
-                    out.put(await fut)
+                if tasks and not stop.is_set():
+                    await asyncio.wait(set(tasks))
             finally:
                 for t in tasks:
                     t.cancel()
@@ -243,15 +260,16 @@ class OpenAIBackend:
 
     # -- Backend interface
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
-        reqs = list(requests)
-        if not reqs:
-            return
+        return self.stream(RequestFeed(requests, close=True), on_result)
+
+    def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
+        """Results of the requests put into `feed`, each as its HTTP answer lands."""
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
 
         def work() -> None:
             try:
-                asyncio.run(self._run_all(reqs, out, stop))
+                asyncio.run(self._run_feed(feed, out, stop))
             except BaseException as exc:  # handed to the consuming thread, raised there
                 out.put(exc)
             finally:

@@ -1,7 +1,9 @@
-"""Offline vLLM: the default backend. One `vllm.LLM` engine per model, fed in windows.
+"""Offline vLLM: the default backend. One `vllm.LLM` engine per model, fed continuously.
 
-Each window is one `LLM.chat` call, so vLLM batches it continuously; results are yielded
-(and cached by the caller) window by window, so a crash costs at most the window in flight.
+`stream` renders each request exactly as `LLM.chat` does (`LLM.enqueue_chat`), adds it to the
+engine the moment it is in the feed, and steps the engine itself, yielding each answer the step it
+finishes; `generate` is `stream` over a closed feed. So the engine never drains between batches,
+and a caller that caches each answer as it lands loses only the requests in flight on a crash.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import ModelError
 from generator.core.model_aliases import describe_model, resolve_model
-from generator.core.backend import ProgressFn, Request, Result
+from generator.core.backend import ProgressFn, Request, RequestFeed, Result, stream_in_windows
+from generator.engine.backends.vllm_stream import StreamStats, stream_engine
 
 
 def on_gpu() -> bool:
@@ -28,13 +31,24 @@ def on_gpu() -> bool:
 COMPACT_JSON = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
 
 
+def memory_key(gpu: bool) -> str:
+    """The engine setting that sizes a model's memory: a GPU fraction, or KV-cache bytes on CPU."""
+    return "gpu_memory_utilization" if gpu else "kv_cache_memory_bytes"
+
+
+def memory_budget(gpu: bool) -> float | int:
+    """What one run may give its offline engines (all of it to one model, split among several)."""
+    if gpu:
+        return float(os.environ.get("SYNTHGEN_GPU_MEMORY", 0.9))
+    return int(float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2)) * (1 << 30))
+
+
 def engine_defaults(gpu: bool) -> dict[str, Any]:
     if gpu:
-        return {"gpu_memory_utilization": float(os.environ.get("SYNTHGEN_GPU_MEMORY", 0.9)), **COMPACT_JSON}
+        return {memory_key(gpu): memory_budget(gpu), **COMPACT_JSON}
     # The CPU build's default memory-fraction check fails on small machines: give the KV cache
     # explicit bytes instead, and skip graph capture that only pays off on GPUs.
-    kv_gb = float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2))
-    return {"kv_cache_memory_bytes": int(kv_gb * (1 << 30)), "enforce_eager": True, "max_model_len": 4096,
+    return {memory_key(gpu): memory_budget(gpu), "enforce_eager": True, "max_model_len": 4096,
             **CPU_SEED_SAFE, **COMPACT_JSON}
 
 
@@ -53,29 +67,17 @@ def seed_safe(kwargs: dict[str, Any], gpu: bool) -> dict[str, Any]:
     return kwargs
 
 
-class _Progress:
-    """A tqdm stand-in that vLLM's offline loop accepts, forwarding finished-request counts."""
+class _ChatWindows:
+    """`generate` as one `LLM.chat` call per batch, for `stream_in_windows`."""
 
-    def __init__(self, callback, total=0, **_: Any):
-        self.n = 0
-        self.total = total
-        self.postfix = ""
-        self._start = time.time()
-        self._callback = callback
+    def __init__(self, backend: "VLLMOfflineBackend"):
+        self.backend = backend
 
-    @property
-    def format_dict(self) -> dict:
-        return {"elapsed": max(time.time() - self._start, 1e-6)}
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        self._callback(n)
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
+        for res in self.backend.chat(list(requests)):
+            if on_result:
+                on_result(res)
+            yield res
 
 
 class VLLMOfflineBackend:
@@ -83,8 +85,12 @@ class VLLMOfflineBackend:
                  on_finished=None):
         self.model = model
         self.gpu = on_gpu()
-        self.window = window or (1024 if self.gpu else 128)
-        self.on_finished = on_finished  # called with a count as requests finish inside a window
+        # `window` (run.window): at most this many requests in the engine at once (None: as many
+        # as the engine schedules); a finished one is replaced at once, so it never drains
+        self.window = window
+        self.on_finished = on_finished  # called with a count as requests finish
+        self.last_stream: StreamStats | None = None  # what the latest stream did (steps, timings)
+        self._streaming = False
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -115,33 +121,49 @@ class VLLMOfflineBackend:
                               seed=s.seed, **extra)
 
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
-        batch: list[Request] = []
-        for r in requests:
-            batch.append(r)
-            if len(batch) >= self.window:
-                yield from self._run(batch, on_result)
-                batch = []
-        if batch:
-            yield from self._run(batch, on_result)
+        return self.stream(RequestFeed(requests, close=True), on_result)
 
-    def _run(self, batch: list[Request], on_result: ProgressFn | None) -> Iterator[Result]:
-        progress: Any = False
-        if self.on_finished is not None:
-            def progress(iterable=None, **kw):
-                # vLLM also wraps the prompts it adds; only the engine loop's bar counts requests
-                return iterable if iterable is not None else _Progress(self.on_finished, **kw)
-        outs = self.llm.chat([list(r.messages) for r in batch], [self._params(r) for r in batch],
-                             use_tqdm=progress)
-        for r, o in zip(batch, outs):
-            c = o.outputs[0]
-            res = Result(id=r.id, text=c.text, finish_reason=c.finish_reason or "stop",
-                         prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(c.token_ids))
+    def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
+        """Results of the requests put into `feed`, each as its engine step finishes it."""
+        if not hasattr(self.llm, "enqueue_chat"):  # an older vLLM: windows of LLM.chat
+            return stream_in_windows(_ChatWindows(self), feed, self._on_result(on_result),
+                                     window=self.window or (1024 if self.gpu else 128))
+        stats = self.last_stream = StreamStats()
+        return self._one_at_a_time(stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats,
+                                                 self.window))
+
+    def _one_at_a_time(self, results: Iterator[Result]) -> Iterator[Result]:
+        # two loops stepping one engine would take each other's answers: one feed per engine
+        if self._streaming:
+            raise RuntimeError(f"{self.model}: a second stream while one is running; put every request "
+                               f"for this engine into the one feed")
+        self._streaming = True
+        try:
+            yield from results
+        finally:
+            self._streaming = False
+
+    def _on_result(self, on_result: ProgressFn | None) -> ProgressFn | None:
+        if self.on_finished is None:
+            return on_result
+
+        def both(res: Result) -> None:
+            self.on_finished(1)
             if on_result:
                 on_result(res)
-            yield res
+        return both
+
+    def chat(self, batch: list[Request]) -> list[Result]:
+        """One `LLM.chat` call over `batch` (the pre-stream path, kept as the reference that
+        `stream` must match, and for a vLLM without `enqueue_chat`)."""
+        outs = self.llm.chat([list(r.messages) for r in batch], [self._params(r) for r in batch],
+                             use_tqdm=False)
+        return [Result(id=r.id, text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason or "stop",
+                       prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(o.outputs[0].token_ids))
+                for r, o in zip(batch, outs)]
 
     def describe(self) -> dict[str, Any]:
-        info = {"backend": "vllm", "device": "gpu" if self.gpu else "cpu", "window": self.window,
+        info = {"backend": "vllm", "device": "gpu" if self.gpu else "cpu", "feed": "continuous",
                 "engine": {k: v for k, v in self.engine_kwargs.items()}, **describe_model(self.model)}
         try:
             import importlib.metadata as md

@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Callable, Iterator
 
 from generator.engine.backends import make_backend
+from generator.engine.backends.memory import shared_engines
 from generator.core.backend import Backend
 from generator.engine.requests import Shard, ShardAssembler, ShardStats, generate_rows
 from generator.engine.run_folder import RunFolder
@@ -20,7 +21,11 @@ class LocalExecutor:
 
     def backend(self, job: Job, name: str) -> Backend:
         if name not in self.backends:
-            self.backends[name] = self.backend_factory(job.models[name], **job.backend_kwargs)
+            cfg = job.models[name]
+            share = shared_engines(job.models.values()).get(name)
+            if share:  # several offline models stay loaded side by side: each gets its slice
+                cfg = cfg.model_copy(update={"engine": {**share, **cfg.engine}})
+            self.backends[name] = self.backend_factory(cfg, **job.backend_kwargs)
         return self.backends[name]
 
     def execute(self, job: Job) -> Iterator[ShardStats]:

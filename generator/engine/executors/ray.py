@@ -74,7 +74,7 @@ class _Counting:
     def __init__(self, inner, owner: dict[str, str], stats: dict[str, ShardStats]):
         self.inner = inner
         self.model = inner.model
-        self.window = getattr(inner, "window", None)  # generate_rows flushes the cache per window
+        self.window = getattr(inner, "window", None)
         self.owner = owner
         self.stats = stats
 

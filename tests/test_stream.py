@@ -1,0 +1,241 @@
+"""The continuously fed backend interface (`RequestFeed`, `Backend.stream`) and its callers, on the
+fake model and a mock HTTP transport: control flow only; tests/test_stream_vllm.py runs it on
+the real engine and server."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from generator.core.backend import Borrowed, Request, RequestFeed, Sampling
+from generator.core.errors import ModelError
+from generator.engine.backends.fake import FakeBackend
+from generator.engine.backends.memory import split_memory
+from generator.engine.backends.openai_http import OpenAIBackend
+from generator.engine.requests import generate_rows
+from generator.engine.run_folder import RequestCache
+
+
+def _req(i: int, max_tokens: int = 16) -> Request:
+    return Request(id=f"q{i}", messages=({"role": "user", "content": f"question {i}"},),
+                   sampling=Sampling(max_tokens=max_tokens, seed=i))
+
+
+# ---------------------------------------------------------------- the feed contract
+def test_stream_ends_when_the_feed_is_closed_empty_and_nothing_in_flight():
+    fake = FakeBackend()
+    assert list(fake.stream(RequestFeed(close=True))) == []
+    out = [r.id for r in fake.stream(RequestFeed([_req(0), _req(1)], close=True))]
+    assert sorted(out) == ["q0", "q1"]
+
+
+@pytest.mark.parametrize("lifo", [False, True])
+def test_request_put_after_the_first_result_completes(lifo):
+    fake = FakeBackend(lifo=lifo)
+    feed = RequestFeed([_req(i) for i in range(3)])
+    seen = []
+    for res in fake.stream(feed):
+        seen.append(res.id)
+        if len(seen) == 1:
+            feed.put(_req(9))
+        if len(seen) == 4:
+            feed.close()  # nothing outstanding: close before asking for the next result
+    assert sorted(seen) == ["q0", "q1", "q2", "q9"]
+    # newest first: the follow-up overtakes what was queued before it
+    assert (seen[1] == "q9") == lifo
+
+
+def test_stream_waits_for_another_thread_when_idle():
+    feed = RequestFeed()
+    fake = FakeBackend()
+
+    def producer():
+        for i in range(3):
+            time.sleep(0.05)
+            feed.put(_req(i))
+        time.sleep(0.05)
+        feed.close()
+
+    t = threading.Thread(target=producer)
+    t.start()
+    out = [r.id for r in fake.stream(feed)]
+    t.join()
+    assert out == ["q0", "q1", "q2"]
+
+
+def test_put_on_a_closed_feed_is_refused():
+    feed = RequestFeed(close=True)
+    with pytest.raises(RuntimeError):
+        feed.put(_req(0))
+
+
+class _GenerateOnly:
+    """A backend without a native stream: Borrowed falls back to windows of generate."""
+
+    model = "g"
+
+    def __init__(self):
+        self.batches = []
+
+    def generate(self, requests, on_result=None):
+        batch = list(requests)
+        self.batches.append([r.id for r in batch])
+        for r in batch:
+            yield FakeBackend()._one(r, on_result)
+
+
+def test_borrowed_streams_a_backend_without_stream_in_windows():
+    inner = _GenerateOnly()
+    out = [r.id for r in Borrowed(inner).stream(RequestFeed([_req(i) for i in range(70)], close=True))]
+    assert len(out) == 70 and [len(b) for b in inner.batches] == [64, 6]
+
+
+# ---------------------------------------------------------------- generate_rows on one feed
+def _row(i: int) -> dict:
+    return {"id": f"rec{i}", "seed": 10 * i, "messages": [{"role": "user", "content": f"write {i}"}],
+            "temperature": 0.8, "top_p": 0.95, "max_tokens": 16, "template": "t", "model": "fake",
+            "structured": False}
+
+
+def test_retries_join_the_same_feed_at_once(tmp_path):
+    """An empty answer's retry is put the moment it lands; with a newest-first fake it is served
+    next, before the first attempts still queued (a windowed driver would send it after them)."""
+    fake = FakeBackend(script={"rec1#1": [""], "rec1#2": [""]}, lifo=True)
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    final = []
+    calls = generate_rows(fake, [_row(i) for i in range(5)], cache, 2, {}, {}, final.append)
+    order = [r.id for r in fake.calls]
+    assert calls == len(order) == 7
+    i = order.index("rec1#1")
+    assert order[i:i + 3] == ["rec1#1", "rec1#2", "rec1#3"]
+    by_id = {r["id"]: r for r in final}
+    assert len(final) == 5 and by_id["rec1"]["attempts"] == 3 and by_id["rec1"]["status"] == "ok"
+    assert len(cache) == 7  # every answer, the empty ones too, was cached as it landed
+    # a rerun replays everything from the cache: no model call
+    again = FakeBackend()
+    final2 = []
+    assert generate_rows(again, [_row(i) for i in range(5)], cache, 2, {}, {}, final2.append) == 0
+    assert not again.calls and sorted(r["id"] for r in final2) == sorted(by_id)
+    cache.close()
+
+
+class _DiesAfter(FakeBackend):
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def generate(self, requests, on_result=None):
+        for res in super().generate(requests, on_result):
+            if len(self.calls) > self.n:
+                raise KeyboardInterrupt  # not an Exception: nothing on the way up handles it
+            yield res
+
+
+def test_a_crash_loses_only_the_request_in_flight(tmp_path):
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    with pytest.raises(KeyboardInterrupt):
+        generate_rows(_DiesAfter(3), [_row(i) for i in range(6)], cache, 0, {}, {}, lambda r: None)
+    assert len(cache) == 3  # the 4th answer was in flight: everything before it is on disk
+    cache.close()
+
+
+# ---------------------------------------------------------------- HTTP stream on a mock transport
+def test_http_stream_sends_a_follow_up_while_others_run():
+    """A request put after the first answer is sent at once and finishes before a slow one."""
+    sent: list[tuple[str, float]] = []
+
+    async def handler(request):
+        body = json.loads(request.content)
+        sent.append((body["messages"][-1]["content"], time.time()))
+        await asyncio.sleep(body["max_tokens"] / 1000)
+        return httpx.Response(200, json={"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+                                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    b = OpenAIBackend("m", "http://mock/v1", check=False, concurrency=4, transport=httpx.MockTransport(handler))
+    feed = RequestFeed([_req(0, max_tokens=20), _req(1, max_tokens=600)])
+    order = []
+    for res in b.stream(feed):
+        order.append((res.id, time.time()))
+        if len(order) == 1:
+            feed.put(_req(2, max_tokens=20))
+        if len(order) == 3:
+            feed.close()
+    assert [i for i, _ in order] == ["q0", "q2", "q1"]
+    assert b.stats["requests"] == 3
+    # sent right after the first answer landed, not after the slow request drained
+    assert sent[2][1] - order[0][1] < 0.3
+
+
+def test_http_stream_respects_concurrency():
+    live = {"now": 0, "max": 0}
+
+    async def handler(request):
+        live["now"] += 1
+        live["max"] = max(live["max"], live["now"])
+        await asyncio.sleep(0.01)
+        live["now"] -= 1
+        return httpx.Response(200, json={"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]})
+
+    b = OpenAIBackend("m", "http://mock/v1", check=False, concurrency=3, transport=httpx.MockTransport(handler))
+    out = list(b.generate([_req(i) for i in range(20)]))
+    assert len(out) == 20 and live["max"] == 3
+
+
+# ---------------------------------------------------------------- memory split
+class _M:
+    def __init__(self, name, backend="vllm", **engine):
+        self.name, self.backend, self.engine = name, backend, engine
+
+
+def test_one_offline_model_gets_no_override():
+    assert split_memory([_M("a"), _M("s", backend="openai")], True, 0.9) == {}
+    assert split_memory([_M("a"), _M("a")], True, 0.9) == {}  # the same model listed twice
+
+
+def test_gpu_fraction_split_equally_among_distinct_offline_models():
+    got = split_memory([_M("a"), _M("b"), _M("c"), _M("s", backend="openai")], True, 0.9)
+    assert got == {n: {"gpu_memory_utilization": 0.3} for n in "abc"}
+
+
+def test_override_keeps_its_value_the_rest_share_what_is_left():
+    got = split_memory([_M("a", gpu_memory_utilization=0.5), _M("b"), _M("c")], True, 0.9)
+    assert got == {"b": {"gpu_memory_utilization": 0.2}, "c": {"gpu_memory_utilization": 0.2}}
+    assert split_memory([_M("a", gpu_memory_utilization=0.5), _M("b", gpu_memory_utilization=0.4)], True, 0.9) == {}
+
+
+def test_cpu_kv_bytes_split():
+    gib = 1 << 30
+    got = split_memory([_M("a"), _M("b"), _M("c", kv_cache_memory_bytes=gib)], False, 2 * gib)
+    assert got == {"a": {"kv_cache_memory_bytes": gib // 2}, "b": {"kv_cache_memory_bytes": gib // 2}}
+    thirds = split_memory([_M("a"), _M("b"), _M("c")], False, gib)
+    assert sum(v["kv_cache_memory_bytes"] for v in thirds.values()) <= gib
+
+
+def test_overrides_that_take_the_whole_budget_are_one_clear_error():
+    with pytest.raises(ModelError, match="leaving nothing for b"):
+        split_memory([_M("a", gpu_memory_utilization=0.9), _M("b")], True, 0.9)
+
+
+def test_local_executor_gives_each_offline_model_its_slice(proj, tmp_path, monkeypatch):
+    from generator.config.spec import load_spec
+    from generator.engine.executors.local import LocalExecutor
+    from generator.engine.runner import run_spec
+    import generator.engine.backends.memory as memory
+
+    monkeypatch.setattr(memory, "on_gpu", lambda: False)
+    monkeypatch.setenv("SYNTHGEN_KV_CACHE_GB", "1")
+    text = (proj / "spec.yaml").read_text()
+    two = "models:\n  - name: smollm2-135m\n  - name: other-model\n"
+    (proj / "spec.yaml").write_text(text.replace("models:\n  - name: smollm2-135m\n", two))
+    seen = {}
+
+    def factory(cfg, **_):
+        seen[cfg.name] = dict(cfg.engine)
+        return FakeBackend(model=cfg.name)
+
+    run_spec(load_spec(proj / "spec.yaml"), out=tmp_path / "run", executor=LocalExecutor(backend_factory=factory))
+    assert seen == {n: {"kv_cache_memory_bytes": 1 << 29} for n in ("smollm2-135m", "other-model")}
