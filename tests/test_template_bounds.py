@@ -19,9 +19,9 @@ from generator.library.schema_bounds import FILLER, unbounded, worst_case_instan
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted(ROOT.glob("templates/**/*.j2"))
 SPECS = sorted(ROOT.glob("specs/*.yaml"))
-# Ordinary prose is ~4.4 characters per token here, but a small model's answers tokenize worse
-# (escapes, numbers, odd words): textbook schemas bounded at 3.5 characters per token still hit
-# max_tokens in about a quarter of the answers on the embedded model. 2.5 leaves room for that.
+# Ordinary prose is ~4.4 characters per token with the embedded tokenizer, and the embedded model's
+# finished textbook answers ran at 1.7-4.1. The bound below covers answers of ordinary words; it
+# cannot cover degenerate runs of digits (one token per digit), which still hit max_tokens.
 MIN_CHARS_PER_TOKEN = 2.5
 
 
