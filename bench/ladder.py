@@ -134,12 +134,15 @@ def main(argv=None) -> int:
     ap.add_argument("--embedder", default="minilm", choices=["static", "minilm"], help="embeddings for Vendi and the cluster proxy")
     ap.add_argument("--seed", type=int, default=0, help="scoring seed")
     ap.add_argument("--out", default="/tmp/synthgen-bench-ladder")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the run folders under --out and continue them (finished shards and cached answers are reused)")
     ap.add_argument("--png", default=str(ROOT / "docs" / "ladder.png"))
     ap.add_argument("--json", help="write the statuses and scores here")
     args = ap.parse_args(argv)
     models = args.model or ["smollm2-135m"]
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
     results = {}
     for model in models:
