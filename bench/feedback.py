@@ -1,6 +1,6 @@
 """Feedback loop against uniform allocation at equal total budget, on the embedded model.
 
-    SYNTHGEN_CACHE=/tmp/sgcache .venv/bin/python bench/feedback.py [--seeds 3] [--budget 72]
+    SYNTHGEN_CACHE=/tmp/sgcache .venv/bin/python bench/feedback.py [--seeds 5] [--budget 48]
 
 Each arm runs the same spec (specs/math_rounds.yaml) with the same seeds and the same budget:
 
@@ -11,17 +11,24 @@ Each arm runs the same spec (specs/math_rounds.yaml) with the same seeds and the
   from growth.
 
 `rounds.min_gain` stops a stalled uniform run, so the bench removes it from the uniform arm and
-checks that every arm spends exactly the budget. The allocator decides on static-embedding novelty,
-quality flags, MinHash near duplicates, within-cell static Vendi and static Vendi for stalls; the scores here are
-held out from all of those:
+checks that every arm spends exactly the budget. The allocator decides on static-embedding novelty
+and Vendi (a token table distilled from all-MiniLM-L6-v2), quality flags and MinHash near
+duplicates. The scores are ranked by how far they are from that:
 
-- primary: Vendi on MiniLM embeddings (all-MiniLM-L6-v2, not the distilled static table) of the
-  usable (`ok`, not refused) texts: the training set each arm actually delivers;
-- secondary: distinct-2 on a token-budget-matched sample (lexical, embedding-free), and MiniLM Vendi
-  on a document-budget-matched sample (the same number of usable texts in every run), so that an
-  arm cannot win only by delivering more usable rows.
+- held out (the allocator never computes them): lexical diversity of the usable (`ok`, not
+  refused) texts on one fixed whitespace-token budget for every run (the smallest run's total, so
+  an arm cannot win by delivering more text): distinct-1/2/3 and the gzip compression ratio, each
+  the mean over `--draws` seeded samples of that budget;
+- seen by the allocator, reported for completeness: the MinHash near-duplicate rate (Jaccard >= 0.8
+  on word 5-grams; the allocator zeroes such rows in its yield) and Vendi on MiniLM embeddings
+  (correlated with the static embedding the allocator uses, which is distilled from MiniLM);
+- optional (`--judge-url`, a capable model behind an OpenAI-compatible server): the LLM
+  cluster-agent score on the same number of usable texts per run, criteria generated once from all
+  runs' texts and frozen.
 
-One vLLM engine serves every run (a shared backend), so the model loads once.
+The effect is the paired difference feedback - uniform per seed, reported as a mean with a 95%
+t-interval and a 95% bootstrap percentile interval over seeds. One vLLM engine serves every run (a
+shared backend), so the model loads once.
 """
 from __future__ import annotations
 
@@ -48,41 +55,114 @@ ARMS = {
 }
 
 
-def held_out(texts: list[str], doc_budget: int, token_budget: int, seed: int) -> dict[str, float]:
+def held_out(texts: list[str], token_budget: int, seed: int, draws: int) -> dict[str, float]:
+    """Lexical diversity on a fixed token budget (mean over `draws` samples) and duplicate rates."""
+    import statistics as st
+
+    from scoring.metrics import find_duplicates
+    from scoring.metrics.base import sample_token_budget
+    from scoring.metrics.lexical import compression_ratio, distinct_n
+
+    out: dict[str, list[float]] = {"distinct1": [], "distinct2": [], "distinct3": [], "compression": []}
+    for d in range(draws):
+        sample = sample_token_budget(texts, token_budget, seed * 1000 + d)
+        for n in (1, 2, 3):
+            out[f"distinct{n}"].append(distinct_n(sample, n))
+        out["compression"].append(compression_ratio(sample))
+    dups = find_duplicates(texts) if texts else []
+    return {**{k: st.mean(v) for k, v in out.items()}, "n_ok": len(texts),
+            "near_dup_rate": sum(x is not None for x in dups) / max(len(dups), 1)}
+
+
+def minilm_vendi(texts: list[str], doc_budget: int, seed: int) -> dict[str, float]:
     import numpy as np
 
     from scoring.embed import embed
-    from scoring.metrics.base import sample_docs, sample_token_budget
-    from scoring.metrics.lexical import distinct_n
+    from scoring.metrics.base import sample_docs
     from scoring.metrics.semantic import vendi_score
 
     x = embed(texts, embedder="minilm")
-    idx = sample_docs(len(texts), doc_budget, seed)
-    return {"n_ok": len(texts), "vendi_minilm": vendi_score(x),
-            "vendi_minilm_matched": vendi_score(x[np.asarray(idx)]),
-            "distinct2_matched": distinct_n(sample_token_budget(texts, token_budget, seed), 2)}
+    return {"vendi_minilm": vendi_score(x),
+            "vendi_minilm_matched": vendi_score(x[np.asarray(sample_docs(len(texts), doc_budget, seed))])}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--spec", default=str(ROOT / "specs" / "math_rounds.yaml"))
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=int, default=72)
-    ap.add_argument("--max-tokens", type=int, default=None, help="override sampling.max_tokens (default: the spec's)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra spec override for every arm, e.g. --set 'templates=[{template: math/word_problem}]'")
-    ap.add_argument("--ablate", action="store_true", help="also run the allocator without pool growth")
-    ap.add_argument("--out", default="/tmp/synthgen-bench-feedback")
-    ap.add_argument("--fake", action="store_true", help="fake backend (control flow only, numbers meaningless)")
-    ap.add_argument("--json", help="write the per-run numbers here")
-    args = ap.parse_args(argv)
+def judge_scores(runs: list[dict], doc_budget: int, args) -> None:
+    """Cluster-agent score per run through an OpenAI-compatible server; criteria frozen once."""
+    import random
 
+    from generator.engine.backends.openai_http import OpenAIBackend
+    from scoring.cluster_agent import ClusterAgent, ClusterAgentConfig
+
+    backend = OpenAIBackend(args.judge_model, args.judge_url, args.judge_key_env)
+    try:
+        agent = ClusterAgent(backend, ClusterAgentConfig())
+        pool = [t for r in runs for t in r["texts"]]
+        criteria = agent.generate_criteria(random.Random(0).sample(pool, min(len(pool), 200)))
+        for r in runs:
+            sample = random.Random(r["seed"]).sample(r["texts"], min(doc_budget, len(r["texts"])))
+            res = agent.score(sample, criteria=criteria, keep_runs=False)
+            r["cluster_agent"] = float("nan") if res.score is None or not res.signal else float(res.score)
+    finally:
+        backend.close()
+
+
+def interval(d: list[float], seed: int = 0, resamples: int = 10000) -> dict[str, float]:
+    """Mean of paired differences with a 95% t-interval and a 95% bootstrap percentile interval."""
+    import numpy as np
+    from scipy import stats
+
+    a = np.asarray(d, dtype=float)
+    n, m = len(a), float(a.mean())
+    half = float(stats.t.ppf(0.975, n - 1) * a.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    boot = np.random.default_rng(seed).choice(a, size=(resamples, n), replace=True).mean(axis=1)
+    return {"mean": m, "t_lo": m - half, "t_hi": m + half, "boot_lo": float(np.percentile(boot, 2.5)),
+            "boot_hi": float(np.percentile(boot, 97.5)), "wins": int((a > 0).sum()), "n": n}
+
+
+# (key, label, higher is more diverse, held out from the allocator)
+METRICS = [("distinct2", "distinct-2 @budget", True, True), ("distinct3", "distinct-3 @budget", True, True),
+           ("distinct1", "distinct-1 @budget", True, True), ("compression", "gzip ratio @budget", False, True),
+           ("near_dup_rate", "MinHash near-dup rate", False, False),
+           ("vendi_minilm_matched", "MiniLM Vendi, doc-matched", True, False),
+           ("vendi_minilm", "MiniLM Vendi", True, False), ("n_ok", "usable rows", True, False),
+           ("cluster_agent", "cluster-agent (judge)", True, True)]
+
+
+def report(runs: list[dict], arms: list[str], seeds: int, budgets: str) -> dict:
+    import statistics
+
+    keys = [m for m in METRICS if all(m[0] in r for r in runs)]
+    print(f"\n{budgets}\nmean ± sd over {seeds} seeds; held out = never computed by the allocator")
+    print(f"{'metric':28s} {'held out':>8s} " + " ".join(f"{a:>18s}" for a in arms)
+          + f" {'feedback - uniform [95% t]':>34s} {'[95% bootstrap]':>20s} {'wins':>5s}")
+    summary: dict = {"arms": {}, "effects": {}}
+    for key, label, higher, held in keys:
+        cols = []
+        for arm in arms:
+            v = [float(r[key]) for r in runs if r["arm"] == arm]
+            m, sd = statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+            summary["arms"].setdefault(arm, {})[key] = {"mean": m, "sd": sd, "values": v}
+            cols.append(f"{m:9.3f} ± {sd:<6.3f}")
+        by = {(r["arm"], r["seed"]): float(r[key]) for r in runs}
+        d = [by[("feedback", s)] - by[("uniform", s)] for s in sorted({r["seed"] for r in runs})]
+        e = interval(d)
+        summary["effects"][key] = {**e, "diffs": d, "higher_is_diverse": higher, "held_out": held}
+        wins = e["wins"] if higher else e["n"] - e["wins"] - sum(x == 0 for x in d)
+        print(f"{label:28s} {'yes' if held else 'no':>8s} " + " ".join(f"{c:>18s}" for c in cols)
+              + f" {e['mean']:+10.4f} [{e['t_lo']:+.4f}, {e['t_hi']:+.4f}]"
+              + f" [{e['boot_lo']:+.4f}, {e['boot_hi']:+.4f}] {wins:>3d}/{e['n']}")
+    print("wins: seeds where feedback is more diverse (for the gzip ratio and duplicates: lower)")
+    return summary
+
+
+def run_arms(args, arms: list[str]) -> list[dict]:
+    """Every (seed, arm) run on one shared engine; returns each run's usable texts and counts."""
     import polars as pl
 
+    from generator.config.spec import load_spec
     from generator.core.backend import Borrowed
     from generator.engine.executors.local import LocalExecutor
     from generator.feedback.rounds import run_rounds
-    from generator.config.spec import load_spec
     from generator.feedback.yields import row_flags
 
     if args.fake:
@@ -95,75 +175,88 @@ def main(argv=None) -> int:
 
         inner = VLLMOfflineBackend("smollm2-135m", engine={"max_model_len": 2048})
     shared = Borrowed(inner)  # one engine for every run; executors never close it
-    arms = ["uniform", "feedback"] + (["feedback-nogrow"] if args.ablate else [])
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     runs: list[dict] = []
+    try:
+        for s in range(args.seeds):
+            for arm in arms:
+                over = {"seed": str(100 + s), "rounds.budget": str(args.budget),
+                        **dict(kv.split("=", 1) for kv in args.set), **ARMS[arm]}
+                if args.max_tokens is not None:
+                    over["sampling.max_tokens"] = str(args.max_tokens)
+                spec = load_spec(args.spec, over)
+                t0 = time.time()
+                res = run_rounds(spec, out=out / f"{arm}-s{s}",
+                                 executor=LocalExecutor(backend_factory=lambda c, **_: shared))
+                frame = pl.read_parquet(str(res.run_dir / "generations" / "*.parquet"))
+                assert frame.height == args.budget, f"{arm} seed {s} spent {frame.height} != {args.budget}"
+                flags = row_flags(frame)
+                texts = [t for t, f in zip(frame["text"].to_list(), flags) if f == "ok"]
+                by_tpl: dict[str, list[int]] = {}
+                for t, f in zip(frame["template"].to_list(), flags):
+                    by_tpl.setdefault(t, [0, 0])
+                    by_tpl[t][0] += 1
+                    by_tpl[t][1] += f == "ok"
+                last = res.manifest["rounds"]["finished"]
+                rounds = json.loads((res.run_dir / "rounds" / f"round-{last:03d}.json").read_text())
+                runs.append({"arm": arm, "seed": 100 + s, "texts": texts, "seconds": time.time() - t0,
+                             "cells": len(rounds["active"]), "tracked_static_vendi": rounds["tracked"],
+                             "max_tokens": spec.sampling.max_tokens,
+                             "flags": {f: flags.count(f) for f in set(flags)}, "templates": by_tpl})
+                mix = ", ".join(f"{t.split('/')[-1]} {ok}/{n}" for t, (n, ok) in sorted(by_tpl.items()))
+                print(f"{arm:16s} seed {100 + s}: {len(texts)}/{frame.height} usable ({mix}), "
+                      f"{len(rounds['active'])} cells, {time.time() - t0:.0f}s", flush=True)
+    finally:
+        inner.close()
+    return runs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spec", default=str(ROOT / "specs" / "math_rounds.yaml"))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--budget", type=int, default=48, help="generations per run (default 48)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="override sampling.max_tokens (default: the spec's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra spec override for every arm, e.g. --set 'templates=[{template: math/word_problem}]'")
+    ap.add_argument("--ablate", action="store_true", help="also run the allocator without pool growth")
+    ap.add_argument("--draws", type=int, default=5, help="token-budget samples averaged per lexical score")
+    ap.add_argument("--no-minilm", action="store_true", help="skip MiniLM Vendi (not held out; slow on CPU)")
+    ap.add_argument("--judge-url", help="OpenAI-compatible server of a capable judge for the cluster-agent score")
+    ap.add_argument("--judge-model", help="the judge's model name on that server")
+    ap.add_argument("--judge-key-env", default=None, help="environment variable holding the judge's API key")
+    ap.add_argument("--out", default="/tmp/synthgen-bench-feedback")
+    ap.add_argument("--fake", action="store_true", help="fake backend (control flow only, numbers meaningless)")
+    ap.add_argument("--json", help="write the per-run numbers here")
+    args = ap.parse_args(argv)
+    if args.seeds < 2:
+        ap.error("--seeds must be at least 2 for an interval")
+    if bool(args.judge_url) != bool(args.judge_model):
+        ap.error("--judge-url and --judge-model go together")
+
+    arms = ["uniform", "feedback"] + (["feedback-nogrow"] if args.ablate else [])
     t_all = time.time()
-    for s in range(args.seeds):
-        for arm in arms:
-            over = {"seed": str(100 + s), "rounds.budget": str(args.budget),
-                    **dict(kv.split("=", 1) for kv in args.set), **ARMS[arm]}
-            if args.max_tokens is not None:
-                over["sampling.max_tokens"] = str(args.max_tokens)
-            spec = load_spec(args.spec, over)
-            t0 = time.time()
-            res = run_rounds(spec, out=out / f"{arm}-s{s}", executor=LocalExecutor(backend_factory=lambda c, **_: shared))
-            frame = pl.read_parquet(str(res.run_dir / "generations" / "*.parquet"))
-            assert frame.height == args.budget, f"{arm} seed {s} spent {frame.height} != {args.budget}"
-            flags = row_flags(frame)
-            texts = [t for t, f in zip(frame["text"].to_list(), flags) if f == "ok"]
-            by_tpl: dict[str, list[int]] = {}
-            for t, f in zip(frame["template"].to_list(), flags):
-                by_tpl.setdefault(t, [0, 0])
-                by_tpl[t][0] += 1
-                by_tpl[t][1] += f == "ok"
-            rounds = json.loads((res.run_dir / "rounds" / f"round-{res.manifest['rounds']['finished']:03d}.json")
-                                .read_text())
-            runs.append({"arm": arm, "seed": 100 + s, "texts": texts, "seconds": time.time() - t0,
-                         "cells": len(rounds["active"]), "tracked_static_vendi": rounds["tracked"],
-                         "flags": {f: flags.count(f) for f in set(flags)}, "templates": by_tpl})
-            mix = ", ".join(f"{t.split('/')[-1]} {ok}/{n}" for t, (n, ok) in sorted(by_tpl.items()))
-            print(f"{arm:16s} seed {100 + s}: {len(texts)}/{frame.height} usable ({mix}), "
-                  f"{len(rounds['active'])} cells, {time.time() - t0:.0f}s", flush=True)
+    runs = run_arms(args, arms)
     gen_seconds = time.time() - t_all
     doc_budget = min(len(r["texts"]) for r in runs)
     token_budget = min(sum(len(t.split()) for t in r["texts"]) for r in runs)
     for r in runs:
-        r.update(held_out(r["texts"], doc_budget, token_budget, r["seed"]))
-    keys = ["vendi_minilm", "vendi_minilm_matched", "distinct2_matched", "n_ok", "cells", "tracked_static_vendi"]
-    print(f"\nbudget {args.budget} generations, max_tokens {spec.sampling.max_tokens}, {args.seeds} seeds; "
-          f"matched samples: {doc_budget} docs / {token_budget} tokens; generation {gen_seconds:.0f}s")
-    print(f"{'arm':16s} " + " ".join(f"{k:>24s}" for k in keys))
-    summary = {}
-    for arm in arms:
-        rs = [r for r in runs if r["arm"] == arm]
-        cols = []
-        summary[arm] = {}
-        for k in keys:
-            v = [float(r[k]) for r in rs]
-            m, sd = statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-            summary[arm][k] = {"mean": m, "sd": sd, "values": v}
-            cols.append(f"{m:10.3f} ± {sd:<6.3f} (sd)")
-        print(f"{arm:16s} " + " ".join(f"{c:>24s}" for c in cols))
-    def run_of(arm: str, s: int) -> dict:
-        return [r for r in runs if r["arm"] == arm and r["seed"] == 100 + s][0]
-
-    diffs = {k: [run_of("feedback", s)[k] - run_of("uniform", s)[k] for s in range(args.seeds)]
-             for k in ("vendi_minilm", "vendi_minilm_matched", "distinct2_matched", "n_ok")}
-    wins = sum(1 for d in diffs["vendi_minilm"] if d > 0)
-    for k, d in diffs.items():
-        sd = statistics.stdev(d) if len(d) > 1 else 0.0
-        print(f"feedback - uniform, {k:22s}: " + "  ".join(f"{x:+.3f}" for x in d)
-              + f"   mean {statistics.mean(d):+.3f} ± {sd:.3f} (sd)")
-    print(f"feedback beats uniform on held-out MiniLM Vendi in {wins}/{args.seeds} seeds; "
-          f"whole bench {time.time() - t_all:.0f}s")
+        r.update(held_out(r["texts"], token_budget, r["seed"], args.draws))
+        if not args.no_minilm:
+            r.update(minilm_vendi(r["texts"], doc_budget, r["seed"]))
+    if args.judge_url:
+        judge_scores(runs, doc_budget, args)
+    budgets = (f"budget {args.budget} generations per run, max_tokens {runs[0]['max_tokens']}, {args.seeds} seeds; "
+               f"fixed budgets: {token_budget} whitespace tokens (lexical, {args.draws} draws), {doc_budget} "
+               f"documents (doc-matched); generation {gen_seconds:.0f}s")
+    summary = report(runs, arms, args.seeds, budgets)
+    print(f"whole bench {time.time() - t_all:.0f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "summary": summary, "wins": wins, "diffs": diffs,
-                                               "seconds": time.time() - t_all,
-                                               "runs": [{k: v for k, v in r.items() if k != "texts"} for r in runs]},
-                                              indent=2))
-    inner.close()
+        Path(args.json).write_text(json.dumps({
+            "args": vars(args), "summary": summary, "token_budget": token_budget, "doc_budget": doc_budget,
+            "seconds": time.time() - t_all,
+            "runs": [{k: v for k, v in r.items() if k != "texts"} for r in runs]}, indent=2))
     return 0
 
 

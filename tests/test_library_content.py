@@ -110,10 +110,10 @@ TEXTBOOK_EXAMPLE = {
     ],
     "multiple_choice_question": {
         "question": "What do air bubbles in an ice core preserve?",
-        "options": ["Samples of the atmosphere from when the snow was buried",
+        "options": ["Air from the time the snow was buried",
                     "Water vapour from the present day", "Volcanic ash only",
                     "Oxygen produced by the ice itself"],
-        "answer_label": "Samples of the atmosphere from when the snow was buried",
+        "answer_label": "Air from the time the snow was buried",
         "step_by_step_answer_explanation": "The bubbles close off as snow compacts, so they hold "
                                            "air of that time; the other options do not.",
     },
@@ -227,9 +227,9 @@ def test_textbook_mcq_answer_names_the_marker():
     # with "A." markers the answer line must say "A. <text>" for the first option
     for seed in range(200):
         text = render("textbook_mcq", TEXTBOOK_EXAMPLE, seed)
-        if "\nA. Samples of the atmosphere" in text:
+        if "\nA. Air from the time" in text:
             assert re.search(r"(Key:|A:|Answer:|The answer is:|Selected answer:|The correct choice is:)"
-                             r" A\. Samples of the atmosphere", text)
+                             r" A\. Air from the time", text)
             return
     pytest.fail("no seed in 0..199 used the A. enumeration")
 
@@ -323,7 +323,7 @@ def test_textbook_mcq_tolerates_stray_markers_and_letter_labels():
     for seed in range(20):
         text = render("textbook_mcq", data, seed)
         assert "A) A)" not in text and "1. A)" not in text
-        assert any(line.endswith("Samples of the atmosphere from when the snow was buried")
+        assert any(line.endswith("Air from the time the snow was buried")
                    and any(line.startswith(lead + " ") for lead in ANSWER_LEADS)
                    for line in text.splitlines())
 

@@ -60,7 +60,7 @@ def _tool_template(name: str):
 
 
 def expand_personas(seeds: list[dict], backend: Backend, count: int, seed: int = 0,
-                    threshold: float = 0.5, max_tokens: int = 220) -> tuple[list[dict], ExpandStats]:
+                    threshold: float = 0.5, max_tokens: int = 280) -> tuple[list[dict], ExpandStats]:
     """`count` new personas, each related to a random seed persona; near duplicates removed."""
     tpl = _tool_template("tools/persona_expand")
     rng = random.Random(seed)
@@ -104,7 +104,7 @@ def expand_personas(seeds: list[dict], backend: Backend, count: int, seed: int =
 
 
 def expand_topic_node(tree_file: Path, node_path: str, backend: Backend, count: int = 6, seed: int = 0,
-                      threshold: float = 0.6, max_tokens: int = 400) -> tuple[dict, list[dict], ExpandStats]:
+                      threshold: float = 0.6, max_tokens: int = 800) -> tuple[dict, list[dict], ExpandStats]:
     """New children for the node at `node_path` (" / "-joined); returns (updated raw tree, new nodes)."""
     import yaml
 
