@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, Result
-from generator.engine.backends.openai_http import _public_url
+from generator.engine.backends.openai_http import _public_url, auth_headers
 
 MAX_REQUESTS = 50_000           # the Batch API's limits per input file
 MAX_BYTES = 200 * 1024 * 1024
@@ -152,13 +152,7 @@ class OpenAIBatchBackend:
             run_dir = self._tmp
         self.folder = Path(run_dir) / "batches" / re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
         self.stats = {"parts_submitted": 0, "parts_resumed": 0, "requests_submitted": 0, "polls": 0}
-        self._headers = {}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise BackendError(f"backend openai_batch ({self.public_url}): environment variable "
-                                   f"{api_key_env} is not set; export it with the endpoint's API key")
-            self._headers["Authorization"] = f"Bearer {key}"
+        self._headers = auth_headers(api_key_env, f"backend openai_batch ({self.public_url})")
 
     def __repr__(self) -> str:  # never show headers (they hold the key)
         return f"OpenAIBatchBackend(model={self.model!r}, runner={self.runner!r}, base_url={self.public_url!r})"

@@ -65,6 +65,17 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def auth_headers(api_key_env: str | None, who: str) -> dict[str, str]:
+    """The Authorization header from the key in `api_key_env` (read here, never stored elsewhere)."""
+    if not api_key_env:
+        return {}
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise BackendError(f"{who}: environment variable {api_key_env} is not set; export it with the "
+                           f"endpoint's API key")
+    return {"Authorization": f"Bearer {key}"}
+
+
 class OpenAIBackend:
     def __init__(self, model: str, base_url: str, api_key_env: str | None = None, *,
                  concurrency: int = 32, timeout: float = 300.0, connect_timeout: float = 10.0,
@@ -104,13 +115,8 @@ class OpenAIBackend:
         self._transport = transport  # an httpx transport (tests use httpx.MockTransport)
         self.stats = {"requests": 0, "retries": 0, "status_429": 0, "status_5xx": 0, "timeouts": 0,
                       "connection_errors": 0}
-        self._headers = {"Content-Type": "application/json"}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise BackendError(f"backend openai ({self.public_url}): environment variable "
-                                   f"{api_key_env} is not set; export it with the server's API key")
-            self._headers["Authorization"] = f"Bearer {key}"
+        self._headers = {"Content-Type": "application/json",
+                         **auth_headers(api_key_env, f"backend openai ({self.public_url})")}
         self.load_seconds = 0.0
         if check:
             t0 = time.time()
