@@ -12,27 +12,22 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from generator.config.base import SamplingOverride, Strict, TemplateRef
+from generator.config.seed_data import SeedTopics
+from generator.config.stages import Stage
 from generator.core.yaml_loader import Located, load_yaml
 
+__all__ = ["SamplingOverride", "Strict", "TemplateRef", "SeedTopics", "Stage"]
+
 DEFAULT_MODEL = "smollm2-135m"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 class SamplingConfig(Strict):
     temperature: float = Field(0.8, ge=0.0, le=5.0, description="Softmax temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(512, ge=1, le=131072, description="Most tokens to generate per record.")
-
-
-class SamplingOverride(Strict):
-    temperature: float | None = Field(None, ge=0.0, le=5.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, le=131072)
 
 
 class TreeTopics(Strict):
@@ -59,11 +54,6 @@ class InlineTopics(Strict):
 class PersonaConfig(Strict):
     file: str = Field("core", description="Persona set: a name under personas/ or a .jsonl path.")
     sample: int | None = Field(None, ge=1, description="Size of the persona pool drawn from the file.")
-
-
-class TemplateRef(Strict):
-    template: str = Field(description="Template name under templates/ (e.g. math/word_problem) or a path.")
-    weight: float = Field(1.0, gt=0)
 
 
 class ModelConfig(Strict):
@@ -188,10 +178,13 @@ class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
-    topics: list[Union[TreeTopics, InlineTopics]] = Field(min_length=1)
+    topics: list[Union[TreeTopics, InlineTopics, SeedTopics]] = Field(min_length=1)
     generations_per_topic: int = Field(1, ge=1)
     personas: PersonaConfig | None = None
-    templates: list[TemplateRef] = Field(min_length=1)
+    templates: list[TemplateRef] = Field(default_factory=list, description="Templates drawn by weight "
+                                         "per record (a spec with `stages:` names them in its stages).")
+    stages: list[Stage] | None = Field(None, min_length=1, description="A multi-stage pipeline "
+                                       "(docs/pipelines.md); without it, one generate stage of `templates:`.")
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     vars: dict[str, Any] = Field(default_factory=dict)
@@ -213,6 +206,14 @@ class Spec(Strict):
         if clash:
             raise ValueError(f"vars may not redefine {', '.join(clash)}: the plan provides them")
         return v
+
+    @model_validator(mode="after")
+    def _templates_or_stages(self):
+        if self.stages is None and not self.templates:
+            raise ValueError("missing required key 'templates' (or `stages:` for a pipeline)")
+        if self.stages is not None and self.templates:
+            raise ValueError("a spec with `stages:` names its templates in the stages; remove `templates:`")
+        return self
 
     @property
     def file(self) -> Path | None:
@@ -246,6 +247,8 @@ def _format_error(err: dict) -> str:
     if kind == "missing":
         return f"missing required key '{key}'"
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    if not loc:
+        return msg
     return f"'{'.'.join(str(p) for p in loc)}': {msg}"
 
 

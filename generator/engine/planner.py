@@ -11,11 +11,12 @@ import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from generator.core.errors import SpecError
 from generator.library.catalog import (TopicCell, load_personas, load_template, load_topic_tree, resolve, tree_cells)
-from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, Spec, TreeTopics
+from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, SeedTopics, Spec, TreeTopics
 from generator.library.prompt_template import Template
 
 
@@ -89,6 +90,20 @@ def _priority_sample(items: list, k: int, weights: list[float], *salt: Any) -> l
     return [items[i] for i in chosen]
 
 
+def _seed_source(spec: Spec, i: int, src: SeedTopics) -> list[TopicCell]:
+    from generator.library.seed_data import seed_cells
+
+    path = Path(src.seeds)
+    if not path.is_absolute() and spec.base_dir is not None:
+        path = spec.base_dir / path
+    if not path.exists():
+        raise _spec_error(spec, ("topics", i, "seeds"), f"seed data {path} not found; fix `seeds:`")
+    try:
+        return seed_cells(src, path, spec.seed, ("seeds", i))
+    except (SpecError, FileNotFoundError, ValueError) as exc:
+        raise _spec_error(spec, ("topics", i, "seeds"), f"{exc}; fix the seeds source") from None
+
+
 def resolve_spec(spec: Spec) -> Resolved:
     base = spec.base_dir
     cells: list[TopicCell] = []
@@ -106,6 +121,8 @@ def resolve_spec(spec: Spec) -> Resolved:
             if src.sample is not None and src.sample < len(found):
                 found = _priority_sample(found, src.sample, [c.weight for c in found], spec.seed, "topics", i)
             cells.extend(found)
+        elif isinstance(src, SeedTopics):
+            cells.extend(_seed_source(spec, i, src))
         else:
             assert isinstance(src, InlineTopics)
             for item in src.items:
@@ -151,6 +168,8 @@ def available_variables(resolved: Resolved, template: Template) -> set[str]:
     names = {"topic", "subtopic", "keywords", "level", "topic_path", "topics"}
     if resolved.personas is not None:
         names |= {"persona", "personas"}
+    if any(c.source == "seeds" for c in resolved.cells):  # a seed row's columns are variables
+        names |= {k for c in resolved.cells if c.source == "seeds" for k in c.as_vars()}
     return names | set(template.choices) | set(resolved.spec.vars)
 
 

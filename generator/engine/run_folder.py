@@ -151,8 +151,9 @@ class RunFolder:
             return set()
         return {p.name for p in self.generations.glob("part-*.parquet")}
 
-    def write_shard(self, name: str, rows: list[dict]) -> Path:
-        frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA)
+    def write_shard(self, name: str, rows: list[dict], schema: dict | None = None) -> Path:
+        """`schema`: a pipeline's wider row schema (default: a single-stage run's)."""
+        frame = pl.DataFrame(rows, schema=schema or GENERATION_SCHEMA)
         path = self.shard_path(name)
         write_parquet_atomic(frame, path)
         return path

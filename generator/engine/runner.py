@@ -234,6 +234,8 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     if spec.rounds is not None:
         # rounds live a layer above the engine: `generator.run` hands such specs to the feedback loop
         raise ValueError("run_spec runs a single-pass spec; use generator.run() for a spec with `rounds:`")
+    if spec.stages is not None:
+        raise ValueError("run_spec runs a single-stage spec; use generator.run() for a spec with `stages:`")
     t0 = time.time()
     emit = progress or (lambda event, data: None)
     resolved, records = plan_spec(spec, limit=limit)
