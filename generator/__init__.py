@@ -19,10 +19,6 @@ def load_spec(path, overrides=None):
 
 
 def plan(spec, limit=None):
-    if spec.stages is not None:
-        from generator.engine.pipeline.run import plan_pipeline
-
-        return plan_pipeline(spec, limit=limit)[2]
     from generator.engine.planner import plan_spec
 
     return plan_spec(spec, limit=limit)[1]
@@ -30,23 +26,17 @@ def plan(spec, limit=None):
 
 def validate(spec):
     """Load every file the spec names and check every template; returns the resolved spec."""
-    if spec.stages is not None:
-        from generator.engine.pipeline.run import prepare
-
-        return prepare(spec)[0]
     from generator.engine.planner import resolve_spec, validate as _validate
+    from generator.engine.runner import compile_pipeline
 
     resolved = resolve_spec(spec)
     _validate(resolved)
+    compile_pipeline(resolved)
     return resolved
 
 
 def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
     """Generate what `spec` plans: one pass, or the feedback loop when the spec has `rounds:`."""
-    if spec.stages is not None and spec.rounds is None:
-        from generator.engine.pipeline.run import run_pipeline
-
-        return run_pipeline(spec, out=out, limit=limit, executor=executor, progress=progress, score=score)
     if spec.rounds is not None:
         from generator.feedback.rounds import run_rounds
 

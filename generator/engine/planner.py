@@ -72,8 +72,11 @@ class Resolved:
         return {t.name: t for t, _ in self.templates}
 
     def sampling_for(self, model: ModelConfig) -> SamplingConfig:
+        """The plan's sampling: the spec's, the model's overrides, then the entry stage's (if any)."""
         base = self.spec.sampling.model_dump()
         base.update({k: v for k, v in model.sampling.model_dump().items() if v is not None})
+        if self.spec.stages is not None:
+            base.update({k: v for k, v in self.spec.stages[0].sampling.model_dump().items() if v is not None})
         return SamplingConfig(**base)
 
 
@@ -102,6 +105,24 @@ def _seed_source(spec: Spec, i: int, src: SeedTopics) -> list[TopicCell]:
         return seed_cells(src, path, spec.seed, ("seeds", i))
     except (SpecError, FileNotFoundError, ValueError) as exc:
         raise _spec_error(spec, ("topics", i, "seeds"), f"{exc}; fix the seeds source") from None
+
+
+def _entry(spec: Spec) -> tuple[list, Any, list[ModelConfig]]:
+    """(template refs, their spec positions, models) the plan draws from: the spec's, or for a
+    spec with `stages:` its first stage's (the entry stage, whose prompts are the plan)."""
+    if spec.stages is None:
+        return spec.templates, lambda i: ("templates", i, "template"), list(spec.models)
+    entry = spec.stages[0]
+    if entry.kind != "generate":
+        raise _spec_error(spec, ("stages", 0), "the first stage must be a generate stage that reads no other "
+                          "stage (its prompts are the plan)")
+    models = [m for m in spec.models if m.name == entry.model] if entry.model else list(spec.models)
+    if not models:
+        raise _spec_error(spec, ("stages", 0, "model"), f"model '{entry.model}' is not in `models:`; add it "
+                          f"there or fix the name")
+    if entry.template:
+        return [entry.template_refs()[0]], lambda i: ("stages", 0, "template"), models
+    return entry.template_refs(), lambda i: ("stages", 0, "templates", i, "template"), models
 
 
 def resolve_spec(spec: Spec) -> Resolved:
@@ -140,13 +161,13 @@ def resolve_spec(spec: Spec) -> Resolved:
             raise _spec_error(spec, ("topics",), f"topic '{c.id}' appears twice; remove one source")
         seen.add(c.id)
 
+    refs, where, models = _entry(spec)
     templates: list[tuple[Template, float]] = []
-    for i, ref in enumerate(spec.templates):
+    for i, ref in enumerate(refs):
         try:
             path = resolve("templates", ref.template, base)
         except FileNotFoundError as exc:
-            raise _spec_error(spec, ("templates", i, "template"),
-                              f"{exc}; `synthgen library` lists the templates") from None
+            raise _spec_error(spec, where(i), f"{exc}; `synthgen library` lists the templates") from None
         templates.append((load_template(path), ref.weight))
     names = [t.name for t, _ in templates]
     if len(set(names)) != len(names):
@@ -161,7 +182,7 @@ def resolve_spec(spec: Spec) -> Resolved:
         personas = load_personas(ppath)
         if spec.personas.sample is not None and spec.personas.sample < len(personas):
             personas = _priority_sample(personas, spec.personas.sample, [1.0] * len(personas), spec.seed, "personas")
-    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=list(spec.models))
+    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=models)
 
 
 def available_variables(resolved: Resolved, template: Template) -> set[str]:

@@ -170,7 +170,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
                 folder.write_plan(plan)
             emit("plan", {"records": plan.height, "new": len(new), "seconds": time.time() - t_plan})
             st = execute_records(folder, resolved, plan, executor, emit, manifest)
-            total.model_calls = st.model_calls
+            total.model_calls += st.model_calls  # both per call: engines reused later cost no load time
             total.load_seconds += st.load_seconds
             total.gen_seconds += st.gen_seconds
             total.pending_records += st.pending_records

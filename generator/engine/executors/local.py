@@ -9,21 +9,28 @@ from generator.engine.backends import make_backend
 from generator.core.backend import Backend
 from generator.engine.requests import Shard, ShardAssembler, ShardStats, generate_rows
 from generator.engine.run_folder import RunFolder
-from generator.engine.executors.base import Job
+from generator.engine.executors.base import ExecReport, Job
 
 
 class LocalExecutor:
     def __init__(self, backend_factory: Callable[..., Backend] | None = None):
         self.backend_factory = backend_factory or make_backend
         self.backends: dict[str, Backend] = {}
-        self.model_calls = 0
+        self.model_calls = 0  # over every call (the report counts one call)
+        self._report = ExecReport()
 
     def backend(self, job: Job, name: str) -> Backend:
         if name not in self.backends:
+            t0 = time.time()
             self.backends[name] = self.backend_factory(job.models[name], **job.backend_kwargs)
+            self._report.load_seconds += time.time() - t0
         return self.backends[name]
 
+    def report(self) -> ExecReport:
+        return self._report
+
     def execute(self, job: Job) -> Iterator[ShardStats]:
+        self._report = ExecReport()
         folder = RunFolder(job.run_dir)
         cache = folder.cache()
         by_model: dict[str, list[Shard]] = defaultdict(list)
@@ -52,8 +59,10 @@ class LocalExecutor:
                 backend = self.backend(job, model)
                 if job.on_engine_ready:
                     job.on_engine_ready()
-                self.model_calls += generate_rows(backend, rows, cache, job.retries, job.schemas,
-                                                  job.renderers, on_final)
+                calls = generate_rows(backend, rows, cache, job.retries, job.schemas, job.renderers, on_final)
+                self.model_calls += calls
+                self._report.model_calls += calls
+                self._report.backends[model] = backend.describe()
                 while landed:
                     yield landed.pop(0)
         finally:

@@ -106,8 +106,9 @@ def judge_messages(node: StageNode, row: dict, outputs: dict[str, StageOut], spe
 
 
 def sampling_for(resolved: Resolved, node: StageNode, model: str) -> Sampling:
-    cfg = next(m for m in resolved.models if m.name == model)
-    base = resolved.sampling_for(cfg).model_dump()
+    cfg = next(m for m in resolved.spec.models if m.name == model)
+    base = resolved.spec.sampling.model_dump()
+    base.update({k: v for k, v in cfg.sampling.model_dump().items() if v is not None})
     base.update({k: v for k, v in node.cfg.sampling.model_dump().items() if v is not None})
     return Sampling(temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"])
 
