@@ -153,6 +153,7 @@ def summary(frame: pl.DataFrame, pipeline: Pipeline) -> dict[str, Any]:
     final = frame.filter(pl.col("final")) if "final" in frame.columns else frame.clear()
     return {
         "entry": pipeline.entry, "output": pipeline.output, "order": pipeline.order,
+        "kinds": {n: node.kind for n, node in pipeline.nodes.items()},
         "stages": stage_rates(frame, pipeline.order) if frame.height else {},
         "decided_by": dict(sorted(final.group_by("decided_by").len().iter_rows())) if final.height else {},
         "rows": frame.height,

@@ -9,7 +9,7 @@ Columns: the plan's (the entry stage's prompt, template, model, seed), the usual
     reason       why (the check's reason), null when it passed
     seed_id      the seed data row the record came from (null for topic cells)
     <stage>.*    per stage: status, attempt (the attempt that produced it), reason, and by kind
-                 generate: text, json, texts, template, model, seed, tries, tokens;
+                 generate: text, json, texts, prompt, template, model, seed, tries, tokens;
                  judge: one Float64 column per criterion, mean, reasons (JSON) or
                  winner/chosen/rejected; verify: passed, agree, answer, majority; filter: passed.
 """
@@ -32,7 +32,8 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
     cols: dict[str, Any] = {"status": pl.Utf8, "attempt": pl.Int32, "reason": pl.Utf8}
     c = node.cfg
     if node.kind == "generate":
-        cols.update({"text": pl.Utf8, "json": pl.Utf8, "texts": pl.List(pl.Utf8), "template": pl.Utf8, **_MODEL_COLS})
+        cols.update({"text": pl.Utf8, "json": pl.Utf8, "texts": pl.List(pl.Utf8), "prompt": pl.Utf8,
+                     "template": pl.Utf8, **_MODEL_COLS})
     elif node.kind == "judge" and c.compare:
         cols.update({"winner": pl.Utf8, "chosen": pl.Utf8, "rejected": pl.Utf8, **_MODEL_COLS})
     elif node.kind == "judge":
@@ -60,7 +61,7 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
                      "completion_tokens": out.completion_tokens})
     if node.kind == "generate":
         vals.update({"text": v.get("text"), "json": jsonable(v.get("json") or None), "texts": v.get("texts"),
-                     "template": out.template})
+                     "prompt": v.get("prompt"), "template": out.template})
     elif node.kind == "judge" and node.cfg.compare:
         vals.update({"winner": v.get("winner"), "chosen": v.get("chosen"), "rejected": v.get("rejected")})
     elif node.kind == "judge":
