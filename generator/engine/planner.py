@@ -199,7 +199,8 @@ def validate(resolved: Resolved) -> None:
     spec = resolved.spec
     for i, (tpl, _) in enumerate(resolved.templates):
         tpl.check_variables(available_variables(resolved, tpl),
-                            where=f" (used by {spec.file.name if spec.file else 'the spec'}, templates[{i}])")
+                            where=f" (used by {spec.file.name if spec.file else 'the spec'}, "
+                                  f"{'stages[0]' if spec.stages else f'templates[{i}]'})")
         if tpl.personas_per_prompt > 1 and resolved.personas is not None \
                 and tpl.personas_per_prompt > len(resolved.personas):
             raise _spec_error(spec, ("personas", "sample"), f"template '{tpl.name}' shows "

@@ -61,6 +61,10 @@ class Pipeline:
     output: str
     ancestors: dict[str, set[str]]
     descendants: dict[str, set[str]]
+    gates: dict[str, set[str]] = field(default_factory=dict)  # stage -> checks it also waits for
+
+    def waits_for(self, name: str) -> set[str]:
+        return self.nodes[name].deps | self.gates.get(name, set())
 
     @property
     def order(self) -> list[str]:
@@ -174,7 +178,37 @@ def build(spec: Spec, load_templates) -> Pipeline:
     for node in nodes.values():
         _check_kinds(spec, node, nodes, ancestors)
     output = _output_stage(spec, nodes)
-    return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants)
+    return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants,
+                    gates=_gates(nodes, ancestors, descendants))
+
+
+def _gates(nodes: dict[str, StageNode], ancestors: dict[str, set[str]], descendants: dict[str, set[str]]
+           ) -> dict[str, set[str]]:
+    """A stage that a check's regeneration would throw away, and that the check does not need,
+    waits for the check to pass (e.g. a judge beside an answer-agreement check). Nothing is then
+    paid for an attempt already rejected, and the requests of a run depend on the answers alone,
+    not on which answer happened to land first. A gate that would close a cycle is left out."""
+    gates: dict[str, set[str]] = {n: set() for n in nodes}
+
+    def reaches(a: str, b: str) -> bool:  # does `a` (transitively) wait for `b`?
+        stack, seen = [a], set()
+        while stack:
+            x = stack.pop()
+            if x == b:
+                return True
+            if x not in seen:
+                seen.add(x)
+                stack.extend(nodes[x].deps | gates[x])
+        return False
+
+    for s, node in nodes.items():
+        rule = node.cfg.on_reject
+        if rule is None:
+            continue
+        for x in sorted(descendants[rule.regenerate] - ancestors[s] - descendants[s] - {s}):
+            if not reaches(s, x):
+                gates[x].add(s)
+    return gates
 
 
 def _all_refs(node: StageNode) -> set[str]:

@@ -276,7 +276,7 @@ class PipelineScheduler:
         for name, node in self.p.nodes.items():
             if rec.final:
                 return
-            if name in rec.started or not node.deps <= set(rec.outputs):
+            if name in rec.started or not self.p.waits_for(name) <= set(rec.outputs):
                 continue
             rec.started.add(name)
             if node.kind in ("generate", "judge"):
