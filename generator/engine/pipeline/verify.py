@@ -71,7 +71,7 @@ def extract_answer(text: str | None, how: str) -> str | None:
 def agreement(solution: str | None, resolves: list[str | None], how: str, min_agree: int) -> Verdict:
     answer = extract_answer(solution, how)
     others = [extract_answer(t, how) for t in resolves]
-    found = [a for a in [answer, *others] if a is not None]
+    found = [a for a in others if a is not None]  # the re-solves' vote (ties: the earliest)
     majority = collections.Counter(found).most_common(1)[0][0] if found else None
     if answer is None:
         return Verdict(False, "no final answer found in the solution", 0, None, majority)
