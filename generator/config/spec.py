@@ -165,6 +165,18 @@ class RoundsConfig(Strict):
     embedder: Literal["static", "minilm", "hash"] = Field(
         "static", description="Embeddings for yields and the tracked score (static: fast distilled MiniLM).")
     allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)
+    signal: Literal["novelty", "judge"] = Field(
+        "novelty", description="Each cell's quality signal. novelty: usable rate x novelty (for a pipeline a "
+        "record is usable when it passed every stage, so the usable rate is the pass rate); judge: each "
+        "record's novelty is also scaled by a judge score, (score - 1) / 4, from `signal_column`.")
+    signal_column: str | None = Field(None, description="signal: judge: the score column of a pipeline's judge "
+                                      "stage, e.g. quality.mean or quality.correctness.")
+
+    @model_validator(mode="after")
+    def _signal_column(self):
+        if self.signal == "judge" and not self.signal_column:
+            raise ValueError("rounds.signal: judge needs `signal_column:` (e.g. quality.mean)")
+        return self
 
 
 class RunConfig(Strict):
@@ -211,6 +223,8 @@ class Spec(Strict):
     def _templates_or_stages(self):
         if self.stages is None and not self.templates:
             raise ValueError("missing required key 'templates' (or `stages:` for a pipeline)")
+        if self.rounds is not None and self.rounds.signal == "judge" and self.stages is None:
+            raise ValueError("rounds.signal: judge reads a judge stage's scores; it needs `stages:`")
         if self.stages is not None and self.templates:
             raise ValueError("a spec with `stages:` names its templates in the stages; remove `templates:`")
         return self

@@ -46,6 +46,7 @@ def prepare(resolved: Resolved) -> Pipeline:
 
     pipeline = build(spec, load)
     validate_templates(resolved, pipeline, lambda name: pipeline.ancestors[name])
+    _check_signal(spec, pipeline)
     for node in pipeline.nodes.values():
         c = node.cfg
         if isinstance(c, VerifyStage) and c.check == "function":
@@ -61,6 +62,20 @@ def prepare(resolved: Resolved) -> Pipeline:
                 raise _spec_error(spec, ("stages", node.index, "json_schema"),
                                   f"not a valid JSON schema: {exc.message}") from None
     return pipeline
+
+
+def _check_signal(spec, pipeline: Pipeline) -> None:
+    """`rounds.signal_column` names a judge's score column (checked before any round runs)."""
+    column = spec.rounds.signal_column if spec.rounds is not None and spec.rounds.signal == "judge" else None
+    if column is None:
+        return
+    stage, _, name = column.partition(".")
+    node = pipeline.nodes.get(stage)
+    if node is None or node.kind != "judge" or not node.cfg.criteria or name not in node.fields() - {"reasons", "status"}:
+        judges = [f"{n}.{f}" for n, x in pipeline.nodes.items() if x.kind == "judge" and x.cfg.criteria
+                  for f in sorted(x.fields() - {"reasons", "status"})]
+        raise _spec_error(spec, ("rounds", "signal_column"), f"'{column}' is no judge score column; "
+                          f"choose from {', '.join(judges) or '(no rubric judge stage)'}")
 
 
 class _Shards:
