@@ -192,3 +192,16 @@ def test_seed_cells_carry_columns_and_ids(tmp_path):
     assert c.topic in ("a", "b") and v["topic"] == c.topic
     with pytest.raises(Exception, match="no column 'nope'"):
         seed_cells(SeedTopics(seeds=str(path), stratify="nope"), path, 0, "t")
+
+
+def test_plan_schema_is_derived_from_the_record():
+    import dataclasses
+
+    from generator.engine.record import Record, plan_schema
+    from generator.engine.run_folder import GENERATION_SCHEMA, PLAN_SCHEMA
+
+    assert list(PLAN_SCHEMA) == [f.name for f in dataclasses.fields(Record)]
+    assert list(GENERATION_SCHEMA)[:len(PLAN_SCHEMA)] == list(PLAN_SCHEMA)
+    assert PLAN_SCHEMA["round"] == pl.Int32 and PLAN_SCHEMA["seed"] == pl.Int64
+    assert PLAN_SCHEMA["level"] == pl.Utf8 and PLAN_SCHEMA["keywords"] == pl.List(pl.Utf8)
+    assert plan_schema()["messages"] == pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))

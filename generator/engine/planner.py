@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,6 +18,9 @@ from generator.core.errors import SpecError
 from generator.library.catalog import (TopicCell, load_personas, load_template, load_topic_tree, resolve, tree_cells)
 from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, SeedTopics, Spec, TreeTopics
 from generator.library.prompt_template import Template
+from generator.engine.record import Record
+
+__all__ = ["Record", "Resolved", "expand", "plan_spec", "resolve_spec", "validate"]
 
 
 def hash64(*parts: Any) -> int:
@@ -27,34 +30,6 @@ def hash64(*parts: Any) -> int:
 
 def _unit(*parts: Any) -> float:
     return (hash64(*parts) + 0.5) / 2**64
-
-
-@dataclass
-class Record:
-    id: str
-    round: int
-    topic_id: str
-    topic: str
-    subtopic: str
-    keywords: list[str]
-    level: str | None
-    persona_ids: list[str]
-    template: str
-    template_hash: str
-    template_vars: str  # JSON of the template's drawn `choices`
-    model: str
-    temperature: float
-    top_p: float
-    max_tokens: int
-    seed: int
-    generation: int
-    messages: list[dict[str, str]]
-    prompt: str
-    structured: bool = False
-    companion_topics: list[str] = field(default_factory=list)
-
-    def to_row(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
