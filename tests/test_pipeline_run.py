@@ -274,3 +274,22 @@ stages:
     rows = [json.loads(x) for x in (tmp_path / "mix" / "preference.jsonl").read_text().splitlines()]
     assert m["rows"] == len(rows) == 3
     assert all(set(r) == {"id", "prompt", "chosen", "rejected", "run"} for r in rows)
+
+
+def test_a_stage_that_cannot_render_ends_the_record_not_the_run(tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "q.j2").write_text(
+        "---\noutput_schema:\n  type: object\n  properties: {question: {type: string}}\n  required: [question]\n"
+        "---\nA question about {{ subtopic }} as JSON.\n")
+    (tmp_path / "templates" / "a.j2").write_text("Answer: {{ problem.json.question }}\n")
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\ntopics:\n  - items: [Fractions, Decimals]\nrun: {retries: 0}\nstages:\n"
+                 "  - {name: problem, kind: generate, template: q}\n"
+                 "  - {name: answer, kind: generate, template: a}\n")
+    # valid JSON without the key the next template reads (a backend without structured decoding)
+    fake = FakeBackend(responder=lambda r: '{"other": 1}' if r.json_schema else "fine")
+    res = run(load_spec(p), out=tmp_path / "run", executor=LocalExecutor(backend_factory=lambda c, **_: fake),
+              score=False)
+    df = generations(tmp_path / "run")
+    assert res.generated == 2 and (df["status"] == "error").all() and (df["decided_by"] == "answer").all()
+    assert df["reason"].str.contains("cannot render").all()

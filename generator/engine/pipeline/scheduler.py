@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from generator.config.stages import GenerateStage, JudgeStage, VerifyStage
 from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling
+from generator.core.errors import TemplateError
 from generator.engine.pipeline import expressions, verify
 from generator.engine.pipeline.context import (Contexts, StageOut, judge_messages, make_request, render_stage,
                                                sampling_for, stage_context, stage_seed)
@@ -280,7 +281,13 @@ class PipelineScheduler:
                 continue
             rec.started.add(name)
             if node.kind in ("generate", "judge"):
-                self._start_model_stage(rec, node)
+                try:
+                    self._start_model_stage(rec, node)
+                except TemplateError as exc:  # e.g. `problem.json.question` of an answer without it
+                    rec.outputs[name] = StageOut(status="error", attempt=rec.attempt, view={"status": "error"},
+                                                 reason=f"cannot render: {exc.message}")
+                    self._reject(rec, node, f"{name}: cannot render: {exc.message}", "error")
+                    return
                 continue
             out = self._check(rec, node)
             rec.outputs[name] = out
