@@ -293,3 +293,31 @@ def test_a_stage_that_cannot_render_ends_the_record_not_the_run(tmp_path):
     df = generations(tmp_path / "run")
     assert res.generated == 2 and (df["status"] == "error").all() and (df["decided_by"] == "answer").all()
     assert df["reason"].str.contains("cannot render").all()
+
+
+def test_a_backend_without_stream_is_fed_in_windows(tmp_path):
+    class GenerateOnly:
+        """Only `generate` (like a backend written before `stream` existed)."""
+
+        window = 5
+
+        def __init__(self):
+            self.inner, self.model, self.batches = FakeBackend(responder=answer), "m1", []
+
+        def generate(self, requests, on_result=None):
+            requests = list(requests)
+            self.batches.append(len(requests))
+            return self.inner.generate(requests, on_result)
+
+        def describe(self):
+            return {"backend": "generate-only"}
+
+        def close(self):
+            pass
+
+    made = {}
+    res = run(load_spec(project(tmp_path)), out=tmp_path / "run", score=False,
+              executor=LocalExecutor(backend_factory=lambda c, **_: made.setdefault(c.name, GenerateOnly())))
+    assert res.generated == 8
+    batches = [n for b in made.values() for n in b.batches]
+    assert sum(batches) == res.model_calls and max(batches) <= 5

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from generator.config.stages import GenerateStage, JudgeStage, VerifyStage
-from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling
+from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling, stream_in_windows
 from generator.core.errors import TemplateError
 from generator.engine.pipeline import expressions, verify
 from generator.engine.pipeline.context import (Contexts, StageOut, judge_messages, make_request, render_stage,
@@ -135,7 +135,12 @@ class PipelineScheduler:
 
     def _pump(self, model: str) -> None:
         try:
-            for res in self.backends[model].stream(self._feeds[model]):
+            backend = self.backends[model]
+            native = getattr(backend, "stream", None)
+            # a backend without a native stream is fed in windows of `generate` (its own window size)
+            stream = native(self._feeds[model]) if native is not None else stream_in_windows(
+                backend, self._feeds[model], window=int(getattr(backend, "window", None) or 64))
+            for res in stream:
                 self._events.put(("result", model, res))
         except BaseException as exc:  # surfaced on the main thread
             self._events.put(("error", model, exc))
