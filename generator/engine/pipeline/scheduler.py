@@ -93,8 +93,8 @@ class PipelineScheduler:
 
     # ------------------------------------------------------------ the loop
     def run(self, rows: list[dict]) -> None:
-        recs = [Rec(row=r, seed_id=self.contexts.cells.get(r["topic_id"]) and
-                    getattr(self.contexts.cells[r["topic_id"]], "seed_id", None) or None) for r in rows]
+        cells = self.contexts.cells
+        recs = [Rec(row=r, seed_id=getattr(cells.get(r["topic_id"]), "seed_id", None) or None) for r in rows]
         self._open = len(recs)
         threads = [threading.Thread(target=self._pump, args=(m,), daemon=True, name=f"stream-{m}")
                    for m in self.backends]
@@ -115,14 +115,13 @@ class PipelineScheduler:
                         batch.append(self._events.get_nowait())
                     except queue.Empty:
                         break
-                results = []
+                results = [payload for kind, _, payload in batch if kind == "result"]
+                self._store(results)  # answers that landed are kept even when a stream failed
                 for kind, model, payload in batch:
                     if kind == "error":
                         raise payload
                     if kind == "end":
                         raise RuntimeError(f"the {model} stream ended with {self._open} records unfinished")
-                    results.append(payload)
-                self._store(results)
                 for res in results:
                     pend = self._pending.pop(res.id, None)
                     if pend is not None:
