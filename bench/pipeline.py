@@ -48,11 +48,11 @@ class Recording:
     """The shared engine behind a windowed stream, recording every request it receives."""
 
     def __init__(self, inner, window: int):
-        from generator.core.backend import stream_in_windows
+        from generator.engine.pipeline.scheduler import gathered_windows
 
         self.inner, self.model, self.window = inner, inner.model, window
         self.requests: list = []
-        self._stream = stream_in_windows
+        self._stream = gathered_windows
 
     def generate(self, requests, on_result=None):
         requests = list(requests)
@@ -66,7 +66,7 @@ class Recording:
                 for res in native(_RecordingFeed(feed, self.requests), on_result):
                     yield res
             return recorded()
-        return self._stream(self, feed, on_result, window=self.window)
+        return self._stream(self, feed, window=self.window)
 
     def describe(self):
         return self.inner.describe()

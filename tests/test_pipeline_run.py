@@ -321,3 +321,35 @@ def test_a_backend_without_stream_is_fed_in_windows(tmp_path):
     assert res.generated == 8
     batches = [n for b in made.values() for n in b.batches]
     assert sum(batches) == res.model_calls and max(batches) <= 5
+
+
+def test_windowed_fallback_gathers_follow_ups_into_full_windows():
+    import threading
+
+    from generator.core.backend import Request, RequestFeed
+    from generator.engine.pipeline.scheduler import gathered_windows
+
+    class Batches(FakeBackend):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def generate(self, requests, on_result=None):
+            requests = list(requests)
+            self.sizes.append(len(requests))
+            return super().generate(requests, on_result)
+
+    b, feed = Batches(), RequestFeed()
+
+    def producer():  # one follow-up every 5 ms, like a main thread settling a window's answers
+        for i in range(12):
+            feed.put(Request(id=str(i), messages=({"role": "user", "content": "x"},)))
+            time.sleep(0.005)
+        feed.close()
+
+    import time
+    t = threading.Thread(target=producer)
+    t.start()
+    got = list(gathered_windows(b, feed, window=8, linger=0.2))
+    t.join()
+    assert len(got) == 12 and b.sizes == [8, 4]

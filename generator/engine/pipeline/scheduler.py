@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from generator.config.stages import GenerateStage, JudgeStage, VerifyStage
-from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling, stream_in_windows
+from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling
 from generator.core.errors import TemplateError
 from generator.engine.pipeline import expressions, verify
 from generator.engine.pipeline.context import (Contexts, StageOut, judge_messages, make_request, render_stage,
@@ -52,6 +52,25 @@ class Pending:
     model: str
     request: Request
     extra: dict = field(default_factory=dict)
+
+
+def gathered_windows(backend: Backend, feed: RequestFeed, window: int, linger: float = 0.05):
+    """`stream` for a backend with only `generate`. Like `stream_in_windows`, but a window waits
+    while follow-ups keep arriving (at most `linger` seconds apart): the answers of the last window
+    land together and are settled one by one, and a window taken at the first follow-up would
+    hold one request and drain the engine for it."""
+    while True:
+        batch = feed.take(window, timeout=None)
+        if not batch:
+            if feed.exhausted():
+                return
+            continue
+        while len(batch) < window:
+            more = feed.take(window - len(batch), timeout=linger)
+            if not more:
+                break
+            batch.extend(more)
+        yield from backend.generate(batch)
 
 
 def sample_status(res: Result, structured: bool) -> str:
@@ -137,7 +156,7 @@ class PipelineScheduler:
             backend = self.backends[model]
             native = getattr(backend, "stream", None)
             # a backend without a native stream is fed in windows of `generate` (its own window size)
-            stream = native(self._feeds[model]) if native is not None else stream_in_windows(
+            stream = native(self._feeds[model]) if native is not None else gathered_windows(
                 backend, self._feeds[model], window=int(getattr(backend, "window", None) or 64))
             for res in stream:
                 self._events.put(("result", model, res))
