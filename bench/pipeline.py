@@ -45,28 +45,27 @@ REVIEW = ("Check this solution. Say whether it is correct, and why, in two sente
 
 
 class Recording:
-    """The shared engine behind a windowed stream, recording every request it receives."""
+    """The shared engine, recording every request it receives. Without a native `stream` the
+    scheduler feeds `generate` in gathered windows of `window` requests."""
 
     def __init__(self, inner, window: int):
-        from generator.engine.pipeline.scheduler import gathered_windows
-
         self.inner, self.model, self.window = inner, inner.model, window
         self.requests: list = []
-        self._stream = gathered_windows
 
     def generate(self, requests, on_result=None):
         requests = list(requests)
         self.requests.extend(requests)
         return self.inner.generate(requests, on_result)
 
-    def stream(self, feed, on_result=None):
+    @property
+    def stream(self):
         native = getattr(self.inner, "stream", None)
-        if native is not None:
-            def recorded():
-                for res in native(_RecordingFeed(feed, self.requests), on_result):
-                    yield res
-            return recorded()
-        return self._stream(self, feed, window=self.window)
+        if native is None:
+            raise AttributeError("stream")
+
+        def recorded(feed, on_result=None):
+            return native(_RecordingFeed(feed, self.requests), on_result)
+        return recorded
 
     def describe(self):
         return self.inner.describe()

@@ -54,11 +54,13 @@ class Pending:
     extra: dict = field(default_factory=dict)
 
 
-def gathered_windows(backend: Backend, feed: RequestFeed, window: int, linger: float = 0.05):
+def gathered_windows(backend: Backend, feed: RequestFeed, window: int, linger: float = 0.05,
+                     busy: Callable[[], bool] | None = None):
     """`stream` for a backend with only `generate`. Like `stream_in_windows`, but a window waits
-    while follow-ups keep arriving (at most `linger` seconds apart): the answers of the last window
-    land together and are settled one by one, and a window taken at the first follow-up would
-    hold one request and drain the engine for it."""
+    while the caller is still settling answers (`busy()`), or while follow-ups keep arriving at
+    most `linger` seconds apart: the answers of the last window land together and are settled one
+    by one, and a window taken at the first follow-up would hold one request and drain the engine
+    for it."""
     while True:
         batch = feed.take(window, timeout=None)
         if not batch:
@@ -67,9 +69,9 @@ def gathered_windows(backend: Backend, feed: RequestFeed, window: int, linger: f
             continue
         while len(batch) < window:
             more = feed.take(window - len(batch), timeout=linger)
-            if not more:
-                break
             batch.extend(more)
+            if not more and not (busy and busy()):
+                break
         yield from backend.generate(batch)
 
 
@@ -109,6 +111,8 @@ class PipelineScheduler:
         self._feeds = {m: RequestFeed() for m in backends}
         self._rows: dict[str, list[dict]] = {}
         self._open = 0
+        self._unsettled = 0  # answers received from a stream and not yet settled
+        self._count = threading.Lock()
 
     # ------------------------------------------------------------ the loop
     def run(self, rows: list[dict]) -> None:
@@ -145,6 +149,8 @@ class PipelineScheduler:
                     pend = self._pending.pop(res.id, None)
                     if pend is not None:
                         self._settle(pend, res)
+                    with self._count:  # its follow-ups are in the feeds now
+                        self._unsettled -= 1
         finally:
             for feed in self._feeds.values():
                 feed.close()
@@ -157,8 +163,11 @@ class PipelineScheduler:
             native = getattr(backend, "stream", None)
             # a backend without a native stream is fed in windows of `generate` (its own window size)
             stream = native(self._feeds[model]) if native is not None else gathered_windows(
-                backend, self._feeds[model], window=int(getattr(backend, "window", None) or 64))
+                backend, self._feeds[model], window=int(getattr(backend, "window", None) or 64),
+                busy=lambda: self._unsettled > 0)
             for res in stream:
+                with self._count:
+                    self._unsettled += 1
                 self._events.put(("result", model, res))
         except BaseException as exc:  # surfaced on the main thread
             self._events.put(("error", model, exc))
