@@ -5,7 +5,8 @@ seeds): the continuous arm is a synthgen pipeline run (problem -> solution -> re
 record's next stage goes into the engine's feed as soon as its answer lands); the stage-by-stage
 arm replays the requests the continuous arm sent, grouped by stage, one batch per stage (what
 running one tool per stage does: stage k+1 starts when the last answer of stage k is in).
-Arms alternate (stage-by-stage, continuous, ...) to spread machine noise over both.
+Each repeat runs the continuous arm first and then replays its requests, so the stage-by-stage
+arm finds its prompts in vLLM's prefix cache: the comparison favours stage-by-stage.
 
 The speed-up is only as good as the backend's `stream`: a backend without a native one (the
 offline vLLM backend until its continuous engine lands) streams in windows of `generate`
