@@ -27,9 +27,11 @@ def plan(spec, limit=None):
 def validate(spec):
     """Load every file the spec names and check every template; returns the resolved spec."""
     from generator.engine.planner import resolve_spec, validate as _validate
+    from generator.engine.runner import compile_pipeline
 
     resolved = resolve_spec(spec)
     _validate(resolved)
+    compile_pipeline(resolved)
     return resolved
 
 

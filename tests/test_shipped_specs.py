@@ -42,7 +42,8 @@ def test_spec_plan_is_deterministic(path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in SPECS if "\nstages:" not in p.read_text()],  # pipelines:
+                         ids=lambda p: p.stem)                                        # test_pipeline_e2e
 def test_spec_runs_end_to_end_with_limit(path: Path, shared_backend_factory, tmp_path):
     spec = load_spec(path, {"sampling.max_tokens": "48"})
     for m in spec.models:

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.markup import escape
 from rich.table import Table
 
 from generator.cli.errors import Group
@@ -146,6 +147,9 @@ def _summary(result) -> None:
     if last.get("completion_tokens_per_s"):
         t.add_row("throughput", f"{last['completion_tokens_per_s']:,.0f} completion tok/s")
     t.add_row("model calls", str(result.model_calls))
+    for name, r in (m.get("pipeline") or {}).get("stages", {}).items():
+        rate = f"{r['pass_rate']:.0%}" if r["pass_rate"] is not None else "-"
+        t.add_row(f"stage {escape(name)}", f"ran {r['ran']}  passed {r['passed']}  rejected {r['rejected']}  ({rate})")
     if result.scores:
         for entry in result.scores.get("datasets", {}).values():
             for name, res in entry.get("metrics", {}).items():
@@ -166,16 +170,17 @@ def _summary(result) -> None:
 @allow_option
 def validate(spec_path, sets, allow):
     """Check SPEC and every file it names, and render each template once, without loading a model."""
-    from generator.engine.planner import default_counts, resolve_spec, validate as check
+    from generator import validate as check
+    from generator.engine.planner import default_counts
     from generator.config.spec import load_spec
 
     spec = load_spec(spec_path, _parse_sets(sets), allow)
-    resolved = resolve_spec(spec)
-    check(resolved)
+    resolved = check(spec)
     n = spec.rounds.budget if spec.rounds is not None else sum(default_counts(resolved).values())
+    stages = f"stages {' -> '.join(s.name for s in spec.stages)}; " if spec.stages else ""
     echo(f"ok {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
-              f"templates, {len(resolved.personas or [])} personas, {len(resolved.models)} model(s); "
-              f"{n} records planned")
+         f"templates, {len(resolved.personas or [])} personas, {len(resolved.models)} model(s); "
+         f"{stages}{n} records planned")
 
 
 @main.command()

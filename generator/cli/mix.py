@@ -1,6 +1,7 @@
 """`synthgen mix`: export real:synthetic training mixes (see docs/mix.md)."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,22 @@ from generator.core.errors import SynthgenError
 
 def _echo(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def _preference(synthetics: tuple[str, ...], out: Path | None, fmt: str | None) -> None:
+    from generator.mix.preference import write_preference
+
+    if not synthetics or out is None:
+        raise click.UsageError("--layout preference needs --synthetic RUN (a pipeline run with a compare judge) "
+                               "and --out FOLDER")
+    try:
+        m = write_preference([Path(p) for p in synthetics], out, fmt or "jsonl")
+    except SynthgenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out / m['file']}: {m['rows']} preference rows")
+    for src in m["sources"]:
+        if src["skipped"]:
+            click.echo(f"  {src['run']}: skipped {json.dumps(src['skipped'])}", err=True)
 
 
 @click.command("mix")
@@ -28,7 +45,8 @@ def _echo(msg: str) -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--allow-repetition/--no-allow-repetition", default=None,
               help="Repeat documents (whole epochs + a remainder) when a ratio needs more than there is.")
-@click.option("--layout", type=click.Choice(["text", "messages"]), default=None)
+@click.option("--layout", type=click.Choice(["text", "messages", "preference"]), default=None,
+              help="preference: prompt/chosen/rejected rows from --synthetic pipeline runs with a compare judge.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "jsonl.zst", "parquet", "megatron"]), default=None)
 @click.option("--shard-tokens", default=None, help="Tokens per shard (e.g. 50M).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder.")
@@ -47,6 +65,9 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
     """
     from generator.mix import MixConfig, RepetitionWarning, build_mix, load_mix_config, ratio_text
 
+    if layout == "preference":
+        _preference(synthetics, out, fmt)
+        return
     try:
         data: dict = {}
         if config is not None:  # paths inside resolve against the file's folder, options against the cwd

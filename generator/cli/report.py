@@ -1,9 +1,26 @@
-"""`synthgen report RUN [--out report.html]`: the rounds trajectory of a run folder."""
+"""`synthgen report RUN [--out report.html]`: the rounds trajectory and pipeline stages of a run folder."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+
+
+def _pipeline_table(manifest: dict):
+    from rich.table import Table
+
+    section = manifest.get("pipeline") or {}
+    t = Table(title="pipeline stages (each attempt counted once)")
+    for col in ("stage", "kind", "ran", "passed", "rejected", "pass rate", "decided (final)"):
+        t.add_column(col, justify="left" if col in ("stage", "kind") else "right")
+    decided = section.get("decided_by", {})
+    for name in section.get("order", []):
+        r = section.get("stages", {}).get(name, {"ran": 0, "passed": 0, "rejected": 0, "pass_rate": None})
+        rate = "-" if r["pass_rate"] is None else f"{r['pass_rate']:.1%}"
+        t.add_row(name, section.get("kinds", {}).get(name, ""), str(r["ran"]), str(r["passed"]), str(r["rejected"]),
+                  rate, str(decided.get(name, 0)))
+    return t
 
 
 @click.command("report")
@@ -11,7 +28,8 @@ import click
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Also write an HTML report with plots here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Cells shown in the allocation table.")
 def report(run_dir, out, top):
-    """Show how a rounds run spent its budget: diversity against generations, allocation per cell.
+    """Show how a run went: per-stage pass and rejection rates of a pipeline, and for a rounds run
+    diversity against generations and the allocation per cell.
 
     For a `synthgen probe` folder: the probe's table, its differences against the spread, and the
     plot (with --out, an HTML page with the table and the plot)."""
@@ -28,8 +46,18 @@ def report(run_dir, out, top):
 
         print_report(run_dir, console, out)
         return
+    manifest_path = Path(run_dir) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if manifest.get("pipeline"):
+        show_table(_pipeline_table(manifest), console)
+        counts = manifest.get("counts", {})
+        echo(f"records: {counts.get('generated', 0)} / {counts.get('planned', 0)}; final status "
+             f"{json.dumps(counts.get('status', {}))}; rows (every attempt) "
+             f"{json.dumps(manifest['pipeline'].get('rows_by_status', {}))}")
     rounds = load_rounds(run_dir)
     if not rounds:
+        if manifest.get("pipeline"):
+            return
         raise click.ClickException(f"{run_dir} has no finished rounds (rounds/round-001.json); "
                                    "it was not run with a `rounds:` section, or round 1 has not finished")
     for t in tables(rounds, top=top):

@@ -12,31 +12,26 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from generator.core.confine import LIBRARY_KINDS, Confinement, check_allowed_dir, project_root
 from generator.core.errors import SpecError
 from generator.config.overrides import apply_overrides
+from generator.config.base import SamplingOverride, Strict, TemplateRef
+from generator.config.seed_data import SeedTopics
+from generator.config.stages import Stage
 from generator.core.yaml_loader import Located, load_yaml
+
+__all__ = ["SamplingOverride", "Strict", "TemplateRef", "SeedTopics", "Stage"]
 
 DEFAULT_MODEL = "smollm2-135m"
 MAX_RECORDS = 1_000_000  # default bound on a plan (docs/security.md): more needs run.max_records
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class SamplingConfig(Strict):
     temperature: float = Field(0.8, ge=0.0, le=5.0, description="Softmax temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(512, ge=1, le=131072, description="Most tokens to generate per record.")
-
-
-class SamplingOverride(Strict):
-    temperature: float | None = Field(None, ge=0.0, le=5.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, le=131072)
 
 
 class TreeTopics(Strict):
@@ -63,11 +58,6 @@ class InlineTopics(Strict):
 class PersonaConfig(Strict):
     file: str = Field("core", description="Persona set: a name under personas/ or a .jsonl path.")
     sample: int | None = Field(None, ge=1, description="Size of the persona pool drawn from the file.")
-
-
-class TemplateRef(Strict):
-    template: str = Field(description="Template name under templates/ (e.g. math/word_problem) or a path.")
-    weight: float = Field(1.0, gt=0)
 
 
 class Price(Strict):
@@ -220,6 +210,18 @@ class RoundsConfig(Strict):
     embedder: Literal["static", "minilm", "hash"] = Field(
         "static", description="Embeddings for yields and the tracked score (static: fast distilled MiniLM).")
     allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)
+    signal: Literal["novelty", "judge"] = Field(
+        "novelty", description="Each cell's quality signal. novelty: usable rate x novelty (for a pipeline a "
+        "record is usable when it passed every stage, so the usable rate is the pass rate); judge: each "
+        "record's novelty is also scaled by a judge score, (score - 1) / 4, from `signal_column`.")
+    signal_column: str | None = Field(None, description="signal: judge: the score column of a pipeline's judge "
+                                      "stage, e.g. quality.mean or quality.correctness.")
+
+    @model_validator(mode="after")
+    def _signal_column(self):
+        if self.signal == "judge" and not self.signal_column:
+            raise ValueError("rounds.signal: judge needs `signal_column:` (e.g. quality.mean)")
+        return self
 
 
 class RunConfig(Strict):
@@ -236,10 +238,13 @@ class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
-    topics: list[Union[TreeTopics, InlineTopics]] = Field(min_length=1)
+    topics: list[Union[TreeTopics, InlineTopics, SeedTopics]] = Field(min_length=1)
     generations_per_topic: int = Field(1, ge=1)
     personas: PersonaConfig | None = None
-    templates: list[TemplateRef] = Field(min_length=1)
+    templates: list[TemplateRef] = Field(default_factory=list, description="Templates drawn by weight "
+                                         "per record (a spec with `stages:` names them in its stages).")
+    stages: list[Stage] | None = Field(None, min_length=1, description="A multi-stage pipeline "
+                                       "(docs/pipelines.md); without it, one generate stage of `templates:`.")
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     vars: dict[str, Any] = Field(default_factory=dict)
@@ -264,6 +269,16 @@ class Spec(Strict):
         if clash:
             raise ValueError(f"vars may not redefine {', '.join(clash)}: the plan provides them")
         return v
+
+    @model_validator(mode="after")
+    def _templates_or_stages(self):
+        if self.stages is None and not self.templates:
+            raise ValueError("missing required key 'templates' (or `stages:` for a pipeline)")
+        if self.rounds is not None and self.rounds.signal == "judge" and self.stages is None:
+            raise ValueError("rounds.signal: judge reads a judge stage's scores; it needs `stages:`")
+        if self.stages is not None and self.templates:
+            raise ValueError("a spec with `stages:` names its templates in the stages; remove `templates:`")
+        return self
 
     @property
     def file(self) -> Path | None:
@@ -326,6 +341,8 @@ def _format_error(err: dict) -> str:
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     if "; " not in msg:
         msg += "; fix the value (`synthgen schema` lists what each key accepts)"
+    if not loc:
+        return msg
     return f"'{'.'.join(str(p) for p in loc)}': {msg}"
 
 

@@ -59,3 +59,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         frame.write_parquet(tmp, compression="zstd", statistics=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

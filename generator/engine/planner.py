@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -19,8 +19,11 @@ from generator.core.confine import Confinement
 from generator.core.paths import builtin_root
 from generator.library.catalog import (Refused, TopicCell, load_personas, load_template, load_topic_tree, resolve,
                                        tree_cells)
-from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, Spec, TreeTopics
+from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, SeedTopics, Spec, TreeTopics
 from generator.library.prompt_template import Template
+from generator.engine.record import Record
+
+__all__ = ["Record", "Resolved", "expand", "plan_spec", "resolve_spec", "validate"]
 
 
 def hash64(*parts: Any) -> int:
@@ -30,34 +33,6 @@ def hash64(*parts: Any) -> int:
 
 def _unit(*parts: Any) -> float:
     return (hash64(*parts) + 0.5) / 2**64
-
-
-@dataclass
-class Record:
-    id: str
-    round: int
-    topic_id: str
-    topic: str
-    subtopic: str
-    keywords: list[str]
-    level: str | None
-    persona_ids: list[str]
-    template: str
-    template_hash: str
-    template_vars: str  # JSON of the template's drawn `choices`
-    model: str
-    temperature: float
-    top_p: float
-    max_tokens: int
-    seed: int
-    generation: int
-    messages: list[dict[str, str]]
-    prompt: str
-    structured: bool = False
-    companion_topics: list[str] = field(default_factory=list)
-
-    def to_row(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -75,8 +50,11 @@ class Resolved:
         return {t.name: t for t, _ in self.templates}
 
     def sampling_for(self, model: ModelConfig) -> SamplingConfig:
+        """The plan's sampling: the spec's, the model's overrides, then the entry stage's (if any)."""
         base = self.spec.sampling.model_dump()
         base.update({k: v for k, v in model.sampling.model_dump().items() if v is not None})
+        if self.spec.stages is not None:
+            base.update({k: v for k, v in self.spec.stages[0].sampling.model_dump().items() if v is not None})
         return SamplingConfig(**base)
 
 
@@ -121,6 +99,43 @@ def check_plan_size(spec: Spec, n_cells: int) -> None:
                                      f"to at least {planned} if you mean it")
 
 
+def _seed_source(spec: Spec, i: int, src: SeedTopics, confine: Confinement) -> list[TopicCell]:
+    from generator.library.seed_data import seed_cells
+
+    path = Path(src.seeds)
+    if not path.is_absolute() and spec.base_dir is not None:
+        path = spec.base_dir / path
+    if not path.exists():
+        raise _spec_error(spec, ("topics", i, "seeds"), f"seed data {path} not found; fix `seeds:`")
+    if not confine.permits(path):  # seed rows become prompts: they come from the project like templates
+        try:
+            confine.check(path, "seed data", src.seeds)
+        except SpecError as exc:
+            raise _spec_error(spec, ("topics", i, "seeds"), str(exc)) from None
+    try:
+        return seed_cells(src, path, spec.seed, ("seeds", i))
+    except (SpecError, FileNotFoundError, ValueError) as exc:
+        raise _spec_error(spec, ("topics", i, "seeds"), f"{exc}; fix the seeds source") from None
+
+
+def _entry(spec: Spec) -> tuple[list, Any, list[ModelConfig]]:
+    """(template refs, their spec positions, models) the plan draws from: the spec's, or for a
+    spec with `stages:` its first stage's (the entry stage, whose prompts are the plan)."""
+    if spec.stages is None:
+        return spec.templates, lambda i: ("templates", i, "template"), list(spec.models)
+    entry = spec.stages[0]
+    if entry.kind != "generate":
+        raise _spec_error(spec, ("stages", 0), "the first stage must be a generate stage that reads no other "
+                          "stage (its prompts are the plan)")
+    models = [m for m in spec.models if m.name == entry.model] if entry.model else list(spec.models)
+    if not models:
+        raise _spec_error(spec, ("stages", 0, "model"), f"model '{entry.model}' is not in `models:`; add it "
+                          f"there or fix the name")
+    if entry.template:
+        return [entry.template_refs()[0]], lambda i: ("stages", 0, "template"), models
+    return entry.template_refs(), lambda i: ("stages", 0, "templates", i, "template"), models
+
+
 def resolve_spec(spec: Spec) -> Resolved:
     confine = spec.confinement()
     cells: list[TopicCell] = []
@@ -138,6 +153,8 @@ def resolve_spec(spec: Spec) -> Resolved:
             if src.sample is not None and src.sample < len(found):
                 found = _priority_sample(found, src.sample, [c.weight for c in found], spec.seed, "topics", i)
             cells.extend(found)
+        elif isinstance(src, SeedTopics):
+            cells.extend(_seed_source(spec, i, src, confine))
         else:
             assert isinstance(src, InlineTopics)
             for item in src.items:
@@ -156,11 +173,11 @@ def resolve_spec(spec: Spec) -> Resolved:
         seen.add(c.id)
 
     check_plan_size(spec, len(cells))
+    refs, where, models = _entry(spec)
     templates: list[tuple[Template, float]] = []
     roots = template_roots(spec, confine)
-    for i, ref in enumerate(spec.templates):
-        path = _resolve(spec, "templates", ref.template, confine, ("templates", i, "template"),
-                        "`synthgen library` lists the templates")
+    for i, ref in enumerate(refs):
+        path = _resolve(spec, "templates", ref.template, confine, where(i), "`synthgen library` lists the templates")
         templates.append((load_template(path, roots=roots, confine=confine), ref.weight))
     names = [t.name for t, _ in templates]
     if len(set(names)) != len(names):
@@ -176,13 +193,15 @@ def resolve_spec(spec: Spec) -> Resolved:
                               f"{len(personas)}")
         if spec.personas.sample is not None and spec.personas.sample < len(personas):
             personas = _priority_sample(personas, spec.personas.sample, [1.0] * len(personas), spec.seed, "personas")
-    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=list(spec.models))
+    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=models)
 
 
 def available_variables(resolved: Resolved, template: Template) -> set[str]:
     names = {"topic", "subtopic", "keywords", "level", "topic_path", "topics"}
     if resolved.personas is not None:
         names |= {"persona", "personas"}
+    if any(c.source == "seeds" for c in resolved.cells):  # a seed row's columns are variables
+        names |= {k for c in resolved.cells if c.source == "seeds" for k in c.as_vars()}
     return names | set(template.choices) | set(resolved.spec.vars)
 
 
@@ -191,7 +210,8 @@ def validate(resolved: Resolved) -> None:
     spec = resolved.spec
     for i, (tpl, _) in enumerate(resolved.templates):
         tpl.check_variables(available_variables(resolved, tpl),
-                            where=f" (used by {spec.file.name if spec.file else 'the spec'}, templates[{i}])")
+                            where=f" (used by {spec.file.name if spec.file else 'the spec'}, "
+                                  f"{'stages[0]' if spec.stages else f'templates[{i}]'})")
         if tpl.personas_per_prompt > 1 and resolved.personas is not None \
                 and tpl.personas_per_prompt > len(resolved.personas):
             raise _spec_error(spec, ("personas", "sample"), f"template '{tpl.name}' shows "

@@ -26,16 +26,11 @@ from generator.core.errors import RunFolderError
 from generator.core.files import write_json_atomic, write_parquet_atomic
 from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_files, read_generation_files,
                                       read_manifest, read_plan)
+from generator.engine.record import MESSAGE, plan_schema
 
-MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
-PLAN_SCHEMA: dict[str, Any] = {
-    "id": pl.Utf8, "round": pl.Int32, "topic_id": pl.Utf8, "topic": pl.Utf8, "subtopic": pl.Utf8,
-    "keywords": pl.List(pl.Utf8), "level": pl.Utf8, "persona_ids": pl.List(pl.Utf8),
-    "template": pl.Utf8, "template_hash": pl.Utf8, "template_vars": pl.Utf8, "model": pl.Utf8,
-    "temperature": pl.Float64, "top_p": pl.Float64, "max_tokens": pl.Int32, "seed": pl.Int64,
-    "generation": pl.Int32, "messages": pl.List(MESSAGE), "prompt": pl.Utf8, "structured": pl.Boolean,
-    "companion_topics": pl.List(pl.Utf8),
-}
+__all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "RequestCache"]
+
+PLAN_SCHEMA: dict[str, Any] = plan_schema()  # one column per `Record` field, in order
 RESULT_SCHEMA: dict[str, Any] = {
     "completion": pl.Utf8, "text": pl.Utf8, "prompt_tokens": pl.Int32, "completion_tokens": pl.Int32,
     "finish_reason": pl.Utf8, "status": pl.Utf8, "attempts": pl.Int32, "error": pl.Utf8,
@@ -173,8 +168,9 @@ class RunFolder:
             return set()
         return {p.name for p in generation_files(self.path)}
 
-    def write_shard(self, name: str, rows: list[dict]) -> Path:
-        frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA)
+    def write_shard(self, name: str, rows: list[dict], schema: dict | None = None) -> Path:
+        """`schema`: a pipeline's wider row schema (default: a single-stage run's)."""
+        frame = pl.DataFrame(rows, schema=schema or GENERATION_SCHEMA)
         path = self.shard_path(name)
         write_parquet_atomic(frame, path)
         return path

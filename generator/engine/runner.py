@@ -141,7 +141,7 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
 
 
 def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, executor, emit: Progress,
-                    manifest: dict) -> ExecStats:
+                    manifest: dict, pipeline=None) -> ExecStats:
     """Generate every planned row whose shard is not written yet (the executor is not closed)."""
     spec = resolved.spec
     stats = ExecStats()
@@ -151,6 +151,8 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
         stats.completion_tokens += row["completion_tokens"] or 0
         emit("record", row)
 
+    if pipeline is not None:
+        return _execute_pipeline(folder, resolved, pipeline, plan, executor, emit, manifest, stats, on_record)
     job = build_job(folder, resolved, plan, on_record=on_record)
     job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
     if spec.run.window:
@@ -165,11 +167,43 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
     try:
         for st in executor.execute(job):
             emit("shard", {"name": st.name, "records": st.records})
-        stats.model_calls = getattr(executor, "model_calls", None) or 0
-        backends = getattr(executor, "backends", {})
-        if backends:
-            manifest["models"] = {n: b.describe() for n, b in backends.items()}
-        stats.load_seconds = sum(getattr(b, "load_seconds", 0.0) for b in backends.values())
+        report = executor.report()
+        stats.model_calls = report.model_calls
+        stats.load_seconds = report.load_seconds
+        if report.backends:
+            manifest["models"] = report.backends
+    finally:
+        manifest["updated_at"] = time.time()
+        stats.gen_seconds = time.time() - t1
+    return stats
+
+
+def _execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline, plan: pl.DataFrame, executor,
+                      emit: Progress, manifest: dict, stats: ExecStats, on_record) -> ExecStats:
+    from generator.engine.pipeline.execute import execute_pipeline
+
+    done = folder.completed_shards()
+    pending = plan.filter(~pl.col("shard").is_in(list(done)))
+    stats.pending_records = pending.height
+    emit("start", {"records": plan.height, "pending": pending.height,
+                   "shards": pending["shard"].n_unique(), "done_shards": len(done)})
+    kwargs: dict = {"on_finished": lambda n: emit("finished", {"n": n})}
+    if resolved.spec.run.window:
+        kwargs["window"] = resolved.spec.run.window
+    def on_row(row: dict) -> None:  # every attempt's tokens count; progress counts records
+        if row["final"]:
+            on_record(row)
+        else:
+            stats.completion_tokens += row["completion_tokens"] or 0
+
+    t1 = time.time()
+    try:
+        rep = execute_pipeline(folder, resolved, pipeline, pending, executor, kwargs, on_record=on_row,
+                               on_shard=lambda name: emit("shard", {"name": name, "records": None}),
+                               on_ready=lambda: emit("engine_ready", {}))
+        stats.model_calls, stats.load_seconds = rep.model_calls, rep.load_seconds
+        if rep.backends:
+            manifest["models"] = rep.backends
     finally:
         manifest["updated_at"] = time.time()
         stats.gen_seconds = time.time() - t1
@@ -177,14 +211,22 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
 
 
 def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame, stats: ExecStats,
-               plan_seconds: float) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Counts and timings into the manifest, the dataset card; returns (generations, status counts)."""
+               plan_seconds: float, pipeline=None) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Counts and timings into the manifest, the dataset card; returns (generations, status counts).
+    For a pipeline the generations are the final rows (one per record; rejected attempts stay in
+    the shards and are counted in the manifest's `pipeline` section)."""
     frame = folder.read_generations()
     statuses: dict[str, int] = {}
     tokens = {"prompt": 0, "completion": 0}
     if not frame.is_empty():
-        statuses = dict(frame.group_by("status").len().iter_rows())
         tokens = {"prompt": int(frame["prompt_tokens"].sum()), "completion": int(frame["completion_tokens"].sum())}
+    if pipeline is not None:
+        from generator.engine.pipeline.execute import summary
+
+        manifest["pipeline"] = summary(frame, pipeline)
+        frame = frame.filter(pl.col("final")) if "final" in frame.columns else frame
+    if not frame.is_empty():
+        statuses = dict(frame.group_by("status").len().iter_rows())
     manifest["counts"] = {"planned": plan.height, "generated": frame.height, "status": statuses,
                           "tokens": tokens, "shards": len(folder.completed_shards())}
     timings = manifest.setdefault("timings", [])
@@ -208,6 +250,7 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     t0 = time.time()
     emit = progress or (lambda event, data: None)
     resolved, records = plan_spec(spec, limit=limit)
+    pipeline = compile_pipeline(resolved)
     plan_seconds = time.time() - t0
     folder = RunFolder(out or spec.output_dir())
     old_plan, new = reconcile(folder, records)
@@ -216,6 +259,8 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     if new:
         folder.write_plan(plan)
     manifest = run_manifest(folder, spec, resolved, limit)
+    if pipeline is not None:
+        manifest["templates"] = {t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates}
     emit("plan", {"records": plan.height, "new": len(new), "seconds": plan_seconds})
 
     own_executor = executor is None
@@ -224,17 +269,27 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
 
         executor = LocalExecutor()
     try:
-        stats = execute_records(folder, resolved, plan, executor, emit, manifest)
+        stats = execute_records(folder, resolved, plan, executor, emit, manifest, pipeline)
     finally:
         if own_executor:
             executor.close()
-    return close_run(spec, folder, manifest, resolved, plan, stats, plan_seconds, score, emit, t0)
+    return close_run(spec, folder, manifest, resolved, plan, stats, plan_seconds, score, emit, t0, pipeline)
+
+
+def compile_pipeline(resolved: Resolved):
+    """A spec's checked stage DAG (`generator.engine.pipeline`), or None for a single-stage spec."""
+    if resolved.spec.stages is None:
+        return None
+    from generator.engine.pipeline.execute import prepare
+
+    return prepare(resolved)
 
 
 def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame,
-              stats: "ExecStats", plan_seconds: float, score: bool, emit: Progress, t0: float) -> RunResult:
+              stats: "ExecStats", plan_seconds: float, score: bool, emit: Progress, t0: float,
+              pipeline=None) -> RunResult:
     """The end of every run (single or rounds): manifest and card, the spec's scores, the result."""
-    frame, statuses = finish_run(folder, manifest, resolved, plan, stats, plan_seconds)
+    frame, statuses = finish_run(folder, manifest, resolved, plan, stats, plan_seconds, pipeline)
     scores = None
     if score and spec.scoring is not None and frame.height:
         scores = score_run(folder, spec)

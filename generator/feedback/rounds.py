@@ -25,7 +25,8 @@ from generator.feedback.allocator import Allocation, Allocator, grow_samples, ro
 from generator.core.errors import RunFolderError
 from generator.library.catalog import load_personas, load_topic_tree, resolve, tree_cells
 from generator.engine.planner import Resolved, expand, resolve_spec, validate
-from generator.engine.runner import (ExecStats, Progress, RunResult, assign_shards, close_run, execute_records, run_manifest)
+from generator.engine.runner import (ExecStats, Progress, RunResult, assign_shards, close_run, compile_pipeline,
+                                     execute_records, run_manifest)
 from generator.config.spec import Spec, TreeTopics
 from generator.core.files import write_json_atomic
 from generator.engine.run_folder import RunFolder
@@ -127,6 +128,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     folder.create()
     base_resolved = resolve_spec(spec)
     validate(base_resolved)
+    pipeline = compile_pipeline(base_resolved)  # stages do not change between rounds
     plan_seconds = time.time() - t0
     pool = history[-1]["pool"] if history else initial_pool(spec)
     resolved = _resolve(spec, pool) if history else base_resolved
@@ -169,16 +171,18 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             if new:
                 folder.write_plan(plan)
             emit("plan", {"records": plan.height, "new": len(new), "seconds": time.time() - t_plan})
-            st = execute_records(folder, resolved, plan, executor, emit, manifest)
-            total.model_calls = st.model_calls
+            st = execute_records(folder, resolved, plan, executor, emit, manifest, pipeline)
+            total.model_calls += st.model_calls  # both per call: engines reused later cost no load time
             total.load_seconds += st.load_seconds
             total.gen_seconds += st.gen_seconds
             total.pending_records += st.pending_records
             total.completion_tokens += st.completion_tokens
             t_y = time.time()
             frame = folder.read_generations()
+            if pipeline is not None:  # a record counts once: its final row (rejected ones are flagged)
+                frame = frame.filter(pl.col("final"))
             y = compute_yields(frame, r, embedder=rc.embedder, metric=rc.allocator.yield_metric, score=rc.score,
-                               seed=spec.seed)
+                               seed=spec.seed, weight_column=rc.signal_column if rc.signal == "judge" else None)
             scores = y.pop("scores")
             tracked = scores.get("tracked")
             prev = history[-1]["tracked"] if history else 0.0
@@ -207,7 +211,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     if stop_decisions:
         write_json_atomic(folder.path / "rounds" / "stop.json", {"after_round": len(history),
                                                                  "decisions": stop_decisions})
-    return close_run(spec, folder, manifest, resolved, plan, total, plan_seconds, score, emit, t0)
+    return close_run(spec, folder, manifest, resolved, plan, total, plan_seconds, score, emit, t0, pipeline)
 
 
 def _resolve(spec: Spec, pool: dict[str, Any]) -> Resolved:

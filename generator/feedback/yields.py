@@ -99,10 +99,12 @@ def _novelty(x: np.ndarray, rows: list[int], cell_of: np.ndarray | None) -> dict
 
 
 def compute_yields(frame: pl.DataFrame, round: int, embedder: str = "static", metric: str = "novelty",
-                   score: str = "vendi", seed: int = 0) -> dict[str, Any]:
+                   score: str = "vendi", seed: int = 0, weight_column: str | None = None) -> dict[str, Any]:
     """Yields of round `round`'s rows (see the module docstring) and the run's global scores.
 
-    `frame` holds every generation row of the run so far (rounds <= `round`)."""
+    `frame` holds every generation row of the run so far (rounds <= `round`). `weight_column` (a
+    pipeline judge's 1-5 score, `rounds.signal: judge`) scales each row's yield by (score - 1) / 4;
+    a row without a score yields zero."""
     from scoring.embed import embed
     from scoring.metrics import find_duplicates
 
@@ -123,6 +125,10 @@ def compute_yields(frame: pl.DataFrame, round: int, embedder: str = "static", me
     latest = [i for i in range(frame.height) if rounds[i] == round]
     novelty = _novelty(x, [pos[i] for i in latest if i in pos], cell_arr if metric == "cell_novelty" else None)
 
+    weights = [1.0] * frame.height
+    if weight_column is not None:
+        weights = [0.0 if v is None else min(max((float(v) - 1.0) / 4.0, 0.0), 1.0)
+                   for v in frame[weight_column].to_list()]
     row_yield: dict[int, float] = {}
     row_dup: dict[int, bool] = {}
     for i in latest:
@@ -131,7 +137,7 @@ def compute_yields(frame: pl.DataFrame, round: int, embedder: str = "static", me
             row_yield[i] = 0.0
             continue
         row_dup[i] = dups[u] is not None
-        row_yield[i] = 0.0 if row_dup[i] else novelty[u]
+        row_yield[i] = 0.0 if row_dup[i] else novelty[u] * weights[i]
 
     def summarize(members: list[int]) -> dict[str, Any]:
         ys = [row_yield[i] for i in members]

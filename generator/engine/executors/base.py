@@ -23,9 +23,22 @@ class Job:
     on_engine_ready: Callable[[], None] | None = None   # a model is loaded: generation starts now
 
 
+@dataclass
+class ExecReport:
+    """What one `execute` call did (read with `Executor.report()` once it has finished)."""
+
+    model_calls: int = 0        # requests that reached a model in this call (cache hits excluded)
+    load_seconds: float = 0.0   # starting engines created in this call; reused ones cost nothing
+    backends: dict[str, dict] = field(default_factory=dict)  # model -> its backend's describe()
+
+
 class Executor(Protocol):
     def execute(self, job: Job) -> Iterator[ShardStats]:
         """Generate and write every shard of the job; yield stats as each shard lands."""
+        ...
+
+    def report(self) -> ExecReport:
+        """The last `execute` call's report."""
         ...
 
     def close(self) -> None:

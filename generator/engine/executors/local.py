@@ -10,14 +10,15 @@ from generator.engine.backends.memory import shared_engines
 from generator.core.backend import Backend
 from generator.engine.requests import Shard, ShardAssembler, ShardStats, generate_rows
 from generator.engine.run_folder import RunFolder
-from generator.engine.executors.base import Job
+from generator.engine.executors.base import ExecReport, Job
 
 
 class LocalExecutor:
     def __init__(self, backend_factory: Callable[..., Backend] | None = None):
         self.backend_factory = backend_factory or make_backend
         self.backends: dict[str, Backend] = {}
-        self.model_calls = 0
+        self.model_calls = 0  # over every call (the report counts one call)
+        self._report = ExecReport()
 
     def backend(self, job: Job, name: str) -> Backend:
         if name not in self.backends:
@@ -25,10 +26,16 @@ class LocalExecutor:
             share = shared_engines(job.models.values()).get(name)
             if share:  # several offline models stay loaded side by side: each gets its slice
                 cfg = cfg.model_copy(update={"engine": {**share, **cfg.engine}})
+            t0 = time.time()
             self.backends[name] = self.backend_factory(cfg, **job.backend_kwargs)
+            self._report.load_seconds += time.time() - t0
         return self.backends[name]
 
+    def report(self) -> ExecReport:
+        return self._report
+
     def execute(self, job: Job) -> Iterator[ShardStats]:
+        self._report = ExecReport()
         folder = RunFolder(job.run_dir)
         cache = folder.cache()
         by_model: dict[str, list[Shard]] = defaultdict(list)
@@ -57,8 +64,10 @@ class LocalExecutor:
                 backend = self.backend(job, model)
                 if job.on_engine_ready:
                     job.on_engine_ready()
-                self.model_calls += generate_rows(backend, rows, cache, job.retries, job.schemas,
-                                                  job.renderers, on_final)
+                calls = generate_rows(backend, rows, cache, job.retries, job.schemas, job.renderers, on_final)
+                self.model_calls += calls
+                self._report.model_calls += calls
+                self._report.backends[model] = backend.describe()
                 while landed:
                     yield landed.pop(0)
         finally:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Mapping
 from generator.core.errors import SynthgenError
 from generator.engine.requests import Shard, ShardStats
 from generator.engine.run_folder import RunFolder
-from generator.engine.executors.base import Job
+from generator.engine.executors.base import ExecReport, Job
 
 # environment forwarded to actors (matters on a remote cluster; local workers inherit it anyway).
 # API keys are NOT forwarded: set the variable named by `api_key_env` on the worker nodes.
@@ -173,6 +173,7 @@ class RayExecutor:
         self.batch_records = batch_records
         self.backends: dict[str, Any] = {}
         self.model_calls = 0
+        self._report = ExecReport()
         self.actor_restarts = 0
         self.shard_retries = 0
         self.actors: list[Any] = []
@@ -230,9 +231,14 @@ class RayExecutor:
             raise
 
     # -- Executor interface
+    def report(self) -> ExecReport:
+        return self._report
+
     def execute(self, job: Job) -> Iterator[ShardStats]:
+        self._report = ExecReport()
         if not job.shards:
             return
+        calls_before = self.model_calls
         t0 = time.time()  # Ray start-up counts as load time, like an engine's
         ray = self._init_ray()
         from ray.exceptions import RayActorError
@@ -249,6 +255,10 @@ class RayExecutor:
                      for a in self.actors])
         infos = self._warm(ray, self.actors, names)
         self._describe(infos, time.time() - t0)
+        # warming actors that already hold the engines takes next to nothing: a reused run's
+        # report carries (almost) no load time, a fresh one the whole start-up
+        self._report.load_seconds = time.time() - t0
+        self._report.backends = {n: b.describe() for n, b in self.backends.items()}
         if job.on_engine_ready:
             job.on_engine_ready()
 
@@ -307,6 +317,7 @@ class RayExecutor:
                 raise
             landed.add(st.name)
             self.model_calls += st.model_calls
+            self._report.model_calls = self.model_calls - calls_before
             if job.on_record:
                 for row in rows:
                     job.on_record(row)

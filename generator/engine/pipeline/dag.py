@@ -1,0 +1,263 @@
+"""A spec's `stages:` compiled into a checked DAG, before any model is loaded.
+
+Edges come from references: a template using `{{ problem.text }}`, a judge `target:`, a verify
+`target:`/`against:`, a filter expression reading `check.agree`, and `after:`. The first stage
+listed is the entry: a generate stage that reads no other stage; the plan holds its prompts.
+Every error is one line at the stage's position in the spec file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from generator.config.stages import FilterStage, GenerateStage, JudgeStage, Stage, VerifyStage
+from generator.config.spec import Spec
+from generator.core.errors import SpecError
+from generator.engine.pipeline import expressions
+from generator.library.prompt_template import Template
+
+# what later stages (templates, expressions) may read of each kind of stage
+GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "completion_tokens"}
+VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status"}
+FILTER_FIELDS = {"passed", "reason", "status"}
+COMPARE_FIELDS = {"winner", "chosen", "rejected", "reason", "status"}
+ROW_FIELDS = {"topic", "subtopic", "level", "topic_id", "template", "model", "generation", "seed_id",
+              "attempt"}
+
+
+@dataclass
+class StageNode:
+    cfg: Any  # one of the stage models in generator.config.stages
+    index: int
+    deps: set[str] = field(default_factory=set)
+    templates: list[tuple[Template, float]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def kind(self) -> str:
+        return self.cfg.kind
+
+    def fields(self) -> set[str]:
+        c = self.cfg
+        if isinstance(c, GenerateStage):
+            return GENERATE_FIELDS
+        if isinstance(c, JudgeStage):
+            if c.compare:
+                return COMPARE_FIELDS
+            return {cr.name for cr in c.criteria} | {"mean", "reasons", "status"}
+        return VERIFY_FIELDS if isinstance(c, VerifyStage) else FILTER_FIELDS
+
+    def schema(self) -> dict | None:
+        return self.templates[0][0].output_schema if self.templates else None
+
+
+@dataclass
+class Pipeline:
+    nodes: dict[str, StageNode]   # in run order (topological, ties in listing order)
+    entry: str
+    output: str
+    ancestors: dict[str, set[str]]
+    descendants: dict[str, set[str]]
+    gates: dict[str, set[str]] = field(default_factory=dict)  # stage -> checks it also waits for
+
+    def waits_for(self, name: str) -> set[str]:
+        return self.nodes[name].deps | self.gates.get(name, set())
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.nodes)
+
+    def models_used(self, default: str) -> set[str]:
+        return {getattr(n.cfg, "model", None) or default for n in self.nodes.values()
+                if n.kind in ("generate", "judge")}
+
+
+def _error(spec: Spec, path: tuple, message: str) -> SpecError:
+    if spec._located is not None:
+        return spec._located.error(path, message)
+    return SpecError(message, file=spec.file)
+
+
+def _references(node: StageNode, names: set[str]) -> dict[str, tuple]:
+    """Stage names this stage reads -> the spec key (relative to the stage) that names it."""
+    c = node.cfg
+    refs: dict[str, tuple] = {}
+    for tpl, _ in node.templates:
+        for v in sorted(tpl.referenced_variables() & names):
+            refs.setdefault(v, ("template",) if isinstance(c, GenerateStage) and c.template else ("templates",))
+    for key in ("target", "against", "instruction"):
+        value = getattr(c, key, None)
+        if value:
+            refs.setdefault(value, (key,))
+    for j, value in enumerate(getattr(c, "compare", None) or []):
+        refs.setdefault(value, ("compare", j))
+    if isinstance(c, FilterStage):
+        for path in expressions.parse(c.expr).refs:
+            if path[0] not in ROW_FIELDS:
+                refs.setdefault(path[0], ("expr",))
+    for j, value in enumerate(c.after):
+        refs.setdefault(value, ("after", j))
+    return refs
+
+
+def _toposort(spec: Spec, nodes: dict[str, StageNode]) -> list[str]:
+    order: list[str] = []
+    done: set[str] = set()
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycle = visiting[visiting.index(name):] + [name]
+            node = nodes[visiting[-1]]
+            raise _error(spec, ("stages", node.index), f"stages form a cycle: {' -> '.join(cycle)}; "
+                         f"a stage may only read stages that run before it")
+        visiting.append(name)
+        for dep in sorted(nodes[name].deps, key=lambda d: nodes[d].index):
+            visit(dep)
+        visiting.pop()
+        done.add(name)
+        order.append(name)
+
+    for name in nodes:  # listing order breaks ties
+        visit(name)
+    return order
+
+
+def _closure(nodes: dict[str, StageNode]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    ancestors: dict[str, set[str]] = {}
+    for name in nodes:  # nodes are in topological order here
+        ancestors[name] = set(nodes[name].deps).union(*(ancestors[d] for d in nodes[name].deps))
+    descendants = {n: {m for m in nodes if n in ancestors[m]} for n in nodes}
+    return ancestors, descendants
+
+
+def build(spec: Spec, load_templates) -> Pipeline:
+    """Compile and check `spec.stages`. `load_templates(stage_index, refs)` resolves a generate
+    stage's templates to `[(Template, weight)]` (raising the spec's usual error)."""
+    stages: list[Stage] = list(spec.stages or [])
+    nodes: dict[str, StageNode] = {}
+    for i, s in enumerate(stages):
+        if s.name in nodes:
+            raise _error(spec, ("stages", i, "name"), f"stage name '{s.name}' is used twice; rename one")
+        node = StageNode(cfg=s, index=i)
+        if isinstance(s, GenerateStage):
+            node.templates = load_templates(i, s.template_refs())
+        if isinstance(s, FilterStage):
+            try:
+                expressions.parse(s.expr)
+            except expressions.ExpressionError as exc:
+                raise _error(spec, ("stages", i, "expr"), f"filter '{s.name}': {exc}; "
+                             f"docs/pipelines.md lists what an expression may use") from None
+        nodes[s.name] = node
+    names = set(nodes)
+    models = {m.name for m in spec.models}
+    for node in nodes.values():
+        for ref, key in _references(node, names | _all_refs(node)).items():
+            if ref not in names:
+                raise _error(spec, ("stages", node.index, *key), f"stage '{node.name}' refers to '{ref}', "
+                             f"which is no stage; stages are: {', '.join(nodes)}")
+            if ref == node.name:
+                raise _error(spec, ("stages", node.index, *key), f"stage '{node.name}' refers to itself")
+            node.deps.add(ref)
+        model = getattr(node.cfg, "model", None)
+        if model is not None and model not in models:
+            raise _error(spec, ("stages", node.index, "model"), f"model '{model}' is not in `models:` "
+                         f"({', '.join(sorted(models))}); add it there or fix the name")
+    order = _toposort(spec, nodes)
+    nodes = {n: nodes[n] for n in order}
+    ancestors, descendants = _closure(nodes)
+    first = stages[0]
+    if not isinstance(first, GenerateStage) or nodes[first.name].deps:
+        raise _error(spec, ("stages", 0), "the first stage must be a generate stage that reads no other "
+                     "stage (its prompts are the plan)")
+    for node in nodes.values():
+        _check_kinds(spec, node, nodes, ancestors)
+    output = _output_stage(spec, nodes)
+    return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants,
+                    gates=_gates(nodes, ancestors, descendants))
+
+
+def _gates(nodes: dict[str, StageNode], ancestors: dict[str, set[str]], descendants: dict[str, set[str]]
+           ) -> dict[str, set[str]]:
+    """A stage that a check's regeneration would throw away, and that the check does not need,
+    waits for the check to pass (e.g. a judge beside an answer-agreement check). Nothing is then
+    paid for an attempt already rejected, and the requests of a run depend on the answers alone,
+    not on which answer happened to land first. A gate that would close a cycle is left out."""
+    gates: dict[str, set[str]] = {n: set() for n in nodes}
+
+    def reaches(a: str, b: str) -> bool:  # does `a` (transitively) wait for `b`?
+        stack, seen = [a], set()
+        while stack:
+            x = stack.pop()
+            if x == b:
+                return True
+            if x not in seen:
+                seen.add(x)
+                stack.extend(nodes[x].deps | gates[x])
+        return False
+
+    for s, node in nodes.items():
+        rule = node.cfg.on_reject
+        if rule is None:
+            continue
+        for x in sorted(descendants[rule.regenerate] - ancestors[s] - descendants[s] - {s}):
+            if not reaches(s, x):
+                gates[x].add(s)
+    return gates
+
+
+def _all_refs(node: StageNode) -> set[str]:
+    """Names a stage points at explicitly (so a typo is reported, not ignored)."""
+    c = node.cfg
+    out = set(c.after) | set(getattr(c, "compare", None) or [])
+    out |= {v for v in (getattr(c, k, None) for k in ("target", "against", "instruction")) if v}
+    if isinstance(c, FilterStage):
+        out |= {p[0] for p in expressions.parse(c.expr).refs if p[0] not in ROW_FIELDS}
+    return out
+
+
+def _check_kinds(spec: Spec, node: StageNode, nodes: dict[str, StageNode], ancestors: dict[str, set[str]]) -> None:
+    c = node.cfg
+    where = ("stages", node.index)
+    for key in ("target", "against", "instruction"):
+        ref = getattr(c, key, None)
+        if ref and key != "instruction" and nodes[ref].kind != "generate":
+            raise _error(spec, (*where, key), f"`{key}: {ref}` must name a generate stage")
+    for j, ref in enumerate(getattr(c, "compare", None) or []):
+        if nodes[ref].kind != "generate":
+            raise _error(spec, (*where, "compare", j), f"`compare` must name generate stages ('{ref}' is not)")
+    if isinstance(c, FilterStage):
+        for path in expressions.parse(c.expr).refs:
+            if path[0] in ROW_FIELDS:
+                continue
+            fields = nodes[path[0]].fields()
+            if len(path) == 1 or path[1] not in fields:
+                raise _error(spec, (*where, "expr"), f"filter '{node.name}' reads '{'.'.join(path)}'; "
+                             f"stage '{path[0]}' has {', '.join(sorted(fields))}")
+    if c.on_reject is not None:
+        target = c.on_reject.regenerate
+        if target not in nodes:
+            raise _error(spec, (*where, "on_reject", "regenerate"), f"`regenerate: {target}` is no stage; "
+                         f"stages are: {', '.join(nodes)}")
+        if nodes[target].kind != "generate":
+            raise _error(spec, (*where, "on_reject", "regenerate"), f"`regenerate: {target}` must name a "
+                         f"generate stage")
+        if target != node.name and target not in ancestors[node.name]:
+            raise _error(spec, (*where, "on_reject", "regenerate"), f"`regenerate: {target}` does not "
+                         f"precede '{node.name}'; name a stage it reads (directly or through others)")
+
+
+def _output_stage(spec: Spec, nodes: dict[str, StageNode]) -> str:
+    marked = [n for n in nodes.values() if isinstance(n.cfg, GenerateStage) and n.cfg.output]
+    if len(marked) > 1:
+        raise _error(spec, ("stages", marked[1].index, "output"), "only one stage may set `output: true`")
+    if marked:
+        return marked[0].name
+    single = [n for n in sorted(nodes.values(), key=lambda n: n.index)
+              if isinstance(n.cfg, GenerateStage) and n.cfg.n == 1]
+    return (single or [nodes[next(iter(nodes))]])[-1].name

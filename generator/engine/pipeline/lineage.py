@@ -1,0 +1,113 @@
+"""The rows a pipeline writes: one per attempt of each record, with every stage's columns.
+
+Columns: the plan's (the entry stage's prompt, template, model, seed), the usual result columns
+(`messages`, `prompt`, `completion` and `text` are the output stage's), then
+
+    final        true on the one row that ends the record (its last attempt)
+    decided_by   the stage that decided this attempt (a rejecting check, a failed generation,
+                 or the last stage when everything passed)
+    reason       why (the check's reason), null when it passed
+    seed_id      the seed data row the record came from (null for topic cells)
+    <stage>.*    per stage: status, attempt (the attempt that produced it), reason, and by kind
+                 generate: text, json, texts, prompt, template, model, seed, tries, tokens;
+                 judge: one Float64 column per criterion, mean, reasons (JSON) or
+                 winner/chosen/rejected; verify: passed, agree, answer, majority; filter: passed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from generator.engine.pipeline.context import StageOut, jsonable
+from generator.engine.pipeline.dag import Pipeline, StageNode
+from generator.engine.run_folder import GENERATION_SCHEMA
+
+RECORD_COLUMNS: dict[str, Any] = {"final": pl.Boolean, "decided_by": pl.Utf8, "reason": pl.Utf8, "seed_id": pl.Utf8}
+_MODEL_COLS = {"model": pl.Utf8, "seed": pl.Int64, "tries": pl.Int32, "prompt_tokens": pl.Int32,
+               "completion_tokens": pl.Int32}
+
+
+def stage_columns(node: StageNode) -> dict[str, Any]:
+    cols: dict[str, Any] = {"status": pl.Utf8, "attempt": pl.Int32, "reason": pl.Utf8}
+    c = node.cfg
+    if node.kind == "generate":
+        cols.update({"text": pl.Utf8, "json": pl.Utf8, "texts": pl.List(pl.Utf8), "prompt": pl.Utf8,
+                     "template": pl.Utf8, **_MODEL_COLS})
+    elif node.kind == "judge" and c.compare:
+        cols.update({"winner": pl.Utf8, "chosen": pl.Utf8, "rejected": pl.Utf8, **_MODEL_COLS})
+    elif node.kind == "judge":
+        cols.update({cr.name: pl.Float64 for cr in c.criteria})
+        cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS})
+    elif node.kind == "verify":
+        cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
+    else:
+        cols["passed"] = pl.Boolean
+    return {f"{node.name}.{k}": v for k, v in cols.items()}
+
+
+def pipeline_schema(pipeline: Pipeline) -> dict[str, Any]:
+    schema = {**GENERATION_SCHEMA, **RECORD_COLUMNS}
+    for node in pipeline.nodes.values():
+        schema.update(stage_columns(node))
+    return schema
+
+
+def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
+    v = out.view
+    vals: dict[str, Any] = {"status": out.status, "attempt": out.attempt, "reason": out.reason}
+    if node.kind in ("generate", "judge"):
+        vals.update({"model": out.model, "seed": out.seed, "tries": out.tries, "prompt_tokens": out.prompt_tokens,
+                     "completion_tokens": out.completion_tokens})
+    if node.kind == "generate":
+        vals.update({"text": v.get("text"), "json": jsonable(v.get("json") or None), "texts": v.get("texts"),
+                     "prompt": v.get("prompt"), "template": out.template})
+    elif node.kind == "judge" and node.cfg.compare:
+        vals.update({"winner": v.get("winner"), "chosen": v.get("chosen"), "rejected": v.get("rejected")})
+    elif node.kind == "judge":
+        vals.update({cr.name: v.get(cr.name) for cr in node.cfg.criteria})
+        vals.update({"mean": v.get("mean"), "reasons": jsonable(v.get("reasons") or None)})
+    else:
+        vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority") if k in v})
+    return {f"{node.name}.{k}": x for k, x in vals.items()}
+
+
+def attempt_row(pipeline: Pipeline, plan_row: dict, outputs: dict[str, StageOut], attempt: int, status: str,
+                decided_by: str, reason: str | None, final: bool, seed_id: str | None) -> dict[str, Any]:
+    """One row: this attempt's outputs (stages kept from earlier attempts are repeated, with their
+    own `<stage>.attempt`; tokens count only the stages produced in this attempt)."""
+    row: dict[str, Any] = dict(plan_row)
+    out = outputs.get(pipeline.output)
+    fresh = [o for o in outputs.values() if o.attempt == attempt]
+    row.update({
+        "completion": out.completion if out else None,
+        "text": (out.view.get("text") or "") if out and status in ("ok", "truncated") else "",
+        "prompt_tokens": sum(o.prompt_tokens for o in fresh),
+        "completion_tokens": sum(o.completion_tokens for o in fresh),
+        "finish_reason": None, "status": status, "attempts": attempt,
+        "error": reason if status not in ("ok", "truncated", "rejected") else None,
+        "final": final, "decided_by": decided_by, "reason": reason, "seed_id": seed_id,
+    })
+    if out is not None and out.messages:
+        row["messages"] = out.messages
+        row["prompt"] = out.messages[-1]["content"]
+        row["finish_reason"] = "length" if out.status == "truncated" else "stop"
+    for name, node in pipeline.nodes.items():
+        if name in outputs:
+            row.update(_stage_values(node, outputs[name]))
+    return row
+
+
+def stage_rates(frame: pl.DataFrame, pipeline_stages: list[str]) -> dict[str, dict[str, Any]]:
+    """Per stage: how often it ran (counting each attempt once), passed, and rejected records."""
+    rates: dict[str, dict[str, Any]] = {}
+    for s in pipeline_stages:
+        col = f"{s}.attempt"
+        if col not in frame.columns:
+            continue
+        ran = frame.filter(pl.col(col) == pl.col("attempts"))
+        failed = ran.filter((pl.col("decided_by") == s) & ~pl.col("status").is_in(["ok", "truncated"]))
+        n, bad = ran.height, failed.height
+        rates[s] = {"ran": n, "passed": n - bad, "rejected": bad,
+                    "pass_rate": round((n - bad) / n, 4) if n else None}
+    return rates
