@@ -151,8 +151,9 @@ def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path):
         ex.close()
     ids = _ids(tmp_path / "run")
     assert os.path.exists(marker) and len(ids) == len(set(ids)) == 10 and res.generated == 10
-    # 10 - the 2 records of the shard it wrote (the calls of a dead actor are not counted)
-    assert res.model_calls == 8
+    # 10 - the 2 records of the shard it wrote - the answer it cached before dying (each answer is
+    # cached as it lands, so the replacement replays it for free; a dead actor's calls are not counted)
+    assert res.model_calls == 7
 
 
 def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from generator.engine.executors.local import LocalExecutor
 from generator.library.catalog import builtin_root
 from generator.engine.planner import expand, plan_spec, resolve_spec, validate
-from generator.engine.runner import run_spec
+from generator import run as run_spec
 from generator.config.spec import load_spec
 
 SPECS = sorted(p for p in builtin_root("specs").glob("*.yaml"))
