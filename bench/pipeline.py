@@ -86,6 +86,9 @@ class _RecordingFeed:
         self.sink.extend(got)
         return got
 
+    def __len__(self) -> int:
+        return len(self.feed)
+
     def __getattr__(self, name):
         return getattr(self.feed, name)
 
