@@ -296,6 +296,7 @@ class Allocator:
         alloc.counts = counts
         return alloc
 
+    # Kept whole: the floor, re-exploration and index passes hand out the same units and reasons.
     def _by_index(self, round: int, slice_: int, ids: list[str], views: dict[str, CellView],
                   room: dict[str, int], history: Sequence[dict]) -> Allocation:
         """Later rounds: units handed out one at a time to the best UCB / Thompson index (module docstring)."""

@@ -158,19 +158,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             pool = alloc["pool"]
             resolved = _resolve(spec, pool)
             emit("round", {"round": r, "rounds": len(slices), "generations": sum(alloc["counts"].values())})
-            t_plan = time.time()
-            records = expand(resolved, counts=alloc["counts"], start=_starts(plan, r), round=r,
-                             template_weights=alloc.get("template_weights"))
-            known = set(plan["id"].to_list()) if plan is not None else set()
-            planned_here = set(plan.filter(pl.col("round") == r)["id"].to_list()) if plan is not None else set()
-            if planned_here - {x.id for x in records}:
-                raise RunFolderError(f"{folder.path}: round {r} no longer plans the records it started with; "
-                                     f"start a new run with --out NEW_DIR, or restore the spec")
-            new = [x for x in records if x.id not in known]
-            plan = assign_shards(plan, new, spec.run.shard_size)
-            if new:
-                folder.write_plan(plan)
-            emit("plan", {"records": plan.height, "new": len(new), "seconds": time.time() - t_plan})
+            plan = _plan_round(folder, resolved, plan, alloc, r, emit)
             st = execute_records(folder, resolved, plan, executor, emit, manifest, pipeline)
             total.model_calls += st.model_calls  # both per call: engines reused later cost no load time
             total.load_seconds += st.load_seconds
@@ -178,11 +166,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             total.pending_records += st.pending_records
             total.completion_tokens += st.completion_tokens
             t_y = time.time()
-            frame = folder.read_generations()
-            if pipeline is not None:  # a record counts once: its final row (rejected ones are flagged)
-                frame = frame.filter(pl.col("final"))
-            y = compute_yields(frame, r, embedder=rc.embedder, metric=rc.allocator.yield_metric, score=rc.score,
-                               seed=spec.seed, weight_column=rc.signal_column if rc.signal == "judge" else None)
+            y = _measure(folder, spec, r, pipeline is not None)
             scores = y.pop("scores")
             tracked = scores.get("tracked")
             prev = history[-1]["tracked"] if history else 0.0
@@ -212,6 +196,35 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
         write_json_atomic(folder.path / "rounds" / "stop.json", {"after_round": len(history),
                                                                  "decisions": stop_decisions})
     return close_run(spec, folder, manifest, resolved, plan, total, plan_seconds, score, emit, t0, pipeline)
+
+
+def _plan_round(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | None, alloc: dict, r: int,
+                emit: Progress) -> pl.DataFrame:
+    """Round `r`'s records appended to the plan (rows already planned keep their shard)."""
+    t_plan = time.time()
+    records = expand(resolved, counts=alloc["counts"], start=_starts(plan, r), round=r,
+                     template_weights=alloc.get("template_weights"))
+    known = set(plan["id"].to_list()) if plan is not None else set()
+    planned_here = set(plan.filter(pl.col("round") == r)["id"].to_list()) if plan is not None else set()
+    if planned_here - {x.id for x in records}:
+        raise RunFolderError(f"{folder.path}: round {r} no longer plans the records it started with; "
+                             f"start a new run with --out NEW_DIR, or restore the spec")
+    new = [x for x in records if x.id not in known]
+    plan = assign_shards(plan, new, resolved.spec.run.shard_size)
+    if new:
+        folder.write_plan(plan)
+    emit("plan", {"records": plan.height, "new": len(new), "seconds": time.time() - t_plan})
+    return plan
+
+
+def _measure(folder: RunFolder, spec: Spec, r: int, pipeline: bool) -> dict[str, Any]:
+    """Round `r`'s yields and the run's global scores (generator.feedback.yields)."""
+    rc = spec.rounds
+    frame = folder.read_generations()
+    if pipeline:  # a record counts once: its final row (rejected ones are flagged)
+        frame = frame.filter(pl.col("final"))
+    return compute_yields(frame, r, embedder=rc.embedder, metric=rc.allocator.yield_metric, score=rc.score,
+                          seed=spec.seed, weight_column=rc.signal_column if rc.signal == "judge" else None)
 
 
 def _resolve(spec: Spec, pool: dict[str, Any]) -> Resolved:

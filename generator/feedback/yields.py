@@ -98,6 +98,7 @@ def _novelty(x: np.ndarray, rows: list[int], cell_of: np.ndarray | None) -> dict
     return {u: 1.0 if not np.isfinite(best[k]) else float(np.clip(1.0 - best[k], 0.0, 1.0)) for k, u in enumerate(rows)}
 
 
+# Kept whole: the per-cell, per-group and global summaries share one embedding pass and its indexes.
 def compute_yields(frame: pl.DataFrame, round: int, embedder: str = "static", metric: str = "novelty",
                    score: str = "vendi", seed: int = 0, weight_column: str | None = None) -> dict[str, Any]:
     """Yields of round `round`'s rows (see the module docstring) and the run's global scores.

@@ -234,6 +234,8 @@ class RayExecutor:
     def report(self) -> ExecReport:
         return self._report
 
+    # One loop on purpose: dealing batches, collecting results and replacing dead actors share state
+    # (in-flight batches, retries) that would otherwise be passed between several functions.
     def execute(self, job: Job) -> Iterator[ShardStats]:
         self._report = ExecReport()
         if not job.shards:
