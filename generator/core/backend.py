@@ -106,15 +106,25 @@ class RequestFeed:
 
 
 def stream_in_windows(backend: "Backend", feed: RequestFeed, on_result: ProgressFn | None = None,
-                      window: int = 64) -> Iterator[Result]:
+                      window: int = 64, linger: float = 0.0,
+                      busy: Callable[[], bool] | None = None) -> Iterator[Result]:
     """`stream` for backends without a native one: each window of queued requests goes through
-    `generate`. Correct, but the engine drains at the end of each window."""
+    `generate`. Correct, but the engine drains at the end of each window.
+
+    With `linger`, a window waits while follow-ups keep arriving at most `linger` seconds apart,
+    or while the caller is still settling answers (`busy()`): the answers of the last window land
+    together, and a window taken at the first follow-up would hold one request."""
     while True:
         batch = feed.take(window, timeout=None)
         if not batch:
             if feed.exhausted():
                 return
             continue
+        while linger and len(batch) < window:
+            more = feed.take(window - len(batch), timeout=linger)
+            batch.extend(more)
+            if not more and not (busy and busy()):
+                break
         yield from backend.generate(batch, on_result)
 
 

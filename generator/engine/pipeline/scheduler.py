@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from generator.config.stages import GenerateStage, JudgeStage, VerifyStage
-from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling
+from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling, stream_in_windows
 from generator.core.errors import TemplateError
 from generator.engine.pipeline import expressions, verify
 from generator.engine.pipeline.context import (Contexts, StageOut, judge_messages, make_request, render_stage,
@@ -56,23 +56,9 @@ class Pending:
 
 def gathered_windows(backend: Backend, feed: RequestFeed, window: int, linger: float = 0.05,
                      busy: Callable[[], bool] | None = None):
-    """`stream` for a backend with only `generate`. Like `stream_in_windows`, but a window waits
-    while the caller is still settling answers (`busy()`), or while follow-ups keep arriving at
-    most `linger` seconds apart: the answers of the last window land together and are settled one
-    by one, and a window taken at the first follow-up would hold one request and drain the engine
-    for it."""
-    while True:
-        batch = feed.take(window, timeout=None)
-        if not batch:
-            if feed.exhausted():
-                return
-            continue
-        while len(batch) < window:
-            more = feed.take(window - len(batch), timeout=linger)
-            batch.extend(more)
-            if not more and not (busy and busy()):
-                break
-        yield from backend.generate(batch)
+    """`stream` for a backend with only `generate`, in windows that gather follow-ups (see
+    `stream_in_windows`)."""
+    return stream_in_windows(backend, feed, window=window, linger=linger, busy=busy)
 
 
 def sample_status(res: Result, structured: bool) -> str:
