@@ -74,25 +74,16 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
             data = load_mix_config(config).model_dump(exclude_unset=True)
         if out is not None:
             out = out.absolute()
+        fields = {k: v for k, v in (("text_field", text_field),
+                                    ("text_template", text_template.replace("\\n", "\n") if text_template else None),
+                                    ("messages_field", messages_field)) if v}
         if reals:
-            real = {}
-            if text_field:
-                real["text_field"] = text_field
-            if text_template:
-                real["text_template"] = text_template.replace("\\n", "\n")
-            if messages_field:
-                real["messages_field"] = messages_field
-            data["real"] = [{"path": Path(p).absolute(), **real} for p in reals]
-        elif text_field or text_template or messages_field:
+            data["real"] = [{"path": Path(p).absolute(), **fields} for p in reals]
+        elif fields:
             if not data.get("real"):
                 raise click.UsageError("--text-field/--text-template/--messages-field apply to --real sources")
             for r in data["real"]:
-                if text_field:
-                    r["text_field"] = text_field
-                if text_template:
-                    r["text_template"] = text_template.replace("\\n", "\n")
-                if messages_field:
-                    r["messages_field"] = messages_field
+                r.update(fields)
         if synthetics:
             data["synthetic"] = [{"run": Path(p).absolute()} for p in synthetics]
         if ratio_opts:

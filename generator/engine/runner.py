@@ -167,15 +167,18 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
     try:
         for st in executor.execute(job):
             emit("shard", {"name": st.name, "records": st.records})
-        report = executor.report()
-        stats.model_calls = report.model_calls
-        stats.load_seconds = report.load_seconds
-        if report.backends:
-            manifest["models"] = report.backends
+        _take_report(executor.report(), stats, manifest)
     finally:
         manifest["updated_at"] = time.time()
         stats.gen_seconds = time.time() - t1
     return stats
+
+
+def _take_report(report, stats: ExecStats, manifest: dict) -> None:
+    """An executor's report of this call into the run's stats and manifest."""
+    stats.model_calls, stats.load_seconds = report.model_calls, report.load_seconds
+    if report.backends:
+        manifest["models"] = report.backends
 
 
 def _execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline, plan: pl.DataFrame, executor,
@@ -201,9 +204,7 @@ def _execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline, plan: pl.
         rep = execute_pipeline(folder, resolved, pipeline, pending, executor, kwargs, on_record=on_row,
                                on_shard=lambda name: emit("shard", {"name": name, "records": None}),
                                on_ready=lambda: emit("engine_ready", {}))
-        stats.model_calls, stats.load_seconds = rep.model_calls, rep.load_seconds
-        if rep.backends:
-            manifest["models"] = rep.backends
+        _take_report(rep, stats, manifest)
     finally:
         manifest["updated_at"] = time.time()
         stats.gen_seconds = time.time() - t1
