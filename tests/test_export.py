@@ -222,7 +222,11 @@ def test_usage_cost_is_tokens_times_price_and_counts_retries(proj, tmp_path):
     u = compute_usage(run)
     gens = pl.read_parquet(run / "generations" / "*.parquet")
     [m] = u["models"]
-    assert u["source"] == "cache" and m["requests"] == len(fake.calls) == gens.height + 3
+    assert u["source"] == "ledger" and m["requests"] == len(fake.calls) == gens.height + 3
+    assert m["cache_hits"] == 0 and m["errors"] == 0 and m["busy_s"] > 0 and m["completion_tokens_per_s"] > 0
+    [session] = u["sessions"]
+    assert session["total"] == u["total"] and u["progress"] is None  # one session, finished
+    assert sum(r["requests"] for r in u["by"]["stage"]) == m["requests"]
     assert m["prompt_tokens"] == sum(sum(len(x["content"].split()) for x in r.messages) for r in fake.calls)
     assert m["completion_tokens"] == sum(gens["completion_tokens"])  # the empty answers had none
     assert m["cost"] == pytest.approx(m["prompt_tokens"] * 2.5 / 1e6 + m["completion_tokens"] * 10 / 1e6)

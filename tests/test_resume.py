@@ -112,6 +112,21 @@ def test_killed_at_any_answer_resumes_exactly(proj, tmp_path, die_after):
     assert manifest["timings"][-1]["model_calls"] == want
     # the window in flight is all a crash may cost: at most 2 answers were paid for and lost
     assert want <= 10 - die_after + 2 if die_after < 10 else want == 0
+    # the usage ledger adds up over the killed and the resumed session: every answer received,
+    # once, in the session that paid for it; the resumed session's replays are its cache hits
+    from generator.export.usage import compute_usage
+
+    u = compute_usage(run)
+    assert u["source"] == "ledger"
+    delivered = len(dying.calls) - (0 if finished_first else 1)  # the call that "died" never answered
+    replay = sum(r["attempts"] for r in df.iter_rows(named=True) if r["id"] not in landed) - want
+    # a session that received nothing and replayed nothing leaves no usage
+    sessions = [s["total"] for s in u["sessions"]]
+    expect = [t for t in ({"requests": delivered, "cache_hits": 0}, {"requests": want, "cache_hits": replay})
+              if t["requests"] or t["cache_hits"]]
+    assert [{k: t[k] for k in ("requests", "cache_hits")} for t in sessions] == expect
+    assert delivered == len(cached)
+    assert u["total"]["requests"] == delivered + want
 
 
 def test_disk_answers_of_a_landed_shard_are_never_regenerated(proj, tmp_path):

@@ -82,7 +82,9 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the usage as JSON.")
 def usage(run_dir, as_json):
-    """Requests, tokens and cost of RUN, per model (and per template or stage)."""
+    """Model calls, cache hits, tokens, busy time, throughput and cost of RUN: per model, per stage
+    and template, and per session (a resumed run sums its sessions). Works while RUN is being
+    generated: it then also shows the totals at this rate for the records still to come."""
     from generator.core.run_layout import is_run_folder
     from generator.export.rows import ExportError
     from generator.export.usage import compute_usage, money
@@ -93,15 +95,23 @@ def usage(run_dir, as_json):
     if as_json:
         click.echo(json.dumps(u, indent=2))
         return
+    ledger = u["source"] == "ledger"
+    cols = ["model", "group", "calls", *(["cache hits", "errors"] if ledger else []), "prompt tokens",
+            "completion tokens", *(["busy s", "tok/s"] if ledger else []), "cost"]
     t = Table(title=f"usage of {u['run']}")
-    for col in ("model", "group", "requests", "prompt tokens", "completion tokens", "cost"):
+    for col in cols:
         text_col = col in ("model", "group")
         t.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
 
     def row(r: dict, group: str) -> None:
-        cost = money(r["cost"])
-        t.add_row(Text(str(r["model"])), Text(group), f"{r['requests']:,}", f"{r['prompt_tokens']:,}",
-                  f"{r['completion_tokens']:,}", cost)
+        cells = [Text(str(r["model"])), Text(group), f"{r['requests']:,}"]
+        if ledger:
+            cells += [f"{r.get('cache_hits', 0):,}" if "cache_hits" in r else "", f"{r['errors']:,}" if "errors" in r else ""]
+        cells += [f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}"]
+        if ledger:
+            tps = r.get("completion_tokens_per_s")
+            cells += [f"{r['busy_s']:,.1f}" if "busy_s" in r else "", f"{tps:,.1f}" if tps else ""]
+        t.add_row(*cells, money(r["cost"]))
 
     for m in u["models"]:
         row(m, "(all)")
@@ -109,11 +119,25 @@ def usage(run_dir, as_json):
             for r in rows:
                 if r["model"] == m["model"]:
                     row(r, f"{g}={r[g]}")
+    for s in u["sessions"] if len(u["sessions"]) > 1 else []:
+        for m in s["models"]:
+            row(m, f"session {s['session']}")
     tot = u["total"]
-    t.add_row("total", "", f"{tot['requests']:,}", f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}",
-              money(tot["cost"]))
-    out.print(t)
-    note = ("every paid request, retries included (request cache)" if u["source"] == "cache"
-            else "final attempts only (no request cache)")
-    console.print(Text(f"counted from: {note}; cost = tokens x the model's `price` per million tokens "
-                       f"(models without one show -)"), style="dim")
+    t.add_row("total", "", f"{tot['requests']:,}", *([f"{tot['cache_hits']:,}", f"{tot['errors']:,}"] if ledger else []),
+              f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}", *(["", ""] if ledger else []), money(tot["cost"]))
+    from generator.cli.output import show_table
+
+    show_table(t, out)
+    p = u["progress"]
+    if p and p["projected"]:
+        pr = p["projected"]
+        cost = f", cost {money(pr['cost'])}" if pr["cost"] is not None else ""
+        out.print(Text(f"in progress: {p['records_answered']:,} of {p['planned']:,} records answered; at this rate "
+                       f"the whole plan takes {pr['requests']:,} calls, {pr['prompt_tokens']:,} prompt and "
+                       f"{pr['completion_tokens']:,} completion tokens{cost}"))
+    note = {"ledger": "the usage ledger: every model call and cache hit, per session",
+            "cache": "every paid request, retries included (request cache; no hits or time recorded)",
+            "generations": "final attempts only (no request cache)"}[u["source"]]
+    console.print(Text(f"counted from: {note}; {len(u['sessions']) or 1} session(s); busy s is each model's time from "
+                       f"its first request to its last answer; cost = tokens x the model's `price` per million "
+                       f"tokens (models without one show -)"), style="dim")

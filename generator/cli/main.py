@@ -11,6 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from generator.cli.errors import Group
 from generator.cli.output import echo, show_table
@@ -91,15 +92,17 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
         ex = RayExecutor(address=address, actors=actors)
     prog = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console, transient=False)
-    state = {"task": None, "tokens": 0, "t0": None, "finished": 0, "records": 0}
+                    TimeRemainingColumn(), TextColumn("{task.fields[cost]}"), console=console, transient=False)
+    state = {"task": None, "tokens": 0, "t0": None, "finished": 0, "records": 0, "cost": None, "mark": 0}
+    prices = {m.name: m.price.model_dump() if m.price else None for m in spec.models}
 
     def _advance() -> None:
         # the engine reports each finished request; its row follows once classified: show the larger
         done = max(state["finished"], state["records"])
         dt = max(time.time() - (state["t0"] or time.time()), 1e-6)
         rate = f"{state['tokens'] / dt:,.0f} tok/s" if state["tokens"] else ""
-        prog.update(state["task"], completed=state["base"] + done, rate=rate)
+        cost = state["cost"].text(done - state["mark"]) if state["cost"] else ""
+        prog.update(state["task"], completed=state["base"] + done, rate=rate, cost=cost)
 
     def on_event(event: str, data: dict) -> None:
         if event == "plan":
@@ -111,7 +114,12 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
             if data["pending"]:
                 console.print("[dim]loading the model (first use converts the embedded model once)...[/]")
             state["base"] = done
-            state["task"] = prog.add_task("generating", total=data["records"], completed=done, rate="")
+            state["mark"] = max(state["finished"], state["records"])  # done before this start (rounds)
+            if data["pending"] and data.get("session"):
+                from generator.cli.live_cost import LiveCost
+
+                state["cost"] = LiveCost(data["run_dir"], data["session"], prices, data["pending"])
+            state["task"] = prog.add_task("generating", total=data["records"], completed=done, rate="", cost="")
             prog.start()
         elif event == "engine_ready":
             state["t0"] = time.time()
@@ -132,6 +140,22 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
     _summary(result)
 
 
+def _usage_rows(t, usage: dict) -> None:
+    """Per model: calls, cache hits, busy throughput; the cost of this session and of every one."""
+    from generator.export.usage import money
+
+    this = {r["model"]: r for r in (usage.get("this_session") or {}).get("models", [])}
+    for r in usage.get("models", []):
+        s = this.get(r["model"], {})
+        rate = f"  {s['completion_tokens_per_s']:,.1f} completion tok/s busy" if s.get("completion_tokens_per_s") else ""
+        t.add_row(Text(f"  {r['model']}"), f"this session {s.get('requests', 0):,} calls, {s.get('cache_hits', 0):,} "
+                  f"cache hits{rate}; all sessions {r['requests']:,} calls")
+    total, sessions = usage.get("total") or {}, usage.get("sessions", 0)
+    if total.get("cost") is not None:
+        now = (usage.get("this_session") or {}).get("total", {}).get("cost")
+        t.add_row("cost", f"this session {money(now)}; all {sessions} session(s) {money(total['cost'])}")
+
+
 def _summary(result) -> None:
     m = result.manifest
     t = Table(title=f"run {m['name']} -> {result.run_dir}", show_header=False)
@@ -147,6 +171,7 @@ def _summary(result) -> None:
     if last.get("completion_tokens_per_s"):
         t.add_row("throughput", f"{last['completion_tokens_per_s']:,.0f} completion tok/s")
     t.add_row("model calls", str(result.model_calls))
+    _usage_rows(t, m.get("usage") or {})
     for name, r in (m.get("pipeline") or {}).get("stages", {}).items():
         rate = f"{r['pass_rate']:.0%}" if r["pass_rate"] is not None else "-"
         t.add_row(f"stage {escape(name)}", f"ran {r['ran']}  passed {r['passed']}  rejected {r['rejected']}  ({rate})")

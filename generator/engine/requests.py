@@ -16,6 +16,7 @@ from generator.core.backend import Backend, Request, RequestFeed, Result, Sampli
 from generator.engine.run_folder import RequestCache
 
 RETRYABLE = {"empty", "invalid_json", "error"}
+STAGE = "generate"  # a single-stage spec's one stage, as usage names it
 
 
 @dataclass
@@ -110,8 +111,11 @@ def generate_rows(backend: Backend, rows: list[dict], cache: RequestCache | None
             hit = cache.get(req.payload_hash(row["model"])) if cache is not None else None
             if hit is None:
                 waiting[req.id] = (row, req, attempt)
+                if cache is not None:
+                    cache.meter.submitted(row["model"])
                 feed.put(req)
                 return
+            cache.meter.hit(row["model"], STAGE)
             if settle(row, attempt, Result(**hit)):
                 return
             attempt += 1
@@ -127,8 +131,10 @@ def generate_rows(backend: Backend, rows: list[dict], cache: RequestCache | None
         for res in results:
             calls += 1
             row, req, attempt = waiting.pop(res.id)
-            if cache is not None and res.finish_reason != "error":  # errors are not worth replaying
-                cache.put_many([(req.payload_hash(row["model"]), res.__dict__)])
+            if cache is not None:  # errors are counted, not worth replaying
+                failed = res.finish_reason == "error"
+                cache.meter.answered(row["model"], STAGE, res.prompt_tokens, res.completion_tokens, error=failed)
+                cache.put_many([] if failed else [(req.payload_hash(row["model"]), res.__dict__)])
             if not settle(row, attempt, res):
                 submit(row, attempt + 1)
             if on_call:

@@ -5,7 +5,8 @@
       plan.parquet               every planned record with its shard
       generations/part-RRR-SSSSS.parquet   one per shard, written atomically (tmp + rename):
                                  the file's existence is the shard's completion marker
-      cache.sqlite               request-level replay cache keyed by payload hash
+      cache.sqlite               request-level replay cache keyed by payload hash, and the usage
+                                 ledger (model calls, cache hits, tokens, busy time per session)
       README.md                  dataset card
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_f
                                       read_manifest, read_plan)
 from generator.engine.record import MESSAGE, plan_schema
 
-__all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "RequestCache"]
+__all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "RequestCache",
+           "UsageMeter", "new_session"]
 
 PLAN_SCHEMA: dict[str, Any] = plan_schema()  # one column per `Record` field, in order
 RESULT_SCHEMA: dict[str, Any] = {
@@ -55,14 +57,83 @@ def _ensure_wal(conn: sqlite3.Connection, path: Path) -> None:
     raise RunFolderError(f"{path}: the request cache stayed locked for a minute; is another run writing it?")
 
 
-class RequestCache:
-    """Answers already paid for, keyed by the request payload hash; safe across processes."""
+def new_session() -> str:
+    """An id for one `synthgen run` invocation: usage is kept per session and summed over them."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f"-{os.getpid()}-{os.urandom(2).hex()}"
 
-    def __init__(self, path: Path):
+
+USAGE_COLUMNS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens")
+
+
+class UsageMeter:
+    """Model calls, cache hits and tokens per (model, stage), and each model's busy time, counted
+    as they happen and written with the answers they belong to (see `RequestCache.put_many`): an
+    answer in the cache is always counted, so a killed session's usage is exact up to its last
+    answer. Busy time is the span from a model's first request of an execute call to its last
+    answer, summed over calls (and over engines, when several run at once)."""
+
+    def __init__(self) -> None:
+        self.created = time.time()
+        self._lock = threading.Lock()
+        self._delta: dict[tuple[str, str], dict[str, int]] = {}
+        self._span: dict[str, list[float]] = {}  # model -> [first request, last answer, time already flushed up to]
+
+    def _row(self, model: str, stage: str) -> dict[str, int]:
+        return self._delta.setdefault((model, stage), dict.fromkeys(USAGE_COLUMNS, 0))
+
+    def submitted(self, model: str) -> None:
+        with self._lock:
+            if model not in self._span:
+                now = time.time()
+                self._span[model] = [now, now, now]
+
+    def hit(self, model: str, stage: str) -> None:
+        with self._lock:
+            self._row(model, stage)["cache_hits"] += 1
+
+    def answered(self, model: str, stage: str, prompt_tokens: int | None, completion_tokens: int | None,
+                 error: bool = False) -> None:
+        with self._lock:
+            row = self._row(model, stage)
+            row["requests"] += 1
+            row["errors"] += int(error)
+            row["prompt_tokens"] += int(prompt_tokens or 0)
+            row["completion_tokens"] += int(completion_tokens or 0)
+            span = self._span.setdefault(model, [time.time()] * 3)
+            span[1] = time.time()
+
+    def take(self) -> tuple[list[tuple], list[tuple]]:
+        """The counts and busy seconds since the last take (and forget them)."""
+        with self._lock:
+            rows = [(m, s, *(d[c] for c in USAGE_COLUMNS)) for (m, s), d in self._delta.items()]
+            self._delta.clear()
+            busy = []
+            for model, span in self._span.items():
+                if span[1] > span[2]:
+                    busy.append((model, span[1] - span[2], span[0], span[1]))
+                    span[2] = span[1]
+            return rows, busy
+
+
+class RequestCache:
+    """Answers already paid for, keyed by the request payload hash; safe across processes.
+
+    With a `session`, it also keeps the run's usage ledger (tables `usage` and `busy`, one row per
+    session, model and stage, and `sessions`), written in the same transaction as the answers."""
+
+    def __init__(self, path: Path, session: str | None = None):
         self.path = path
+        self.session = session
+        self.meter = UsageMeter()
         self._local = threading.local()
         with self._conn() as db:
             db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS usage (session TEXT, model TEXT, stage TEXT, "
+                       + ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in USAGE_COLUMNS)
+                       + ", PRIMARY KEY (session, model, stage))")
+            db.execute("CREATE TABLE IF NOT EXISTS busy (session TEXT, model TEXT, seconds REAL NOT NULL, "
+                       "first_at REAL, last_at REAL, PRIMARY KEY (session, model))")
+            db.execute("CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, started REAL)")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -78,12 +149,33 @@ class RequestCache:
         return json.loads(row[0]) if row else None
 
     def put_many(self, items: Iterable[tuple[str, dict]]) -> None:
+        """Store answers, and the usage counted since the last write, in one transaction."""
         rows = [(k, json.dumps(v)) for k, v in items]
-        if rows:
-            db = self._conn()
-            db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
-            db.execute("COMMIT")
+        usage, busy = self.meter.take() if self.session else ([], [])
+        if not (rows or usage or busy):
+            return
+        db = self._conn()
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
+        if usage or busy:
+            db.execute("INSERT OR IGNORE INTO sessions (session, started) VALUES (?, ?)",
+                       (self.session, self.meter.created))
+        if usage:
+            cols = ", ".join(USAGE_COLUMNS)
+            add = ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COLUMNS)
+            db.executemany(f"INSERT INTO usage (session, model, stage, {cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                           f"ON CONFLICT (session, model, stage) DO UPDATE SET {add}",
+                           [(self.session, *r) for r in usage])
+        if busy:
+            db.executemany("INSERT INTO busy (session, model, seconds, first_at, last_at) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT (session, model) DO UPDATE SET seconds = seconds + excluded.seconds, "
+                           "first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)",
+                           [(self.session, *b) for b in busy])
+        db.execute("COMMIT")
+
+    def flush(self) -> None:
+        """Write usage counted since the last answer (cache hits, a last answer's busy time)."""
+        self.put_many([])
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]
@@ -91,6 +183,8 @@ class RequestCache:
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            if self.session:
+                self.flush()
             conn.close()
             self._local.conn = None
 
@@ -155,9 +249,10 @@ class RunFolder:
             owner.unlink(missing_ok=True)
             lock.release()
 
-    def cache(self) -> RequestCache:
+    def cache(self, session: str | None = None) -> RequestCache:
+        """The request cache; with `session`, usage is counted under that session."""
         self.create()
-        return RequestCache(self.path / "cache.sqlite")
+        return RequestCache(self.path / "cache.sqlite", session=session)
 
     # -- shards
     def shard_path(self, name: str) -> Path:

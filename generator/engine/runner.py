@@ -23,7 +23,7 @@ from generator.engine.executors.base import Job
 from generator.engine.planner import Record, Resolved, plan_spec, records_frame
 from generator.engine.requests import Shard
 from generator.config.spec import Spec
-from generator.engine.run_folder import RunFolder
+from generator.engine.run_folder import RunFolder, new_session
 
 Progress = Callable[[str, dict], None]  # (event, data): "plan", "start", "record", "shard", "done"
 
@@ -131,6 +131,7 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
     """The run's manifest (read back when the folder exists) updated with this spec's identity."""
     manifest = folder.read_manifest() or {"created_at": time.time()}
     manifest.update({
+        "session": new_session(),  # this invocation's: usage is kept per session (cache.sqlite)
         # URLs lose user:password and token parameters: a manifest is shared with the data
         "name": spec.name, "spec": scrub(spec.model_dump(mode="json")), "spec_hash": spec.hash(),
         "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
@@ -154,6 +155,7 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
     if pipeline is not None:
         return _execute_pipeline(folder, resolved, pipeline, plan, executor, emit, manifest, stats, on_record)
     job = build_job(folder, resolved, plan, on_record=on_record)
+    job.session = manifest.get("session")
     job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
     if spec.run.window:
         job.backend_kwargs["window"] = spec.run.window
@@ -162,7 +164,7 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
     job.on_engine_ready = lambda: emit("engine_ready", {})
     stats.pending_records = sum(len(s.rows) for s in job.shards)
     emit("start", {"records": plan.height, "pending": stats.pending_records, "shards": len(job.shards),
-                   "done_shards": generated_before})
+                   "done_shards": generated_before, "run_dir": folder.path, "session": manifest.get("session")})
     t1 = time.time()
     try:
         for st in executor.execute(job):
@@ -188,8 +190,8 @@ def _execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline, plan: pl.
     done = folder.completed_shards()
     pending = plan.filter(~pl.col("shard").is_in(list(done)))
     stats.pending_records = pending.height
-    emit("start", {"records": plan.height, "pending": pending.height,
-                   "shards": pending["shard"].n_unique(), "done_shards": len(done)})
+    emit("start", {"records": plan.height, "pending": pending.height, "shards": pending["shard"].n_unique(),
+                   "done_shards": len(done), "run_dir": folder.path, "session": manifest.get("session")})
     kwargs: dict = {"on_finished": lambda n: emit("finished", {"n": n})}
     if resolved.spec.run.window:
         kwargs["window"] = resolved.spec.run.window
@@ -203,7 +205,7 @@ def _execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline, plan: pl.
     try:
         rep = execute_pipeline(folder, resolved, pipeline, pending, executor, kwargs, on_record=on_row,
                                on_shard=lambda name: emit("shard", {"name": name, "records": None}),
-                               on_ready=lambda: emit("engine_ready", {}))
+                               on_ready=lambda: emit("engine_ready", {}), session=manifest.get("session"))
         _take_report(rep, stats, manifest)
     finally:
         manifest["updated_at"] = time.time()
@@ -237,9 +239,20 @@ def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.D
                     "model_calls": stats.model_calls,
                     "completion_tokens_per_s": round(stats.completion_tokens / decode_seconds, 2)
                     if stats.pending_records else None})
+    manifest["usage"] = run_usage(folder.path, manifest)
     folder.write_manifest(manifest)
     _card(folder, manifest, resolved)
     return frame, statuses
+
+
+def run_usage(run_dir: Path, manifest: dict) -> dict:
+    """The manifest's `usage`: per model over every session (resumes summed), and this session's."""
+    from generator.export.usage import compute_usage
+
+    u = compute_usage(run_dir, manifest)
+    this = next((x for x in u["sessions"] if x["session"] == manifest.get("session")), None)
+    return {"source": u["source"], "models": u["models"], "stages": u["by"].get("stage", []), "total": u["total"],
+            "sessions": len(u["sessions"]), "this_session": this}
 
 
 def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
@@ -262,6 +275,7 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     manifest = run_manifest(folder, spec, resolved, limit)
     if pipeline is not None:
         manifest["templates"] = {t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates}
+    folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
     emit("plan", {"records": plan.height, "new": len(new), "seconds": plan_seconds})
 
     own_executor = executor is None

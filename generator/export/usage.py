@@ -1,11 +1,16 @@
-"""What a run asked of its models: requests, tokens and, where a model declares a price, cost.
+"""What a run asked of its models: requests, cache hits, tokens, busy time and, where a model
+declares a price, cost; per model, per stage and per session, summed over resumes.
 
-Every answer a run paid for is in its request cache (`cache.sqlite`, one entry per request,
-retries included, replays not counted twice), keyed back to the plan by the request id
-`<record id>#<attempt>`. A run folder without a cache falls back to the generation rows, which
-carry the tokens of each record's final attempt only. Cost is tokens x the model's
-`price` (per million tokens) from the spec in `manifest.json`; it is never guessed: a model
-without a price has no cost.
+Two records of it live in the request cache (`cache.sqlite`):
+- the usage ledger (tables `usage` and `busy`, written by the engine in the same transaction as
+  each answer, so a killed session is counted exactly up to its last answer): model calls,
+  errors, cache hits and tokens per session, model and stage, and each model's busy seconds;
+- the answers themselves (one per request, retries included, replays not counted twice), keyed
+  back to the plan by request id, which give the per-template split.
+A run folder without a ledger (written before it existed) is counted from the answers; one without
+a cache from the generation rows, which carry each record's final attempt only. Cost is tokens x
+the model's `price` (per million tokens) from the spec in `manifest.json`; it is never guessed: a
+model without a price has no cost.
 """
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ from typing import Any
 
 import polars as pl
 
-from generator.core.run_layout import CACHE, read_generation_files, read_manifest, read_plan
+from generator.core.run_layout import CACHE, generation_files, read_generation_files, read_manifest, read_plan
 
 GROUP_COLUMNS = ("stage", "template")  # grouped by, besides model, when the run has them
+COUNTS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens")
 
 
 def prices(manifest: dict) -> dict[str, dict | None]:
@@ -32,21 +38,36 @@ def cost_of(prompt_tokens: int, completion_tokens: int, price: dict | None) -> f
     return prompt_tokens / 1e6 * float(price["input_per_mtok"]) + completion_tokens / 1e6 * float(price["output_per_mtok"])
 
 
-def _cache_frame(path: Path) -> pl.DataFrame | None:
+def _query(path: Path, sql: str, args: tuple = ()) -> list[tuple] | None:
+    """Rows of a read-only query on the cache (None: no cache, or no such table)."""
     if not path.exists():
         return None
-    conn = sqlite3.connect(path, timeout=60)
     try:
-        rows = conn.execute("SELECT value FROM results").fetchall()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error:
+        return None
+    try:
+        return conn.execute(sql, args).fetchall()
     except sqlite3.DatabaseError:
         return None
     finally:
         conn.close()
+
+
+def _record_id(request_id: str) -> str:
+    """`rec#attempt` (one stage) or `rec/stage/attempt/sample#tries` (a pipeline) -> `rec`."""
+    return request_id.split("/", 1)[0].rsplit("#", 1)[0] if "/" in request_id else request_id.rsplit("#", 1)[0]
+
+
+def _cache_frame(path: Path) -> pl.DataFrame | None:
+    rows = _query(path, "SELECT value FROM results")
+    if rows is None:
+        return None
     recs = []
     for (value,) in rows:
         v = json.loads(value)
         rid = str(v.get("id") or "")
-        recs.append({"id": rid.rsplit("#", 1)[0], "prompt_tokens": int(v.get("prompt_tokens") or 0),
+        recs.append({"id": _record_id(rid), "prompt_tokens": int(v.get("prompt_tokens") or 0),
                      "completion_tokens": int(v.get("completion_tokens") or 0)})
     return pl.DataFrame(recs, schema={"id": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64})
 
@@ -66,35 +87,113 @@ def calls_frame(run_dir: str | Path) -> tuple[pl.DataFrame, str]:
                         pl.col("completion_tokens").cast(pl.Int64).fill_null(0)]), "generations"
 
 
-def compute_usage(run_dir: str | Path) -> dict[str, Any]:
-    """Per model (and per model and group column): requests, prompt and completion tokens, cost."""
-    manifest = read_manifest(run_dir)
-    price = prices(manifest)
-    calls, source = calls_frame(run_dir)
-    groups = [c for c in GROUP_COLUMNS if c in calls.columns]
+def ledger(run_dir: str | Path, session: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The usage ledger: (counts per session/model/stage, busy seconds per session/model), or None."""
+    path = Path(run_dir) / CACHE
+    where, args = (" WHERE session = ?", (session,)) if session else ("", ())
+    usage = _query(path, f"SELECT session, model, stage, {', '.join(COUNTS)} FROM usage{where}", args)
+    busy = _query(path, f"SELECT session, model, seconds, first_at, last_at FROM busy{where}", args)
+    if not usage:
+        return None
+    counts = pl.DataFrame(usage, schema={"session": pl.Utf8, "model": pl.Utf8, "stage": pl.Utf8,
+                                         **{c: pl.Int64 for c in COUNTS}}, orient="row")
+    spans = pl.DataFrame(busy or [], schema={"session": pl.Utf8, "model": pl.Utf8, "busy_s": pl.Float64,
+                                             "first_at": pl.Float64, "last_at": pl.Float64}, orient="row")
+    return counts, spans
 
-    def rows(keys: list[str]) -> list[dict]:
-        if calls.is_empty():
-            return []
-        agg = (calls.group_by(keys).agg(pl.len().alias("requests"), pl.col("prompt_tokens").sum(),
-                                        pl.col("completion_tokens").sum()).sort(keys))
-        out = []
-        for r in agg.iter_rows(named=True):
-            r = {k: (int(v) if k in ("requests", "prompt_tokens", "completion_tokens") else v) for k, v in r.items()}
-            r["cost"] = cost_of(r["prompt_tokens"], r["completion_tokens"], price.get(r["model"]))
-            out.append(r)
-        return out
 
-    models = rows(["model"])
-    for m in models:
+def _with_cost(r: dict, price: dict[str, dict | None]) -> dict:
+    r = {k: (int(v) if k in COUNTS else v) for k, v in r.items()}
+    r["cost"] = cost_of(r["prompt_tokens"], r["completion_tokens"], price.get(r["model"]))
+    return r
+
+
+def _sum_rows(frame: pl.DataFrame, keys: list[str], price: dict[str, dict | None]) -> list[dict]:
+    if frame.is_empty():
+        return []
+    cols = [c for c in COUNTS if c in frame.columns]
+    agg = frame.group_by(keys).agg([pl.col(c).sum() for c in cols]).sort(keys)
+    return [_with_cost(r, price) for r in agg.iter_rows(named=True)]
+
+
+def _models(counts: pl.DataFrame, spans: pl.DataFrame, price: dict[str, dict | None]) -> list[dict]:
+    rows = _sum_rows(counts, ["model"], price)
+    busy = dict(spans.group_by("model").agg(pl.col("busy_s").sum()).iter_rows()) if spans.height else {}
+    for m in rows:
         m["price"] = price.get(m["model"])
-    total = {"requests": sum(m["requests"] for m in models),
-             "prompt_tokens": sum(m["prompt_tokens"] for m in models),
-             "completion_tokens": sum(m["completion_tokens"] for m in models)}
+        m["busy_s"] = round(float(busy.get(m["model"], 0.0)), 3)
+        m["completion_tokens_per_s"] = round(m["completion_tokens"] / m["busy_s"], 2) if m["busy_s"] > 0 else None
+    return rows
+
+
+def _total(models: list[dict]) -> dict[str, Any]:
+    total: dict[str, Any] = {c: sum(m.get(c, 0) for m in models) for c in COUNTS}
     costs = [m["cost"] for m in models]
     total["cost"] = sum(costs) if costs and all(c is not None for c in costs) else None
-    return {"run": str(run_dir), "source": source, "models": models,
-            "by": {g: rows(["model", g]) for g in groups}, "total": total}
+    return total
+
+
+def _progress(run_dir: str | Path, total: dict) -> dict[str, Any] | None:
+    """How far the run is, and its totals at this rate for the records still to come (None when
+    every planned record is written)."""
+    plan = read_plan(run_dir)
+    if plan is None or plan.is_empty():
+        return None
+    written = set(p.name for p in generation_files(run_dir))
+    pending = plan.filter(~pl.col("shard").is_in(list(written)))
+    if pending.is_empty():
+        return None
+    answered = _query(Path(run_dir) / CACHE, "SELECT value FROM results") or []
+    pend_ids = set(pending["id"].to_list())
+    started = {_record_id(str(json.loads(v).get("id") or "")) for (v,) in answered} & pend_ids
+    done = plan.height - pending.height + len(started)  # records written, or with an answer in the cache
+    if done == 0:
+        return {"planned": plan.height, "records_answered": 0, "projected": None}
+    scale = plan.height / done
+    projected = {c: round(total[c] * scale) for c in ("requests", "prompt_tokens", "completion_tokens")}
+    projected["cost"] = total["cost"] * scale if total["cost"] is not None else None
+    return {"planned": plan.height, "records_answered": done, "projected": projected}
+
+
+def compute_usage(run_dir: str | Path, manifest: dict | None = None) -> dict[str, Any]:
+    """Usage per model, per (model, stage or template) and per session, with the totals; while a
+    run is unfinished, `progress` holds the totals projected to the whole plan at this rate.
+    `manifest`: the run's, when it is newer than the one on disk (prices come from its spec)."""
+    manifest = manifest if manifest is not None else read_manifest(run_dir)
+    price = prices(manifest)
+    calls, source = calls_frame(run_dir)
+    book = ledger(run_dir)
+    by: dict[str, list[dict]] = {}
+    sessions: list[dict] = []
+    if book is not None:
+        counts, spans = book
+        source = "ledger"
+        models = _models(counts, spans, price)
+        by["stage"] = _sum_rows(counts, ["model", "stage"], price)
+        first = dict(_query(Path(run_dir) / CACHE, "SELECT session, started FROM sessions") or [])
+        for (sid,), part in counts.group_by(["session"]):
+            ms = _models(part, spans.filter(pl.col("session") == sid), price)
+            sessions.append({"session": sid, "started_at": first.get(sid), "models": ms, "total": _total(ms)})
+        sessions.sort(key=lambda x: (x["started_at"] or 0, x["session"]))
+    else:
+        cnt = calls.with_columns(pl.lit(1, pl.Int64).alias("requests"))
+        models = _sum_rows(cnt, ["model"], price)
+        for m in models:
+            m["price"] = price.get(m["model"])
+        by.update({g: _sum_rows(cnt, ["model", g], price) for g in GROUP_COLUMNS if g in calls.columns})
+    if "template" in calls.columns and source in ("ledger", "cache"):
+        by["template"] = _sum_rows(calls.with_columns(pl.lit(1, pl.Int64).alias("requests")), ["model", "template"], price)
+    total = _total(models)
+    return {"run": str(run_dir), "source": source, "models": models, "by": by, "sessions": sessions,
+            "total": total, "progress": _progress(run_dir, total)}
+
+
+def session_totals(run_dir: str | Path, session: str) -> dict[str, dict[str, int]]:
+    """Per model, what one session has used so far (read while it runs: the ledger is live)."""
+    book = ledger(run_dir, session)
+    if book is None:
+        return {}
+    return {r["model"]: r for r in _sum_rows(book[0], ["model"], {})}
 
 
 def usage_markdown(usage: dict) -> list[str]:

@@ -133,6 +133,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     pool = history[-1]["pool"] if history else initial_pool(spec)
     resolved = _resolve(spec, pool) if history else base_resolved
     manifest = run_manifest(folder, spec, resolved, limit)
+    folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
     allocator = Allocator(rc, spec.seed)
     plan = folder.read_plan()
 

@@ -21,6 +21,7 @@ class Job:
     on_record: Callable[[dict], None] | None = None   # each finished row (progress, tokens)
     backend_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. on_finished(n) for progress
     on_engine_ready: Callable[[], None] | None = None   # a model is loaded: generation starts now
+    session: str | None = None                # usage is counted under this session (see RequestCache)
 
 
 @dataclass

@@ -37,7 +37,7 @@ class LocalExecutor:
     def execute(self, job: Job) -> Iterator[ShardStats]:
         self._report = ExecReport()
         folder = RunFolder(job.run_dir)
-        cache = folder.cache()
+        cache = folder.cache(session=job.session)
         by_model: dict[str, list[Shard]] = defaultdict(list)
         for shard in job.shards:
             models = {r["model"] for r in shard.rows}

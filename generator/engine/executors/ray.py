@@ -88,10 +88,11 @@ class ShardWorker:
     """The actor: backends built once, then batches of shards run through the request cache."""
 
     def __init__(self, run_dir: str, models: dict, schemas: dict, renderers: dict, retries: int,
-                 backend_kwargs: dict, factory: Callable | str | None):
+                 backend_kwargs: dict, factory: Callable | str | None, session: str | None = None):
         from generator.engine.run_folder import RunFolder
 
         self.folder = RunFolder(run_dir)
+        self.session = session
         self.models = models
         self.schemas = schemas
         self.renderers = renderers
@@ -102,14 +103,16 @@ class ShardWorker:
         self.load_seconds = 0.0
         self.cache = None
 
-    def configure(self, run_dir: str, schemas: dict, renderers: dict, retries: int) -> None:
+    def configure(self, run_dir: str, schemas: dict, renderers: dict, retries: int,
+                  session: str | None = None) -> None:
         """Reuse the actor (and its loaded engines) for the next job of the same models."""
         from generator.engine.run_folder import RunFolder
 
-        if self.cache is not None and str(self.folder.path) != str(run_dir):
+        if self.cache is not None and (str(self.folder.path) != str(run_dir) or session != self.session):
             self.cache.close()
             self.cache = None
         self.folder = RunFolder(run_dir)
+        self.session = session
         self.schemas, self.renderers, self.retries = schemas, renderers, retries
 
     def warm(self, names: list[str]) -> dict[str, dict]:
@@ -126,7 +129,7 @@ class ShardWorker:
         from generator.engine.requests import ShardAssembler, generate_rows
 
         if self.cache is None:
-            self.cache = self.folder.cache()
+            self.cache = self.folder.cache(session=self.session)
         started = time.time()
         stats = {s.name: ShardStats(name=s.name, records=len(s.rows)) for s in shards}
         landed: list[tuple[ShardStats, list[dict]]] = []
@@ -143,6 +146,7 @@ class ShardWorker:
             rows = [r for s in shards for r in s.rows if r["model"] == model]
             backend = _Counting(self.backends[model], owner, stats)
             generate_rows(backend, rows, self.cache, self.retries, self.schemas, self.renderers, assembler.add)
+        self.cache.flush()  # usage of a batch answered wholly from the cache
         # a shard's stats are complete once every model has run; with one window per batch the
         # shards of a batch land together anyway
         for st, rows in landed:
@@ -219,7 +223,7 @@ class RayExecutor:
     def _new_actor(self, ray, job: Job):
         return self._actor_cls.options(**self._actor_options(ray)).remote(
             str(job.run_dir), job.models, job.schemas, job.renderers, job.retries,
-            _picklable_kwargs(job.backend_kwargs), self.backend_factory)
+            _picklable_kwargs(job.backend_kwargs), self.backend_factory, job.session)
 
     def _warm(self, ray, actors: list, names: list[str]) -> list[dict]:
         try:
@@ -253,7 +257,7 @@ class RayExecutor:
             self.actors = [self._new_actor(ray, job) for _ in range(self._default_actors(ray))]
             self._models_key = key
         else:
-            ray.get([a.configure.remote(str(job.run_dir), job.schemas, job.renderers, job.retries)
+            ray.get([a.configure.remote(str(job.run_dir), job.schemas, job.renderers, job.retries, job.session)
                      for a in self.actors])
         infos = self._warm(ray, self.actors, names)
         self._describe(infos, time.time() - t0)

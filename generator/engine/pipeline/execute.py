@@ -126,7 +126,8 @@ class PipelineStats:
 
 def execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, pending: pl.DataFrame, executor,
                      backend_kwargs: dict, on_record: Callable[[dict], None],
-                     on_shard: Callable[[str], None], on_ready: Callable[[], None]) -> PipelineStats:
+                     on_shard: Callable[[str], None], on_ready: Callable[[], None],
+                     session: str | None = None) -> PipelineStats:
     """Run every stage of the records in `pending` (plan rows of shards not written yet)."""
     spec = resolved.spec
     shards: dict[str, list[dict]] = {}
@@ -151,7 +152,7 @@ def execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, 
         while writer.written:
             on_shard(writer.written.pop(0))
 
-    cache = folder.cache()
+    cache = folder.cache(session=session)
     sched = PipelineScheduler(pipeline, resolved, backends, cache, spec.run.retries, on_rows)
     try:
         sched.run(rows)

@@ -167,7 +167,11 @@ class PipelineScheduler:
         items = []
         for res in results:
             pend = self._pending.get(res.id)
-            if pend is not None and res.finish_reason != "error":  # errors are not answers worth replaying
+            if pend is None:
+                continue
+            failed = res.finish_reason == "error"  # counted, but not an answer worth replaying
+            self.cache.meter.answered(pend.model, pend.stage, res.prompt_tokens, res.completion_tokens, error=failed)
+            if not failed:
                 items.append((pend.request.payload_hash(pend.model), res.__dict__))
         self.cache.put_many(items)
 
@@ -181,8 +185,11 @@ class PipelineScheduler:
         hit = self.cache.get(pend.request.payload_hash(pend.model)) if self.cache is not None else None
         if hit is not None:
             self.cache_hits += 1
+            self.cache.meter.hit(pend.model, pend.stage)
             self._ready.append((pend, Result(**hit)))
             return
+        if self.cache is not None:
+            self.cache.meter.submitted(pend.model)
         self._pending[pend.request.id] = pend
         self._feeds[pend.model].put(pend.request)
 
