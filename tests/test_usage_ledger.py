@@ -58,6 +58,11 @@ def test_summary_and_manifest_show_usage_and_cost_over_sessions(proj, tmp_path, 
     # the usage command shows sessions, hits and busy throughput
     res = CliRunner().invoke(main, ["usage", str(out)], catch_exceptions=False)
     assert res.exit_code == 0 and "session" in res.output and "hits" in res.output, res.output
+    # and so does `report`, for a plain run too
+    from generator.cli.report import report
+
+    rep = CliRunner().invoke(report, [str(out)], catch_exceptions=False)
+    assert rep.exit_code == 0 and "usage of" in rep.output and f"{u2['total']['requests']:,}" in rep.output
 
 
 def test_cache_hits_are_counted_for_the_session_that_replays(proj, tmp_path):

@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     from scoring.api import dedup_run
 
     base = tmp_path_factory.mktemp("view")
-    a = make_run(base / "a")
+    a = make_run(base / "a", price={"input_per_mtok": "0.5", "output_per_mtok": "2"})
     dedup_run(a)  # marks the repeated Circles texts as duplicates
     return {"a": a, "b": make_run(base / "b", variant="b"),
             "r": make_run(base / "r", rounds="{count: 3, budget: 30}")}
@@ -223,6 +223,25 @@ def test_rounds_tab_shows_trajectory_and_allocation(browser, runs):
         assert {k: v for k, v in got.items() if v} == want
     finally:
         srv.shutdown()
+
+
+def test_usage_tab_shows_calls_tokens_and_cost_of_each_run(browser, server, runs):
+    from generator.export.usage import compute_usage
+
+    open_page(browser, server + "#usage")
+    for which in ("a", "b"):
+        table = wait(lambda: browser.find_element("id", f"usage-{which}"))
+        u = compute_usage(runs[which])
+        head = [th.text for th in table.find_elements("tag name", "th")]
+        total = table.find_element("css selector", 'tr[data-model="total"]')
+        cells = dict(zip(head, [td.text for td in total.find_elements("tag name", "td")]))
+        assert int(cells["calls"]) == u["total"]["requests"] == frame(runs[which])["attempts"].sum()  # retries too
+        assert int(cells["completion tokens"]) == u["total"]["completion_tokens"]
+        if which == "a":  # priced: tokens x price
+            want = u["total"]["prompt_tokens"] * 0.5e-6 + u["total"]["completion_tokens"] * 2e-6
+            assert float(cells["cost"]) == pytest.approx(want, abs=1e-6)
+        else:
+            assert cells["cost"] == "-"
 
 
 def test_cli_prints_address_and_rejects_a_non_run(runs, tmp_path):

@@ -36,14 +36,17 @@ def responder(variant: str = "a"):
 
 
 def make_run(dst: Path, variant: str = "a", per_topic: int = 6, rounds: str | None = None,
-             shard_size: int = 8) -> Path:
-    """A finished run of tests/fixtures/proj (5 topic cells x `per_topic`, templates qa and card)."""
+             shard_size: int = 8, price: dict[str, str] | None = None) -> Path:
+    """A finished run of tests/fixtures/proj (5 topic cells x `per_topic`, templates qa and card);
+    `price`: the model's {input_per_mtok, output_per_mtok}."""
     proj = dst.parent / f"proj-{dst.name}"
     if not proj.exists():
         shutil.copytree(FIXTURES / "proj", proj)
     over = {"generations_per_topic": str(per_topic), "run.shard_size": str(shard_size)}
     if rounds:
         over["rounds"] = rounds
+    for k, v in (price or {}).items():
+        over[f"models.0.price.{k}"] = v
     spec = load_spec(proj / "spec.yaml", over)
     fake = FakeBackend(responder=responder(variant))
     run_spec(spec, out=dst, executor=LocalExecutor(backend_factory=lambda cfg, **_: fake))

@@ -87,7 +87,7 @@ def usage(run_dir, as_json):
     generated: it then also shows the totals at this rate for the records still to come."""
     from generator.core.run_layout import is_run_folder
     from generator.export.rows import ExportError
-    from generator.export.usage import compute_usage, money
+    from generator.export.usage import compute_usage
 
     if not is_run_folder(run_dir):
         raise ExportError(f"{run_dir}: not a run folder (no manifest.json); pass the folder `synthgen run` wrote")
@@ -95,6 +95,17 @@ def usage(run_dir, as_json):
     if as_json:
         click.echo(json.dumps(u, indent=2))
         return
+    from generator.cli.output import echo, show_table
+
+    show_table(usage_table(u), out)
+    for line in usage_notes(u):
+        echo(line)
+
+
+def usage_table(u: dict) -> Table:
+    """`compute_usage`'s numbers as a table: per model, per stage and template, per session, total."""
+    from generator.export.usage import money
+
     ledger = u["source"] == "ledger"
     cols = ["model", "group", "calls", *(["cache hits", "errors"] if ledger else []), "prompt tokens",
             "completion tokens", *(["busy s", "tok/s"] if ledger else []), "cost"]
@@ -125,19 +136,25 @@ def usage(run_dir, as_json):
     tot = u["total"]
     t.add_row("total", "", f"{tot['requests']:,}", *([f"{tot['cache_hits']:,}", f"{tot['errors']:,}"] if ledger else []),
               f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}", *(["", ""] if ledger else []), money(tot["cost"]))
-    from generator.cli.output import show_table
+    return t
 
-    show_table(t, out)
+
+def usage_notes(u: dict) -> list[str]:
+    """The lines under the usage table: the projection of a run in progress, and what was counted."""
+    from generator.export.usage import money
+
+    lines: list[str] = []
     p = u["progress"]
     if p and p["projected"]:
         pr = p["projected"]
         cost = f", cost {money(pr['cost'])}" if pr["cost"] is not None else ""
-        out.print(Text(f"in progress: {p['records_answered']:,} of {p['planned']:,} records answered; at this rate "
-                       f"the whole plan takes {pr['requests']:,} calls, {pr['prompt_tokens']:,} prompt and "
-                       f"{pr['completion_tokens']:,} completion tokens{cost}"))
+        lines.append(f"in progress: {p['records_answered']:,} of {p['planned']:,} records answered; at this rate "
+                     f"the whole plan takes {pr['requests']:,} calls, {pr['prompt_tokens']:,} prompt and "
+                     f"{pr['completion_tokens']:,} completion tokens{cost}")
     note = {"ledger": "the usage ledger: every model call and cache hit, per session",
             "cache": "every paid request, retries included (request cache; no hits or time recorded)",
             "generations": "final attempts only (no request cache)"}[u["source"]]
-    console.print(Text(f"counted from: {note}; {len(u['sessions']) or 1} session(s); busy s is each model's time from "
-                       f"its first request to its last answer; cost = tokens x the model's `price` per million "
-                       f"tokens (models without one show -)"), style="dim")
+    lines.append(f"counted from: {note}; {len(u['sessions']) or 1} session(s); busy s is each model's time from its "
+                 f"first request to its last answer; cost = tokens x the model's `price` per million tokens "
+                 f"(models without one show -)")
+    return lines

@@ -28,8 +28,9 @@ def _pipeline_table(manifest: dict):
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Also write an HTML report with plots here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Cells shown in the allocation table.")
 def report(run_dir, out, top):
-    """Show how a run went: per-stage pass and rejection rates of a pipeline, and for a rounds run
-    diversity against generations and the allocation per cell.
+    """Show how a run went: usage and cost per model, stage and session, per-stage pass and
+    rejection rates of a pipeline, and for a rounds run diversity against generations and the
+    allocation per cell.
 
     For a `synthgen probe` folder: the probe's table, its differences against the spread, and the
     plot (with --out, an HTML page with the table and the plot)."""
@@ -48,6 +49,15 @@ def report(run_dir, out, top):
         return
     manifest_path = Path(run_dir) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if manifest:  # usage and cost of every run (live while it is generated)
+        from generator.cli.export import usage_notes, usage_table
+        from generator.export.usage import compute_usage
+
+        u = compute_usage(run_dir)
+        if u["models"]:
+            show_table(usage_table(u), console)
+            for line in usage_notes(u):
+                echo(line)
     if manifest.get("pipeline"):
         show_table(_pipeline_table(manifest), console)
         counts = manifest.get("counts", {})
@@ -56,7 +66,7 @@ def report(run_dir, out, top):
              f"{json.dumps(manifest['pipeline'].get('rows_by_status', {}))}")
     rounds = load_rounds(run_dir)
     if not rounds:
-        if manifest.get("pipeline"):
+        if manifest:
             return
         raise click.ClickException(f"{run_dir} has no finished rounds (rounds/round-001.json); "
                                    "it was not run with a `rounds:` section, or round 1 has not finished")

@@ -205,8 +205,9 @@ def usage_markdown(usage: dict) -> list[str]:
         cost = money(m["cost"]) if m["cost"] is not None else "(no price)"
         lines.append(f"| {_md(m['model'])} | {m['requests']:,} | {m['prompt_tokens']:,} | "
                      f"{m['completion_tokens']:,} | {cost} |")
-    note = ("every request paid for, retries included (request cache)" if usage["source"] == "cache"
-            else "final attempts only (the run folder has no request cache)")
+    note = {"ledger": "every model call, retries included, summed over the run's sessions (usage ledger)",
+            "cache": "every request paid for, retries included (request cache)"}.get(
+        usage["source"], "final attempts only (the run folder has no request cache)")
     lines += ["", f"Counted from: {note}. Cost is tokens x the price per million tokens declared in the "
               f"spec; models without a `price` show none."]
     return lines

@@ -115,6 +115,12 @@ class View:
                                 "a": self.a.name, "b": b.name}
             return self._scores
 
+    def usage(self, params: dict[str, str]) -> dict[str, Any]:
+        """Model calls, cache hits, tokens, busy time and cost of a run (live while it is generated)."""
+        from generator.export.usage import compute_usage
+
+        return compute_usage(self.run(params.get("run")).path)
+
     def rounds(self, params: dict[str, str]) -> dict[str, Any]:
         from generator.feedback.rounds import load_rounds
         from generator.feedback.rounds_report import allocation_matrix, trajectory_rows

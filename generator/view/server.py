@@ -19,7 +19,8 @@ def page() -> bytes:
 def routes(view: View) -> dict[str, Callable[[dict[str, str]], Any]]:
     return {"/api/meta": lambda p: view.meta(), "/api/records": view.records, "/api/record": view.record,
             "/api/neighbours": view.neighbours, "/api/clusters": view.clusters, "/api/compare": view.compare,
-            "/api/scores": lambda p: view.scores(), "/api/rounds": view.rounds}
+            "/api/scores": lambda p: view.scores(), "/api/rounds": view.rounds,
+            "/api/usage": view.usage}
 
 
 def make_handler(view: View) -> type[BaseHTTPRequestHandler]:
