@@ -353,3 +353,30 @@ def test_windowed_fallback_gathers_follow_ups_into_full_windows():
     got = list(gathered_windows(b, feed, window=8, linger=0.2))
     t.join()
     assert len(got) == 12 and b.sizes == [8, 4]
+
+
+def test_usage_ledger_counts_every_call_per_stage_and_model(tmp_path):
+    from generator.export.usage import compute_usage
+
+    res, fakes = run_once(project(tmp_path), tmp_path / "run")
+    u = compute_usage(tmp_path / "run")
+    want: dict[tuple[str, str], int] = {}
+    for model, b in fakes.made.items():
+        for r in b.calls:
+            key = (model, r.id.split("/")[1])
+            want[key] = want.get(key, 0) + 1
+    got = {(r["model"], r["stage"]): r["requests"] for r in u["by"]["stage"] if r["requests"]}
+    assert got == want and u["total"]["requests"] == res.model_calls == len(fakes.calls())
+    # a rerun of the finished run calls nothing and replays nothing: no second session appears
+    run_once(project(tmp_path), tmp_path / "run")
+    assert len(compute_usage(tmp_path / "run")["sessions"]) == 1
+
+
+def test_stages_refuse_an_executor_that_cannot_run_them_before_starting_it(tmp_path):
+    from generator.core.errors import SpecError
+    from generator.engine.executors.ray import RayExecutor
+
+    ex = RayExecutor(backend_factory=Fakes())
+    with pytest.raises(SpecError, match="local executor"):
+        run(load_spec(project(tmp_path)), out=tmp_path / "run", executor=ex, score=False)
+    assert not ex._started_ray and not ex.actors

@@ -14,6 +14,8 @@ from generator.engine.executors.base import ExecReport, Job
 
 
 class LocalExecutor:
+    runs_stages = True  # a pipeline's scheduler feeds this executor's backends (engine/pipeline)
+
     def __init__(self, backend_factory: Callable[..., Backend] | None = None):
         self.backend_factory = backend_factory or make_backend
         self.backends: dict[str, Backend] = {}

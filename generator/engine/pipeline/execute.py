@@ -101,10 +101,10 @@ class _Shards:
 def backends_for(resolved: Resolved, models: set[str], executor, backend_kwargs: dict) -> tuple[dict, float]:
     """One backend per model from the executor's factory, kept by the executor (so a later call
     reuses the engines and the executor's owner closes them); the load seconds of new ones."""
-    factory = getattr(executor, "backend_factory", None)
-    if factory is None or not isinstance(getattr(executor, "backends", None), dict):
+    if not getattr(executor, "runs_stages", False):  # stages hand answers between models in one process
         raise SpecError("a spec with `stages:` runs on the local executor (drop --executor ray)",
                         file=resolved.spec.file)
+    factory = executor.backend_factory
     cfgs = {m.name: m for m in resolved.spec.models}
     out, load = {}, 0.0
     for name in sorted(models):
