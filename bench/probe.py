@@ -45,7 +45,10 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--eval-docs", type=int, default=8)
+    ap.add_argument("--eval-docs", type=int, default=8, help="held-out real documents")
+    ap.add_argument("--eval-synthetic-docs", type=int, default=None,
+                    help="held-out synthetic documents (default: --eval-docs); taken from rows no mix selected "
+                         "when there are enough, else out of every arm's training data")
     ap.add_argument("--gsm8k-n", type=int, default=4)
     ap.add_argument("--gsm8k-max-new-tokens", type=int, default=24)
     a = ap.parse_args()
@@ -60,7 +63,8 @@ def main() -> None:
             "out": str(mix_dir), "overwrite": True}))
     settings = ProbeSettings(
         seeds=list(range(a.seeds)), max_steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
-        learning_rate=a.lr, eval_real=GSM8K / "test.jsonl", eval_docs=a.eval_docs, eval_synthetic_docs=a.eval_docs,
+        learning_rate=a.lr, eval_real=GSM8K / "test.jsonl", eval_docs=a.eval_docs,
+        eval_synthetic_docs=a.eval_docs if a.eval_synthetic_docs is None else a.eval_synthetic_docs,
         eval_seq_len=a.seq_len, gsm8k=GSM8K / "test.jsonl", gsm8k_n=a.gsm8k_n, gsm8k_max_new_tokens=a.gsm8k_max_new_tokens,
         keep_models=False, save_steps=a.steps)
     t0 = time.perf_counter()

@@ -163,3 +163,14 @@ def test_killed_probe_resumes_from_last_checkpoint(mixes, tmp_path):
     assert train["first_step_this_process"] == step + 1
     assert train["steps"] == 4
     assert [x["step"] for x in train["losses"]] == [1, 2, 3, 4]  # the killed run's log carried over
+
+
+def test_held_out_synthetic_that_empties_an_arm_is_refused(mixes, tmp_path):
+    """Holding out every synthetic row would make the 1:1 arm train on real text only."""
+    from generator.cli.main import main
+
+    res = CliRunner().invoke(main, ["probe", str(mixes), "--out", str(tmp_path / "p"), "--seeds", "1",
+                                    "--max-steps", "1", *TINY[:10], "--eval-synthetic-docs", "60", "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "leaves no synthetic training data in ratio-1_1" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "p" / "probe.json").exists()

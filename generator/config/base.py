@@ -12,6 +12,7 @@ class SamplingOverride(Strict):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1, le=131072)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
 
 
 class TemplateRef(Strict):

@@ -32,6 +32,10 @@ class SamplingConfig(Strict):
     temperature: float = Field(0.8, ge=0.0, le=5.0, description="Softmax temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(512, ge=1, le=131072, description="Most tokens to generate per record.")
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, le=2.0, description="vLLM's repetition penalty (> 1 discourages repeating tokens already in the "
+        "prompt or answer; unset: the engine's 1.0). Sent to OpenAI-compatible servers as `repetition_penalty`, "
+        "which vLLM's server reads.")
 
 
 class TreeTopics(Strict):

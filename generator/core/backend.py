@@ -30,6 +30,7 @@ class Sampling:
     top_p: float = 0.95
     max_tokens: int = 512
     seed: int | None = None
+    repetition_penalty: float | None = None  # None: the engine's default (1.0)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,10 @@ class Request:
 
     def payload_hash(self, model: str) -> str:
         """Key of the request-level replay cache: everything that decides the answer."""
-        payload = {"model": model, "messages": list(self.messages), "sampling": asdict(self.sampling),
-                   "schema": self.json_schema}
+        sampling = asdict(self.sampling)
+        if sampling["repetition_penalty"] is None:  # unset options leave the keys of earlier runs unchanged
+            del sampling["repetition_penalty"]
+        payload = {"model": model, "messages": list(self.messages), "sampling": sampling, "schema": self.json_schema}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

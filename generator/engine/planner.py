@@ -294,7 +294,8 @@ def render_pairs(resolved: Resolved, pairs: Iterable[tuple[TopicCell, int]], tpl
             model=model.name, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_tokens, seed=hash64(spec.seed, "seed", rid) % (2**31 - 1),
             generation=g, messages=messages, prompt=messages[-1]["content"],
-            structured=tpl.output_schema is not None, companion_topics=companions)
+            structured=tpl.output_schema is not None, companion_topics=companions,
+            repetition_penalty=sampling.repetition_penalty)
 
 
 def first_pairs(resolved: Resolved, limit: int) -> list[tuple[TopicCell, int]]:

@@ -39,6 +39,7 @@ class Record:
     prompt: str
     structured: bool = False
     companion_topics: list[str] = field(default_factory=list)
+    repetition_penalty: float | None = None
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)

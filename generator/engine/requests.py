@@ -51,7 +51,8 @@ def make_request(row: dict, attempt: int, schemas: dict[str, dict | None]) -> Re
     seed = int(row["seed"]) + attempt - 1
     return Request(id=f"{row['id']}#{attempt}", messages=tuple(row["messages"]),
                    sampling=Sampling(temperature=row["temperature"], top_p=row["top_p"],
-                                     max_tokens=int(row["max_tokens"]), seed=seed),
+                                     max_tokens=int(row["max_tokens"]), seed=seed,
+                                     repetition_penalty=row.get("repetition_penalty")),
                    json_schema=schemas.get(row["template"]))
 
 

@@ -219,7 +219,12 @@ class RunFolder:
         write_json_atomic(self.manifest_path, manifest)
 
     def read_plan(self) -> pl.DataFrame | None:
-        return read_plan(self.path)
+        """The plan; columns added to `Record` since it was written are null (their default)."""
+        plan = read_plan(self.path)
+        if plan is None:
+            return None
+        missing = [pl.lit(None, dtype=t).alias(c) for c, t in PLAN_SCHEMA.items() if c not in plan.columns]
+        return plan.with_columns(missing) if missing else plan
 
     def write_plan(self, frame: pl.DataFrame) -> None:
         write_parquet_atomic(frame, self.plan_path)

@@ -65,7 +65,7 @@ def assign_shards(plan: pl.DataFrame, new: list[Record], shard_size: int) -> pl.
         counters[rnd] = i + 1
         shard_col.append(shard_name(rnd, start.get(rnd, 0) + i // shard_size))
     frame = frame.with_columns(pl.Series("shard", shard_col))
-    return frame if plan is None or plan.is_empty() else pl.concat([plan, frame], how="vertical")
+    return frame if plan is None or plan.is_empty() else pl.concat([plan, frame.select(plan.columns)], how="vertical")
 
 
 def reconcile(folder: RunFolder, records: list[Record]) -> tuple[pl.DataFrame | None, list[Record]]:

@@ -85,7 +85,15 @@ def _check_out(out: Path, settings: ProbeSettings, arm_names: list[str]) -> None
 
 def _eval_sets(arms: list[Arm], s: ProbeSettings) -> tuple[list, list, list, dict]:
     layout = arms[0].layout
+    before = {a.name: sum(r.get("kind") == "synthetic" for r in a.rows) for a in arms}
     rows, held = held_out_synthetic(arms, s.eval_synthetic_docs, s.seeds[0])
+    emptied = [a.name for a in arms if before[a.name] and not any(r.get("kind") == "synthetic" for r in a.rows)]
+    if emptied:  # the arm would train on real text only: its ratio would be a label, not a fact
+        raise SynthgenError(
+            f"holding out {held['docs']} synthetic documents for evaluation leaves no synthetic training data in "
+            f"{', '.join(emptied)} ({held['unused_rows']} came from rows no mix selected, {held['removed_from_training']} "
+            f"had to be taken out of every arm); lower --eval-synthetic-docs, mix fewer tokens, or generate more records")
+    held["removed_from_arms"] = {a.name: before[a.name] - sum(r.get("kind") == "synthetic" for r in a.rows) for a in arms}
     syn_items = synthetic_eval_items(rows, layout)
     real_items = real_eval_items(s.eval_real, layout, s.eval_docs, s.eval_text_field, s.eval_text_template,
                                  s.eval_user_template, s.eval_assistant_template) if s.eval_real else []

@@ -21,25 +21,12 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, Result
-from generator.engine.backends.openai_http import _public_url, auth_headers
+from generator.engine.backends.openai_http import _public_url, auth_headers, request_body
 
 MAX_REQUESTS = 50_000           # the Batch API's limits per input file
 MAX_BYTES = 200 * 1024 * 1024
 ENDPOINT = "/v1/chat/completions"
 DEAD = {"failed", "expired", "cancelled", "cancelling"}
-
-
-def request_body(model: str, r: Request, send_seed: bool = True) -> dict[str, Any]:
-    """The chat-completions body of one request (the same fields the HTTP backend sends)."""
-    s = r.sampling
-    body: dict[str, Any] = {"model": model, "messages": list(r.messages), "temperature": s.temperature,
-                            "top_p": s.top_p, "max_tokens": s.max_tokens}
-    if r.json_schema is not None:
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "record", "schema": r.json_schema, "strict": True}}
-    if send_seed and s.seed is not None:
-        body["seed"] = s.seed
-    return body
 
 
 def split_lines(lines: list[bytes], max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BYTES) -> list[list[bytes]]:

@@ -76,6 +76,21 @@ def auth_headers(api_key_env: str | None, who: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+
+def request_body(model: str, r: Request, send_seed: bool = True) -> dict[str, Any]:
+    """The chat-completions body of one request (the HTTP backend's, and each line of a batch file)."""
+    s = r.sampling
+    body: dict[str, Any] = {"model": model, "messages": list(r.messages), "temperature": s.temperature,
+                            "top_p": s.top_p, "max_tokens": s.max_tokens}
+    if s.repetition_penalty is not None:  # a vLLM server extension; others ignore or refuse it
+        body["repetition_penalty"] = s.repetition_penalty
+    if r.json_schema is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "record", "schema": r.json_schema, "strict": True}}
+    if send_seed and s.seed is not None:
+        body["seed"] = s.seed
+    return body
+
 class OpenAIBackend:
     def __init__(self, model: str, base_url: str, api_key_env: str | None = None, *,
                  concurrency: int = 32, timeout: float = 300.0, connect_timeout: float = 10.0,
@@ -202,15 +217,7 @@ class OpenAIBackend:
                                f"(it serves: {', '.join(map(str, served[:10]))}); fix the model `name`")
 
     def payload(self, r: Request) -> dict[str, Any]:
-        s = r.sampling
-        body: dict[str, Any] = {"model": self.model, "messages": list(r.messages), "temperature": s.temperature,
-                                "top_p": s.top_p, "max_tokens": s.max_tokens}
-        if r.json_schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "record", "schema": r.json_schema, "strict": True}}
-        if self.send_seed and s.seed is not None:  # opt-in: see the note in __init__
-            body["seed"] = s.seed
-        return body
+        return request_body(self.model, r, self.send_seed)  # seed: opt-in, see the note in __init__
 
     async def _one(self, client, sem: asyncio.Semaphore, r: Request) -> Result:
         async with sem:

@@ -117,6 +117,8 @@ class VLLMOfflineBackend:
 
             extra["structured_outputs"] = StructuredOutputsParams(json=r.json_schema)
         s = r.sampling
+        if s.repetition_penalty is not None:
+            extra["repetition_penalty"] = s.repetition_penalty
         return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                               seed=s.seed, **extra)
 

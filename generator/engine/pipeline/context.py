@@ -110,13 +110,15 @@ def sampling_for(resolved: Resolved, node: StageNode, model: str) -> Sampling:
     base = resolved.spec.sampling.model_dump()
     base.update({k: v for k, v in cfg.sampling.model_dump().items() if v is not None})
     base.update({k: v for k, v in node.cfg.sampling.model_dump().items() if v is not None})
-    return Sampling(temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"])
+    return Sampling(temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"],
+                    repetition_penalty=base.get("repetition_penalty"))
 
 
 def make_request(rid: str, stage: str, attempt: int, sample: int, tries: int, messages: list[dict],
                  sampling: Sampling, seed: int, schema: dict | None) -> Request:
     return Request(id=f"{rid}/{stage}/{attempt}/{sample}#{tries}", messages=tuple(messages),
-                   sampling=Sampling(sampling.temperature, sampling.top_p, sampling.max_tokens, seed + tries - 1),
+                   sampling=Sampling(sampling.temperature, sampling.top_p, sampling.max_tokens, seed + tries - 1,
+                                     sampling.repetition_penalty),
                    json_schema=schema)
 
 

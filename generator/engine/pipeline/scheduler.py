@@ -200,7 +200,8 @@ class PipelineScheduler:
         if node.name == self.p.entry:
             messages, model, template = list(row["messages"]), row["model"], row["template"]
             schema = next((t.output_schema for t, _ in node.templates if t.name == template), node.schema())
-            sampling = Sampling(row["temperature"], row["top_p"], int(row["max_tokens"]))
+            sampling = Sampling(row["temperature"], row["top_p"], int(row["max_tokens"]),
+                                repetition_penalty=row.get("repetition_penalty"))
         else:
             model = getattr(node.cfg, "model", None) or row["model"]
             sampling = sampling_for(self.resolved, node, model)
