@@ -2,6 +2,7 @@
 
     SYNTHGEN_CACHE=/tmp/sgcache .venv/bin/python bench/usable.py --group textbook -n 16
     .venv/bin/python bench/usable.py --templates math/word_problem,math/multi_step -n 16 --max-tokens 320
+    .venv/bin/python bench/usable.py --group textbook --repetition-penalty 1.0   # without the specs' penalty
 
 Each template gets N records planned from the library spec of its kind (textbook/* from
 specs/textbook.yaml, math/* from specs/math.yaml, sft/* from specs/instruct.yaml) with only that
@@ -38,7 +39,8 @@ GROUPS = {
 STATUSES = ("ok", "truncated", "invalid_json", "empty", "error")
 
 
-def plan_rows(template: str, n: int, model: str, max_tokens: int | None) -> tuple[list[dict], dict, dict, int, int]:
+def plan_rows(template: str, n: int, model: str, max_tokens: int | None,
+              repetition_penalty: float | None = None) -> tuple[list[dict], dict, dict, int, int]:
     """N planned rows of `template`, with its schema, renderer, retries and max_tokens."""
     from generator.config.spec import load_spec
     from generator.engine.planner import plan_spec
@@ -50,6 +52,8 @@ def plan_rows(template: str, n: int, model: str, max_tokens: int | None) -> tupl
             "generations_per_topic": str(max(1, n))}
     if max_tokens is not None:
         over["sampling.max_tokens"] = str(max_tokens)
+    if repetition_penalty is not None:
+        over["sampling.repetition_penalty"] = str(repetition_penalty)
     spec = load_spec(base, over)
     resolved, records = plan_spec(spec, limit=n)
     tpl = resolved.template_by_name[template]
@@ -64,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--templates", default="", help="comma-separated template names")
     ap.add_argument("-n", type=int, default=16, help="records per template (default 16)")
     ap.add_argument("--max-tokens", type=int, default=None, help="override sampling.max_tokens (default: the base spec's)")
+    ap.add_argument("--repetition-penalty", type=float, default=None,
+                    help="override sampling.repetition_penalty (default: the base spec's)")
     ap.add_argument("--model", default="smollm2-135m", help="model name or path for vLLM (default: the embedded model)")
     ap.add_argument("--json", help="write the per-template counts here")
     args = ap.parse_args(argv)
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
 
     rows, schemas, renderers, retries, max_tokens = [], {}, {}, 0, {}
     for name in names:
-        r, s, rd, retries, mt = plan_rows(name, args.n, args.model, args.max_tokens)
+        r, s, rd, retries, mt = plan_rows(name, args.n, args.model, args.max_tokens, args.repetition_penalty)
         rows += r
         schemas.update(s)
         renderers.update(rd)
@@ -90,7 +96,9 @@ def main(argv=None) -> int:
     gen_s = time.time() - t1
     backend.close()
 
+    penalties = sorted({str(r.get("repetition_penalty")) for r in rows})
     print(f"model {args.model}; {args.n} records per template; retries {retries}; "
+          f"repetition_penalty {'/'.join(penalties)}; "
           f"{calls} requests; engine load {load_s:.0f}s, generation {gen_s:.0f}s")
     print(f"{'template':38s} {'max_tok':>7s} {'n':>3s} " + " ".join(f"{s:>12s}" for s in STATUSES)
           + f" {'usable':>7s} {'mean_tok':>8s}")

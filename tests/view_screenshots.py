@@ -42,7 +42,7 @@ def demo_responder(variant: str):
     return answer
 
 
-def make(dst: Path, variant: str = "a", rounds: str | None = None) -> Path:
+def make(dst: Path, variant: str = "a", rounds: str | None = None, price: bool = False) -> Path:
     import shutil
 
     from generator.engine.backends.fake import FakeBackend
@@ -55,6 +55,8 @@ def make(dst: Path, variant: str = "a", rounds: str | None = None) -> Path:
     over = {"generations_per_topic": "8", "name": f"demo-{variant}"}
     if rounds:
         over["rounds"] = rounds
+    if price:  # a hosted model's price, so the usage view shows cost
+        over.update({"models.0.price.input_per_mtok": "0.15", "models.0.price.output_per_mtok": "0.6"})
     fake = FakeBackend(responder=demo_responder(variant))
     run_spec(load_spec(proj / "spec.yaml", over), out=dst,
              executor=LocalExecutor(backend_factory=lambda cfg, **_: fake))
@@ -88,7 +90,7 @@ def main() -> None:
     from scoring.api import dedup_run, score, write_report
 
     tmp = Path(tempfile.mkdtemp())
-    a, b = make(tmp / "run-a"), make(tmp / "run-b", "b")
+    a, b = make(tmp / "run-a", price=True), make(tmp / "run-b", "b")
     r = make(tmp / "run-rounds", rounds="{count: 3, budget: 40}")
     dedup_run(a)
     ensure_chromium()
@@ -99,6 +101,7 @@ def main() -> None:
         shoot(d, url, out / "view-records.png", "#neighbours .rec", click="#list .rec:nth-child(3)", height=1000)
         shoot(d, url + "#clusters", out / "view-clusters.png", "#detail .cluster")
         shoot(d, url + "#compare", out / "view-compare.png", "#scores")
+        shoot(d, url + "#usage", out / "view-usage.png", "#usage-b")
         srv.shutdown()
         srv = serve(View(r), 0)
         shoot(d, address(srv) + "#rounds", out / "view-rounds.png", "#allocation")
