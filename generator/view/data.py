@@ -20,9 +20,9 @@ FILTERS = {"template": "template", "topic": "topic_id", "persona": "persona_ids"
            "status": "status", "round": "round", "stage": "stage"}
 # lineage shown in the record's header, in this order
 LINEAGE = ("id", "round", "topic_id", "topic", "subtopic", "level", "keywords", "persona_ids", "companion_topics",
-           "template", "template_hash", "template_vars", "model", "temperature", "top_p", "max_tokens", "seed",
-           "generation", "shard", "structured", "status", "finish_reason", "attempts", "prompt_tokens",
-           "completion_tokens", "error", "duplicate_of")
+           "template", "template_hash", "template_vars", "model", "temperature", "top_p", "repetition_penalty",
+           "max_tokens", "seed", "generation", "shard", "structured", "status", "finish_reason", "attempts",
+           "prompt_tokens", "completion_tokens", "error", "duplicate_of")
 # columns with their own place on the page (not repeated among the extra columns)
 SHOWN = set(LINEAGE) | {"messages", "prompt", "completion", "text"}
 SNIPPET = 240
