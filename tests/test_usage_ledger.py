@@ -121,3 +121,25 @@ def test_live_cost_reads_the_ledger_and_projects(proj, tmp_path):
 
     assert text == f"cost {money(u['total']['cost'])} so far · ≈{money(2 * u['total']['cost'])} at this rate"
     assert LiveCost(run, s["session"], {m: None for m in prices}, pending=4).text(1) == ""  # no price, no column
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", "\udcff".encode("utf-8", "surrogateescape").decode("latin-1")])
+def test_a_damaged_manifest_or_cache_is_one_line_naming_the_file(proj, tmp_path, content):
+    spec = load_spec(proj / "spec.yaml", {"generations_per_topic": "1"})
+    run = tmp_path / "run"
+    b = FakeBackend()
+    run_spec(spec, out=run, executor=LocalExecutor(backend_factory=lambda c, **_: b), score=False)
+    # a cache that is not SQLite: usage falls back to the generation rows and says why
+    (run / "cache.sqlite").write_bytes(b"garbage")
+    for extra in ("cache.sqlite-wal", "cache.sqlite-shm"):
+        (run / extra).unlink(missing_ok=True)
+    res = CliRunner().invoke(main, ["usage", str(run)])
+    assert res.exit_code == 0 and "cache.sqlite could not be read" in res.output
+    (run / "manifest.json").write_bytes(content.encode("latin-1"))
+    for args in (["usage", str(run)], ["run", str(proj / "spec.yaml"), "--out", str(run)]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, res.output
+        line = res.output.strip()
+        assert "\n" not in line and "manifest.json" in line and "Traceback" not in line
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 2 and "manifest.json" in res.output

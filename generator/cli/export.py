@@ -151,10 +151,16 @@ def usage_notes(u: dict) -> list[str]:
         lines.append(f"in progress: {p['records_answered']:,} of {p['planned']:,} records answered; at this rate "
                      f"the whole plan takes {pr['requests']:,} calls, {pr['prompt_tokens']:,} prompt and "
                      f"{pr['completion_tokens']:,} completion tokens{cost}")
+    from pathlib import Path
+
+    from generator.core.run_layout import CACHE
+
+    no_cache = "its cache.sqlite could not be read" if (Path(u["run"]) / CACHE).exists() else "no request cache"
     note = {"ledger": "the usage ledger: every model call and cache hit, per session",
             "cache": "every paid request, retries included (request cache; no hits or time recorded)",
-            "generations": "final attempts only (no request cache)"}[u["source"]]
-    lines.append(f"counted from: {note}; {len(u['sessions']) or 1} session(s); busy s is each model's time from its "
-                 f"first request to its last answer; cost = tokens x the model's `price` per million tokens "
+            "generations": f"final attempts only ({no_cache})"}[u["source"]]
+    busy = (f"; {len(u['sessions'])} session(s); busy s is each model's time from its first request to its last "
+            f"answer" if u["source"] == "ledger" else "")
+    lines.append(f"counted from: {note}{busy}; cost = tokens x the model's `price` per million tokens "
                  f"(models without one show -)")
     return lines

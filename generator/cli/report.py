@@ -47,8 +47,9 @@ def report(run_dir, out, top):
 
         print_report(run_dir, console, out)
         return
-    manifest_path = Path(run_dir) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    from generator.core.run_layout import read_manifest
+
+    manifest = read_manifest(run_dir)
     if manifest:  # usage and cost of every run (live while it is generated)
         from generator.cli.export import usage_notes, usage_table
         from generator.export.usage import compute_usage

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
+from generator.core.errors import RunFolderError
+
 
 MANIFEST = "manifest.json"
 PLAN = "plan.parquet"
@@ -47,11 +49,20 @@ def is_run_folder(run_dir: str | Path) -> bool:
 
 
 def read_manifest(run_dir: str | Path) -> dict:
-    """The run's manifest, or {} before the first write."""
+    """The run's manifest, or {} before the first write; a damaged one is a one-line error."""
+    path = Path(run_dir) / MANIFEST
     try:
-        return json.loads((Path(run_dir) / MANIFEST).read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise RunFolderError(f"{path}: not a readable manifest ({where}); restore it from a copy, or rerun "
+                             f"the spec into a new folder with --out NEW_DIR") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: a manifest is a JSON object, this holds a {type(data).__name__}; restore it "
+                             f"from a copy, or rerun the spec into a new folder with --out NEW_DIR")
+    return data
 
 
 def read_plan(run_dir: str | Path) -> pl.DataFrame | None:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from generator.core.run_layout import read_manifest
 from generator.feedback.rounds import load_rounds
 
 
@@ -169,9 +170,7 @@ def _table_html(headers: list[str], rows: list[list[Any]]) -> str:
 def html(run_dir: str | Path, rounds: list[dict] | None = None) -> str:
     run_dir = Path(run_dir)
     rounds = load_rounds(run_dir) if rounds is None else rounds
-    manifest = {}
-    if (run_dir / "manifest.json").exists():
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir)
     rule = (manifest.get("spec", {}).get("rounds") or {}).get("allocator", {}).get("rule", "?")
     imgs = plots(rounds)
     parts = [f"<h1>Rounds report: {_html.escape(manifest.get('name', run_dir.name))}</h1>",

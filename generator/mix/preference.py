@@ -9,10 +9,11 @@ import polars as pl
 
 from generator.core.errors import SynthgenError
 from generator.core.files import write_json_atomic, write_parquet_atomic, write_text_atomic
+from generator.core.run_layout import read_manifest
 
 
 def _compare_judge(run: Path) -> tuple[str, list[str]]:
-    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+    manifest = read_manifest(run)
     stages = (manifest.get("spec") or {}).get("stages") or []
     judges = [s for s in stages if s.get("kind") == "judge" and s.get("compare")]
     if len(judges) != 1:
