@@ -46,3 +46,20 @@ def importorskip_ci(name: str):
         except ImportError as exc:
             pytest.fail(f"{name} is not importable ({exc}); CI=true needs every dependency", pytrace=False)
     return pytest.importorskip(name)
+
+
+def cache_keys(run_dir) -> set[str]:
+    """Keys of the answers in a run folder's request cache (empty before the cache exists)."""
+    import sqlite3
+    from pathlib import Path
+
+    path = Path(run_dir) / "cache.sqlite"
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return {k for (k,) in db.execute("SELECT key FROM results")}
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        db.close()

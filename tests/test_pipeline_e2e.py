@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from generator.config.spec import load_spec
 from generator.core.backend import Borrowed, stream_in_windows
 from generator.engine.executors.local import LocalExecutor
 from generator.library.catalog import builtin_root
+from helpers import cache_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHGEN = Path(sys.executable).with_name("synthgen")
@@ -113,18 +113,6 @@ def test_shipped_pipeline_runs_end_to_end(name, vllm_backend, tmp_path):
     # a rerun finds everything written: no model call
     again = run(spec, out=out, limit=3, executor=LocalExecutor(backend_factory=lambda c, **_: rec))
     assert again.model_calls == 0
-
-
-def cache_keys(run_dir: Path) -> set[str]:
-    if not (run_dir / "cache.sqlite").exists():
-        return set()
-    db = sqlite3.connect(run_dir / "cache.sqlite", timeout=30)
-    try:
-        return {k for (k,) in db.execute("SELECT key FROM results")}
-    except sqlite3.OperationalError:
-        return set()
-    finally:
-        db.close()
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path
 
 import polars as pl
@@ -15,6 +14,7 @@ from generator import run
 from generator.config.spec import load_spec
 from generator.engine.backends.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
+from helpers import cache_keys
 
 TEMPLATES = {
     "gen.j2": "Write one short problem about {{ subtopic }}.\n",
@@ -201,14 +201,6 @@ def dying(after: int):
             answered.append(r.id)
             return super()._one(r, on_result)
     return Dying
-
-
-def cache_keys(run_dir: Path) -> set[str]:
-    db = sqlite3.connect(run_dir / "cache.sqlite")
-    try:
-        return {k for (k,) in db.execute("SELECT key FROM results")}
-    finally:
-        db.close()
 
 
 @pytest.mark.parametrize("after", [0, 1, 5, 13, 29, 44, 60])

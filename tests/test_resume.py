@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from generator.engine.planner import plan_spec
 from generator.engine.runner import run_spec
 from generator.engine.requests import make_request
 from generator.config.spec import load_spec
-from helpers import small_spec
+from helpers import cache_keys, small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHGEN = Path(sys.executable).with_name("synthgen")
@@ -50,19 +49,6 @@ class DyingFake(FakeBackend):
 def landed_ids(run: Path) -> set[str]:
     files = sorted((run / "generations").glob("part-*.parquet"))
     return set(pl.concat([pl.read_parquet(f) for f in files])["id"].to_list()) if files else set()
-
-
-def cache_keys(run: Path) -> set[str]:
-    path = run / "cache.sqlite"
-    if not path.exists():
-        return set()
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return {k for (k,) in db.execute("SELECT key FROM results")}
-    except sqlite3.OperationalError:
-        return set()
-    finally:
-        db.close()
 
 
 def expected_calls(run: Path, schemas: dict, landed: set[str], cached: set[str]) -> int:
