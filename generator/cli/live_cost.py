@@ -11,23 +11,22 @@ class LiveCost:
 
     def __init__(self, run_dir: str | Path, session: str, prices: dict[str, dict | None], pending: int,
                  every: float = 2.0):
-        from generator.export.usage import compute_usage
+        from generator.export.usage import sessions_cost
 
         self.run_dir, self.session, self.prices, self.pending, self.every = run_dir, session, prices, pending, every
         self.enabled = any(prices.values())
-        before = compute_usage(run_dir)["sessions"] if self.enabled else []
-        self.before = sum(self._cost(s["models"]) for s in before if s["session"] != session)
+        self.before = sessions_cost(run_dir, prices, but=session) if self.enabled else 0.0
         self._at = 0.0
         self._text = ""
 
-    def _cost(self, models) -> float:
+    def _cost(self, models: dict[str, dict]) -> float:
         from generator.export.usage import cost_of
 
-        rows = models.values() if isinstance(models, dict) else models
-        return sum(cost_of(r["prompt_tokens"], r["completion_tokens"], self.prices.get(r["model"])) or 0.0 for r in rows)
+        return sum(cost_of(r["prompt_tokens"], r["completion_tokens"], self.prices.get(r["model"])) or 0.0
+                   for r in models.values())
 
     def text(self, done: int) -> str:
-        """`cost 0.0123 so far · ≈0.0456 at this rate` (done: records finished in this session)."""
+        """`cost 0.0123 so far · ≈0.0456 at this rate` (done: records finished by this `synthgen run`)."""
         if not self.enabled or time.time() - self._at < self.every:
             return self._text
         from generator.export.usage import money, session_totals

@@ -141,7 +141,8 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
 
 
 def _usage_rows(t, usage: dict) -> None:
-    """Per model: calls, cache hits, busy throughput; the cost of this session and of every one."""
+    """Per model: calls, cache hits, busy throughput; the cost of this `synthgen run` and of every
+    run into the folder (a session is one `synthgen run` invocation: a resume starts a new one)."""
     from generator.export.usage import money
 
     this = {r["model"]: r for r in (usage.get("this_session") or {}).get("models", [])}

@@ -133,9 +133,9 @@ def _total(models: list[dict]) -> dict[str, Any]:
     return total
 
 
-def _progress(run_dir: str | Path, total: dict) -> dict[str, Any] | None:
+def _progress(run_dir: str | Path, total: dict, answered: set[str]) -> dict[str, Any] | None:
     """How far the run is, and its totals at this rate for the records still to come (None when
-    every planned record is written)."""
+    every planned record is written). `answered`: ids of records with an answer in the cache."""
     plan = read_plan(run_dir)
     if plan is None or plan.is_empty():
         return None
@@ -143,9 +143,7 @@ def _progress(run_dir: str | Path, total: dict) -> dict[str, Any] | None:
     pending = plan.filter(~pl.col("shard").is_in(list(written)))
     if pending.is_empty():
         return None
-    answered = _query(Path(run_dir) / CACHE, "SELECT value FROM results") or []
-    pend_ids = set(pending["id"].to_list())
-    started = {_record_id(str(json.loads(v).get("id") or "")) for (v,) in answered} & pend_ids
+    started = answered & set(pending["id"].to_list())
     done = plan.height - pending.height + len(started)  # records written, or with an answer in the cache
     if done == 0:
         return {"planned": plan.height, "records_answered": 0, "projected": None}
@@ -184,8 +182,19 @@ def compute_usage(run_dir: str | Path, manifest: dict | None = None) -> dict[str
     if "template" in calls.columns and source in ("ledger", "cache"):
         by["template"] = _sum_rows(calls.with_columns(pl.lit(1, pl.Int64).alias("requests")), ["model", "template"], price)
     total = _total(models)
+    # the cached answers already read above say which records have started
+    answered = set(calls["id"].to_list()) if "id" in calls.columns else set()
     return {"run": str(run_dir), "source": source, "models": models, "by": by, "sessions": sessions,
-            "total": total, "progress": _progress(run_dir, total)}
+            "total": total, "progress": _progress(run_dir, total, answered)}
+
+
+def sessions_cost(run_dir: str | Path, price: dict[str, dict | None], but: str | None = None) -> float:
+    """The cost of every session in the ledger except `but` (0 for models without a price)."""
+    book = ledger(run_dir)
+    if book is None:
+        return 0.0
+    counts = book[0].filter(pl.col("session") != but) if but else book[0]
+    return sum(r["cost"] or 0.0 for r in _sum_rows(counts, ["model"], price))
 
 
 def session_totals(run_dir: str | Path, session: str) -> dict[str, dict[str, int]]:
