@@ -1,7 +1,8 @@
 """What `synthgen run` adds over a bare vLLM script, on the same prompts and the same engine.
 
 Both arms share one `vllm.LLM` (so model load is excluded from both), send the same chat
-messages with the same per-request seeds and sampling parameters, and are timed end to end:
+messages with the same per-request seeds, sampling and structured-output parameters (no retries,
+so one request per record in both), and are timed end to end:
 the bare arm is one `LLM.chat` call; the synthgen arm is `run_spec` into a fresh run folder
 (plan, render, batch, classify, write Parquet shards, cache, manifest, dataset card).
 Arms alternate (bare, synthgen, bare, synthgen, ...) to spread machine noise over both.
@@ -32,23 +33,24 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
-    from vllm import SamplingParams
-
     from generator.core.backend import Borrowed
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
     from generator.engine.executors.local import LocalExecutor
     from generator.engine.planner import plan_spec
+    from generator.engine.requests import make_request
     from generator.engine.runner import run_spec
     from generator.config.spec import load_spec
 
-    spec = load_spec(args.spec, {"sampling.max_tokens": str(args.max_tokens)})
+    # no retries: both arms send exactly one request per record
+    spec = load_spec(args.spec, {"sampling.max_tokens": str(args.max_tokens), "run.retries": "0"})
     spec.scoring = None  # scoring is a separate step with its own benchmark (bench/score.py)
-    _, records = plan_spec(spec, limit=args.limit)
+    resolved, records = plan_spec(spec, limit=args.limit)
     backend = VLLMOfflineBackend(spec.models[0].name, engine=spec.models[0].engine)
     llm = backend.llm
     messages = [r.messages for r in records]
-    params = [SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed)
-              for r in records]
+    # the same sampling and structured-output parameters the synthgen arm sends
+    schemas = {t.name: t.output_schema for t, _ in resolved.templates}
+    params = [backend._params(make_request(r.to_row(), 1, schemas)) for r in records]
 
     llm.chat(messages[:4], params[:4], use_tqdm=False)  # warm-up: first-call allocations
     bare, ours, tokens = [], [], []

@@ -72,6 +72,7 @@ def main(argv=None) -> int:
                     help="override sampling.repetition_penalty (default: the base spec's)")
     ap.add_argument("--model", default="smollm2-135m", help="model name or path for vLLM (default: the embedded model)")
     ap.add_argument("--json", help="write the per-template counts here")
+    ap.add_argument("--dump", help="write every answered row (prompt, completion, status) here as JSON lines")
     args = ap.parse_args(argv)
     names = [t for g in args.group for t in GROUPS[g]] + [t for t in args.templates.split(",") if t.strip()]
     if not names:  # the groups a plain `make bench` measures
@@ -117,6 +118,12 @@ def main(argv=None) -> int:
     total_ok = sum(v["ok"] for v in report.values())
     total = sum(v["n"] for v in report.values())
     print(f"all: {total_ok}/{total} usable ({total_ok / max(total, 1):.0%})")
+    if args.dump:
+        with open(args.dump, "w", encoding="utf-8") as f:
+            for d in done:
+                f.write(json.dumps({k: d.get(k) for k in ("template", "status", "completion_tokens",
+                                                          "attempts", "prompt", "completion", "text")},
+                                   ensure_ascii=False) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": gen_s, "templates": report}, indent=2))
     return 0

@@ -12,11 +12,14 @@ topics:
 
 def small_spec(name: str, seed: int, max_tokens: int, run: str, models: str = "",
                generations_per_topic: int = 4) -> str:
-    """Three inline math topics x `generations_per_topic`, one persona template (12 records)."""
+    """Three inline math topics x `generations_per_topic`, one persona template (12 records).
+
+    The template writes free text, so even the tiny `max_tokens` these tests use give every record
+    a completion to compare; the structured templates' answers would all be cut off."""
     return (f"name: {name}\nseed: {seed}\n" + SMALL_TOPICS +
             f"generations_per_topic: {generations_per_topic}\n"
             "personas: {file: core, sample: 10}\n"
-            "templates:\n  - template: math/word_problem\n"
+            "templates:\n  - template: pipeline/math_problem\n"
             + (f"models:\n  - {models}\n" if models else "")
             + f"sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {max_tokens}}}\n"
             f"run: {run}\n")

@@ -45,6 +45,23 @@ def test_validate_reports_one_line_error(tmp_path):
     assert lines[0].startswith("error:")
 
 
+def test_validate_notes_schemas_that_may_not_fit_max_tokens(proj, tmp_path):
+    shipped = CliRunner().invoke(main, ["validate", "specs/math.yaml"])
+    assert shipped.exit_code == 0 and "note:" not in shipped.stderr
+    res = CliRunner().invoke(main, ["validate", str(proj / "spec.yaml")])  # card: ~430 characters, 64 tokens
+    assert res.exit_code == 0 and res.stdout.startswith("ok ")
+    assert res.stderr.splitlines() == [
+        "note: template 'card' on smollm2-135m: its longest answer is about 171 tokens (2.5 characters per "
+        "token), more than max_tokens 64; raise sampling.max_tokens or lower the schema's maxLength/maxItems"]
+    assert "note:" not in CliRunner().invoke(main, ["validate", str(proj / "spec.yaml"),
+                                                    "--set", "sampling.max_tokens=200"]).stderr
+    tpl = proj / "templates" / "card.j2"
+    tpl.write_text(tpl.read_text().replace("answer: {type: string, maxLength: 200}", "answer: {type: string}"))
+    res = CliRunner().invoke(main, ["validate", str(proj / "spec.yaml"), "--set", "sampling.max_tokens=200"])
+    assert res.exit_code == 0 and "template 'card': its output schema has no length bound ($.answer: string " \
+        "without maxLength)" in res.stderr
+
+
 def test_render_and_schema():
     res = invoke("render", "specs/tiny.yaml", "-n", "2", "--json")
     assert res.exit_code == 0 and res.output.count('"template"') == 2

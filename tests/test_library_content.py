@@ -128,6 +128,21 @@ EXAMPLES = {
         {"user": "And if I go away for a weekend?",
          "assistant": "Water deeply, add mulch and move the pots to light shade."},
     ]},
+    "math_solution": {"problem": "Ana buys 3 bags of 12 apples and gives away 9. How many are left?",
+                      "steps": ["Step 1: 3 x 12 = 36 apples.", "2. 36 - 9 = 27 apples left.",
+                                "Check: 27 + 9 = 36."],
+                      "answer": "27."},
+    "math_mistake": {"problem": "Sam adds 1/2 and 1/3 of a cup of milk. What is 1/2 + 1/3?", "wrong_solution": "1/2 + 1/3 = 2/5.",
+                     "why_wrong": "The tops and bottoms were added; the denominators must match first.",
+                     "steps": ["1/2 = 3/6 and 1/3 = 2/6.", "3/6 + 2/6 = 5/6."], "answer": "5/6"},
+    "math_dialogue": {"problem": "A pizza has 8 slices and you eat 3. What fraction is left?",
+                      "turns": [{"student": "3/8?", "tutor": "That is what you ate. What is left?"},
+                                {"student": "8 - 3 = 5, so 5/8.", "tutor": "Right."}],
+                      "answer": "5/8"},
+    "math_explanation": {"fact": "Adding two odd numbers gives an even number.",
+                         "steps": ["An odd number is 2a + 1 and another is 2b + 1.",
+                                   "Their sum is 2a + 2b + 2 = 2(a + b + 1), a multiple of 2."],
+                         "example": "7 + 9 = 16, and 16 = 2 x 8."},
 }
 CONTEXT_TOPIC = {"topic": "Natural Sciences / Earth Sciences", "subtopic": "Glaciers and ice sheets",
                  "keywords": ["ice cores", "calving"], "level": None,
@@ -234,6 +249,37 @@ def test_textbook_mcq_answer_names_the_marker():
     pytest.fail("no seed in 0..199 used the A. enumeration")
 
 
+def test_math_renderers_keep_every_part_in_order():
+    """Each part appears once, in the layout's order; markers the model wrote are not doubled."""
+    for name, parts in (("math_solution", ["problem", "steps", "answer"]),
+                        ("math_mistake", ["problem", "wrong_solution", "why_wrong", "steps", "answer"]),
+                        ("math_explanation", ["fact", "steps", "example"])):
+        data = EXAMPLES[name]
+        for seed in range(40):
+            text = render(name, data, seed)
+            pieces = []
+            for key in parts:
+                value = data[key]
+                if key == "steps":
+                    pieces += [re.sub(r"^(Step 1: |2\. )", "", v) for v in value]
+                else:
+                    pieces.append(value.rstrip(".") if key == "answer" else value)
+            at = 0
+            for piece in pieces:  # each piece after the one before it
+                at = text.find(piece, at)
+                assert at >= 0, (name, seed, piece, text)
+                at += len(piece)
+            assert "Step 1: Step 1:" not in text and "2. 2." not in text and "1. 2." not in text
+    finals = {render("math_solution", EXAMPLES["math_solution"], s).splitlines()[-1] for s in range(60)}
+    assert finals == {"Answer: 27", "The answer is 27.", "#### 27", "Final answer: 27", "So the answer is 27."}
+    dialogue = EXAMPLES["math_dialogue"]
+    for seed in range(20):
+        lines = [ln for ln in render("math_dialogue", dialogue, seed).splitlines() if ln]
+        tutor = lines[0].split(" ", 1)[0]
+        assert lines[0] == f"{tutor} {dialogue['problem']}" and len(lines) == 2 + 2 * len(dialogue["turns"])
+        assert lines[2].startswith(tutor) and lines[-2] == f"{tutor} Right." and "5/8" in lines[-1]
+
+
 def test_renderer_errors():
     with pytest.raises(KeyError, match="unknown renderer"):
         render("nope", {}, 0)
@@ -243,6 +289,14 @@ def test_renderer_errors():
         render("sft_pair", {"instruction": "hi"}, 0)
     with pytest.raises(ValueError):
         render("sft_chat", {"turns": [{"user": "hi"}]}, 0)
+    with pytest.raises(ValueError, match="'steps' must be a non-empty list"):
+        render("math_solution", {"problem": "p", "steps": [], "answer": "1"}, 0)
+    with pytest.raises(ValueError, match="field 'answer'"):
+        render("math_mistake", {**EXAMPLES["math_mistake"], "answer": " "}, 0)
+    with pytest.raises(ValueError, match="turns\\[0\\]"):
+        render("math_dialogue", {"problem": "p", "turns": [{"student": "s"}], "answer": "1"}, 0)
+    with pytest.raises(ValueError, match="field 'example'"):
+        render("math_explanation", {"fact": "f", "steps": ["s"]}, 0)
 
 
 # --------------------------------------------------------------------------- personas

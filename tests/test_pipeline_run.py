@@ -287,6 +287,28 @@ def test_a_stage_that_cannot_render_ends_the_record_not_the_run(tmp_path):
     assert df["reason"].str.contains("cannot render").all()
 
 
+@pytest.mark.parametrize("max_tokens,tries", [(200, 2), (40, 1)])
+def test_a_cut_structured_stage_answer_is_retried_when_its_schema_fits_the_budget(tmp_path, max_tokens, tries):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "q.j2").write_text(
+        "---\noutput_schema:\n  type: object\n  additionalProperties: false\n"
+        "  properties: {question: {type: string, maxLength: 200}}\n  required: [question]\n"
+        "---\nA question about {{ subtopic }} as JSON.\n")
+    p = tmp_path / "s.yaml"
+    p.write_text(f"name: s\ntopics:\n  - items: [Fractions]\nsampling: {{max_tokens: {max_tokens}}}\n"
+                 "run: {retries: 2}\nstages:\n  - {name: problem, kind: generate, template: q}\n")
+
+    class Cut(FakeBackend):
+        def _answer(self, r):  # the first try runs into a loop of digits and is cut off
+            return ('{"question": "1 1 1 1 1 1 1<truncated>', "length") if r.id.endswith("#1") else super()._answer(r)
+
+    fake = Cut()
+    run(load_spec(p), out=tmp_path / "run", executor=LocalExecutor(backend_factory=lambda c, **_: fake), score=False)
+    row = generations(tmp_path / "run").row(0, named=True)
+    assert row["problem.tries"] == tries and len(fake.calls) == tries
+    assert row["status"] == ("ok" if tries == 2 else "truncated")
+
+
 def test_a_backend_without_stream_is_fed_in_windows(tmp_path):
     class GenerateOnly:
         """Only `generate` (like a backend written before `stream` existed)."""

@@ -107,6 +107,28 @@ def test_truncated_and_empty_are_flagged(proj, tmp_path):
     assert statuses.count("truncated") == 1 and statuses.count("empty") == 1
 
 
+@pytest.mark.parametrize("max_tokens,retried", [(200, True), (64, False)])
+def test_a_cut_structured_answer_is_retried_when_its_schema_fits_the_budget(proj, tmp_path, max_tokens, retried):
+    """The card schema's longest answer is ~430 characters: 200 tokens hold it, so an answer cut off
+    there is a degenerate run worth another seed; 64 tokens do not, so a retry would be cut again.
+    A cut free-text answer is never retried."""
+    from generator.engine.planner import plan_spec
+
+    spec = load_spec(proj / "spec.yaml", {"sampling.max_tokens": str(max_tokens)})
+    records = plan_spec(spec)[1]
+    card = next(r.id for r in records if r.template == "card")
+    qa = next(r.id for r in records if r.template == "qa")
+    fake = FakeBackend(script={f"{card}#1": ['{"question": "1 2 3 4 5 6 7 8 9 1 2 3 4<truncated>'],
+                               f"{qa}#1": ["a long answer that ran out<truncated>"]})
+    run_spec(spec, out=tmp_path / "run", executor=_executor(fake))
+    df = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
+    row = df.filter(pl.col("id") == card).row(0, named=True)
+    assert (row["status"], row["attempts"]) == (("ok", 2) if retried else ("truncated", 1))
+    assert [c.id for c in fake.calls if c.id.startswith(card)] == [f"{card}#1"] + ([f"{card}#2"] if retried else [])
+    free = df.filter(pl.col("id") == qa).row(0, named=True)
+    assert (free["status"], free["attempts"]) == ("truncated", 1)
+
+
 def test_backend_errors_are_recorded_not_raised(proj, tmp_path):
     from generator.engine.planner import plan_spec
 

@@ -197,7 +197,7 @@ def _summary(result) -> None:
 def validate(spec_path, sets, allow):
     """Check SPEC and every file it names, and render each template once, without loading a model."""
     from generator import validate as check
-    from generator.engine.planner import default_counts
+    from generator.engine.planner import budget_notes, default_counts
     from generator.config.spec import load_spec
 
     spec = load_spec(spec_path, _parse_sets(sets), allow)
@@ -207,6 +207,8 @@ def validate(spec_path, sets, allow):
     echo(f"ok {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
          f"templates, {len(resolved.personas or [])} personas, {len(resolved.models)} model(s); "
          f"{stages}{n} records planned")
+    for note in budget_notes(resolved):
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()

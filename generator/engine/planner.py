@@ -223,6 +223,33 @@ def validate(resolved: Resolved) -> None:
         _render(resolved, tpl, cell, rng)
 
 
+def budget_notes(resolved: Resolved) -> list[str]:
+    """One line per structured template whose longest answer may not fit a model's max_tokens.
+
+    Not an error: a small model often writes far less than its schema allows. But an answer that
+    needs more room is cut off and lost, and such a cut answer is not retried."""
+    from generator.library.schema_bounds import MIN_CHARS_PER_TOKEN, fits, unbounded, worst_case_chars
+
+    notes = []
+    for tpl, _ in resolved.templates:
+        schema = tpl.output_schema
+        if not isinstance(schema, dict):
+            continue
+        open_places = unbounded(schema)
+        if open_places:
+            notes.append(f"template '{tpl.name}': its output schema has no length bound ({open_places[0]}); "
+                         "a small model may write until max_tokens cuts the answer off: add maxLength/maxItems")
+            continue
+        for model in resolved.models:
+            budget = resolved.sampling_for(model).max_tokens
+            if not fits(schema, budget):
+                need = worst_case_chars(schema) / MIN_CHARS_PER_TOKEN
+                notes.append(f"template '{tpl.name}' on {model.name}: its longest answer is about {need:.0f} "
+                             f"tokens ({MIN_CHARS_PER_TOKEN} characters per token), more than max_tokens {budget}; "
+                             "raise sampling.max_tokens or lower the schema's maxLength/maxItems")
+    return notes
+
+
 def _render(resolved: Resolved, tpl: Template, cell: TopicCell, rng: random.Random
             ) -> tuple[list[dict], dict, list[str], list[str]]:
     choices = {k: rng.choice(v) for k, v in sorted(tpl.choices.items())}

@@ -47,6 +47,20 @@ class ShardStats:
         return self
 
 
+def retryable(status: str, schema: dict | None, max_tokens: int) -> bool:
+    """Whether an answer with `status` earns another attempt (with the next seed).
+
+    Empty, malformed and failed answers do. So does a structured answer cut off by `max_tokens` when
+    its schema's longest answer fits that budget: the grammar closes every ordinary answer in time,
+    so a cut one is a degenerate run that the next seed rarely repeats. A cut free-text answer, or
+    one whose schema needs more room than the budget, would only be cut again."""
+    if status in RETRYABLE:
+        return True
+    from generator.library.schema_bounds import fits
+
+    return status == "truncated" and fits(schema, max_tokens)
+
+
 def make_request(row: dict, attempt: int, schemas: dict[str, dict | None]) -> Request:
     seed = int(row["seed"]) + attempt - 1
     return Request(id=f"{row['id']}#{attempt}", messages=tuple(row["messages"]),
@@ -98,7 +112,7 @@ def generate_rows(backend: Backend, rows: list[dict], cache: RequestCache | None
     def settle(row: dict, attempt: int, res: Result) -> bool:
         """True when the row is final (and handed to on_final); False when it needs a retry."""
         status, text, error = classify(row, res, renderers)
-        if status in RETRYABLE and attempt <= retries:
+        if attempt <= retries and retryable(status, schemas.get(row["template"]), int(row["max_tokens"])):
             return False
         on_final({**row, "completion": res.text, "text": text, "prompt_tokens": res.prompt_tokens,
                   "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,

@@ -218,3 +218,123 @@ def sft_chat(data: dict, rng: random.Random) -> str:
         out.append(_labelled(user, _text(turn, "user", f"sft_chat: turns[{i}]")))
         out.append(_labelled(assistant, _text(turn, "assistant", f"sft_chat: turns[{i}]")))
     return sep.join(out)
+
+
+# --------------------------------------------------------------------------- math
+
+# A step marker a model may write inside a step despite the list: "Step 2:", "2.", "(2)", "2)".
+_STEP_RE = re.compile(r"^\s*(?:step\s*\d+\s*[:.)-]|\(?\d+\)|\d+[.:](?!\d))\s*", re.IGNORECASE)
+STEP_MARKERS: list[tuple[str, Callable[[int], str]]] = [
+    ("Step 1:", lambda i: f"Step {i + 1}:"),
+    ("1.", lambda i: f"{i + 1}."),
+    ("1)", lambda i: f"{i + 1})"),
+    ("-", lambda i: "-"),
+    ("none", lambda i: ""),
+]
+PROBLEM_LEADS = ["Problem:", "Question:", "Q:", "Exercise:", ""]
+SOLUTION_LEADS = ["Solution:", "Step by step:", "Let's solve it.", "Working:", "A:", ""]
+# "{}" is the answer without a final full stop.
+FINAL_ANSWERS = ["Answer: {}", "The answer is {}.", "#### {}", "Final answer: {}", "So the answer is {}."]
+
+
+def _steps(data: dict, key: str, where: str) -> list[str]:
+    steps = data.get(key)
+    if (not isinstance(steps, list) or not steps
+            or not all(isinstance(s, str) and s.strip() for s in steps)):
+        raise ValueError(f"{where}: '{key}' must be a non-empty list of non-empty strings")
+    out = [_STEP_RE.sub("", s.strip(), count=1).strip() for s in steps]
+    return [s for s in out if s] or [s.strip() for s in steps]
+
+
+def _step_block(steps: list[str], rng: random.Random) -> str:
+    _, marker = rng.choice(STEP_MARKERS)
+    return "\n".join(f"{marker(i)} {s}" if marker(i) else s for i, s in enumerate(steps))
+
+
+def _led(lead: str, text: str) -> str:
+    return f"{lead} {text}" if lead else text
+
+
+def _final(answer: str, rng: random.Random) -> str:
+    return rng.choice(FINAL_ANSWERS).format(answer.rstrip(". "))
+
+
+@register("math_solution")
+def math_solution(data: dict, rng: random.Random) -> str:
+    """A problem, its solution steps and the final answer, in a varied layout."""
+    where = "math_solution"
+    problem = _text(data, "problem", where)
+    steps = _steps(data, "steps", where)
+    answer = _text(data, "answer", where)
+    lead = rng.choice(SOLUTION_LEADS)
+    solution = _step_block(steps, rng)
+    if lead:
+        solution = f"{lead}\n{solution}"
+    return "\n\n".join([_led(rng.choice(PROBLEM_LEADS), problem), solution, _final(answer, rng)])
+
+
+MISTAKE_LEADS = ["Wrong solution:", "A common mistake:", "A student wrote:", "Incorrect attempt:"]
+WHY_WRONG_LEADS = ["Why it is wrong:", "The mistake:", "What went wrong:", "Where it fails:"]
+CORRECT_LEADS = ["Correct solution:", "The right way:", "Corrected solution:", "Solution:"]
+
+
+@register("math_mistake")
+def math_mistake(data: dict, rng: random.Random) -> str:
+    """A problem, a typical wrong solution, why it is wrong, then the correct steps and answer."""
+    where = "math_mistake"
+    problem = _text(data, "problem", where)
+    wrong = _text(data, "wrong_solution", where)
+    why = _text(data, "why_wrong", where)
+    steps = _steps(data, "steps", where)
+    answer = _text(data, "answer", where)
+    return "\n\n".join([
+        _led(rng.choice(PROBLEM_LEADS), problem),
+        _led(rng.choice(MISTAKE_LEADS), wrong),
+        _led(rng.choice(WHY_WRONG_LEADS), why),
+        f"{rng.choice(CORRECT_LEADS)}\n{_step_block(steps, rng)}",
+        _final(answer, rng),
+    ])
+
+
+# Speaker labels of a tutoring dialogue: (tutor, student).
+DIALOGUE_LABELS: list[tuple[str, str]] = [
+    ("Tutor:", "Student:"), ("Teacher:", "Student:"), ("T:", "S:"), ("Tutor:", "Learner:"),
+    ("Coach:", "Me:"),
+]
+
+
+@register("math_dialogue")
+def math_dialogue(data: dict, rng: random.Random) -> str:
+    """A tutoring dialogue: the tutor's problem, student and tutor turns, then the answer."""
+    where = "math_dialogue"
+    problem = _text(data, "problem", where)
+    answer = _text(data, "answer", where)
+    turns: Any = data.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where}: 'turns' must be a non-empty list of {{student, tutor}}")
+    tutor, student = rng.choice(DIALOGUE_LABELS)
+    lines = [f"{tutor} {problem}"]
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ValueError(f"{where}: turns[{i}] must be an object with 'student' and 'tutor'")
+        lines.append(f"{student} {_text(turn, 'student', f'{where}: turns[{i}]')}")
+        lines.append(f"{tutor} {_text(turn, 'tutor', f'{where}: turns[{i}]')}")
+    sep = rng.choice(["\n", "\n\n"])
+    return sep.join(lines) + "\n\n" + _final(answer, rng)
+
+
+FACT_LEADS = ["Fact:", "Claim:", "Key idea:", "Theorem:", ""]
+WHY_LEADS = ["Why:", "Proof:", "Explanation:", "Here is why:", "Reasoning:"]
+EXAMPLE_LEADS = ["Example:", "Check with numbers:", "For example:", "Worked example:"]
+
+
+@register("math_explanation")
+def math_explanation(data: dict, rng: random.Random) -> str:
+    """A fact, the steps of its proof or explanation, and an example with numbers."""
+    where = "math_explanation"
+    fact = _text(data, "fact", where)
+    steps = _steps(data, "steps", where)
+    example = _text(data, "example", where)
+    return "\n\n".join([_led(rng.choice(FACT_LEADS), fact),
+                        f"{rng.choice(WHY_LEADS)}\n{_step_block(steps, rng)}",
+                        _led(rng.choice(EXAMPLE_LEADS), example)])

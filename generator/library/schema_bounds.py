@@ -12,6 +12,7 @@ the `max_tokens` a spec gives the template.
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -20,6 +21,12 @@ FILLER = ("The cell membrane controls what enters and leaves the cell, so nutrie
           "while waste moves out. In 1858 a doctor noticed that water near the old pump made "
           "people sick; his map of cases showed why, and the city changed its wells. Each step "
           "depends on the one before it, and a small error early on grows larger later. ")
+
+
+# Ordinary prose is ~4.4 characters per token with the embedded tokenizer, and the embedded model's
+# finished structured answers ran at 1.7-4.1. A budget of worst-case characters / 2.5 covers answers
+# of ordinary words; it cannot cover degenerate runs of digits (one token per digit).
+MIN_CHARS_PER_TOKEN = 2.5
 
 
 def unbounded(schema: dict, path: str = "$") -> list[str]:
@@ -102,3 +109,61 @@ def worst_case_instance(schema: dict, filler: str = FILLER) -> Any:
 def worst_case_json(schema: dict, filler: str = FILLER) -> str:
     """The worst case serialized as structured decoding writes it (compact, no extra whitespace)."""
     return json.dumps(worst_case_instance(schema, filler), ensure_ascii=False, separators=(",", ":"))
+
+
+def worst_case_chars(schema: dict) -> int:
+    """len(worst_case_json(schema)), counted without building the answer (a schema may allow
+    a billion items). Raises ValueError on an unbounded schema."""
+    problems = unbounded(schema)
+    if problems:
+        raise ValueError("unbounded schema: " + "; ".join(problems))
+
+    def size(s: dict) -> int:
+        if "enum" in s or "const" in s:
+            return max(len(json.dumps(v, ensure_ascii=False, separators=(",", ":")))
+                       for v in s.get("enum", [s.get("const")]))
+        for key in ("anyOf", "oneOf"):
+            if key in s:
+                return max(size(sub) for sub in s[key])
+        kind = s.get("type")
+        if kind == "string":
+            return int(s["maxLength"]) + 2  # the filler needs no escapes
+        if kind in ("integer", "number"):
+            return len(json.dumps(worst_case_instance(s)))
+        if kind == "boolean":
+            return 5
+        if kind == "null":
+            return 4
+        if kind == "array":
+            n = int(s["maxItems"])
+            return 2 + n * size(s["items"]) + max(n - 1, 0)
+        if kind == "object":
+            props = s.get("properties") or {}
+            return 2 + sum(len(json.dumps(k, ensure_ascii=False)) + 1 + size(v) for k, v in props.items()) \
+                + max(len(props) - 1, 0)
+        raise ValueError(f"cannot size a worst case for type {kind!r}")
+
+    return size(schema)
+
+
+@functools.lru_cache(maxsize=256)
+def _worst_chars(schema_json: str) -> int | None:
+    try:
+        return worst_case_chars(json.loads(schema_json))
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+        return None  # unbounded, or a shape this module cannot walk ($ref, a list of types, `true`)
+
+
+def fits(schema: dict | None, max_tokens: int) -> bool:
+    """Whether every answer `schema` admits fits `max_tokens` at MIN_CHARS_PER_TOKEN.
+
+    False for no schema or an unbounded one. When this holds, an answer that `max_tokens` cut off is
+    a degenerate run (digits, a token each), not an answer that needed more room."""
+    if not isinstance(schema, dict) or not schema:
+        return False
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        return False
+    chars = _worst_chars(key)
+    return chars is not None and chars / MIN_CHARS_PER_TOKEN <= max_tokens

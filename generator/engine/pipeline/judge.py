@@ -8,16 +8,21 @@ SYSTEM = ("You are a strict, fair grader of AI assistant answers. Answer only wi
           "the schema asks for.")
 
 
+# A one-sentence reason. Bounded, like every shipped schema, so that structured decoding closes the
+# verdict within the judge's max_tokens (a three-criterion verdict is at most ~600 characters).
+REASON = {"type": "string", "minLength": 1, "maxLength": 160}
+
+
 def rubric_schema(criteria: list) -> dict:
-    item = {"type": "object", "properties": {"reason": {"type": "string"},
-                                             "score": {"type": "integer", "minimum": 1, "maximum": 5}},
+    item = {"type": "object", "additionalProperties": False,
+            "properties": {"reason": REASON, "score": {"type": "integer", "minimum": 1, "maximum": 5}},
             "required": ["reason", "score"]}
-    return {"type": "object", "properties": {c.name: item for c in criteria},
+    return {"type": "object", "additionalProperties": False, "properties": {c.name: item for c in criteria},
             "required": [c.name for c in criteria]}
 
 
-COMPARE_SCHEMA = {"type": "object", "properties": {"reason": {"type": "string"},
-                                                   "better": {"type": "string", "enum": ["A", "B"]}},
+COMPARE_SCHEMA = {"type": "object", "additionalProperties": False,
+                  "properties": {"reason": REASON, "better": {"type": "string", "enum": ["A", "B"]}},
                   "required": ["reason", "better"]}
 
 

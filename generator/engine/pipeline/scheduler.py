@@ -26,9 +26,8 @@ from generator.engine.pipeline.dag import Pipeline, StageNode
 from generator.engine.pipeline.judge import read_compare, read_rubric
 from generator.engine.pipeline.lineage import attempt_row
 from generator.engine.planner import Resolved
+from generator.engine.requests import retryable
 from generator.engine.run_folder import RequestCache
-
-RETRYABLE = {"empty", "invalid_json", "error"}
 
 
 @dataclass
@@ -235,7 +234,7 @@ class PipelineScheduler:
             return  # an answer for an attempt that was rejected meanwhile: paid (cached), not used
         node = self.p.nodes[pend.stage]
         status = sample_status(res, pend.extra["schema"] is not None)
-        if status in RETRYABLE and pend.tries <= self.retries:
+        if pend.tries <= self.retries and retryable(status, pend.extra["schema"], pend.request.sampling.max_tokens):
             self._send(rec, node, pend.sample, pend.tries + 1, pend.model, pend.extra)
             return
         samples = rec.samples[pend.stage]
