@@ -3,6 +3,7 @@
     SYNTHGEN_CACHE=/tmp/sgcache .venv/bin/python bench/usable.py --group textbook -n 16
     .venv/bin/python bench/usable.py --templates math/word_problem,math/multi_step -n 16 --max-tokens 320
     .venv/bin/python bench/usable.py --group textbook --repetition-penalty 1.0   # without the specs' penalty
+    .venv/bin/python bench/usable.py --group math --dump /tmp/math.jsonl    # and every answer, to read
 
 Each template gets N records planned from the library spec of its kind (textbook/* from
 specs/textbook.yaml, math/* from specs/math.yaml, sft/* from specs/instruct.yaml) with only that
@@ -11,7 +12,8 @@ templates' records go to one engine as one batch, through the run loop's own req
 retries (`run.retries`) and status classification (`generator/engine/requests.py`), so a row here
 gets exactly the status it would get in `synthgen run`. Prints per template: usable (`ok`),
 truncated (hit `max_tokens`), invalid (`invalid_json`: did not parse or render), empty, error,
-and completion tokens.
+and completion tokens; the request count includes retries (a cut structured answer is retried when
+its schema fits `max_tokens`).
 """
 from __future__ import annotations
 

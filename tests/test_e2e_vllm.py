@@ -33,7 +33,7 @@ def test_tiny_spec_end_to_end(shared_backend_factory, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["counts"]["generated"] == 6 and manifest["versions"]["torch"].startswith("2.")
     assert manifest["models"]["smollm2-135m"]["backend"] == "vllm"
-    assert res.model_calls == 6
+    assert res.model_calls == df["attempts"].sum() >= 6  # one call per attempt (cut answers may be retried)
     # loads in `datasets` as Parquet where it is installed
     datasets = importorskip_ci("datasets")
     ds = datasets.load_dataset("parquet", data_files=str(run / "generations" / "*.parquet"), split="train")

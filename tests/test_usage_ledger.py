@@ -143,3 +143,29 @@ def test_a_damaged_manifest_or_cache_is_one_line_naming_the_file(proj, tmp_path,
         assert "\n" not in line and "manifest.json" in line and "Traceback" not in line
     res = CliRunner().invoke(main, ["report", str(run)])
     assert res.exit_code == 2 and "manifest.json" in res.output
+
+
+def test_progress_never_counts_past_the_plan_when_answers_are_retried(proj, tmp_path, monkeypatch):
+    class Reporting(FakeBackend):
+        """Reports each finished request, as the vLLM backends do through `on_finished`."""
+
+        on_finished = None
+
+        def _one(self, r, on_result):
+            res = super()._one(r, on_result)
+            self.on_finished(1)
+            return res
+
+    fake = Reporting(script={"*": ["", "  ", ""]})  # three empty answers: three retries
+
+    def factory(cfg, on_finished=None, **_):
+        fake.on_finished = on_finished
+        return fake
+
+    monkeypatch.setattr("generator.engine.executors.local.make_backend", factory)
+    res = _cli_run(proj, tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert len(fake.calls) == 13
+    bars = [line for line in res.output.splitlines() if "generating" in line]
+    assert bars and "10/10" in bars[-1], bars
+    assert not any(f"{n}/10" in line for line in bars for n in (11, 12, 13)), bars

@@ -93,7 +93,8 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
     prog = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                     TimeRemainingColumn(), TextColumn("{task.fields[cost]}"), console=console, transient=False)
-    state = {"task": None, "tokens": 0, "t0": None, "finished": 0, "records": 0, "cost": None, "mark": 0}
+    state = {"task": None, "tokens": 0, "t0": None, "finished": 0, "records": 0, "cost": None, "mark": 0,
+             "total": 0}
     prices = {m.name: m.price.model_dump() if m.price else None for m in spec.models}
 
     def _advance() -> None:
@@ -102,7 +103,8 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
         dt = max(time.time() - (state["t0"] or time.time()), 1e-6)
         rate = f"{state['tokens'] / dt:,.0f} tok/s" if state["tokens"] else ""
         cost = state["cost"].text(done - state["mark"]) if state["cost"] else ""
-        prog.update(state["task"], completed=state["base"] + done, rate=rate, cost=cost)
+        # a retried answer is a second finished request for one record: never count past the plan
+        prog.update(state["task"], completed=min(state["base"] + done, state["total"]), rate=rate, cost=cost)
 
     def on_event(event: str, data: dict) -> None:
         if event == "plan":
@@ -119,6 +121,7 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
                 from generator.cli.live_cost import LiveCost
 
                 state["cost"] = LiveCost(data["run_dir"], data["session"], prices, data["pending"])
+            state["total"] = data["records"]
             state["task"] = prog.add_task("generating", total=data["records"], completed=done, rate="", cost="")
             prog.start()
         elif event == "engine_ready":
