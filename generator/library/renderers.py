@@ -259,18 +259,28 @@ def _final(answer: str, rng: random.Random) -> str:
     return rng.choice(FINAL_ANSWERS).format(answer.rstrip(". "))
 
 
+def _sections(data: dict, rng: random.Random, where: str, parts: list[tuple[str, str, list[str]]]) -> str:
+    """Render `parts` in order, blank lines apart. A part is (field, kind, lead-ins): kind "text"
+    puts a drawn lead-in before the field's text, "steps" heads the numbered steps with one (none
+    for ""), "final" writes the final-answer line."""
+    out = []
+    for key, kind, leads in parts:
+        if kind == "steps":
+            block = _step_block(_steps(data, key, where), rng)
+            lead = rng.choice(leads)
+            out.append(f"{lead}\n{block}" if lead else block)
+        elif kind == "final":
+            out.append(_final(_text(data, key, where), rng))
+        else:
+            out.append(_led(rng.choice(leads), _text(data, key, where)))
+    return "\n\n".join(out)
+
+
 @register("math_solution")
 def math_solution(data: dict, rng: random.Random) -> str:
     """A problem, its solution steps and the final answer, in a varied layout."""
-    where = "math_solution"
-    problem = _text(data, "problem", where)
-    steps = _steps(data, "steps", where)
-    answer = _text(data, "answer", where)
-    lead = rng.choice(SOLUTION_LEADS)
-    solution = _step_block(steps, rng)
-    if lead:
-        solution = f"{lead}\n{solution}"
-    return "\n\n".join([_led(rng.choice(PROBLEM_LEADS), problem), solution, _final(answer, rng)])
+    return _sections(data, rng, "math_solution", [("problem", "text", PROBLEM_LEADS),
+                                                   ("steps", "steps", SOLUTION_LEADS), ("answer", "final", [])])
 
 
 MISTAKE_LEADS = ["Wrong solution:", "A common mistake:", "A student wrote:", "Incorrect attempt:"]
@@ -281,19 +291,9 @@ CORRECT_LEADS = ["Correct solution:", "The right way:", "Corrected solution:", "
 @register("math_mistake")
 def math_mistake(data: dict, rng: random.Random) -> str:
     """A problem, a typical wrong solution, why it is wrong, then the correct steps and answer."""
-    where = "math_mistake"
-    problem = _text(data, "problem", where)
-    wrong = _text(data, "wrong_solution", where)
-    why = _text(data, "why_wrong", where)
-    steps = _steps(data, "steps", where)
-    answer = _text(data, "answer", where)
-    return "\n\n".join([
-        _led(rng.choice(PROBLEM_LEADS), problem),
-        _led(rng.choice(MISTAKE_LEADS), wrong),
-        _led(rng.choice(WHY_WRONG_LEADS), why),
-        f"{rng.choice(CORRECT_LEADS)}\n{_step_block(steps, rng)}",
-        _final(answer, rng),
-    ])
+    return _sections(data, rng, "math_mistake", [
+        ("problem", "text", PROBLEM_LEADS), ("wrong_solution", "text", MISTAKE_LEADS),
+        ("why_wrong", "text", WHY_WRONG_LEADS), ("steps", "steps", CORRECT_LEADS), ("answer", "final", [])])
 
 
 # Speaker labels of a tutoring dialogue: (tutor, student).
@@ -331,10 +331,5 @@ EXAMPLE_LEADS = ["Example:", "Check with numbers:", "For example:", "Worked exam
 @register("math_explanation")
 def math_explanation(data: dict, rng: random.Random) -> str:
     """A fact, the steps of its proof or explanation, and an example with numbers."""
-    where = "math_explanation"
-    fact = _text(data, "fact", where)
-    steps = _steps(data, "steps", where)
-    example = _text(data, "example", where)
-    return "\n\n".join([_led(rng.choice(FACT_LEADS), fact),
-                        f"{rng.choice(WHY_LEADS)}\n{_step_block(steps, rng)}",
-                        _led(rng.choice(EXAMPLE_LEADS), example)])
+    return _sections(data, rng, "math_explanation", [("fact", "text", FACT_LEADS), ("steps", "steps", WHY_LEADS),
+                                                      ("example", "text", EXAMPLE_LEADS)])
