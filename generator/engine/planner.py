@@ -228,22 +228,23 @@ def budget_notes(resolved: Resolved) -> list[str]:
 
     Not an error: a small model often writes far less than its schema allows. But an answer that
     needs more room is cut off and lost, and such a cut answer is not retried."""
-    from generator.library.schema_bounds import MIN_CHARS_PER_TOKEN, fits, unbounded, worst_case_chars
+    from generator.library.schema_bounds import MIN_CHARS_PER_TOKEN, sized, unbounded
 
     notes = []
     for tpl, _ in resolved.templates:
         schema = tpl.output_schema
         if not isinstance(schema, dict):
             continue
-        open_places = unbounded(schema)
-        if open_places:
-            notes.append(f"template '{tpl.name}': its output schema has no length bound ({open_places[0]}); "
+        chars = sized(schema)
+        if chars is None:
+            why = (unbounded(schema) or ["a bound it cannot read"])[0]
+            notes.append(f"template '{tpl.name}': its output schema has no length bound it can size ({why}); "
                          "a small model may write until max_tokens cuts the answer off: add maxLength/maxItems")
             continue
         for model in resolved.models:
             budget = resolved.sampling_for(model).max_tokens
-            if not fits(schema, budget):
-                need = worst_case_chars(schema) / MIN_CHARS_PER_TOKEN
+            if chars / MIN_CHARS_PER_TOKEN > budget:
+                need = chars / MIN_CHARS_PER_TOKEN
                 notes.append(f"template '{tpl.name}' on {model.name}: its longest answer is about {need:.0f} "
                              f"tokens ({MIN_CHARS_PER_TOKEN} characters per token), more than max_tokens {budget}; "
                              "raise sampling.max_tokens or lower the schema's maxLength/maxItems")

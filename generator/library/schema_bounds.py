@@ -32,13 +32,19 @@ MIN_CHARS_PER_TOKEN = 2.5
 def unbounded(schema: dict, path: str = "$") -> list[str]:
     """Every place in `schema` whose serialized length has no upper bound."""
     out: list[str] = []
+    if schema is False:
+        return out  # admits nothing
+    if not isinstance(schema, dict):
+        return [f"{path}: schema {json.dumps(schema)[:40]} admits any value"]
     if "enum" in schema or "const" in schema:
         return out
     for key in ("anyOf", "oneOf", "allOf"):
         for i, sub in enumerate(schema.get(key, [])):
             out += unbounded(sub, f"{path}.{key}[{i}]")
     kind = schema.get("type")
-    if kind == "string" and "maxLength" not in schema:
+    if isinstance(kind, list):
+        out.append(f"{path}: a list of types {kind}, which cannot be sized")
+    elif kind == "string" and "maxLength" not in schema:
         out.append(f"{path}: string without maxLength")
     elif kind in ("integer", "number") and not {"maximum", "exclusiveMaximum"} & set(schema):
         out.append(f"{path}: {kind} without maximum")
@@ -154,16 +160,21 @@ def _worst_chars(schema_json: str) -> int | None:
         return None  # unbounded, or a shape this module cannot walk ($ref, a list of types, `true`)
 
 
+def sized(schema: Any) -> int | None:
+    """`worst_case_chars(schema)`, or None for a schema that is unbounded or cannot be sized (never raises)."""
+    if not isinstance(schema, dict) or not schema:
+        return None
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    return _worst_chars(key)
+
+
 def fits(schema: dict | None, max_tokens: int) -> bool:
     """Whether every answer `schema` admits fits `max_tokens` at MIN_CHARS_PER_TOKEN.
 
     False for no schema or an unbounded one. When this holds, an answer that `max_tokens` cut off is
     a degenerate run (digits, a token each), not an answer that needed more room."""
-    if not isinstance(schema, dict) or not schema:
-        return False
-    try:
-        key = json.dumps(schema, sort_keys=True)
-    except (TypeError, ValueError):
-        return False
-    chars = _worst_chars(key)
+    chars = sized(schema)
     return chars is not None and chars / MIN_CHARS_PER_TOKEN <= max_tokens
