@@ -44,7 +44,7 @@ def test_summary_and_manifest_show_usage_and_cost_over_sessions(proj, tmp_path, 
     assert u1["sessions"] == 1 and u1["this_session"]["total"]["requests"] == calls_first == u1["total"]["requests"]
     cost1 = u1["total"]["prompt_tokens"] * 2.5e-6 + u1["total"]["completion_tokens"] * 1e-5
     assert u1["total"]["cost"] == pytest.approx(cost1)
-    assert "cost" in first.output and "this session" in first.output
+    assert "cost" in first.output and "this run" in first.output
     # more records into the same folder: a second session, summed with the first
     second = _cli_run(proj, out, "generations_per_topic=3", *price)
     assert second.exit_code == 0, second.output
@@ -54,7 +54,7 @@ def test_summary_and_manifest_show_usage_and_cost_over_sessions(proj, tmp_path, 
     assert u2["total"]["requests"] == len(fake.calls)
     assert u2["total"]["cost"] == pytest.approx(u2["total"]["prompt_tokens"] * 2.5e-6
                                                 + u2["total"]["completion_tokens"] * 1e-5)
-    assert "all 2 session(s)" in second.output
+    assert "all 2 run(s) into the folder" in second.output
     # the usage command shows sessions, hits and busy throughput
     res = CliRunner().invoke(main, ["usage", str(out)], catch_exceptions=False)
     assert res.exit_code == 0 and "session" in res.output and "hits" in res.output, res.output

@@ -149,15 +149,15 @@ def _usage_rows(t, usage: dict) -> None:
     from generator.export.usage import money
 
     this = {r["model"]: r for r in (usage.get("this_session") or {}).get("models", [])}
+    total, runs = usage.get("total") or {}, usage.get("sessions", 0)
     for r in usage.get("models", []):
         s = this.get(r["model"], {})
         rate = f"  {s['completion_tokens_per_s']:,.1f} completion tok/s busy" if s.get("completion_tokens_per_s") else ""
-        t.add_row(Text(f"  {r['model']}"), f"this session {s.get('requests', 0):,} calls, {s.get('cache_hits', 0):,} "
-                  f"cache hits{rate}; all sessions {r['requests']:,} calls")
-    total, sessions = usage.get("total") or {}, usage.get("sessions", 0)
+        t.add_row(Text(f"  {r['model']}"), f"this run {s.get('requests', 0):,} calls, {s.get('cache_hits', 0):,} "
+                  f"cache hits{rate}; all {runs} run(s) into the folder {r['requests']:,} calls")
     if total.get("cost") is not None:
         now = (usage.get("this_session") or {}).get("total", {}).get("cost")
-        t.add_row("cost", f"this session {money(now)}; all {sessions} session(s) {money(total['cost'])}")
+        t.add_row("cost", f"this run {money(now)}; all {runs} run(s) into the folder {money(total['cost'])}")
 
 
 def _summary(result) -> None:
