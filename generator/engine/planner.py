@@ -228,7 +228,7 @@ def budget_notes(resolved: Resolved) -> list[str]:
 
     Not an error: a small model often writes far less than its schema allows. But an answer that
     needs more room is cut off and lost, and such a cut answer is not retried."""
-    from generator.library.schema_bounds import MIN_CHARS_PER_TOKEN, sized, unbounded
+    from generator.library.schema_bounds import MIN_CHARS_PER_TOKEN, fits, sized, unbounded
 
     notes = []
     for tpl, _ in resolved.templates:
@@ -243,9 +243,9 @@ def budget_notes(resolved: Resolved) -> list[str]:
             continue
         for model in resolved.models:
             budget = resolved.sampling_for(model).max_tokens
-            if chars / MIN_CHARS_PER_TOKEN > budget:
-                need = chars / MIN_CHARS_PER_TOKEN
-                notes.append(f"template '{tpl.name}' on {model.name}: its longest answer is about {need:.0f} "
+            if not fits(schema, budget):
+                notes.append(f"template '{tpl.name}' on {model.name}: its longest answer is about "
+                             f"{chars / MIN_CHARS_PER_TOKEN:.0f} "
                              f"tokens ({MIN_CHARS_PER_TOKEN} characters per token), more than max_tokens {budget}; "
                              "raise sampling.max_tokens or lower the schema's maxLength/maxItems")
     return notes

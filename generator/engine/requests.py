@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 from generator.core.redact import scrub_text
 from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling, stream_in_windows
 from generator.engine.run_folder import RequestCache
+from generator.library.schema_bounds import fits
 
 RETRYABLE = {"empty", "invalid_json", "error"}
 STAGE = "generate"  # a single-stage spec's one stage, as usage names it
@@ -56,8 +57,6 @@ def retryable(status: str, schema: dict | None, max_tokens: int) -> bool:
     one whose schema needs more room than the budget, would only be cut again."""
     if status in RETRYABLE:
         return True
-    from generator.library.schema_bounds import fits
-
     return status == "truncated" and fits(schema, max_tokens)
 
 

@@ -203,21 +203,26 @@ def sft_pair(data: dict, rng: random.Random) -> str:
     return f"{_labelled(user, instruction)}{sep}{_labelled(assistant, response)}"
 
 
-@register("sft_chat")
-def sft_chat(data: dict, rng: random.Random) -> str:
-    """A multi-turn conversation, in one of a few plain-text layouts."""
+def _turns(data: dict, where: str, first: str, second: str) -> list[tuple[str, str]]:
+    """The `turns` list as (first, second) text pairs, e.g. ('user', 'assistant')."""
     turns: Any = data.get("turns")
     if not isinstance(turns, list) or not turns:
-        raise ValueError("sft_chat: 'turns' must be a non-empty list of {user, assistant}")
-    user, assistant = rng.choice(CHAT_LAYOUTS)
-    sep = rng.choice(["\n", "\n\n"])
+        raise ValueError(f"{where}: 'turns' must be a non-empty list of {{{first}, {second}}}")
     out = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise ValueError(f"sft_chat: turns[{i}] must be an object with 'user' and 'assistant'")
-        out.append(_labelled(user, _text(turn, "user", f"sft_chat: turns[{i}]")))
-        out.append(_labelled(assistant, _text(turn, "assistant", f"sft_chat: turns[{i}]")))
-    return sep.join(out)
+            raise ValueError(f"{where}: turns[{i}] must be an object with '{first}' and '{second}'")
+        out.append((_text(turn, first, f"{where}: turns[{i}]"), _text(turn, second, f"{where}: turns[{i}]")))
+    return out
+
+
+@register("sft_chat")
+def sft_chat(data: dict, rng: random.Random) -> str:
+    """A multi-turn conversation, in one of a few plain-text layouts."""
+    turns = _turns(data, "sft_chat", "user", "assistant")
+    user, assistant = rng.choice(CHAT_LAYOUTS)
+    sep = rng.choice(["\n", "\n\n"])
+    return sep.join(line for u, a in turns for line in (_labelled(user, u), _labelled(assistant, a)))
 
 
 # --------------------------------------------------------------------------- math
@@ -309,16 +314,11 @@ def math_dialogue(data: dict, rng: random.Random) -> str:
     where = "math_dialogue"
     problem = _text(data, "problem", where)
     answer = _text(data, "answer", where)
-    turns: Any = data.get("turns")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError(f"{where}: 'turns' must be a non-empty list of {{student, tutor}}")
+    turns = _turns(data, where, "student", "tutor")
     tutor, student = rng.choice(DIALOGUE_LABELS)
     lines = [f"{tutor} {problem}"]
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise ValueError(f"{where}: turns[{i}] must be an object with 'student' and 'tutor'")
-        lines.append(f"{student} {_text(turn, 'student', f'{where}: turns[{i}]')}")
-        lines.append(f"{tutor} {_text(turn, 'tutor', f'{where}: turns[{i}]')}")
+    for said, replied in turns:
+        lines += [f"{student} {said}", f"{tutor} {replied}"]
     sep = rng.choice(["\n", "\n\n"])
     return sep.join(lines) + "\n\n" + _final(answer, rng)
 
