@@ -166,7 +166,7 @@ def run_arms(args, arms: list[str]) -> list[dict]:
     from generator.feedback.yields import row_flags
 
     if args.fake:
-        from generator.engine.backends.fake import FakeBackend
+        from generator.testing.fake import FakeBackend
 
         inner = FakeBackend(model="smollm2-135m")
         inner.load_seconds = 0.0

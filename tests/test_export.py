@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 import yaml
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.export import ExportError, ExportOptions, Filters, export_run
 from generator.export.rows import Preference, split

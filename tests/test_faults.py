@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.core.errors import BackendError, ModelError, RunFolderError
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.cli.main import main
 from generator.library.growth import expand_personas, expand_topic_node
 from generator.library.catalog import load_personas, load_topic_tree

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.core.errors import RunFolderError
 from generator.engine.executors.local import LocalExecutor
 from generator.feedback.rounds import load_rounds, run_rounds

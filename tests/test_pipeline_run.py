@@ -12,7 +12,7 @@ import pytest
 
 from generator import run
 from generator.config.spec import load_spec
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from helpers import cache_keys
 

@@ -12,7 +12,7 @@ import time
 import polars as pl
 import pytest
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec
 from generator.config.spec import load_spec

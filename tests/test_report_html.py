@@ -67,7 +67,7 @@ def test_markup_in_examples_is_escaped(tmp_path):
 
 
 def test_rounds_report_has_the_data_and_no_empty_charts(proj, tmp_path):
-    from generator.engine.backends.fake import FakeBackend
+    from generator.testing.fake import FakeBackend
     from generator.engine.executors.local import LocalExecutor
     from generator.feedback.rounds_report import html, plots
     from generator.feedback.rounds import load_rounds

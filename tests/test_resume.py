@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.planner import plan_spec
 from generator.engine.runner import run_spec

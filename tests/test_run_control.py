@@ -8,7 +8,7 @@ import json
 import polars as pl
 import pytest
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.core.errors import RunFolderError
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec

@@ -6,7 +6,7 @@ import polars as pl
 
 from generator.config.spec import load_spec
 from generator.core.backend import Request, Sampling
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.backends.openai_http import request_body
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec

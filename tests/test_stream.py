@@ -13,7 +13,7 @@ import pytest
 
 from generator.core.backend import Borrowed, Request, RequestFeed, Sampling
 from generator.core.errors import ModelError
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.backends.memory import split_memory
 from generator.engine.backends.openai_http import OpenAIBackend
 from generator.engine.requests import generate_rows

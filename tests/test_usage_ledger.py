@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from generator.cli.live_cost import LiveCost
 from generator.cli.main import main
 from generator.config.spec import load_spec
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.runner import run_spec
 from generator.export.usage import compute_usage, session_totals

@@ -6,7 +6,7 @@ import random
 import shutil
 from pathlib import Path
 
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator import run as run_spec
 from generator.config.spec import load_spec

@@ -45,7 +45,7 @@ def demo_responder(variant: str):
 def make(dst: Path, variant: str = "a", rounds: str | None = None, price: bool = False) -> Path:
     import shutil
 
-    from generator.engine.backends.fake import FakeBackend
+    from generator.testing.fake import FakeBackend
     from generator.engine.executors.local import LocalExecutor
     from generator import run as run_spec
     from generator.config.spec import load_spec

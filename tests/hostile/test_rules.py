@@ -175,7 +175,7 @@ def test_a_second_run_on_a_locked_folder_fails_at_once(tmp_path):
 
 def test_scoring_uses_every_by_and_the_embedder(proj, tmp_path):
     from generator import run
-    from generator.engine.backends.fake import FakeBackend
+    from generator.testing.fake import FakeBackend
     from generator.engine.executors.local import LocalExecutor
 
     spec = load_spec(proj / "spec.yaml", {"scoring": "{metrics: [distinct_n], by: [topic, template], "

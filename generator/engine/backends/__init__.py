@@ -1,4 +1,4 @@
-"""Backends: offline vLLM (default), an OpenAI-compatible server, batch files, and a fake for tests."""
+"""Backends: offline vLLM (default), an OpenAI-compatible server and batch files (a scripted stand-in for tests lives in `generator.testing`)."""
 from __future__ import annotations
 
 from typing import Any

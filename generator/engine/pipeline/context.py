@@ -19,6 +19,7 @@ from generator.core.errors import SpecError
 from generator.engine.pipeline import judge
 from generator.engine.pipeline.dag import Pipeline, StageNode
 from generator.engine.planner import Resolved, available_variables, hash64
+from generator.library.schema_examples import minimal_instance
 
 
 @dataclass
@@ -125,11 +126,9 @@ def make_request(rid: str, stage: str, attempt: int, sample: int, tries: int, me
 # ---------------------------------------------------------------- validation (no model)
 
 def placeholder_view(node: StageNode) -> dict[str, Any]:
-    from generator.engine.backends.fake import _minimal
-
     if node.kind == "generate":
         schema = node.schema()
-        return {"text": "(text)", "json": _minimal(schema, node.name) if schema else {}, "texts": ["(text)"],
+        return {"text": "(text)", "json": minimal_instance(schema, node.name) if schema else {}, "texts": ["(text)"],
                 "prompt": "(prompt)", "model": "(model)", "status": "ok", "completion_tokens": 1}
     view: dict[str, Any] = {f: None for f in node.fields()}
     if "reasons" in view:

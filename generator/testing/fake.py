@@ -10,22 +10,7 @@ import json
 from typing import Any, Callable, Iterable, Iterator
 
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
-
-
-def _minimal(schema: dict, salt: str) -> Any:
-    t = schema.get("type")
-    if t == "object":
-        return {k: _minimal(v, salt + k) for k, v in schema.get("properties", {}).items()}
-    if t == "array":
-        n = max(int(schema.get("minItems", 1)), 1)
-        return [_minimal(schema.get("items", {"type": "string"}), f"{salt}{i}") for i in range(n)]
-    if t == "integer":
-        return int(schema.get("minimum", 1))
-    if t == "number":
-        return 1.5
-    if t == "boolean":
-        return True
-    return f"text {hashlib.sha1(salt.encode()).hexdigest()[:8]}"
+from generator.library.schema_examples import minimal_instance
 
 
 class FakeBackend:
@@ -47,7 +32,7 @@ class FakeBackend:
         if self.responder:
             return self.responder(r), "stop"
         if r.json_schema is not None:
-            return json.dumps(_minimal(r.json_schema, r.id)), "stop"
+            return json.dumps(minimal_instance(r.json_schema, r.id)), "stop"
         digest = hashlib.sha1(f"{r.messages[-1]['content']}|{r.sampling.seed}".encode()).hexdigest()
         return f"Answer {digest[:12]} to: {r.messages[-1]['content'][:60]}", "stop"
 
