@@ -16,7 +16,7 @@ import pytest
 
 from generator import run
 from generator.config.spec import load_spec
-from generator.core.backend import Borrowed, stream_in_windows
+from generator.core.backend import Borrowed
 from generator.engine.executors.local import LocalExecutor
 from generator.library.catalog import builtin_root
 from helpers import cache_keys
@@ -48,7 +48,7 @@ def need_data(path: Path) -> Path:
 
 
 class Recording(Borrowed):
-    """The shared engine, recording every request that reaches it (windowed stream)."""
+    """The shared engine, recording every request that reaches it."""
 
     def __init__(self, inner):
         super().__init__(inner)
@@ -60,7 +60,21 @@ class Recording(Borrowed):
         return self.inner.generate(requests, on_result)
 
     def stream(self, feed, on_result=None):
-        return stream_in_windows(self, feed, on_result, window=16)
+        seen = self.requests
+
+        class Tap:  # the engine's own continuous feed, recording what it takes
+            def __getattr__(self, name):
+                return getattr(feed, name)
+
+            def __len__(self):
+                return len(feed)
+
+            def take(self, *args, **kwargs):
+                got = feed.take(*args, **kwargs)
+                seen.extend(got)
+                return got
+
+        return self.inner.stream(Tap(), on_result)
 
 
 def check_run(out: Path, planned: int) -> pl.DataFrame:

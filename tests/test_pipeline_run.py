@@ -309,66 +309,6 @@ def test_a_cut_structured_stage_answer_is_retried_when_its_schema_fits_the_budge
     assert row["status"] == ("ok" if tries == 2 else "truncated")
 
 
-def test_a_backend_without_stream_is_fed_in_windows(tmp_path):
-    class GenerateOnly:
-        """Only `generate` (like a backend written before `stream` existed)."""
-
-        window = 5
-
-        def __init__(self):
-            self.inner, self.model, self.batches = FakeBackend(responder=answer), "m1", []
-
-        def generate(self, requests, on_result=None):
-            requests = list(requests)
-            self.batches.append(len(requests))
-            return self.inner.generate(requests, on_result)
-
-        def describe(self):
-            return {"backend": "generate-only"}
-
-        def close(self):
-            pass
-
-    made = {}
-    res = run(load_spec(project(tmp_path)), out=tmp_path / "run", score=False,
-              executor=LocalExecutor(backend_factory=lambda c, **_: made.setdefault(c.name, GenerateOnly())))
-    assert res.generated == 8
-    batches = [n for b in made.values() for n in b.batches]
-    assert sum(batches) == res.model_calls and max(batches) <= 5
-
-
-def test_windowed_fallback_gathers_follow_ups_into_full_windows():
-    import threading
-
-    from generator.core.backend import Request, RequestFeed
-    from generator.engine.pipeline.scheduler import gathered_windows
-
-    class Batches(FakeBackend):
-        def __init__(self):
-            super().__init__()
-            self.sizes = []
-
-        def generate(self, requests, on_result=None):
-            requests = list(requests)
-            self.sizes.append(len(requests))
-            return super().generate(requests, on_result)
-
-    b, feed = Batches(), RequestFeed()
-
-    def producer():  # one follow-up every 5 ms, like a main thread settling a window's answers
-        for i in range(12):
-            feed.put(Request(id=str(i), messages=({"role": "user", "content": "x"},)))
-            time.sleep(0.005)
-        feed.close()
-
-    import time
-    t = threading.Thread(target=producer)
-    t.start()
-    got = list(gathered_windows(b, feed, window=8, linger=0.2))
-    t.join()
-    assert len(got) == 12 and b.sizes == [8, 4]
-
-
 def test_usage_ledger_counts_every_call_per_stage_and_model(tmp_path):
     from generator.export.usage import compute_usage
 
@@ -386,11 +326,3 @@ def test_usage_ledger_counts_every_call_per_stage_and_model(tmp_path):
     assert len(compute_usage(tmp_path / "run")["sessions"]) == 1
 
 
-def test_stages_refuse_an_executor_that_cannot_run_them_before_starting_it(tmp_path):
-    from generator.core.errors import SpecError
-    from generator.engine.executors.ray import RayExecutor
-
-    ex = RayExecutor(backend_factory=Fakes())
-    with pytest.raises(SpecError, match="local executor"):
-        run(load_spec(project(tmp_path)), out=tmp_path / "run", executor=ex, score=False)
-    assert not ex._started_ray and not ex.actors

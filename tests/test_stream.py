@@ -11,12 +11,11 @@ import time
 import httpx
 import pytest
 
-from generator.core.backend import Borrowed, Request, RequestFeed, Sampling
+from generator.core.backend import Request, RequestFeed, Sampling
 from generator.core.errors import ModelError
 from generator.testing.fake import FakeBackend
 from generator.engine.backends.memory import split_memory
 from generator.engine.backends.openai_http import OpenAIBackend
-from generator.engine.requests import generate_rows
 from generator.engine.run_folder import RequestCache
 
 
@@ -73,41 +72,37 @@ def test_put_on_a_closed_feed_is_refused():
         feed.put(_req(0))
 
 
-class _GenerateOnly:
-    """A backend without a native stream: Borrowed falls back to windows of generate."""
-
-    model = "g"
-
-    def __init__(self):
-        self.batches = []
-
-    def generate(self, requests, on_result=None):
-        batch = list(requests)
-        self.batches.append([r.id for r in batch])
-        for r in batch:
-            yield FakeBackend()._one(r, on_result)
-
-
-def test_borrowed_streams_a_backend_without_stream_in_windows():
-    inner = _GenerateOnly()
-    out = [r.id for r in Borrowed(inner).stream(RequestFeed([_req(i) for i in range(70)], close=True))]
-    assert len(out) == 70 and [len(b) for b in inner.batches] == [64, 6]
-
-
-# ---------------------------------------------------------------- generate_rows on one feed
+# ---------------------------------------------------------------- the one core on one feed
 def _row(i: int) -> dict:
     return {"id": f"rec{i}", "seed": 10 * i, "messages": [{"role": "user", "content": f"write {i}"}],
             "temperature": 0.8, "top_p": 0.95, "max_tokens": 16, "template": "t", "model": "fake",
-            "structured": False}
+            "structured": False, "topic_id": "t"}
 
 
-def test_retries_join_the_same_feed_at_once(tmp_path):
+def _answer(proj, backend, rows, cache, retries, final):
+    from generator.config.spec import load_spec
+    from generator.engine.pipeline.execute import answer_rows
+    from generator.engine.planner import resolve_spec
+
+    return answer_rows(resolve_spec(load_spec(proj / "spec.yaml")), rows, {"fake": backend}, final.append,
+                       cache=cache, retries=retries)
+
+
+def test_retries_join_the_same_feed_at_once(proj, tmp_path):
     """An empty answer's retry is put the moment it lands; with a newest-first fake it is served
-    next, before the first attempts still queued (a windowed driver would send it after them)."""
-    fake = FakeBackend(script={"rec1#1": [""], "rec1#2": [""]}, lifo=True)
+    next, before the first attempts still queued (a windowed driver would send it after them).
+    Each answer takes 50 ms, as an engine step would: time for the scheduler to put the retry."""
+
+    class Stepped(FakeBackend):
+        def generate(self, requests, on_result=None):
+            for res in super().generate(requests, on_result):
+                yield res
+                time.sleep(0.05)  # the next step starts after the scheduler has seen this answer
+
+    fake = Stepped(model="fake", script={"rec1#1": [""], "rec1#2": [""]}, lifo=True)
     cache = RequestCache(tmp_path / "cache.sqlite")
     final = []
-    calls = generate_rows(fake, [_row(i) for i in range(5)], cache, 2, {}, {}, final.append)
+    calls = _answer(proj, fake, [_row(i) for i in range(5)], cache, 2, final)
     order = [r.id for r in fake.calls]
     assert calls == len(order) == 7
     i = order.index("rec1#1")
@@ -118,7 +113,7 @@ def test_retries_join_the_same_feed_at_once(tmp_path):
     # a rerun replays everything from the cache: no model call
     again = FakeBackend()
     final2 = []
-    assert generate_rows(again, [_row(i) for i in range(5)], cache, 2, {}, {}, final2.append) == 0
+    assert _answer(proj, again, [_row(i) for i in range(5)], cache, 2, final2) == 0
     assert not again.calls and sorted(r["id"] for r in final2) == sorted(by_id)
     cache.close()
 
@@ -135,10 +130,10 @@ class _DiesAfter(FakeBackend):
             yield res
 
 
-def test_a_crash_loses_only_the_request_in_flight(tmp_path):
+def test_a_crash_loses_only_the_request_in_flight(proj, tmp_path):
     cache = RequestCache(tmp_path / "cache.sqlite")
     with pytest.raises(KeyboardInterrupt):
-        generate_rows(_DiesAfter(3), [_row(i) for i in range(6)], cache, 0, {}, {}, lambda r: None)
+        _answer(proj, _DiesAfter(3), [_row(i) for i in range(6)], cache, 0, [])
     assert len(cache) == 3  # the 4th answer was in flight: everything before it is on disk
     cache.close()
 

@@ -190,7 +190,8 @@ def preview(spec_path, count, metrics, sets, allow):
     from generator.engine.backends import make_backend
     from generator.cli.main import _parse_sets, _quiet_engine_logs
     from generator.engine.planner import expand, resolve_spec, validate
-    from generator.engine.requests import generate_rows
+    from generator.engine.executors.local import build_backends
+    from generator.engine.pipeline.execute import answer_rows
     from generator.config.spec import load_spec
 
     _quiet_engine_logs(False)
@@ -209,14 +210,10 @@ def preview(spec_path, count, metrics, sets, allow):
     rows = [r.to_row() for r in chosen]
     tpls = resolved.template_by_name
     finished: list[dict] = []
-    backends = {}
+    backends: dict = {}
     try:
-        for model in {r["model"] for r in rows}:
-            cfg = next(m for m in resolved.models if m.name == model)
-            backends[model] = make_backend(cfg)
-            generate_rows(backends[model], [r for r in rows if r["model"] == model], None, spec.run.retries,
-                          {n: t.output_schema for n, t in tpls.items()}, {n: t.renderer for n, t in tpls.items()},
-                          finished.append)
+        build_backends(make_backend, resolved.spec.models, {r["model"] for r in rows}, {}, backends)
+        answer_rows(resolved, rows, backends, finished.append)
     finally:
         for b in backends.values():
             b.close()

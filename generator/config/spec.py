@@ -234,6 +234,11 @@ class RunConfig(Strict):
     window: int | None = Field(None, ge=1, description="Most requests in an offline engine at once (default: as "
                                "many as it schedules); each finished one is replaced at once. Also the records per "
                                "batch the Ray executor hands an actor (default 256).")
+    stall_timeout: float | None = Field(1800, gt=0, description="Seconds without any answer or check result, "
+                                        "while records wait on them, before the run stops with one line naming "
+                                        "a waiting record and stage (null: wait forever; batch backends never stall).")
+    max_open: int = Field(4096, ge=1, description="Records in progress at once (planned records are read in "
+                          "as earlier ones finish, so memory does not grow with the plan).")
     max_records: int = Field(MAX_RECORDS, ge=1, le=10**12, description="Largest plan allowed; a spec that plans "
                              "more fails at validate. Raise it explicitly for a larger run.")
 

@@ -2,9 +2,9 @@
 
 Backends know nothing of specs, topics or scoring: they turn chat requests into completions.
 
-Two ways in:
+Two ways in, both required:
 - `generate(requests)`: a fixed batch (the cluster-agent, `topics expand`, simple callers).
-- `stream(feed)`: a continuously fed engine. The caller keeps putting requests into a
+- `stream(feed)`: a continuously fed engine (every run goes this way). The caller keeps putting requests into a
   `RequestFeed` while earlier ones are in flight (the next pipeline stage, a retry, a
   regeneration), and the backend submits each one as soon as it can, so the engine never
   drains between batches. The stream ends once the feed is closed, empty, and nothing is in flight.
@@ -108,29 +108,6 @@ class RequestFeed:
         return len(self._items)
 
 
-def stream_in_windows(backend: "Backend", feed: RequestFeed, on_result: ProgressFn | None = None,
-                      window: int = 64, linger: float = 0.0,
-                      busy: Callable[[], bool] | None = None) -> Iterator[Result]:
-    """`stream` for backends without a native one: each window of queued requests goes through
-    `generate`. Correct, but the engine drains at the end of each window.
-
-    With `linger`, a window waits while follow-ups keep arriving at most `linger` seconds apart,
-    or while the caller is still settling answers (`busy()`): the answers of the last window land
-    together, and a window taken at the first follow-up would hold one request."""
-    while True:
-        batch = feed.take(window, timeout=None)
-        if not batch:
-            if feed.exhausted():
-                return
-            continue
-        while linger and len(batch) < window:
-            more = feed.take(window - len(batch), timeout=linger)
-            batch.extend(more)
-            if not more and not (busy and busy()):
-                break
-        yield from backend.generate(batch, on_result)
-
-
 class Backend(Protocol):
     """A model behind one interface. `generate` yields one Result per request, in any order."""
 
@@ -163,8 +140,7 @@ class Borrowed:
         return self.inner.generate(requests, on_result)
 
     def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
-        inner = getattr(self.inner, "stream", None)
-        return inner(feed, on_result) if inner else stream_in_windows(self.inner, feed, on_result)
+        return self.inner.stream(feed, on_result)
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -44,6 +44,7 @@ class Resolved:
     templates: list[tuple[Template, float]]
     personas: list[dict] | None
     models: list[ModelConfig]
+    stage_templates: dict[int, list[tuple[Template, float]]] = field(default_factory=dict)  # stage index ->
 
     @property
     def template_by_name(self) -> dict[str, Template]:
@@ -58,7 +59,7 @@ class Resolved:
         return SamplingConfig(**base)
 
 
-def _spec_error(spec: Spec, path: tuple, message: str) -> SpecError:
+def spec_error(spec: Spec, path: tuple, message: str) -> SpecError:
     if spec._located is not None:
         return spec._located.error(path, message)
     return SpecError(message, file=spec.file)
@@ -71,13 +72,13 @@ def _priority_sample(items: list, k: int, weights: list[float], *salt: Any) -> l
     return [items[i] for i in chosen]
 
 
-def _resolve(spec: Spec, kind: str, ref: str, confine: Confinement, loc: tuple, fix: str):
+def resolve_ref(spec: Spec, kind: str, ref: str, confine: Confinement, loc: tuple, fix: str):
     try:
         return resolve(kind, ref, spec.base_dir, confine)
     except Refused as exc:
-        raise _spec_error(spec, loc, str(exc)) from None
+        raise spec_error(spec, loc, str(exc)) from None
     except FileNotFoundError as exc:
-        raise _spec_error(spec, loc, f"{exc}; {fix}") from None
+        raise spec_error(spec, loc, f"{exc}; {fix}") from None
 
 
 def template_roots(spec: Spec, confine: Confinement) -> tuple[Path, ...]:
@@ -94,7 +95,7 @@ def check_plan_size(spec: Spec, n_cells: int) -> None:
     planned = spec.rounds.budget if spec.rounds is not None else n_cells * spec.generations_per_topic
     if planned > spec.run.max_records:
         loc = ("rounds", "budget") if spec.rounds is not None else ("generations_per_topic",)
-        raise _spec_error(spec, loc, f"the spec plans {planned:,} records, more than run.max_records "
+        raise spec_error(spec, loc, f"the spec plans {planned:,} records, more than run.max_records "
                                      f"({spec.run.max_records:,}); lower the counts, or set run.max_records "
                                      f"to at least {planned} if you mean it")
 
@@ -106,16 +107,16 @@ def _seed_source(spec: Spec, i: int, src: SeedTopics, confine: Confinement) -> l
     if not path.is_absolute() and spec.base_dir is not None:
         path = spec.base_dir / path
     if not path.exists():
-        raise _spec_error(spec, ("topics", i, "seeds"), f"seed data {path} not found; fix `seeds:`")
+        raise spec_error(spec, ("topics", i, "seeds"), f"seed data {path} not found; fix `seeds:`")
     if not confine.permits(path):  # seed rows become prompts: they come from the project like templates
         try:
             confine.check(path, "seed data", src.seeds)
         except SpecError as exc:
-            raise _spec_error(spec, ("topics", i, "seeds"), str(exc)) from None
+            raise spec_error(spec, ("topics", i, "seeds"), str(exc)) from None
     try:
         return seed_cells(src, path, spec.seed, ("seeds", i))
     except (SpecError, FileNotFoundError, ValueError) as exc:
-        raise _spec_error(spec, ("topics", i, "seeds"), f"{exc}; fix the seeds source") from None
+        raise spec_error(spec, ("topics", i, "seeds"), f"{exc}; fix the seeds source") from None
 
 
 def _entry(spec: Spec) -> tuple[list, Any, list[ModelConfig]]:
@@ -125,11 +126,11 @@ def _entry(spec: Spec) -> tuple[list, Any, list[ModelConfig]]:
         return spec.templates, lambda i: ("templates", i, "template"), list(spec.models)
     entry = spec.stages[0]
     if entry.kind != "generate":
-        raise _spec_error(spec, ("stages", 0), "the first stage must be a generate stage that reads no other "
+        raise spec_error(spec, ("stages", 0), "the first stage must be a generate stage that reads no other "
                           "stage (its prompts are the plan)")
     models = [m for m in spec.models if m.name == entry.model] if entry.model else list(spec.models)
     if not models:
-        raise _spec_error(spec, ("stages", 0, "model"), f"model '{entry.model}' is not in `models:`; add it "
+        raise spec_error(spec, ("stages", 0, "model"), f"model '{entry.model}' is not in `models:`; add it "
                           f"there or fix the name")
     if entry.template:
         return [entry.template_refs()[0]], lambda i: ("stages", 0, "template"), models
@@ -141,14 +142,14 @@ def resolve_spec(spec: Spec) -> Resolved:
     cells: list[TopicCell] = []
     for i, src in enumerate(spec.topics):
         if isinstance(src, TreeTopics):
-            path = _resolve(spec, "topics", src.tree, confine, ("topics", i, "tree"), "fix `tree:` or add the file")
+            path = resolve_ref(spec, "topics", src.tree, confine, ("topics", i, "tree"), "fix `tree:` or add the file")
             tree = load_topic_tree(path)
             found = tree_cells(tree, src.under, src.depth, src.weight)
             if not found:
-                raise _spec_error(spec, ("topics", i), f"topic tree '{src.tree}' has no cells under "
+                raise spec_error(spec, ("topics", i), f"topic tree '{src.tree}' has no cells under "
                                   f"{src.under} at depth {src.depth}; check `under:`/`depth:`")
             if src.sample is not None and src.sample > len(found):
-                raise _spec_error(spec, ("topics", i, "sample"), f"`sample: {src.sample}` but topic tree "
+                raise spec_error(spec, ("topics", i, "sample"), f"`sample: {src.sample}` but topic tree "
                                   f"'{src.tree}' has {len(found)} cells there; set sample to at most {len(found)}")
             if src.sample is not None and src.sample < len(found):
                 found = _priority_sample(found, src.sample, [c.weight for c in found], spec.seed, "topics", i)
@@ -169,7 +170,7 @@ def resolve_spec(spec: Spec) -> Resolved:
     seen: set[str] = set()
     for c in cells:
         if c.id in seen:
-            raise _spec_error(spec, ("topics",), f"topic '{c.id}' appears twice; remove one source")
+            raise spec_error(spec, ("topics",), f"topic '{c.id}' appears twice; remove one source")
         seen.add(c.id)
 
     check_plan_size(spec, len(cells))
@@ -177,23 +178,38 @@ def resolve_spec(spec: Spec) -> Resolved:
     templates: list[tuple[Template, float]] = []
     roots = template_roots(spec, confine)
     for i, ref in enumerate(refs):
-        path = _resolve(spec, "templates", ref.template, confine, where(i), "`synthgen library` lists the templates")
+        path = resolve_ref(spec, "templates", ref.template, confine, where(i), "`synthgen library` lists the templates")
         templates.append((load_template(path, roots=roots, confine=confine), ref.weight))
     names = [t.name for t, _ in templates]
     if len(set(names)) != len(names):
-        raise _spec_error(spec, ("templates",), "a template is listed twice; merge the entries and set `weight:`")
+        raise spec_error(spec, ("templates",), "a template is listed twice; merge the entries and set `weight:`")
 
     personas = None
     if spec.personas is not None:
-        ppath = _resolve(spec, "personas", spec.personas.file, confine, ("personas", "file"), "fix `file:`")
+        ppath = resolve_ref(spec, "personas", spec.personas.file, confine, ("personas", "file"), "fix `file:`")
         personas = load_personas(ppath)
         if spec.personas.sample is not None and spec.personas.sample > len(personas):
-            raise _spec_error(spec, ("personas", "sample"), f"`sample: {spec.personas.sample}` but persona set "
+            raise spec_error(spec, ("personas", "sample"), f"`sample: {spec.personas.sample}` but persona set "
                               f"'{spec.personas.file}' has {len(personas)} personas; set sample to at most "
                               f"{len(personas)}")
         if spec.personas.sample is not None and spec.personas.sample < len(personas):
             personas = _priority_sample(personas, spec.personas.sample, [1.0] * len(personas), spec.seed, "personas")
-    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=models)
+    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=models,
+                    stage_templates=_stage_templates(spec, confine, roots))
+
+
+def _stage_templates(spec: Spec, confine: Confinement, roots) -> dict[int, list[tuple[Template, float]]]:
+    """The templates of a pipeline's later generate stages (the entry stage's are the spec's)."""
+    out: dict[int, list[tuple[Template, float]]] = {}
+    for i, stage in enumerate(spec.stages or []):
+        if i == 0 or stage.kind != "generate":
+            continue
+        out[i] = []
+        for j, ref in enumerate(stage.template_refs()):
+            key = ("stages", i, "template") if stage.template else ("stages", i, "templates", j, "template")
+            path = resolve_ref(spec, "templates", ref.template, confine, key, "`synthgen library` lists the templates")
+            out[i].append((load_template(path, roots=roots, confine=confine), ref.weight))
+    return out
 
 
 def available_variables(resolved: Resolved, template: Template) -> set[str]:
@@ -214,7 +230,7 @@ def validate(resolved: Resolved) -> None:
                                   f"{'stages[0]' if spec.stages else f'templates[{i}]'})")
         if tpl.personas_per_prompt > 1 and resolved.personas is not None \
                 and tpl.personas_per_prompt > len(resolved.personas):
-            raise _spec_error(spec, ("personas", "sample"), f"template '{tpl.name}' shows "
+            raise spec_error(spec, ("personas", "sample"), f"template '{tpl.name}' shows "
                               f"{tpl.personas_per_prompt} personas per prompt but the pool has "
                               f"{len(resolved.personas)}; raise `sample:`")
         # a real render with StrictUndefined catches attribute typos static analysis cannot see

@@ -11,7 +11,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import polars as pl
 
@@ -21,7 +21,8 @@ from generator.core.run_layout import shard_index, shard_name
 from generator.core.redact import scrub
 from generator.engine.executors.base import Job
 from generator.engine.planner import Record, Resolved, plan_spec, records_frame
-from generator.engine.requests import Shard
+from generator.engine.pipeline.dag import Pipeline
+from generator.engine.pipeline.execute import compile_spec
 from generator.config.spec import Spec
 from generator.engine.run_folder import RunFolder, new_session
 
@@ -96,20 +97,6 @@ def reconcile(folder: RunFolder, records: list[Record]) -> tuple[pl.DataFrame | 
     return plan, [r for r in records if r.id not in old]
 
 
-def build_job(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, on_record=None) -> Job:
-    done = folder.completed_shards()
-    pending = plan.filter(~pl.col("shard").is_in(list(done)))
-    shards: list[Shard] = []
-    for (name,), group in pending.group_by(["shard"], maintain_order=True):
-        rows = group.drop("shard").to_dicts()
-        shards.append(Shard(name=name, round=int(rows[0]["round"]), rows=rows))
-    tpls = resolved.template_by_name
-    return Job(run_dir=folder.path, shards=shards, models={m.name: m for m in resolved.models},
-               schemas={n: t.output_schema for n, t in tpls.items()},
-               renderers={n: t.renderer for n, t in tpls.items()},
-               retries=resolved.spec.run.retries, on_record=on_record)
-
-
 def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
     from generator.export.card import write_run_card
 
@@ -141,35 +128,45 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
     return manifest
 
 
+def pending_rows(pending: pl.DataFrame, chunk: int = 2048) -> Iterator[dict]:
+    """The pending plan rows as dicts, a slice at a time (only the records in progress are held)."""
+    for part in pending.iter_slices(chunk):
+        yield from part.iter_rows(named=True)
+
+
 def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, executor, emit: Progress,
-                    manifest: dict, pipeline=None) -> ExecStats:
-    """Generate every planned row whose shard is not written yet (the executor is not closed)."""
-    spec = resolved.spec
+                    manifest: dict, pipeline: Pipeline) -> ExecStats:
+    """Run every planned record whose shard is not written yet (the executor is not closed)."""
     stats = ExecStats()
-    generated_before = len(folder.completed_shards())
+    done = folder.completed_shards()
+    pending = plan.filter(~pl.col("shard").is_in(list(done))) if done else plan
+    sizes = dict(pending.group_by("shard").len().iter_rows())
+    stats.pending_records = pending.height
+    emit("start", {"records": plan.height, "pending": pending.height, "shards": len(sizes),
+                   "done_shards": len(done), "run_dir": folder.path, "session": manifest.get("session")})
 
-    def on_record(row: dict) -> None:
+    def on_record(row: dict) -> None:  # every attempt's tokens count; progress counts records
         stats.completion_tokens += row["completion_tokens"] or 0
-        emit("record", row)
+        if row.get("final", True):
+            emit("record", row)
 
-    if pipeline is not None:
-        return _execute_pipeline(folder, resolved, pipeline, plan, executor, emit, manifest, stats, on_record)
-    job = build_job(folder, resolved, plan, on_record=on_record)
-    job.session = manifest.get("session")
-    job.backend_kwargs["on_finished"] = lambda n: emit("finished", {"n": n})
-    if spec.run.window:
-        job.backend_kwargs["window"] = spec.run.window
-    if any(m.backend == "openai_batch" for m in resolved.models):  # batch ids live in the run folder
-        job.backend_kwargs["run_dir"] = str(folder.path)
-    job.on_engine_ready = lambda: emit("engine_ready", {})
-    stats.pending_records = sum(len(s.rows) for s in job.shards)
-    emit("start", {"records": plan.height, "pending": stats.pending_records, "shards": len(job.shards),
-                   "done_shards": generated_before, "run_dir": folder.path, "session": manifest.get("session")})
+    kwargs: dict = {"on_finished": lambda n: emit("finished", {"n": n})}
+    if resolved.spec.run.window:
+        kwargs["window"] = resolved.spec.run.window
+    if any(m.backend == "openai_batch" for m in resolved.spec.models):  # batch ids live in the run folder
+        kwargs["run_dir"] = str(folder.path)
+    models = pipeline.models_used(resolved.spec.models[0].name) | {m.name for m in resolved.models}
+    if pending.height:
+        models |= set(pending["model"].unique().to_list())
+    job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=pending_rows(pending), sizes=sizes,
+              models=models, session=manifest.get("session"), on_record=on_record,
+              on_shard=lambda st: emit("shard", {"name": st.name, "records": st.records}),
+              on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs)
     t1 = time.time()
     try:
-        for st in executor.execute(job):
-            emit("shard", {"name": st.name, "records": st.records})
-        _take_report(executor.report(), stats, manifest)
+        if pending.height:
+            executor.execute(job)
+            _take_report(executor.report(), stats, manifest)
     finally:
         manifest["updated_at"] = time.time()
         stats.gen_seconds = time.time() - t1
@@ -183,36 +180,6 @@ def _take_report(report, stats: ExecStats, manifest: dict) -> None:
         manifest["models"] = report.backends
 
 
-def _execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline, plan: pl.DataFrame, executor,
-                      emit: Progress, manifest: dict, stats: ExecStats, on_record) -> ExecStats:
-    from generator.engine.pipeline.execute import execute_pipeline
-
-    done = folder.completed_shards()
-    pending = plan.filter(~pl.col("shard").is_in(list(done)))
-    stats.pending_records = pending.height
-    emit("start", {"records": plan.height, "pending": pending.height, "shards": pending["shard"].n_unique(),
-                   "done_shards": len(done), "run_dir": folder.path, "session": manifest.get("session")})
-    kwargs: dict = {"on_finished": lambda n: emit("finished", {"n": n})}
-    if resolved.spec.run.window:
-        kwargs["window"] = resolved.spec.run.window
-    def on_row(row: dict) -> None:  # every attempt's tokens count; progress counts records
-        if row["final"]:
-            on_record(row)
-        else:
-            stats.completion_tokens += row["completion_tokens"] or 0
-
-    t1 = time.time()
-    try:
-        rep = execute_pipeline(folder, resolved, pipeline, pending, executor, kwargs, on_record=on_row,
-                               on_shard=lambda name: emit("shard", {"name": name, "records": None}),
-                               on_ready=lambda: emit("engine_ready", {}), session=manifest.get("session"))
-        _take_report(rep, stats, manifest)
-    finally:
-        manifest["updated_at"] = time.time()
-        stats.gen_seconds = time.time() - t1
-    return stats
-
-
 def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame, stats: ExecStats,
                plan_seconds: float, pipeline=None) -> tuple[pl.DataFrame, dict[str, int]]:
     """Counts and timings into the manifest, the dataset card; returns (generations, status counts).
@@ -223,7 +190,7 @@ def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.D
     tokens = {"prompt": 0, "completion": 0}
     if not frame.is_empty():
         tokens = {"prompt": int(frame["prompt_tokens"].sum()), "completion": int(frame["completion_tokens"].sum())}
-    if pipeline is not None:
+    if pipeline is not None and not pipeline.single:
         from generator.engine.pipeline.execute import summary
 
         manifest["pipeline"] = summary(frame, pipeline)
@@ -273,7 +240,7 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     if new:
         folder.write_plan(plan)
     manifest = run_manifest(folder, spec, resolved, limit)
-    if pipeline is not None:
+    if not pipeline.single:
         manifest["templates"] = {t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates}
     folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
     emit("plan", {"records": plan.height, "new": len(new), "seconds": plan_seconds})
@@ -291,13 +258,9 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     return close_run(spec, folder, manifest, resolved, plan, stats, plan_seconds, score, emit, t0, pipeline)
 
 
-def compile_pipeline(resolved: Resolved):
-    """A spec's checked stage DAG (`generator.engine.pipeline`), or None for a single-stage spec."""
-    if resolved.spec.stages is None:
-        return None
-    from generator.engine.pipeline.execute import prepare
-
-    return prepare(resolved)
+def compile_pipeline(resolved: Resolved) -> Pipeline:
+    """A spec's checked stage DAG; a single-stage spec is a one-node pipeline."""
+    return compile_spec(resolved)
 
 
 def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame,

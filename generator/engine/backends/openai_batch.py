@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from generator.core.errors import BackendError
-from generator.core.backend import ProgressFn, Request, Result
+from generator.core.backend import ProgressFn, Request, RequestFeed, Result
 from generator.engine.backends.openai_http import _public_url, auth_headers, request_body
 
 MAX_REQUESTS = 50_000           # the Batch API's limits per input file
@@ -131,7 +131,7 @@ class OpenAIBatchBackend:
         self.timeout, self.max_retries = timeout, max_retries
         self._transport = transport
         self.on_finished = on_finished
-        self.window = 1024  # only sizes the caller's cache flushes
+        self.linger = 0.5  # stream: how long a batch waits for follow-ups that keep arriving
         self.load_seconds = 0.0
         self._tmp: str | None = None
         if run_dir is None:  # no run folder: batches cannot be resumed, keep them in a temp dir
@@ -169,6 +169,22 @@ class OpenAIBatchBackend:
         return parts
 
     # -- Backend interface
+    batch = True  # answers come a whole batch job at a time: no stall watchdog applies
+
+    def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
+        """A batch API has no continuous feed: each batch job takes every request queued when it is
+        sent (waiting while follow-ups keep arriving `linger` s apart); the next job takes what was
+        queued meanwhile (retries, later stages)."""
+        while True:
+            reqs = feed.take(timeout=None)
+            if not reqs:
+                if feed.exhausted():
+                    return
+                continue
+            while more := feed.take(timeout=self.linger):
+                reqs.extend(more)
+            yield from self.generate(reqs, on_result)
+
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
         reqs = list(requests)
         if not reqs:
@@ -234,7 +250,7 @@ class OpenAIBatchBackend:
             client.complete(part)
 
     def describe(self) -> dict[str, Any]:
-        info = {"backend": "openai_batch", "name": self.model, "runner": self.runner,
+        info = {"backend": "openai_batch", "feed": "batch jobs", "name": self.model, "runner": self.runner,
                 "base_url": self.public_url, "api_key_env": self.api_key_env, "poll_s": self.poll_s,
                 "send_seed": self.send_seed, "batch_folder": str(self.folder), "stats": dict(self.stats)}
         if self.runner == "local":

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import ModelError
 from generator.core.model_aliases import describe_model, resolve_model
-from generator.core.backend import ProgressFn, Request, RequestFeed, Result, stream_in_windows
+from generator.core.backend import ProgressFn, Request, RequestFeed, Result
 from generator.engine.backends.vllm_stream import StreamStats, stream_engine
 
 
@@ -67,19 +67,6 @@ def seed_safe(kwargs: dict[str, Any], gpu: bool) -> dict[str, Any]:
     return kwargs
 
 
-class _ChatWindows:
-    """`generate` as one `LLM.chat` call per batch, for `stream_in_windows`."""
-
-    def __init__(self, backend: "VLLMOfflineBackend"):
-        self.backend = backend
-
-    def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
-        for res in self.backend.chat(list(requests)):
-            if on_result:
-                on_result(res)
-            yield res
-
-
 class VLLMOfflineBackend:
     def __init__(self, model: str, engine: dict[str, Any] | None = None, window: int | None = None,
                  on_finished=None):
@@ -107,6 +94,11 @@ class VLLMOfflineBackend:
             raise ModelError(f"model '{model}' failed to load in vLLM: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
         self.load_seconds = time.time() - t0
+        if not hasattr(self.llm, "enqueue_chat"):  # the continuous feed needs it (vLLM >= 0.11)
+            self.close()
+            raise ModelError(f"this vLLM ({type(self.llm).__module__}) has no LLM.enqueue_chat, which the "
+                             f"continuous engine feed needs; upgrade vLLM (`make install`, or "
+                             f"`pip install -e .[gpu]`)")
 
     def _params(self, r: Request):
         from vllm import SamplingParams
@@ -127,9 +119,6 @@ class VLLMOfflineBackend:
 
     def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
         """Results of the requests put into `feed`, each as its engine step finishes it."""
-        if not hasattr(self.llm, "enqueue_chat"):  # an older vLLM: windows of LLM.chat
-            return stream_in_windows(_ChatWindows(self), feed, self._on_result(on_result),
-                                     window=self.window or (1024 if self.gpu else 128))
         stats = self.last_stream = StreamStats()
         return self._one_at_a_time(stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats,
                                                  self.window))
@@ -157,7 +146,7 @@ class VLLMOfflineBackend:
 
     def chat(self, batch: list[Request]) -> list[Result]:
         """One `LLM.chat` call over `batch` (the pre-stream path, kept as the reference that
-        `stream` must match, and for a vLLM without `enqueue_chat`)."""
+        `stream` must match)."""
         outs = self.llm.chat([list(r.messages) for r in batch], [self._params(r) for r in batch],
                              use_tqdm=False)
         return [Result(id=r.id, text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason or "stop",

@@ -38,6 +38,8 @@ class StageOut:
     completion_tokens: int = 0
     messages: list[dict] = field(default_factory=list)
     completion: str | None = None
+    finish_reason: str | None = None
+    error: str | None = None         # the answer's own error (a backend error, a JSON or renderer fault)
 
     @property
     def failed(self) -> bool:

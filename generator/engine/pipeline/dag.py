@@ -21,6 +21,7 @@ GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "comple
 VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status"}
 FILTER_FIELDS = {"passed", "reason", "status"}
 COMPARE_FIELDS = {"winner", "chosen", "rejected", "reason", "status"}
+SINGLE_STAGE = "generate"  # the one node of a single-stage spec (and its stage in the usage ledger)
 ROW_FIELDS = {"topic", "subtopic", "level", "topic_id", "template", "model", "generation", "seed_id",
               "attempt"}
 
@@ -62,6 +63,7 @@ class Pipeline:
     ancestors: dict[str, set[str]]
     descendants: dict[str, set[str]]
     gates: dict[str, set[str]] = field(default_factory=dict)  # stage -> checks it also waits for
+    single: bool = False  # a single-stage spec: rows keep the plain generation schema
 
     def waits_for(self, name: str) -> set[str]:
         return self.nodes[name].deps | self.gates.get(name, set())
@@ -180,6 +182,14 @@ def build(spec: Spec, load_templates) -> Pipeline:
     output = _output_stage(spec, nodes)
     return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants,
                     gates=_gates(nodes, ancestors, descendants))
+
+
+def single_stage(templates: list[tuple[Template, float]]) -> Pipeline:
+    """A spec without `stages:` as a one-node pipeline: its entry stage is the whole run."""
+    cfg = GenerateStage(kind="generate", name=SINGLE_STAGE, template="(the spec's templates)")
+    node = StageNode(cfg=cfg, index=0, templates=list(templates))
+    return Pipeline(nodes={SINGLE_STAGE: node}, entry=SINGLE_STAGE, output=SINGLE_STAGE,
+                    ancestors={SINGLE_STAGE: set()}, descendants={SINGLE_STAGE: set()}, single=True)
 
 
 def _gates(nodes: dict[str, StageNode], ancestors: dict[str, set[str]], descendants: dict[str, set[str]]

@@ -1,14 +1,16 @@
-"""Running a spec with `stages:`: the runner plans the entry stage as usual, then hands the
-pending records here; every stage is scheduled until each record is final.
+"""Running a spec's records: the runner plans the entry stage, then hands the pending records
+here; every stage (one, for a single-stage spec) is scheduled until each record is final, and
+each shard is written the moment its last record ends.
 
-The run folder is the same as a single-stage run's (plan.parquet, generations/*.parquet shards,
-cache.sqlite, manifest.json); shards hold one row per attempt of each record (see `lineage`), and
-the manifest gains a `pipeline` section with each stage's pass and rejection rates.
+A pipeline's run folder is a single-stage run's (plan.parquet, generations/*.parquet shards,
+cache.sqlite, manifest.json) with one row per attempt of each record (see `lineage`), and the
+manifest gains a `pipeline` section with each stage's pass and rejection rates.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import polars as pl
 
@@ -16,11 +18,19 @@ from generator.config.stages import VerifyStage
 from generator.core.errors import SpecError
 from generator.engine.pipeline import verify
 from generator.engine.pipeline.context import validate_templates
-from generator.engine.pipeline.dag import Pipeline, build
+from generator.engine.pipeline.dag import Pipeline, build, single_stage
 from generator.engine.pipeline.lineage import pipeline_schema, stage_rates
 from generator.engine.pipeline.scheduler import PipelineScheduler
-from generator.engine.planner import Resolved, _spec_error
+from generator.engine.planner import Resolved, spec_error
+from generator.engine.requests import ShardStats
 from generator.engine.run_folder import RunFolder
+
+
+def compile_spec(resolved: Resolved) -> Pipeline:
+    """Every spec as a pipeline: its `stages:` compiled and checked, or a single-stage spec as one node."""
+    if resolved.spec.stages is None:
+        return single_stage(resolved.templates)
+    return prepare(resolved)
 
 
 def prepare(resolved: Resolved) -> Pipeline:
@@ -29,20 +39,8 @@ def prepare(resolved: Resolved) -> Pipeline:
     spec = resolved.spec
     entry = resolved.templates
 
-    def load(i: int, refs) -> list:
-        if i == 0:
-            return entry
-        from generator.engine.planner import _resolve, template_roots
-        from generator.library.catalog import load_template
-
-        confine = spec.confinement()  # stage templates are confined like the entry stage's
-        roots = template_roots(spec, confine)
-        out = []
-        for j, ref in enumerate(refs):
-            key = ("stages", i, "template") if spec.stages[i].template else ("stages", i, "templates", j, "template")
-            path = _resolve(spec, "templates", ref.template, confine, key, "`synthgen library` lists the templates")
-            out.append((load_template(path, roots=roots, confine=confine), ref.weight))
-        return out
+    def load(i: int, refs) -> list:  # every file was loaded once, by resolve_spec
+        return entry if i == 0 else resolved.stage_templates[i]
 
     pipeline = build(spec, load)
     validate_templates(resolved, pipeline, lambda name: pipeline.ancestors[name])
@@ -52,14 +50,14 @@ def prepare(resolved: Resolved) -> Pipeline:
         if isinstance(c, VerifyStage) and c.check == "function":
             problem = verify.check_importable(c.function, spec.base_dir)
             if problem:
-                raise _spec_error(spec, ("stages", node.index, "function"), f"{problem}; fix `function:`")
+                raise spec_error(spec, ("stages", node.index, "function"), f"{problem}; fix `function:`")
         if isinstance(c, VerifyStage) and c.check == "json_schema":
             import jsonschema
 
             try:
                 jsonschema.Draft202012Validator.check_schema(c.json_schema)
             except jsonschema.SchemaError as exc:
-                raise _spec_error(spec, ("stages", node.index, "json_schema"),
+                raise spec_error(spec, ("stages", node.index, "json_schema"),
                                   f"not a valid JSON schema: {exc.message}") from None
     return pipeline
 
@@ -74,93 +72,78 @@ def _check_signal(spec, pipeline: Pipeline) -> None:
     if node is None or node.kind != "judge" or not node.cfg.criteria or name not in node.fields() - {"reasons", "status"}:
         judges = [f"{n}.{f}" for n, x in pipeline.nodes.items() if x.kind == "judge" and x.cfg.criteria
                   for f in sorted(x.fields() - {"reasons", "status"})]
-        raise _spec_error(spec, ("rounds", "signal_column"), f"'{column}' is no judge score column; "
+        raise spec_error(spec, ("rounds", "signal_column"), f"'{column}' is no judge score column; "
                           f"choose from {', '.join(judges) or '(no rubric judge stage)'}")
 
 
-class _Shards:
-    """Writes a shard once every record in it is final (all its attempt rows, in plan order)."""
+class ShardWriter:
+    """Writes a shard once every record in it is final (all its rows, in plan order). Records
+    arrive in plan order, so a shard's rows are ordered by arrival; only open shards are held."""
 
-    def __init__(self, folder: RunFolder, shards: dict[str, list[dict]], schema: dict):
-        self.folder, self.schema = folder, schema
-        self.order = {name: [r["id"] for r in rows] for name, rows in shards.items()}
-        self.owner = {r["id"]: name for name, rows in shards.items() for r in rows}
-        self.done: dict[str, dict[str, list[dict]]] = {name: {} for name in shards}
-        self.written: list[str] = []
+    def __init__(self, folder: RunFolder, sizes: dict[str, int], schema: dict | None):
+        self.folder, self.sizes, self.schema = folder, sizes, schema
+        self.seq: dict[str, int] = {}                       # record id -> arrival index
+        self.owner: dict[str, str] = {}                     # record id -> shard (open records only)
+        self.done: dict[str, list[tuple[int, list[dict]]]] = {}
+        self.started = time.time()
 
-    def add(self, plan_row: dict, rows: list[dict]) -> None:
-        name = self.owner[plan_row["id"]]
-        self.done[name][plan_row["id"]] = rows
-        if len(self.done[name]) == len(self.order[name]):
-            ordered = [r for rid in self.order[name] for r in self.done[name][rid]]
-            self.folder.write_shard(name, ordered, schema=self.schema)
-            del self.done[name]
-            self.written.append(name)
+    def admit(self, row: dict) -> dict:
+        """Take a plan row (with its `shard`); returns the row without it."""
+        row = dict(row)
+        self.owner[row["id"]] = row.pop("shard")
+        self.seq[row["id"]] = len(self.seq)
+        return row
 
-
-def backends_for(resolved: Resolved, models: set[str], executor, backend_kwargs: dict) -> tuple[dict, float]:
-    """One backend per model from the executor's factory, kept by the executor (so a later call
-    reuses the engines and the executor's owner closes them); the load seconds of new ones."""
-    if not getattr(executor, "runs_stages", False):  # stages hand answers between models in one process
-        raise SpecError("a spec with `stages:` runs on the local executor (drop --executor ray)",
-                        file=resolved.spec.file)
-    factory = executor.backend_factory
-    cfgs = {m.name: m for m in resolved.spec.models}
-    out, load = {}, 0.0
-    for name in sorted(models):
-        if name not in executor.backends:
-            b = factory(cfgs[name], **backend_kwargs)
-            executor.backends[name] = b
-            load += float(getattr(b, "load_seconds", 0.0) or 0.0)
-        out[name] = executor.backends[name]
-    return out, load
+    def add(self, plan_row: dict, rows: list[dict]) -> ShardStats | None:
+        rid = plan_row["id"]
+        name = self.owner.pop(rid)
+        bucket = self.done.setdefault(name, [])
+        bucket.append((self.seq.pop(rid), rows))
+        if len(bucket) < self.sizes[name]:
+            return None
+        ordered = [r for _, rs in sorted(bucket, key=lambda x: x[0]) for r in rs]
+        self.folder.write_shard(name, ordered, schema=self.schema)
+        del self.done[name]
+        return ShardStats(name=name, records=len(bucket)).count([r for r in ordered if r.get("final", True)],
+                                                               self.started)
 
 
 @dataclass
 class PipelineStats:
     model_calls: int = 0
     cache_hits: int = 0
-    load_seconds: float = 0.0
-    backends: dict[str, Any] | None = None
+    stuck: int = 0
 
 
-def execute_pipeline(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, pending: pl.DataFrame, executor,
-                     backend_kwargs: dict, on_record: Callable[[dict], None],
-                     on_shard: Callable[[str], None], on_ready: Callable[[], None],
-                     session: str | None = None) -> PipelineStats:
-    """Run every stage of the records in `pending` (plan rows of shards not written yet)."""
+def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows: Iterable[dict],
+                sizes: dict[str, int], backends: dict[str, Any], session: str | None,
+                on_record: Callable[[dict], None], on_shard: Callable[[ShardStats], None]) -> PipelineStats:
+    """Run every stage of the plan rows in `rows` (each with its `shard`; `sizes`: records per
+    pending shard) on `backends`, writing each shard as its last record ends."""
     spec = resolved.spec
-    shards: dict[str, list[dict]] = {}
-    for (name,), group in pending.group_by(["shard"], maintain_order=True):
-        shards[name] = group.drop("shard").to_dicts()
-    rows = [r for rs in shards.values() for r in rs]
-    stats = PipelineStats()
-    if not rows:
-        return stats
-    models = pipeline.models_used(spec.models[0].name) | set(pending["model"].unique().to_list())
-    # a stage without `model:` runs on the record's model: every model a record may draw
-    models |= {m.name for m in resolved.models}
-    backends, stats.load_seconds = backends_for(resolved, models, executor, backend_kwargs)
-    stats.backends = {n: b.describe() for n, b in backends.items()}
-    on_ready()
-    writer = _Shards(folder, shards, pipeline_schema(pipeline))
+    writer = ShardWriter(folder, sizes, None if pipeline.single else pipeline_schema(pipeline))
 
     def on_rows(plan_row: dict, out_rows: list[dict]) -> None:
-        writer.add(plan_row, out_rows)
+        landed = writer.add(plan_row, out_rows)
         for r in out_rows:
             on_record(r)
-        while writer.written:
-            on_shard(writer.written.pop(0))
+        if landed is not None:
+            on_shard(landed)
 
     cache = folder.cache(session=session)
-    sched = PipelineScheduler(pipeline, resolved, backends, cache, spec.run.retries, on_rows)
+    stall = spec.run.stall_timeout
+    if any(getattr(b, "batch", False) for b in backends.values()):
+        stall = None  # a batch job answers everything at once, hours later
+    sched = PipelineScheduler(pipeline, resolved, backends, cache, spec.run.retries, on_rows,
+                              stall_timeout=stall, max_open=spec.run.max_open)
+    stats = PipelineStats()
     try:
-        sched.run(rows)
+        sched.run(writer.admit(r) for r in rows)
     finally:
         cache.close()
         if sched.functions is not None:
             sched.functions.close()
-        stats.model_calls, stats.cache_hits = sched.model_calls, sched.cache_hits
+        stats.model_calls, stats.cache_hits, stats.stuck = sched.model_calls, sched.cache_hits, sched.stuck
     return stats
 
 
@@ -176,3 +159,14 @@ def summary(frame: pl.DataFrame, pipeline: Pipeline) -> dict[str, Any]:
         "rows_by_status": dict(sorted(frame.group_by("status").len().iter_rows())) if frame.height else {},
         "max_attempt": int(frame["attempts"].max() or 0) if frame.height else 0,
     }
+
+
+def answer_rows(resolved: Resolved, rows: Iterable[dict], backends: dict[str, Any],
+                on_final: Callable[[dict], None], cache=None, retries: int | None = None) -> int:
+    """Single-stage plan rows answered on the one core without a run folder (`synthgen preview`,
+    benches): `on_final(row)` gets each finished generation row. Returns the model calls made."""
+    sched = PipelineScheduler(single_stage(resolved.templates), resolved, backends, cache,
+                              resolved.spec.run.retries if retries is None else retries,
+                              lambda plan_row, out: on_final(out[-1]), max_open=resolved.spec.run.max_open)
+    sched.run(rows)
+    return sched.model_calls

@@ -107,6 +107,14 @@ def lookup(env: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+MAX_REPEAT = 100_000  # longest string or list a filter may build by repetition
+
+
+def _too_big(a: Any, b: Any) -> bool:
+    seq, n = (a, b) if isinstance(a, (str, list)) else (b, a)
+    return isinstance(seq, (str, list)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT
+
+
 def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
@@ -137,6 +145,8 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         a, b = _eval(node.left, env), _eval(node.right, env)
         if a is None or b is None:
             return None
+        if isinstance(node.op, ast.Mult) and _too_big(a, b):
+            return None  # `"x" * 10**9` would stall the scheduler and exhaust memory: not a value
         try:
             return _BIN[type(node.op)](a, b)
         except (ZeroDivisionError, TypeError):

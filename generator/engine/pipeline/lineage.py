@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from generator.core.redact import scrub_text
 from generator.engine.pipeline.context import StageOut, jsonable
 from generator.engine.pipeline.dag import Pipeline, StageNode
 from generator.engine.run_folder import GENERATION_SCHEMA
@@ -70,6 +71,22 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
     else:
         vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority") if k in v})
     return {f"{node.name}.{k}": x for k, x in vals.items()}
+
+
+def single_row(plan_row: dict, out: StageOut | None, status: str, reason: str | None) -> dict[str, Any]:
+    """The row of a single-stage spec (a one-node pipeline): the plan row and its final answer, in
+    the run folder's plain generation schema."""
+    row: dict[str, Any] = dict(plan_row)
+    if out is None:  # ended before its stage could answer (the scheduler's liveness guard)
+        row.update({"completion": None, "text": "", "prompt_tokens": 0, "completion_tokens": 0,
+                    "finish_reason": None, "status": status, "attempts": 0, "error": reason})
+        return row
+    error = out.error  # the answer's own fault; an empty answer has none
+    row.update({"completion": out.completion, "text": out.view.get("text") or "",
+                "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                "finish_reason": out.finish_reason, "status": status, "attempts": out.tries,
+                "error": scrub_text(error) if error else None})
+    return row
 
 
 def attempt_row(pipeline: Pipeline, plan_row: dict, outputs: dict[str, StageOut], attempt: int, status: str,

@@ -1,33 +1,53 @@
-"""The continuous pipeline scheduler.
+"""The execution core: one continuous scheduler for every spec (a single-stage spec is a one-node
+pipeline, `dag.single_stage`).
 
-Each model has one `RequestFeed` and one thread consuming `backend.stream(feed)`. The main thread
-owns every record's state: when an answer lands it is written to the request cache at once (a
-crash loses only requests in flight), its stage settles, and the record's next stages (or a
-retry, or a regeneration) go straight into the feeds, so the engines never wait for a whole stage
-to finish. Verify and filter stages run on the main thread as soon as their inputs exist.
-Requests already in the cache are answered from it without reaching a model.
+Each model has one `RequestFeed` and one thread consuming `backend.stream(feed)`; checks (verify
+functions, regexes, schemas) run in a small worker pool. Both report back as events on one queue.
+The scheduler thread owns every record's state: when an answer lands it is written to the request
+cache at once (a crash loses only requests in flight), its stage settles, and the record's next
+stages (or a retry, or a regeneration) go straight into the feeds, so the engines never wait for a
+whole stage to finish. Requests already in the cache are answered from it without reaching a model.
+
+Liveness, by construction:
+- a record is open only while it has work outstanding (a request in flight, a cached answer
+  queued, a check running); when its last piece of work settles and the record is still open,
+  it is ended with status `error` and the stages it was waiting on, never left waiting;
+- a rejection resets exactly the regenerated stage and what depends on it: each reset bumps that
+  stage's epoch, and only answers of a stage's current epoch are used, so an independent branch in
+  flight (a judge beside the rejected answer) keeps its answer;
+- records are read in as earlier ones end (`max_open`), so memory follows the records in progress,
+  not the plan;
+- a watchdog turns a silent stall (no event for `stall_timeout` seconds) into one line naming a
+  waiting record and stage.
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from generator.config.stages import GenerateStage, JudgeStage, VerifyStage
-from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling, stream_in_windows
-from generator.core.errors import TemplateError
+from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling
+from generator.core.errors import SynthgenError, TemplateError
+from generator.core.redact import scrub_text
 from generator.engine.pipeline import expressions, verify
 from generator.engine.pipeline.context import (Contexts, StageOut, judge_messages, make_request, render_stage,
                                                sampling_for, stage_context, stage_seed)
 from generator.engine.pipeline.dag import Pipeline, StageNode
 from generator.engine.pipeline.judge import read_compare, read_rubric
-from generator.engine.pipeline.lineage import attempt_row
+from generator.engine.pipeline.lineage import attempt_row, single_row
 from generator.engine.planner import Resolved
-from generator.engine.requests import retryable
+from generator.engine.requests import Answer, classify, make_request as entry_request, retryable
 from generator.engine.run_folder import RequestCache
+
+
+class StallError(SynthgenError):
+    """No answer and no check result for `stall_timeout` seconds while records wait on them."""
 
 
 @dataclass
@@ -37,7 +57,10 @@ class Rec:
     attempt: int = 1
     outputs: dict[str, StageOut] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
-    samples: dict[str, dict[int, tuple[Request, Result, str]]] = field(default_factory=dict)
+    samples: dict[str, dict[int, tuple[Request, Result, Answer]]] = field(default_factory=dict)
+    epoch: dict[str, int] = field(default_factory=dict)  # stage -> how often a rejection reset it
+    busy: int = 0          # requests in flight + cached answers queued + checks running
+    waiting: dict[str, str] = field(default_factory=dict)  # stage -> what it waits on (for a stall)
     final: bool = False
 
 
@@ -45,39 +68,22 @@ class Rec:
 class Pending:
     rec: Rec
     stage: str
-    attempt: int
+    epoch: int
     sample: int
     tries: int
     model: str
     request: Request
     extra: dict = field(default_factory=dict)
-
-
-def gathered_windows(backend: Backend, feed: RequestFeed, window: int, linger: float = 0.05,
-                     busy: Callable[[], bool] | None = None):
-    """`stream` for a backend with only `generate`, in windows that gather follow-ups (see
-    `stream_in_windows`)."""
-    return stream_in_windows(backend, feed, window=window, linger=linger, busy=busy)
-
-
-def sample_status(res: Result, structured: bool) -> str:
-    if res.finish_reason == "error" or res.error:
-        return "error"
-    if not (res.text or "").strip():
-        return "empty"
-    if structured:
-        try:
-            json.loads(res.text)
-        except json.JSONDecodeError:
-            return "truncated" if res.finish_reason == "length" else "invalid_json"
-    return "truncated" if res.finish_reason == "length" else "ok"
+    sent: float = 0.0
 
 
 class PipelineScheduler:
     def __init__(self, pipeline: Pipeline, resolved: Resolved, backends: dict[str, Backend],
                  cache: RequestCache | None, retries: int, on_rows: Callable[[dict, list[dict]], None],
-                 functions: verify.FunctionRunner | None = None):
+                 functions: verify.FunctionRunner | None = None, stall_timeout: float | None = None,
+                 max_open: int = 4096, check_workers: int = 2):
         self.p = pipeline
+        self.single = pipeline.single
         self.resolved = resolved
         self.seed = resolved.spec.seed
         self.backends = backends
@@ -85,76 +91,109 @@ class PipelineScheduler:
         self.retries = retries
         self.on_rows = on_rows  # (plan row, every attempt row of the record) once it is final
         self.functions = functions
+        self.stall_timeout = stall_timeout
+        self.max_open = max(1, max_open)
         self.contexts = Contexts(resolved)
         self.filters = {n: expressions.parse(node.cfg.expr) for n, node in pipeline.nodes.items()
                         if node.kind == "filter"}
+        self.renderers = {t.name: t.renderer for node in pipeline.nodes.values() for t, _ in node.templates}
+        self.schemas = {t.name: t.output_schema for node in pipeline.nodes.values() for t, _ in node.templates}
         self.model_calls = 0
         self.cache_hits = 0
+        self.stuck = 0  # records ended because nothing was left to wait for (should stay 0)
         self._pending: dict[str, Pending] = {}
         self._ready: collections.deque[tuple[Pending, Result]] = collections.deque()
         self._events: queue.Queue = queue.Queue()
         self._feeds = {m: RequestFeed() for m in backends}
         self._rows: dict[str, list[dict]] = {}
-        self._open = 0
-        self._unsettled = 0  # answers received from a stream and not yet settled
-        self._count = threading.Lock()
+        self._open: dict[str, Rec] = {}
+        self._checks = concurrent.futures.ThreadPoolExecutor(max_workers=check_workers,
+                                                             thread_name_prefix="checks")
+        self._has_checks = any(n.kind == "verify" for n in pipeline.nodes.values())
 
     # ------------------------------------------------------------ the loop
-    def run(self, rows: list[dict]) -> None:
-        cells = self.contexts.cells
-        recs = [Rec(row=r, seed_id=getattr(cells.get(r["topic_id"]), "seed_id", None) or None) for r in rows]
-        self._open = len(recs)
+    def run(self, rows: Iterable[dict]) -> None:
+        source: Iterator[dict] = iter(rows)
+        exhausted = False
         threads = [threading.Thread(target=self._pump, args=(m,), daemon=True, name=f"stream-{m}")
                    for m in self.backends]
-        for t in threads:
-            t.start()
         try:
-            for rec in recs:
-                self._advance(rec)
-                self._drain_ready()
-            while self._open:
+            while True:
+                while not exhausted and len(self._open) < self.max_open:
+                    row = next(source, None)
+                    if row is None:
+                        exhausted = True
+                        break
+                    self._admit(row)
+                if not threads[0].is_alive() and threads[0].ident is None:
+                    for t in threads:  # the engines start on a full first batch, not one request
+                        t.start()
                 self._drain_ready()
                 if not self._open:
-                    break
-                kind, model, payload = self._events.get()
-                batch = [(kind, model, payload)]
-                while True:  # take everything that landed meanwhile: one cache transaction for all
-                    try:
-                        batch.append(self._events.get_nowait())
-                    except queue.Empty:
+                    if exhausted:
                         break
-                results = [payload for kind, _, payload in batch if kind == "result"]
-                self._store(results)  # answers that landed are kept even when a stream failed
-                for kind, model, payload in batch:
-                    if kind == "error":
-                        raise payload
-                    if kind == "end":
-                        raise RuntimeError(f"the {model} stream ended with {self._open} records unfinished")
-                for res in results:
-                    pend = self._pending.pop(res.id, None)
-                    if pend is not None:
-                        self._settle(pend, res)
-                    with self._count:  # its follow-ups are in the feeds now
-                        self._unsettled -= 1
+                    continue
+                self._handle(self._next_events())
         finally:
             for feed in self._feeds.values():
                 feed.close()
             for t in threads:
-                t.join()
+                if t.ident is not None:
+                    t.join()
+            self._checks.shutdown(wait=True, cancel_futures=True)
+            # answers that landed after the loop stopped (an error elsewhere) are paid for: keep them
+            late = []
+            while True:
+                try:
+                    kind, _, payload = self._events.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "result":
+                    late.append(payload)
+            if late:
+                self._store(late)
+
+    def _admit(self, row: dict) -> None:
+        cell = self.contexts.cells.get(row["topic_id"])
+        rec = Rec(row=row, seed_id=getattr(cell, "seed_id", None) or None)
+        self._open[row["id"]] = rec
+        self._advance(rec)
+        self._live(rec)
+
+    def _next_events(self) -> list[tuple[str, Any, Any]]:
+        try:
+            first = self._events.get(timeout=self.stall_timeout)
+        except queue.Empty:
+            raise self._stall() from None
+        batch = [first]
+        while True:  # take everything that landed meanwhile: one cache transaction for all
+            try:
+                batch.append(self._events.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _handle(self, batch: list[tuple[str, Any, Any]]) -> None:
+        results = [payload for kind, _, payload in batch if kind == "result"]
+        self._store(results)  # answers that landed are kept even when a stream failed
+        for kind, who, payload in batch:
+            if kind == "error":
+                raise payload
+            if kind == "end":
+                raise RuntimeError(f"the {who} stream ended with {len(self._open)} records unfinished")
+        for kind, who, payload in batch:
+            if kind == "result":
+                pend = self._pending.pop(payload.id, None)
+                if pend is not None:
+                    self._landed(pend, payload)
+            elif kind == "check":
+                self._checked(who, payload)
+            self._drain_ready()
 
     def _pump(self, model: str) -> None:
         try:
-            backend = self.backends[model]
-            native = getattr(backend, "stream", None)
-            # a backend without a native stream is fed in windows of `generate` (its own window size)
-            stream = native(self._feeds[model]) if native is not None else gathered_windows(
-                backend, self._feeds[model], window=int(getattr(backend, "window", None) or 64),
-                busy=lambda: self._unsettled > 0)
-            for res in stream:
-                with self._count:
-                    self._unsettled += 1
+            for res in self.backends[model].stream(self._feeds[model]):
                 self._events.put(("result", model, res))
-        except BaseException as exc:  # surfaced on the main thread
+        except BaseException as exc:  # surfaced on the scheduler thread
             self._events.put(("error", model, exc))
             return
         self._events.put(("end", model, None))
@@ -177,10 +216,37 @@ class PipelineScheduler:
     def _drain_ready(self) -> None:
         while self._ready:
             pend, res = self._ready.popleft()
-            self._settle(pend, res)
+            self._landed(pend, res)
+
+    # ------------------------------------------------------------ liveness
+    def _live(self, rec: Rec) -> None:
+        """A record with nothing outstanding must be final; if it is not, end it now."""
+        if rec.final or rec.busy:
+            return
+        self.stuck += 1
+        unstarted = [n for n in self.p.nodes if n not in rec.started]
+        waits = {n: sorted(self.p.waits_for(n) - set(rec.outputs)) for n in unstarted}
+        detail = "; ".join(f"{n} waits for {', '.join(w) or 'nothing'}" for n, w in waits.items()) or "no stage left"
+        self._emit(rec, "error", unstarted[0] if unstarted else self.p.output,
+                   f"scheduler: record has nothing in flight and is not finished ({detail})", final=True)
+
+    def _stall(self) -> StallError:
+        now = time.time()
+        oldest = min(self._pending.values(), key=lambda p: p.sent, default=None)
+        if oldest is not None:
+            return StallError(
+                f"no answer for {self.stall_timeout:g}s: record {oldest.rec.row['id']} waits on stage "
+                f"'{oldest.stage}' (model {oldest.model}, sent {now - oldest.sent:.0f}s ago; "
+                f"{len(self._pending)} requests in flight); check the model backend, or raise run.stall_timeout")
+        rec = next(iter(self._open.values()))
+        stage = next(iter(rec.waiting), "?")
+        return StallError(f"no progress for {self.stall_timeout:g}s: record {rec.row['id']} waits on "
+                          f"{rec.waiting.get(stage, 'a check')} in stage '{stage}'; raise run.stall_timeout "
+                          f"or fix that check")
 
     # ------------------------------------------------------------ requests
     def _submit(self, pend: Pending) -> None:
+        pend.rec.busy += 1
         hit = self.cache.get(pend.request.payload_hash(pend.model)) if self.cache is not None else None
         if hit is not None:
             self.cache_hits += 1
@@ -189,6 +255,7 @@ class PipelineScheduler:
             return
         if self.cache is not None:
             self.cache.meter.submitted(pend.model)
+        pend.sent = time.time()
         self._pending[pend.request.id] = pend
         self._feeds[pend.model].put(pend.request)
 
@@ -198,12 +265,14 @@ class PipelineScheduler:
         extra: dict[str, Any] = {}
         if node.name == self.p.entry:
             messages, model, template = list(row["messages"]), row["model"], row["template"]
-            schema = next((t.output_schema for t, _ in node.templates if t.name == template), node.schema())
+            schema = self.schemas.get(template, node.schema())
             sampling = Sampling(row["temperature"], row["top_p"], int(row["max_tokens"]),
                                 repetition_penalty=row.get("repetition_penalty"))
+            render_seed = int(row["seed"])
         else:
             model = getattr(node.cfg, "model", None) or row["model"]
             sampling = sampling_for(self.resolved, node, model)
+            render_seed = stage_seed(self.seed, rid, node.name, rec.attempt, 0)
             if isinstance(node.cfg, GenerateStage):
                 ctx = stage_context(self.contexts.base(row), rec.outputs)
                 tpl, messages = render_stage(node, ctx, self.seed, rid)
@@ -213,32 +282,43 @@ class PipelineScheduler:
                 if node.cfg.compare:  # the verdict names A or B: keep the compared texts at hand
                     extra["texts"] = {s: rec.outputs[s].view.get("text") for s in node.cfg.compare}
                 template = None
-        extra.update({"messages": messages, "template": template, "sampling": sampling, "schema": schema})
+        extra.update({"messages": messages, "template": template, "sampling": sampling, "schema": schema,
+                      "renderer": self.renderers.get(template) if template else None, "render_seed": render_seed})
         n = node.cfg.n if isinstance(node.cfg, GenerateStage) else 1
         for k in range(n):
             self._send(rec, node, k, 1, model, extra)
 
     def _send(self, rec: Rec, node: StageNode, sample: int, tries: int, model: str, extra: dict) -> None:
         rid = rec.row["id"]
-        if node.name == self.p.entry and rec.attempt == 1 and sample == 0:
-            seed = int(rec.row["seed"])  # the plan's seed
+        if self.single:
+            req = entry_request(rec.row, tries, self.schemas)
         else:
-            seed = stage_seed(self.seed, rid, node.name, rec.attempt, sample)
-        req = make_request(rid, node.name, rec.attempt, sample, tries, extra["messages"], extra["sampling"], seed,
-                           extra["schema"])
-        self._submit(Pending(rec, node.name, rec.attempt, sample, tries, model, req, extra))
+            if node.name == self.p.entry and rec.attempt == 1 and sample == 0:
+                seed = int(rec.row["seed"])  # the plan's seed
+            else:
+                seed = stage_seed(self.seed, rid, node.name, rec.attempt, sample)
+            req = make_request(rid, node.name, rec.attempt, sample, tries, extra["messages"], extra["sampling"],
+                               seed, extra["schema"])
+        self._submit(Pending(rec, node.name, rec.epoch.get(node.name, 0), sample, tries, model, req, extra))
+
+    def _landed(self, pend: Pending, res: Result) -> None:
+        rec = pend.rec
+        rec.busy -= 1
+        if not rec.final and pend.epoch == rec.epoch.get(pend.stage, 0) and pend.stage in rec.started:
+            self._settle(pend, res)
+        # else: an answer for a stage that a rejection reset meanwhile: paid (cached), not used
+        self._live(rec)
 
     def _settle(self, pend: Pending, res: Result) -> None:
         rec = pend.rec
-        if rec.final or pend.attempt != rec.attempt or pend.stage not in rec.started:
-            return  # an answer for an attempt that was rejected meanwhile: paid (cached), not used
         node = self.p.nodes[pend.stage]
-        status = sample_status(res, pend.extra["schema"] is not None)
-        if pend.tries <= self.retries and retryable(status, pend.extra["schema"], pend.request.sampling.max_tokens):
-            self._send(rec, node, pend.sample, pend.tries + 1, pend.model, pend.extra)
+        x = pend.extra
+        answer = classify(res, x["schema"] is not None, x["renderer"], x["render_seed"])
+        if pend.tries <= self.retries and retryable(answer.status, x["schema"], pend.request.sampling.max_tokens):
+            self._send(rec, node, pend.sample, pend.tries + 1, pend.model, x)
             return
         samples = rec.samples[pend.stage]
-        samples[pend.sample] = (pend.request, res, status)
+        samples[pend.sample] = (pend.request, res, answer)
         n = node.cfg.n if isinstance(node.cfg, GenerateStage) else 1
         if len(samples) < n:
             return
@@ -250,31 +330,25 @@ class PipelineScheduler:
             self._advance(rec)
 
     def _model_output(self, rec: Rec, node: StageNode, pend: Pending, samples: list) -> StageOut:
-        req0, res0, status0 = samples[0]
-        statuses = [s for _, _, s in samples]
-        status = status0 if len(samples) == 1 or status0 in ("ok", "truncated") else \
-            next((s for s in statuses if s in ("ok", "truncated")), status0)
-        out = StageOut(status=status, attempt=rec.attempt, view={}, seed=req0.sampling.seed,
+        # the stage's answer is its first usable sample (sample 0 when none is)
+        first = next((s for s in samples if s[2].usable), samples[0])
+        req, res, answer = first
+        out = StageOut(status=answer.status, attempt=rec.attempt, view={}, seed=req.sampling.seed,
                        model=pend.model, template=pend.extra["template"],
                        tries=max(int(r.id.rsplit("#", 1)[1]) for r, _, _ in samples),
                        prompt_tokens=sum(r.prompt_tokens for _, r, _ in samples),
                        completion_tokens=sum(r.completion_tokens for _, r, _ in samples),
-                       messages=list(pend.extra["messages"]), completion=res0.text)
-        if status not in ("ok", "truncated"):
-            out.reason = res0.error or status
+                       messages=list(pend.extra["messages"]), completion=res.text,
+                       finish_reason=res.finish_reason, error=answer.error)
+        if not answer.usable:
+            out.reason = answer.error or answer.status
         if isinstance(node.cfg, JudgeStage):
-            self._read_judge(node, out, res0.text or "", pend.extra)
+            self._read_judge(node, out, res.text or "", pend.extra)
             return out
-        text = (res0.text or "").strip()
-        data = None
-        if pend.extra["schema"] is not None and status in ("ok", "truncated"):
-            try:
-                data = json.loads(res0.text)
-            except json.JSONDecodeError:
-                data = None
-        out.view = {"text": text, "json": data if isinstance(data, dict) else {},
-                    "texts": [(r.text or "").strip() for _, r, _ in samples], "prompt": out.messages[-1]["content"],
-                    "model": pend.model, "status": status, "completion_tokens": out.completion_tokens}
+        data = answer.data
+        out.view = {"text": answer.text, "json": data if isinstance(data, dict) else {},
+                    "texts": [a.text for _, _, a in samples], "prompt": out.messages[-1]["content"],
+                    "model": pend.model, "status": answer.status, "completion_tokens": out.completion_tokens}
         return out
 
     def _read_judge(self, node: StageNode, out: StageOut, text: str, extra: dict) -> None:
@@ -299,9 +373,21 @@ class PipelineScheduler:
 
     # ------------------------------------------------------------ stage flow
     def _advance(self, rec: Rec) -> None:
+        # a filter settles inline and may open a stage listed before it (one gated on it): go round
+        # again until nothing more can start
+        while self._advance_once(rec):
+            pass
+        if not rec.final and len(rec.outputs) == len(self.p.nodes):
+            out = rec.outputs[self.p.output]
+            status = "truncated" if out.status == "truncated" else "ok"
+            self._emit(rec, status, list(self.p.nodes)[-1], None, final=True)
+
+    def _advance_once(self, rec: Rec) -> bool:
+        """Start every stage whose inputs exist; True when a filter settled (so more may start)."""
+        settled = False
         for name, node in self.p.nodes.items():
             if rec.final:
-                return
+                return False
             if name in rec.started or not self.p.waits_for(name) <= set(rec.outputs):
                 continue
             rec.started.add(name)
@@ -312,45 +398,79 @@ class PipelineScheduler:
                     rec.outputs[name] = StageOut(status="error", attempt=rec.attempt, view={"status": "error"},
                                                  reason=f"cannot render: {exc.message}")
                     self._reject(rec, node, f"{name}: cannot render: {exc.message}", "error")
-                    return
+                    return False
                 continue
-            out = self._check(rec, node)
-            rec.outputs[name] = out
-            if out.failed:
-                self._reject(rec, node, out.reason or f"{name} rejected", "rejected")
-                return
-        if not rec.final and len(rec.outputs) == len(self.p.nodes):
-            out = rec.outputs[self.p.output]
-            status = "truncated" if out.status == "truncated" else "ok"
-            self._emit(rec, status, list(self.p.nodes)[-1], None, final=True)
+            if node.kind == "filter":
+                if not self._finish_check(rec, node, self._filter(rec, node)):
+                    return False  # rejected: _reject already advanced the new attempt (or ended it)
+                settled = True
+                continue
+            self._start_check(rec, node)
+        return settled
 
-    def _check(self, rec: Rec, node: StageNode) -> StageOut:
-        c = node.cfg
-        if node.kind == "filter":
-            env = self._env(rec)
-            ok = self.filters[node.name].passes(env)
-            return StageOut(status="passed" if ok else "rejected", attempt=rec.attempt,
-                            view={"passed": ok, "reason": None if ok else f"filter false: {c.expr}",
-                                  "status": "passed" if ok else "rejected"},
-                            reason=None if ok else f"filter false: {c.expr}")
-        v = self._verify(rec, c)
-        status = "passed" if v.passed else "rejected"
-        return StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason,
-                        view={"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
-                              "reason": v.reason, "status": status})
+    def _filter(self, rec: Rec, node: StageNode) -> StageOut:
+        ok = self.filters[node.name].passes(self._env(rec))
+        reason = None if ok else f"filter false: {node.cfg.expr}"
+        return StageOut(status="passed" if ok else "rejected", attempt=rec.attempt,
+                        view={"passed": ok, "reason": reason, "status": "passed" if ok else "rejected"},
+                        reason=reason)
 
-    def _verify(self, rec: Rec, c: VerifyStage) -> verify.Verdict:
+    def _start_check(self, rec: Rec, node: StageNode) -> None:
+        """A verify stage runs in the worker pool; its verdict comes back as a `check` event."""
+        c: VerifyStage = node.cfg
+        token = (rec, node.name, rec.epoch.get(node.name, 0))
+        args = self._check_args(rec, c)
+        rec.busy += 1
+        rec.waiting[node.name] = f"check {c.check}"
+        fut = self._checks.submit(self._run_check, c, args)
+        fut.add_done_callback(lambda f: self._events.put(("check", token, f)))
+
+    def _check_args(self, rec: Rec, c: VerifyStage) -> tuple:
         target = rec.outputs[c.target].view
         if c.check == "agreement":
-            return verify.agreement(target.get("text"), rec.outputs[c.against].view.get("texts") or [],
-                                    c.extract, c.min_agree)
+            return target.get("text"), rec.outputs[c.against].view.get("texts") or []
+        if c.check == "function":
+            return (verify.to_jsonable(self._env(rec)),)
+        return (target.get("text"),)
+
+    def _run_check(self, c: VerifyStage, args: tuple) -> verify.Verdict:
+        if c.check == "agreement":
+            return verify.agreement(args[0], args[1], c.extract, c.min_agree)
         if c.check == "json_schema":
-            return verify.json_schema_check(target.get("text"), c.json_schema)
+            return verify.json_schema_check(args[0], c.json_schema)
         if c.check == "regex":
-            return verify.regex_check(target.get("text"), c.pattern)
+            return verify.regex_check(args[0], c.pattern)
+        return self._function_runner()(c.function, args[0], c.timeout)
+
+    def _function_runner(self) -> verify.FunctionRunner:
         if self.functions is None:
             self.functions = verify.FunctionRunner(self.resolved.spec.base_dir)
-        return self.functions(c.function, verify.to_jsonable(self._env(rec)), c.timeout)
+        return self.functions
+
+    def _checked(self, token: tuple, fut: concurrent.futures.Future) -> None:
+        rec, name, epoch = token
+        rec.busy -= 1
+        rec.waiting.pop(name, None)
+        if not rec.final and epoch == rec.epoch.get(name, 0) and name in rec.started:
+            try:
+                v = fut.result()
+            except Exception as exc:  # a check that breaks rejects the record, the run goes on
+                v = verify.Verdict(False, f"check failed: {type(exc).__name__}: {exc}"[:300])
+            status = "passed" if v.passed else "rejected"
+            out = StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason,
+                           view={"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
+                                 "reason": v.reason, "status": status})
+            if self._finish_check(rec, self.p.nodes[name], out):
+                self._advance(rec)
+        self._live(rec)
+
+    def _finish_check(self, rec: Rec, node: StageNode, out: StageOut) -> bool:
+        """Record a check's outcome; False when it rejected the record (regenerated or ended)."""
+        rec.outputs[node.name] = out
+        if out.failed:
+            self._reject(rec, node, out.reason or f"{node.name} rejected", "rejected")
+            return False
+        return True
 
     def _env(self, rec: Rec) -> dict[str, Any]:
         r = rec.row
@@ -364,20 +484,28 @@ class PipelineScheduler:
         rule = node.cfg.on_reject
         if rule is not None and rec.attempt < rule.max_attempts:
             self._emit(rec, "rejected", node.name, reason, final=False)
-            redo = {rule.regenerate} | self.p.descendants[rule.regenerate]
             rec.attempt += 1
-            for s in redo:
+            # exactly the regenerated stage and what depends on it start over; their answers still in
+            # flight belong to the old epoch and are dropped, every other stage keeps its work
+            for s in {rule.regenerate} | self.p.descendants[rule.regenerate]:
                 rec.outputs.pop(s, None)
                 rec.started.discard(s)
                 rec.samples.pop(s, None)
+                rec.waiting.pop(s, None)
+                rec.epoch[s] = rec.epoch.get(s, 0) + 1
             self._advance(rec)
             return
         self._emit(rec, status, node.name, reason, final=True)
 
     def _emit(self, rec: Rec, status: str, decided_by: str, reason: str | None, final: bool) -> None:
-        row = attempt_row(self.p, rec.row, rec.outputs, rec.attempt, status, decided_by, reason, final, rec.seed_id)
-        self._rows.setdefault(rec.row["id"], []).append(row)
+        rid = rec.row["id"]
+        if self.single:
+            row = single_row(rec.row, rec.outputs.get(self.p.output), status, reason)
+        else:
+            row = attempt_row(self.p, rec.row, rec.outputs, rec.attempt, status, decided_by,
+                              scrub_text(reason) if reason else reason, final, rec.seed_id)
+        self._rows.setdefault(rid, []).append(row)
         if final:
             rec.final = True
-            self._open -= 1
-            self.on_rows(rec.row, self._rows.pop(rec.row["id"]))
+            del self._open[rid]
+            self.on_rows(rec.row, self._rows.pop(rid))

@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,19 @@ def json_schema_check(text: str | None, schema: dict) -> Verdict:
     return Verdict(True, "matches the schema")
 
 
-def regex_check(text: str | None, pattern: str) -> Verdict:
-    if re.search(pattern, text or ""):
+REGEX_TIMEOUT = 5.0  # seconds one regex check may take: a catastrophic pattern fails, the run goes on
+
+
+def regex_check(text: str | None, pattern: str, timeout: float = REGEX_TIMEOUT) -> Verdict:
+    """`re` holds the interpreter while it backtracks, so a pattern like `(a+)+$` on a long answer
+    would stall every thread; the `regex` engine (same syntax) stops after `timeout` seconds."""
+    import regex
+
+    try:
+        found = regex.search(pattern, text or "", timeout=timeout)
+    except TimeoutError:
+        return Verdict(False, f"pattern {pattern!r} ran past its {timeout:g}s limit on a {len(text or '')}-character text")
+    if found:
         return Verdict(True, "pattern found")
     return Verdict(False, f"pattern {pattern!r} not found")
 
@@ -117,6 +129,10 @@ def _call(paths: list[str], ref: str, row: dict) -> tuple[bool, str]:
     else:
         passed, reason = bool(out), ""
     return passed, reason
+
+
+def _ready() -> bool:
+    return True
 
 
 def project_paths(base_dir: Path | None) -> list[str]:
@@ -149,18 +165,30 @@ class FunctionRunner:
     """Calls user checks in one worker process (spawned, so the engine's threads and GPU state are
     not forked); a call that runs past its timeout fails the check and the worker is replaced."""
 
+    START_TIMEOUT = 120.0  # starting the worker (a fresh interpreter) is not the user's time
+
     def __init__(self, base_dir: Path | None):
         self.paths = project_paths(base_dir)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._one = threading.Lock()  # one call at a time: a call's timeout starts when it starts
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool.submit(_ready).result(timeout=self.START_TIMEOUT)  # the worker is up before any timing
         return self._pool
 
     def __call__(self, ref: str, row: dict, timeout: float) -> Verdict:
-        fut = self._executor().submit(_call, self.paths, ref, row)
+        with self._one:
+            return self._call(ref, row, timeout)
+
+    def _call(self, ref: str, row: dict, timeout: float) -> Verdict:
+        try:
+            fut = self._executor().submit(_call, self.paths, ref, row)
+        except concurrent.futures.TimeoutError:
+            self._kill()
+            return Verdict(False, f"{ref}: the check worker did not start in {self.START_TIMEOUT:g}s")
         try:
             passed, reason = fut.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
