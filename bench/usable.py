@@ -42,8 +42,8 @@ STATUSES = ("ok", "truncated", "invalid_json", "empty", "error")
 
 
 def plan_rows(template: str, n: int, model: str, max_tokens: int | None,
-              repetition_penalty: float | None = None) -> tuple[list[dict], dict, dict, int, int]:
-    """N planned rows of `template`, with its schema, renderer, retries and max_tokens."""
+              repetition_penalty: float | None = None) -> tuple[list[dict], object, int, int]:
+    """N planned rows of `template`, with its resolved spec, retries and max_tokens."""
     from generator.config.spec import load_spec
     from generator.engine.planner import plan_spec
 
@@ -58,9 +58,8 @@ def plan_rows(template: str, n: int, model: str, max_tokens: int | None,
         over["sampling.repetition_penalty"] = str(repetition_penalty)
     spec = load_spec(base, over)
     resolved, records = plan_spec(spec, limit=n)
-    tpl = resolved.template_by_name[template]
     rows = [r.to_row() for r in records]
-    return rows, {template: tpl.output_schema}, {template: tpl.renderer}, spec.run.retries, spec.sampling.max_tokens
+    return rows, resolved, spec.run.retries, spec.sampling.max_tokens
 
 
 def main(argv=None) -> int:
@@ -81,21 +80,24 @@ def main(argv=None) -> int:
         names = GROUPS["textbook"] + GROUPS["math"]
 
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
-    from generator.engine.requests import generate_rows
+    import dataclasses
 
-    rows, schemas, renderers, retries, max_tokens = [], {}, {}, 0, {}
+    from generator.engine.pipeline.execute import answer_rows
+
+    rows, resolved, retries, max_tokens = [], None, 0, {}
     for name in names:
-        r, s, rd, retries, mt = plan_rows(name, args.n, args.model, args.max_tokens, args.repetition_penalty)
+        r, res, retries, mt = plan_rows(name, args.n, args.model, args.max_tokens, args.repetition_penalty)
         rows += r
-        schemas.update(s)
-        renderers.update(rd)
+        # one run over every template: their templates and topic cells side by side
+        resolved = res if resolved is None else dataclasses.replace(
+            resolved, templates=resolved.templates + res.templates, cells=resolved.cells + res.cells)
         max_tokens[name] = mt
     t0 = time.time()
     backend = VLLMOfflineBackend(args.model, engine={"max_model_len": 2048})
     load_s = time.time() - t0
     done: list[dict] = []
     t1 = time.time()
-    calls = generate_rows(backend, rows, None, retries, schemas, renderers, done.append)
+    calls = answer_rows(resolved, rows, {args.model: backend}, done.append, retries=retries)
     gen_s = time.time() - t1
     backend.close()
 

@@ -112,26 +112,40 @@ class _Dies(FakeBackend):
 
     window = 2
 
-    def __init__(self, model, marker, when):
+    def __init__(self, model, marker, when, run=None):
         super().__init__(model=model)
-        self.marker, self.when = marker, when
+        self.marker, self.when, self.run = marker, when, run
+
+    def _landed(self, answers: int) -> None:
+        """Wait (in this backend's stream thread) until the scheduler wrote a shard and cached
+        `answers` answers: the kill then comes at a known point, not at a thread's whim."""
+        import sqlite3
+
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if list((self.run / "generations").glob("*.parquet")):
+                with sqlite3.connect(self.run / "cache.sqlite") as db:
+                    if db.execute("SELECT COUNT(*) FROM results").fetchone()[0] >= answers:
+                        return
+            time.sleep(0.05)
 
     def _die(self):
         if not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os._exit(1)
 
-    def generate(self, requests, on_result=None):
-        for i, res in enumerate(super().generate(requests, on_result)):
-            if self.when == "during" and i == 3:
+    def stream(self, feed, on_result=None):
+        for res in super().stream(feed, on_result):
+            if self.when == "during" and len(self.calls) == 4 and not os.path.exists(self.marker):
+                self._landed(3)  # shard 1 (records 1, 2) written, record 3 cached; record 4 in flight
                 self._die()
             yield res
-        if self.when == "after":
+        if self.when == "after":  # the feed closes once every record ended and its shards are written
             self._die()
 
 
-def dying_factory(model_cfg, marker=None, when="after", **_):
-    return _Dies(model_cfg.name, marker, when)
+def dying_factory(model_cfg, marker=None, when="after", run=None, **_):
+    return _Dies(model_cfg.name, marker, when, run)
 
 
 def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path):
@@ -141,7 +155,8 @@ def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path):
 
     spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2", "run.window": "4"})
     marker = str(tmp_path / "died")
-    ex = RayExecutor(actors=2, backend_factory=functools.partial(dying_factory, marker=marker, when="during"))
+    ex = RayExecutor(actors=2, backend_factory=functools.partial(dying_factory, marker=marker, when="during",
+                                                                 run=tmp_path / "run"))
     try:
         res = run_spec(spec, out=tmp_path / "run", executor=ex)
         # its batch was two shards: the first was written before it died (kept from disk), the
@@ -210,3 +225,28 @@ def test_ray_real_model_two_actors_one_killed(tmp_path, monkeypatch):
 
 
 SMALL_SPEC = small_spec("ray-small", 5, max_tokens=32, run="{shard_size: 2, window: 4}")
+
+
+def test_ray_runs_a_pipeline_with_the_same_rows_as_local(tmp_path):
+    """specs/math_verified.yaml (4 stages, rejection sampling) on 2 actors: every stage of a record
+    runs on one actor, and the rows (every attempt, sorted) equal the local executor's."""
+    from pathlib import Path
+
+    from generator.engine.executors.ray import RayExecutor
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "specs" / "math_verified.yaml", {"run.shard_size": "3"})
+    run_spec(spec, out=tmp_path / "local", limit=12, score=False,
+             executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend(model=c.name)))
+    ex = RayExecutor(actors=2, backend_factory=fake_factory)
+    try:
+        res = run_spec(spec, out=tmp_path / "ray", executor=ex, limit=12, score=False)
+    finally:
+        ex.close()
+    local = pl.read_parquet(tmp_path / "local" / "generations" / "*.parquet").sort("id", "attempts")
+    remote = pl.read_parquet(tmp_path / "ray" / "generations" / "*.parquet").sort("id", "attempts")
+    assert remote.height >= 12 and remote.filter(pl.col("final")).height == res.generated == 12
+    assert remote.columns == local.columns
+    for col in local.columns:
+        assert remote[col].to_list() == local[col].to_list(), col
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["pipeline"]["order"] == ["problem", "solution", "resolve", "check"]

@@ -33,7 +33,7 @@ class Killed(BaseException):
 
 
 class DyingFake(FakeBackend):
-    window = 2  # like a windowed engine: generate_rows flushes the cache every 2 answers
+    window = 2
 
     def __init__(self, die_after: int):
         super().__init__()

@@ -167,7 +167,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             total.pending_records += st.pending_records
             total.completion_tokens += st.completion_tokens
             t_y = time.time()
-            y = _measure(folder, spec, r, pipeline is not None)
+            y = _measure(folder, spec, r, not pipeline.single)
             scores = y.pop("scores")
             tracked = scores.get("tracked")
             prev = history[-1]["tracked"] if history else 0.0

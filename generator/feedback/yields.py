@@ -95,7 +95,10 @@ def _novelty(x: np.ndarray, rows: list[int], cell_of: np.ndarray | None) -> dict
     if cell_of is not None:
         sims = np.where(cell_of[rows][:, None] == cell_of[None, :], sims, -np.inf)
     best = sims.max(1)
-    return {u: 1.0 if not np.isfinite(best[k]) else float(np.clip(1.0 - best[k], 0.0, 1.0)) for k, u in enumerate(rows)}
+    # float32 dot products of identical unit vectors land within ~1e-7 of 1, depending on summation
+    # order: round so a repeated text is exactly not novel
+    return {u: 1.0 if not np.isfinite(best[k]) else float(np.clip(round(1.0 - float(best[k]), 6), 0.0, 1.0))
+            for k, u in enumerate(rows)}
 
 
 # Kept whole: the per-cell, per-group and global summaries share one embedding pass and its indexes.

@@ -48,11 +48,13 @@ class LocalExecutor:
         rep.load_seconds = build_backends(self.backend_factory, job.resolved.spec.models, job.models,
                                           job.backend_kwargs, self.backends)
         backends = {m: self.backends[m] for m in job.models}
-        rep.backends = {m: b.describe() for m, b in backends.items()}
         if job.on_engine_ready:
             job.on_engine_ready()
-        stats = run_records(RunFolder(job.run_dir), job.resolved, job.pipeline, job.rows, job.sizes, backends,
-                            job.session, job.on_record or (lambda r: None), job.on_shard or (lambda s: None))
+        try:
+            stats = run_records(RunFolder(job.run_dir), job.resolved, job.pipeline, job.rows, job.sizes, backends,
+                                job.session, job.on_record or (lambda r: None), job.on_shard or (lambda s: None))
+        finally:
+            rep.backends = {m: b.describe() for m, b in backends.items()}  # with what they did (stats)
         rep.model_calls, rep.cache_hits, rep.stuck = stats.model_calls, stats.cache_hits, stats.stuck
         self.model_calls += stats.model_calls
 

@@ -1,9 +1,11 @@
-"""Runs shards on Ray actors, each with its own backend (one vLLM engine per actor, one per GPU).
+"""Runs every spec, single-stage or pipeline, on Ray actors, each with its own backends (one vLLM
+engine per model per actor, one actor per GPU).
 
-The driver deals batches of shards to actors; an actor runs a batch through the same
-`generate_rows` + request cache as the local executor and writes each shard file itself with
-`RunFolder.write_shard` the moment its last record is in, yielding the shard's stats and rows
-back to the driver (a streaming actor method), which reports progress and yields `ShardStats`.
+The driver only reads the plan and deals batches of whole shards to actors; an actor resolves the
+spec once and runs its batch on the same execution core as the local executor (the continuous
+scheduler: every stage, retry and regeneration of a record stays on that actor), writes each shard
+file itself the moment its last record ends, and streams each shard's stats and rows back to the
+driver (a streaming actor method), which reports progress.
 The run folder must therefore be on a filesystem every node sees (local disk for a one-machine
 Ray; NFS/Lustre/... for a cluster); the request cache is SQLite in WAL mode inside it.
 
@@ -21,7 +23,7 @@ import os
 import re
 import time
 from collections import deque
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from generator.core.errors import SynthgenError
 from generator.engine.requests import Shard, ShardStats
@@ -55,6 +57,19 @@ def _resolve_factory(factory: Callable | str | None) -> Callable:
     return factory
 
 
+def _shards(rows: Iterable[dict], sizes: dict[str, int]) -> Iterator[Shard]:
+    """Pending plan rows (in plan order, each with its `shard`) as whole shards, one at a time."""
+    held: dict[str, list[dict]] = {}
+    for row in rows:
+        row = dict(row)
+        name = row.pop("shard")
+        bucket = held.setdefault(name, [])
+        bucket.append(row)
+        if len(bucket) == sizes[name]:
+            del held[name]
+            yield Shard(name=name, round=int(row["round"]), rows=bucket)
+
+
 def _picklable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Backend kwargs an actor can receive: callables (driver-side progress hooks) stay behind."""
     return {k: v for k, v in kwargs.items() if not callable(v)}
@@ -68,89 +83,65 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, SynthgenError) else exc
 
 
-class _Counting:
-    """A backend wrapper that counts the requests sent for each shard (answers, not cache hits)."""
-
-    def __init__(self, inner, owner: dict[str, str], stats: dict[str, ShardStats]):
-        self.inner = inner
-        self.model = inner.model
-        self.window = getattr(inner, "window", None)
-        self.owner = owner
-        self.stats = stats
-
-    def generate(self, requests, on_result=None):
-        for res in self.inner.generate(requests, on_result):
-            self.stats[self.owner[res.id.rsplit("#", 1)[0]]].model_calls += 1
-            yield res
-
-
 class ShardWorker:
-    """The actor: backends built once, then batches of shards run through the request cache."""
+    """The actor: its own backends (one engine per model, built once), running batches of shards on
+    the same execution core as the local executor, each record's whole chain of stages on it."""
 
-    def __init__(self, run_dir: str, models: dict, schemas: dict, renderers: dict, retries: int,
-                 backend_kwargs: dict, factory: Callable | str | None, session: str | None = None):
-        from generator.engine.run_folder import RunFolder
-
-        self.folder = RunFolder(run_dir)
-        self.session = session
+    def __init__(self, run_dir: str, models: dict, backend_kwargs: dict, factory: Callable | str | None,
+                 session: str | None = None):
+        self.run_dir, self.session = run_dir, session
         self.models = models
-        self.schemas = schemas
-        self.renderers = renderers
-        self.retries = retries
         self.backend_kwargs = backend_kwargs
         self.factory = factory
         self.backends: dict[str, Any] = {}
         self.load_seconds = 0.0
-        self.cache = None
+        self._compiled: tuple[str, Any, Any] | None = None  # (spec hash, resolved, pipeline)
 
-    def configure(self, run_dir: str, schemas: dict, renderers: dict, retries: int,
-                  session: str | None = None) -> None:
+    def configure(self, run_dir: str, session: str | None = None) -> None:
         """Reuse the actor (and its loaded engines) for the next job of the same models."""
-        from generator.engine.run_folder import RunFolder
-
-        if self.cache is not None and (str(self.folder.path) != str(run_dir) or session != self.session):
-            self.cache.close()
-            self.cache = None
-        self.folder = RunFolder(run_dir)
-        self.session = session
-        self.schemas, self.renderers, self.retries = schemas, renderers, retries
+        self.run_dir, self.session = run_dir, session
 
     def warm(self, names: list[str]) -> dict[str, dict]:
-        t0 = time.time()
-        factory = _resolve_factory(self.factory)
-        for name in names:
-            if name not in self.backends:
-                self.backends[name] = factory(self.models[name], **self.backend_kwargs)
-        self.load_seconds += time.time() - t0
+        from generator.engine.executors.local import build_backends
+
+        self.load_seconds += build_backends(_resolve_factory(self.factory), self.models.values(), names,
+                                            self.backend_kwargs, self.backends)
         return {n: {**self.backends[n].describe(), "load_seconds": self.load_seconds} for n in names}
 
-    def run_shards(self, shards: list[Shard]):
-        """Generate and write each shard; yield (stats, rows) as each one lands."""
-        from generator.engine.requests import ShardAssembler, generate_rows
+    def _compile(self, spec):
+        """The spec resolved and compiled here, once per spec (its files are read on this node)."""
+        key = spec.hash()
+        if self._compiled is None or self._compiled[0] != key:
+            from generator.engine.pipeline.execute import compile_spec
+            from generator.engine.planner import resolve_spec
 
-        if self.cache is None:
-            self.cache = self.folder.cache(session=self.session)
-        started = time.time()
-        stats = {s.name: ShardStats(name=s.name, records=len(s.rows)) for s in shards}
-        landed: list[tuple[ShardStats, list[dict]]] = []
+            resolved = resolve_spec(spec)
+            self._compiled = (key, resolved, compile_spec(resolved))
+        return self._compiled[1], self._compiled[2]
 
-        def write(shard: Shard, rows: list[dict]) -> None:
-            self.folder.write_shard(shard.name, rows)
-            landed.append((stats[shard.name].count(rows, started), rows))
+    def run_shards(self, spec, shards: list[Shard], models: list[str]):
+        """Run every record of `shards` to its end and write each shard; yield (stats, rows) per shard
+        (the last one carries the batch's model calls)."""
+        from generator.engine.pipeline.execute import run_records
+        from generator.engine.run_folder import RunFolder
 
-        assembler = ShardAssembler(shards, write)
-        owner = {r["id"]: s.name for s in shards for r in s.rows}
-        models = sorted({r["model"] for s in shards for r in s.rows})
+        resolved, pipeline = self._compile(spec)
         self.warm(models)
-        for model in models:
-            rows = [r for s in shards for r in s.rows if r["model"] == model]
-            backend = _Counting(self.backends[model], owner, stats)
-            generate_rows(backend, rows, self.cache, self.retries, self.schemas, self.renderers, assembler.add)
-        self.cache.flush()  # usage of a batch answered wholly from the cache
-        # a shard's stats are complete once every model has run; with one window per batch the
-        # shards of a batch land together anyway
-        for st, rows in landed:
-            yield st, rows
+        landed: list[ShardStats] = []
+        rows_of: dict[str, list[dict]] = {}
+
+        def on_record(row: dict) -> None:
+            rows_of.setdefault(owner[row["id"]], []).append(row)
+
+        owner = {r["id"]: s.name for s in shards for r in s.rows}
+        rows = ({**r, "shard": s.name} for s in shards for r in s.rows)
+        stats = run_records(RunFolder(self.run_dir), resolved, pipeline, rows, {s.name: len(s.rows) for s in shards},
+                            {m: self.backends[m] for m in models}, self.session, on_record, landed.append)
+        if landed:
+            landed[-1].model_calls += stats.model_calls
+            landed[-1].cache_hits += stats.cache_hits
+        for st in landed:
+            yield st, rows_of.get(st.name, [])
 
     def shutdown(self) -> None:
         for b in self.backends.values():
@@ -159,9 +150,6 @@ class ShardWorker:
             except Exception:
                 pass
         self.backends.clear()
-        if self.cache is not None:
-            self.cache.close()
-            self.cache = None
 
 
 class RayExecutor:
@@ -222,7 +210,7 @@ class RayExecutor:
 
     def _new_actor(self, ray, job: Job):
         return self._actor_cls.options(**self._actor_options(ray)).remote(
-            str(job.run_dir), job.models, job.schemas, job.renderers, job.retries,
+            str(job.run_dir), {m.name: m for m in job.resolved.spec.models},
             _picklable_kwargs(job.backend_kwargs), self.backend_factory, job.session)
 
     def _warm(self, ray, actors: list, names: list[str]) -> list[dict]:
@@ -240,25 +228,28 @@ class RayExecutor:
 
     # One loop on purpose: dealing batches, collecting results and replacing dead actors share state
     # (in-flight batches, retries) that would otherwise be passed between several functions.
-    def execute(self, job: Job) -> Iterator[ShardStats]:
+    def execute(self, job: Job) -> None:
         self._report = ExecReport()
-        if not job.shards:
+        shards = _shards(job.rows, job.sizes)
+        first = next(shards, None)
+        if first is None:
             return
         calls_before = self.model_calls
         t0 = time.time()  # Ray start-up counts as load time, like an engine's
         ray = self._init_ray()
         from ray.exceptions import RayActorError
 
-        names = sorted({r["model"] for s in job.shards for r in s.rows})
-        key = tuple(sorted(job.models)), tuple(sorted(_picklable_kwargs(job.backend_kwargs).items(), key=str))
+        names = sorted(job.models)
+        spec = job.resolved.spec
+        key = tuple(sorted(m.name for m in spec.models)), tuple(sorted(_picklable_kwargs(job.backend_kwargs).items(),
+                                                                        key=str))
         if self.actors and key != self._models_key:
             self._kill_actors(ray)
         if not self.actors:
             self.actors = [self._new_actor(ray, job) for _ in range(self._default_actors(ray))]
             self._models_key = key
         else:
-            ray.get([a.configure.remote(str(job.run_dir), job.schemas, job.renderers, job.retries, job.session)
-                     for a in self.actors])
+            ray.get([a.configure.remote(str(job.run_dir), job.session) for a in self.actors])
         infos = self._warm(ray, self.actors, names)
         self._describe(infos, time.time() - t0)
         # warming actors that already hold the engines takes next to nothing: a reused run's
@@ -268,20 +259,35 @@ class RayExecutor:
         if job.on_engine_ready:
             job.on_engine_ready()
 
-        shard_size = max(max(len(s.rows) for s in job.shards), 1)
-        window = self.batch_records or job.backend_kwargs.get("window") or 256
-        queue: deque[Shard] = deque(job.shards)
-        attempts: dict[str, int] = {s.name: 0 for s in job.shards}
+        shard_size = max(max(job.sizes.values()), 1)
+        window = self.batch_records or spec.run.window or 256
+        queue: deque[Shard] = deque([first])
+        attempts: dict[str, int] = {}
         idle = deque(self.actors)
         running: dict[Any, tuple[Any, list[Shard], set[str]]] = {}  # stream -> (actor, shards, landed)
+        left = len(job.sizes) - 1  # shards not yet read from the plan
 
         def submit() -> None:
-            while idle and queue:
+            nonlocal left
+            while idle and (queue or left):
                 actor = idle.popleft()
-                per = max(1, min(window // shard_size, math.ceil(len(queue) / len(self.actors))))
+                per = max(1, min(window // shard_size, math.ceil((len(queue) + left) / len(self.actors))))
+                while len(queue) < per and left:  # the plan is read as shards are handed out
+                    queue.append(next(shards))
+                    left -= 1
                 batch = [queue.popleft() for _ in range(min(per, len(queue)))]
-                stream = actor.run_shards.options(num_returns="streaming").remote(batch)
+                stream = actor.run_shards.options(num_returns="streaming").remote(spec, batch, names)
                 running[stream] = (actor, batch, set())
+
+        def landed_shard(st: ShardStats, rows: list[dict]) -> None:
+            self.model_calls += st.model_calls
+            self._report.model_calls = self.model_calls - calls_before
+            self._report.cache_hits += st.cache_hits
+            if job.on_record:
+                for row in rows:
+                    job.on_record(row)
+            if job.on_shard:
+                job.on_shard(st)
 
         folder = RunFolder(job.run_dir)
         submit()
@@ -303,10 +309,10 @@ class RayExecutor:
                 for s in batch:
                     if s.name not in landed and folder.shard_path(s.name).exists():
                         landed.add(s.name)
-                        yield self._from_disk(folder, s, job)
+                        landed_shard(*self._from_disk(folder, s))
                 lost = [s for s in batch if s.name not in landed]
                 for s in lost:
-                    attempts[s.name] += 1
+                    attempts[s.name] = attempts.get(s.name, 0) + 1
                     if attempts[s.name] > self.max_shard_retries:
                         raise SynthgenError(f"shard {s.name} failed on {attempts[s.name]} Ray actors "
                                             f"(last: {str(exc).splitlines()[0]}); rerun the same command "
@@ -322,26 +328,15 @@ class RayExecutor:
                     raise cause from None
                 raise
             landed.add(st.name)
-            self.model_calls += st.model_calls
-            self._report.model_calls = self.model_calls - calls_before
-            if job.on_record:
-                for row in rows:
-                    job.on_record(row)
-            yield st
+            landed_shard(st, rows)
 
     @staticmethod
-    def _from_disk(folder, shard: Shard, job: Job) -> ShardStats:
+    def _from_disk(folder, shard: Shard) -> tuple[ShardStats, list[dict]]:
         import polars as pl
 
         rows = pl.read_parquet(folder.shard_path(shard.name)).to_dicts()
-        st = ShardStats(name=shard.name, records=len(rows))
-        for r in rows:
-            st.statuses[r["status"]] = st.statuses.get(r["status"], 0) + 1
-            st.prompt_tokens += r["prompt_tokens"] or 0
-            st.completion_tokens += r["completion_tokens"] or 0
-            if job.on_record:
-                job.on_record(r)
-        return st
+        final = [r for r in rows if r.get("final", True)]
+        return ShardStats(name=shard.name, records=len(final)).count(final, time.time()), rows
 
     def _replace(self, ray, job: Job, dead, names: list[str]):
         """A fresh actor (backends loaded) in place of one that died."""

@@ -175,12 +175,11 @@ class PipelineScheduler:
     def _handle(self, batch: list[tuple[str, Any, Any]]) -> None:
         results = [payload for kind, _, payload in batch if kind == "result"]
         self._store(results)  # answers that landed are kept even when a stream failed
-        for kind, who, payload in batch:
+        for kind, who, payload in batch:  # in arrival order: what landed before a failure still counts
             if kind == "error":
                 raise payload
             if kind == "end":
                 raise RuntimeError(f"the {who} stream ended with {len(self._open)} records unfinished")
-        for kind, who, payload in batch:
             if kind == "result":
                 pend = self._pending.pop(payload.id, None)
                 if pend is not None:
