@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.machine import describe, machine  # noqa: E402
+from bench.machine import describe  # noqa: E402
 
 SPEC = """name: bench_pipeline
 seed: {seed}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.machine import describe, machine  # noqa: E402
+from bench.machine import describe  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 TARGET_S = 60.0
 
@@ -48,7 +48,7 @@ def main() -> None:
     print(describe(), flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-    from scoring.embed import _static, embed
+    from scoring.embed import static_table, embed
     from scoring.metrics import DEFAULT_METRICS, EMBEDDING, get
 
     texts = load(a.n)
@@ -60,7 +60,7 @@ def main() -> None:
         print(f"({reused} texts are GSM8K texts reused with a prefix: near_dup_rate counts them)")
 
     t0 = time.perf_counter()
-    _static()  # load (or distill once) the static table; not counted below
+    static_table()  # load (or distill once) the static table; not counted below
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     emb = embed(texts, "static")

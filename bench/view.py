@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.machine import describe, machine  # noqa: E402
+from bench.machine import describe  # noqa: E402
 
 WORDS = ("apple river stone cloud seven music garden bridge number engine planet silver window forest ocean "
          "candle mirror rabbit violin tower harbor lantern meadow copper falcon pepper quartz saddle thunder "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 from rich.console import Console
@@ -11,28 +10,12 @@ from rich.table import Table
 from rich.text import Text
 
 from generator.cli.errors import Group
+from generator.cli.options import parse_sets as _parse_sets, quiet_engine_logs as _quiet_engine_logs
 from generator.cli.output import echo, show_table
 from generator.core.version import __version__
 
 console = Console(stderr=True, emoji=False, highlight=False)
 out = Console(emoji=False, highlight=False)
-
-
-def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
-    out_: dict[str, str] = {}
-    for v in values:
-        if "=" not in v:
-            raise click.UsageError(f"--set '{v}' is not KEY=VALUE; write e.g. --set seed=7")
-        k, _, val = v.partition("=")
-        out_[k.strip()] = val
-    return out_
-
-
-def _quiet_engine_logs(verbose: bool) -> None:
-    if not verbose:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

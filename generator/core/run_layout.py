@@ -32,7 +32,20 @@ def shard_index(name: str) -> tuple[int, int]:
 
 
 def generation_files(run_dir: str | Path) -> list[Path]:
+    """The run's written shard files, in (round, index) order; [] before the first one."""
     return sorted((Path(run_dir) / GENERATIONS).glob(SHARD_GLOB))
+
+
+def require_generation_files(run_dir: str | Path, what: str = "") -> list[Path]:
+    """`generation_files`, or a one-line error when the folder is missing or holds no shard yet."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunFolderError(f"{run}: run folder not found{what}; give the folder `synthgen run` wrote into")
+    files = generation_files(run)
+    if not files:
+        raise RunFolderError(f"{run / GENERATIONS}: no {SHARD_GLOB} files{what}; is {run} a synthgen run folder? "
+                             f"Generate into it first with `synthgen run SPEC --out {run}`")
+    return files
 
 
 def read_generation_files(run_dir: str | Path) -> pl.DataFrame | None:
