@@ -15,6 +15,8 @@ MANIFEST = "manifest.json"
 PLAN = "plan.parquet"
 CACHE = "cache.sqlite"
 GENERATIONS = "generations"
+SCORES = "scores.json"  # the spec's metrics on the ok rows
+ROUNDS = "rounds"  # feedback rounds: round-NNN.json, stop.json
 SHARD_GLOB = "part-*.parquet"
 _SHARD_RE = re.compile(r"^part-(\d{3,})-(\d{5,})\.parquet$")
 
@@ -55,6 +57,10 @@ def read_generation_files(run_dir: str | Path) -> pl.DataFrame | None:
     if not files:
         return None
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def has_rounds(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / ROUNDS).is_dir()
 
 
 def is_run_folder(run_dir: str | Path) -> bool:
