@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.machine import describe, machine, markdown, parse_cpuinfo, parse_meminfo
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench/ is scripts, not an installed package
+from bench.machine import describe, machine, markdown, parse_cpuinfo, parse_meminfo  # noqa: E402
 
 X86 = """\
 processor\t: 0
