@@ -46,8 +46,13 @@ def gpus() -> list[str]:
                              capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [f"{name.strip()} ({mem.strip()})" for name, _, mem in
-            (line.partition(",") for line in out.splitlines() if line.strip())]
+    return parse_gpus(out)
+
+
+def parse_gpus(text: str) -> list[str]:
+    """'NAME (MEMORY)' per line of `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader`."""
+    return [f"{name.strip()} ({mem.strip()})" if mem.strip() else name.strip()
+            for name, _, mem in (line.rpartition(",") for line in text.splitlines() if "," in line)]
 
 
 def _read(path: str) -> str:

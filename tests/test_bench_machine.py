@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/ is scripts, not an installed package
-from bench.machine import describe, machine, markdown, parse_cpuinfo, parse_meminfo  # noqa: E402
+from bench.machine import describe, machine, markdown, parse_cpuinfo, parse_gpus, parse_meminfo  # noqa: E402
 
 X86 = """\
 processor\t: 0
@@ -44,6 +44,12 @@ def test_cpuinfo_flags_and_model():
 def test_meminfo():
     assert parse_meminfo("MemTotal:       16318156 kB\nMemFree: 1 kB\n") == 16318156 * 1024
     assert parse_meminfo("MemFree: 1 kB\n") is None
+
+
+def test_gpu_lines():
+    text = "NVIDIA H200, 143771 MiB\nNVIDIA A100-SXM4-80GB, 81920 MiB\n\n"
+    assert parse_gpus(text) == ["NVIDIA H200 (143771 MiB)", "NVIDIA A100-SXM4-80GB (81920 MiB)"]
+    assert parse_gpus("") == [] and parse_gpus("No devices were found\n") == []
 
 
 def test_describe_names_every_fact():
