@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe, machine  # noqa: E402
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["bare", "offline", "http", "ray"])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    print(describe(), flush=True)
     work = Path(tempfile.mkdtemp(prefix="sg-bench-backends-"))
     offline_model = "{name: smollm2-135m, engine: {enable_chunked_prefill: false, max_model_len: 2048}}"
     spec = write_spec(work, "offline", offline_model, args.prompts, args.max_tokens)
@@ -189,7 +191,7 @@ def main() -> None:
         print(f"{name:<10}{r['records']:>8}{r['completion_tokens']:>8}{r['generate_s']:>8.1f}"
               f"{r['tokens_per_s']:>9.1f}{ratio:>9}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"machine": machine(), "backends": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe  # noqa: E402
 TOPICS = ("fractions", "volcanoes", "rainbows", "magnets", "tides", "bridges", "honeybees", "glaciers",
           "batteries", "comets", "deserts", "vaccines", "rivers", "telescopes", "forests", "clocks")
 
@@ -231,6 +232,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--only", choices=["a", "c"], help="run one of the two measurements")
     args = ap.parse_args()
+    print(describe(), flush=True)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     if args.only != "c":
         bench_decode(args)

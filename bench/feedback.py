@@ -43,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe, machine  # noqa: E402
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -230,6 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fake", action="store_true", help="fake backend (control flow only, numbers meaningless)")
     ap.add_argument("--json", help="write the per-run numbers here")
     args = ap.parse_args(argv)
+    print(describe(), flush=True)
     if args.seeds < 2:
         ap.error("--seeds must be at least 2 for an interval")
     if bool(args.judge_url) != bool(args.judge_model):
@@ -254,7 +256,7 @@ def main(argv=None) -> int:
     print(f"whole bench {time.time() - t_all:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "args": vars(args), "summary": summary, "token_budget": token_budget, "doc_budget": doc_budget,
+            "machine": machine(), "args": vars(args), "summary": summary, "token_budget": token_budget, "doc_budget": doc_budget,
             "seconds": time.time() - t_all,
             "runs": [{k: v for k, v in r.items() if k != "texts"} for r in runs]}, indent=2))
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe, machine  # noqa: E402
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--png", default=str(ROOT / "docs" / "ladder.png"))
     ap.add_argument("--json", help="write the statuses and scores here")
     args = ap.parse_args(argv)
+    print(describe(), flush=True)
     models = args.model or ["smollm2-135m"]
     out = Path(args.out)
     if not args.resume:
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     plot(results, Path(args.png))
     print(f"\nplot: {args.png}; whole bench {time.time() - t0:.0f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": time.time() - t0, "models": {
+        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "seconds": time.time() - t0, "models": {
             m: {"rungs": rows, "compare": {k: v for k, v in cmp.items() if k != "datasets"}}
             for m, (rows, cmp) in results.items()}}, indent=2, default=str))
     return 0

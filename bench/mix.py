@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe, machine  # noqa: E402
 
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 FILE_BYTES = 1 << 30
@@ -209,11 +210,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child)
+    print(describe(), flush=True)
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="synthgen-mix-bench-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"cpu cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
         t0 = time.perf_counter()
         size, docs = make_corpus(work / "web", args.gb)
         make_run(work / "run", args.synthetic_copies)
@@ -232,8 +234,8 @@ def main() -> None:
             print(f"4:1 mix again, from the token cache (load average {os.getloadavg()[0]:.1f}):", flush=True)
             out["warm"] = report("warm", *run_sampled({**cfg, "out": str(work / "mix2")}))
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
-        print(json.dumps({k: {"tokens_per_s": v["tokens_per_s"], "peak_rss_mix": v["peak_rss_mix"],
-                              "peak_rss_all": v["peak_rss_all"]} for k, v in out.items()}))
+        print(json.dumps({"machine": machine()} | {k: {"tokens_per_s": v["tokens_per_s"], "peak_rss_mix": v["peak_rss_mix"],
+                                                 "peak_rss_all": v["peak_rss_all"]} for k, v in out.items()}))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe  # noqa: E402
 
 
 def main() -> None:
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    print(describe(), flush=True)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
     from generator.core.backend import Borrowed

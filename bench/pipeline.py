@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe  # noqa: E402
 
 SPEC = """name: bench_pipeline
 seed: {seed}
@@ -112,6 +113,7 @@ def main() -> None:
     ap.add_argument("--max-in-flight", type=int, default=16,
                     help="requests in the engine at once, in both arms (run.window; 0: no cap)")
     args = ap.parse_args()
+    print(describe(), flush=True)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
     from generator import run

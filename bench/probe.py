@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe, machine  # noqa: E402
 
 from generator.mix import MixConfig, build_mix  # noqa: E402
 from generator.probe import ProbeSettings, run_probe  # noqa: E402
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--gsm8k-n", type=int, default=4)
     ap.add_argument("--gsm8k-max-new-tokens", type=int, default=24)
     a = ap.parse_args()
+    print(describe(), flush=True)
 
     run = a.run or make_run(a.out / "run")
     mix_dir = a.out / "mix"
@@ -86,7 +88,7 @@ def main() -> None:
     exceeds = [d for d in probe["differences"] if d["exceeds"] and d["metric"] != "train_loss_last"]
     print("differences beyond the spread: " + (", ".join(f"{d['arm']} {d['metric']} {d['delta']:+.4g} "
                                                           f"(spread {d['spread']:.4g})" for d in exceeds) or "none"))
-    print(json.dumps({"probe": str(a.out / "probe" / "probe.json")}))
+    print(json.dumps({"machine": machine(), "probe": str(a.out / "probe" / "probe.json")}))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 TARGET_S = 60.0
 
@@ -44,21 +45,22 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--minilm-sample", type=int, default=256)
     a = ap.parse_args()
+    print(describe(), flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-    from scoring.embed import _static, embed
+    from scoring.embed import static_table, embed
     from scoring.metrics import DEFAULT_METRICS, EMBEDDING, get
 
     texts = load(a.n)
     n_tok = sum(len(t.split()) for t in texts)
     reused = max(0, len(texts) - 8792)
-    print(f"{len(texts)} GSM8K texts, {n_tok} whitespace tokens, {os.cpu_count()} CPUs, "
+    print(f"{len(texts)} GSM8K texts, {n_tok} whitespace tokens, "
           f"load average {os.getloadavg()[0]:.1f} (other jobs share these CPUs)")
     if reused:
         print(f"({reused} texts are GSM8K texts reused with a prefix: near_dup_rate counts them)")
 
     t0 = time.perf_counter()
-    _static()  # load (or distill once) the static table; not counted below
+    static_table()  # load (or distill once) the static table; not counted below
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     emb = embed(texts, "static")

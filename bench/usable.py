@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe, machine  # noqa: E402
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the per-template counts here")
     ap.add_argument("--dump", help="write every answered row (prompt, completion, status) here as JSON lines")
     args = ap.parse_args(argv)
+    print(describe(), flush=True)
     names = [t for g in args.group for t in GROUPS[g]] + [t for t in args.templates.split(",") if t.strip()]
     if not names:  # the groups a plain `make bench` measures
         names = GROUPS["textbook"] + GROUPS["math"]
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
                                                           "attempts", "prompt", "completion", "text")},
                                    ensure_ascii=False) + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": gen_s, "templates": report}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "seconds": gen_s, "templates": report}, indent=2))
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe  # noqa: E402
 
 WORDS = ("apple river stone cloud seven music garden bridge number engine planet silver window forest ocean "
          "candle mirror rabbit violin tower harbor lantern meadow copper falcon pepper quartz saddle thunder "
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=10000)
     ap.add_argument("--keep", help="Write the run folder here and keep it.")
     args = ap.parse_args()
+    print(describe(), flush=True)
     tmp = tempfile.TemporaryDirectory()
     run = Path(args.keep) if args.keep else Path(tmp.name) / "run"
     t = time.perf_counter()

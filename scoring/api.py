@@ -269,7 +269,7 @@ def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = Fa
     Exact and MinHash near duplicates (Jaccard >= `threshold`); with `embeddings`, also texts whose
     embeddings have cosine >= `semantic_threshold`.
     """
-    from scoring.metrics.duplicates import _UnionFind, exact_duplicates, find_duplicates, semantic_duplicates
+    from scoring.metrics.duplicates import UnionFind, exact_duplicates, find_duplicates, semantic_duplicates
 
     files = generation_files(run_dir)
     if not files:
@@ -293,7 +293,7 @@ def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = Fa
     if embeddings and texts:
         from scoring.embed import embed
         sem = semantic_duplicates(embed(texts, embedder=embedder), semantic_threshold)
-        uf = _UnionFind(len(texts))
+        uf = UnionFind(len(texts))
         for i, (a, b) in enumerate(zip(near, sem)):
             for j in (a, b):
                 if j is not None:

@@ -120,7 +120,7 @@ def distill_static(out_dir: Path | None = None, dim: int = STATIC_DIM, batch_siz
     return out
 
 
-def _static():
+def static_table():
     with _lock:
         if "static" not in _models:
             from tokenizers import Tokenizer
@@ -140,7 +140,7 @@ def _embed_static(texts: Sequence[str]) -> np.ndarray:
     """Mean of the texts' token rows (a sparse count matrix times the table), then L2-normalized."""
     import itertools
 
-    tok, table, _specials = _static()
+    tok, table, _specials = static_table()
     encs = tok.encode_batch_fast(list(texts), add_special_tokens=False) if hasattr(tok, "encode_batch_fast") \
         else tok.encode_batch(list(texts), add_special_tokens=False)
     ids_list = [e.ids for e in encs]

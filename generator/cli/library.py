@@ -34,10 +34,10 @@ def with_model_options(f):
 
 def _backend(model, backend, base_url, api_key_env):
     from generator.engine.backends import make_backend
-    from generator.cli.main import _quiet_engine_logs
+    from generator.cli.options import quiet_engine_logs
     from generator.config.spec import ModelConfig
 
-    _quiet_engine_logs(False)
+    quiet_engine_logs(False)
     try:
         cfg = ModelConfig(name=model, backend=backend, base_url=base_url, api_key_env=api_key_env)
     except ValueError as exc:  # the message only, never the value (it may be a pasted key)
@@ -188,17 +188,17 @@ def preview(spec_path, count, metrics, sets, allow):
 
     Nothing is written: this is for iterating on templates (edit, preview, compare)."""
     from generator.engine.backends import make_backend
-    from generator.cli.main import _parse_sets, _quiet_engine_logs
+    from generator.cli.options import parse_sets, quiet_engine_logs
     from generator.engine.planner import expand, resolve_spec, validate
     from generator.engine.executors.local import build_backends
     from generator.engine.pipeline.execute import answer_rows
     from generator.config.spec import load_spec
 
-    _quiet_engine_logs(False)
+    quiet_engine_logs(False)
     from generator.cli.scoring import check_metrics
 
     check_metrics(None, None, metrics)
-    spec = load_spec(spec_path, _parse_sets(sets), allow)
+    spec = load_spec(spec_path, parse_sets(sets), allow)
     resolved = resolve_spec(spec)
     validate(resolved)
     per_cell = max(1, -(-count * len(resolved.templates) // max(1, len(resolved.cells))) * 2)

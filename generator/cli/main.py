@@ -2,40 +2,20 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from generator.cli.errors import Group
+from generator.cli.options import parse_sets as _parse_sets, quiet_engine_logs as _quiet_engine_logs
 from generator.cli.output import echo, show_table
 from generator.core.version import __version__
 
 console = Console(stderr=True, emoji=False, highlight=False)
 out = Console(emoji=False, highlight=False)
-
-
-def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
-    out_: dict[str, str] = {}
-    for v in values:
-        if "=" not in v:
-            raise click.UsageError(f"--set '{v}' is not KEY=VALUE; write e.g. --set seed=7")
-        k, _, val = v.partition("=")
-        out_[k.strip()] = val
-    return out_
-
-
-def _quiet_engine_logs(verbose: bool) -> None:
-    if not verbose:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -90,56 +70,13 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
         from generator.engine.executors.ray import RayExecutor
 
         ex = RayExecutor(address=address, actors=actors)
-    prog = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), TextColumn("{task.fields[cost]}"), console=console, transient=False)
-    state = {"task": None, "tokens": 0, "t0": None, "finished": 0, "records": 0, "cost": None, "mark": 0,
-             "total": 0}
-    prices = {m.name: m.price.model_dump() if m.price else None for m in spec.models}
+    from generator.cli.progress import RunDisplay
 
-    def _advance() -> None:
-        # the engine reports each finished request; its row follows once classified: show the larger
-        done = max(state["finished"], state["records"])
-        dt = max(time.time() - (state["t0"] or time.time()), 1e-6)
-        rate = f"{state['tokens'] / dt:,.0f} tok/s" if state["tokens"] else ""
-        cost = state["cost"].text(done - state["mark"]) if state["cost"] else ""
-        # a retried answer is a second finished request for one record: never count past the plan
-        prog.update(state["task"], completed=min(state["base"] + done, state["total"]), rate=rate, cost=cost)
-
-    def on_event(event: str, data: dict) -> None:
-        if event == "plan":
-            echo(f"plan: {data['records']} records ({data['new']} new) in {data['seconds']:.2f}s", error=True)
-        elif event == "start":
-            done = data["records"] - data["pending"]
-            if done:
-                console.print(f"resuming: {done} records already generated, {data['pending']} to go")
-            if data["pending"]:
-                console.print("[dim]loading the model (first use converts the embedded model once)...[/]")
-            state["base"] = done
-            state["mark"] = max(state["finished"], state["records"])  # done before this start (rounds)
-            if data["pending"] and data.get("session"):
-                from generator.cli.live_cost import LiveCost
-
-                state["cost"] = LiveCost(data["run_dir"], data["session"], prices, data["pending"])
-            state["total"] = data["records"]
-            state["task"] = prog.add_task("generating", total=data["records"], completed=done, rate="", cost="")
-            prog.start()
-        elif event == "engine_ready":
-            state["t0"] = time.time()
-        elif event == "finished":
-            state["finished"] += data["n"]
-            _advance()
-        elif event == "record":
-            state["records"] += 1
-            state["tokens"] += data.get("completion_tokens") or 0
-            _advance()
-        elif event == "done":
-            prog.stop()
-
+    display = RunDisplay(console, {m.name: m.price.model_dump() if m.price else None for m in spec.models})
     try:
-        result = run_spec(spec, out=out, limit=limit, executor=ex, progress=on_event)
+        result = run_spec(spec, out=out, limit=limit, executor=ex, progress=display)
     finally:
-        prog.stop()
+        display.close()
     _summary(result)
 
 

@@ -101,10 +101,10 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
         try:
             cfg = MixConfig.model_validate(data)
         except Exception as exc:  # pydantic ValidationError -> one line
-            from generator.mix import _validation_error
+            from generator.mix import validation_error
 
             if hasattr(exc, "errors"):
-                raise _validation_error(exc) from None
+                raise validation_error(exc) from None
             raise
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RepetitionWarning)  # also printed through the log

@@ -392,12 +392,12 @@ def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
     if spec.mix is not None:  # checked now, with positions, rather than when the mix is built
         from pydantic import ValidationError as _VE
 
-        from generator.mix import MixConfig, _validation_error
+        from generator.mix import MixConfig, validation_error
 
         try:
             MixConfig.model_validate(spec.mix)
         except _VE as exc:
-            raise _validation_error(exc, doc, ("mix",)) from None
+            raise validation_error(exc, doc, ("mix",)) from None
     spec._file = doc.file
     spec._located = doc
     spec.confinement()  # a refused `allow_paths:` entry fails at load, with its line

@@ -15,6 +15,8 @@ MANIFEST = "manifest.json"
 PLAN = "plan.parquet"
 CACHE = "cache.sqlite"
 GENERATIONS = "generations"
+SCORES = "scores.json"  # the spec's metrics on the ok rows
+ROUNDS = "rounds"  # feedback rounds: round-NNN.json, stop.json
 SHARD_GLOB = "part-*.parquet"
 _SHARD_RE = re.compile(r"^part-(\d{3,})-(\d{5,})\.parquet$")
 
@@ -32,7 +34,20 @@ def shard_index(name: str) -> tuple[int, int]:
 
 
 def generation_files(run_dir: str | Path) -> list[Path]:
+    """The run's written shard files, in (round, index) order; [] before the first one."""
     return sorted((Path(run_dir) / GENERATIONS).glob(SHARD_GLOB))
+
+
+def require_generation_files(run_dir: str | Path, what: str = "") -> list[Path]:
+    """`generation_files`, or a one-line error when the folder is missing or holds no shard yet."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunFolderError(f"{run}: run folder not found{what}; give the folder `synthgen run` wrote into")
+    files = generation_files(run)
+    if not files:
+        raise RunFolderError(f"{run / GENERATIONS}: no {SHARD_GLOB} files{what}; is {run} a synthgen run folder? "
+                             f"Generate into it first with `synthgen run SPEC --out {run}`")
+    return files
 
 
 def read_generation_files(run_dir: str | Path) -> pl.DataFrame | None:
@@ -42,6 +57,10 @@ def read_generation_files(run_dir: str | Path) -> pl.DataFrame | None:
     if not files:
         return None
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def has_rounds(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / ROUNDS).is_dir()
 
 
 def is_run_folder(run_dir: str | Path) -> bool:

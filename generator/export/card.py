@@ -13,6 +13,8 @@ from typing import Any
 import polars as pl
 import yaml
 
+from generator.core.run_layout import SCORES
+
 SIZE_BOUNDS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
                (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (10 ** 12, "100B<n<1T")]
@@ -53,7 +55,7 @@ def _when(ts: Any) -> str:
 
 
 def scores_lines(run_dir: Path) -> list[str]:
-    path = run_dir / "scores.json"
+    path = Path(run_dir) / SCORES
     if not path.exists():
         return []
     try:

@@ -162,7 +162,7 @@ class MixConfig(_Strict):
         return data
 
 
-def _validation_error(exc: ValidationError, located: Any = None, prefix: tuple = ()) -> SynthgenError:
+def validation_error(exc: ValidationError, located: Any = None, prefix: tuple = ()) -> SynthgenError:
     err = exc.errors()[0]
     loc = tuple(err.get("loc", ()))
     msg = err.get("msg", "invalid value")
@@ -179,7 +179,7 @@ def mix_config_from_dict(data: dict, base_dir: str | Path | None = None) -> MixC
     try:
         cfg = MixConfig.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise validation_error(exc) from None
     return cfg.resolved(base_dir) if base_dir is not None else cfg
 
 
@@ -204,5 +204,5 @@ def load_mix_config(path: str | Path) -> MixConfig:
     try:
         cfg = MixConfig.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc, located, prefix) from None
+        raise validation_error(exc, located, prefix) from None
     return cfg.resolved(path.parent)

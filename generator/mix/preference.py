@@ -9,7 +9,7 @@ import polars as pl
 
 from generator.core.errors import SynthgenError
 from generator.core.files import write_json_atomic, write_parquet_atomic, write_text_atomic
-from generator.core.run_layout import read_manifest
+from generator.core.run_layout import read_generation_files, read_manifest, require_generation_files
 
 
 def _compare_judge(run: Path) -> tuple[str, list[str]]:
@@ -25,10 +25,8 @@ def _compare_judge(run: Path) -> tuple[str, list[str]]:
 def preference_rows(run: Path) -> tuple[pl.DataFrame, dict[str, int]]:
     """The run's final `ok` records with a verdict, and how many rows were skipped, by reason."""
     judge, (first, _) = _compare_judge(run)
-    files = sorted((run / "generations").glob("part-*.parquet"))
-    if not files:
-        raise SynthgenError(f"{run / 'generations'}: no part-*.parquet files; is {run} a synthgen run folder?")
-    df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    require_generation_files(run)
+    df = read_generation_files(run)
     final = df.filter(pl.col("final"))
     skipped = {"not final (a rejected attempt)": df.height - final.height}
     ok = final.filter(pl.col("status") == "ok")

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from generator.core.errors import SynthgenError
+from generator.core.run_layout import require_generation_files
 from generator.mix.config import SyntheticSource
 from generator.mix.index import ChunkRows, IndexContext, index_file
 from generator.mix.reader import Chunk
@@ -15,13 +15,7 @@ from generator.mix.sources import SourceFile, SourceIndex, fields_error, is_empt
 
 
 def run_files(src: SyntheticSource) -> list[Path]:
-    run = src.run
-    if not run.is_dir():
-        raise SynthgenError(f"{run}: synthetic run folder not found (synthetic source '{src.display_name()}')")
-    files = sorted((run / "generations").glob("part-*.parquet"))
-    if not files:
-        raise SynthgenError(f"{run / 'generations'}: no part-*.parquet files; is {run} a synthgen run folder?")
-    return files
+    return require_generation_files(src.run, f" (synthetic source '{src.display_name()}')")
 
 
 class SyntheticRows:

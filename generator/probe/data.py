@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from generator.core.errors import SynthgenError
+from generator.core.run_layout import generation_files
 from generator.mix.manifest import MANIFEST_NAME
 from generator.mix.parsing import ratio_text
 from generator.mix.reader import scan_file
@@ -116,7 +117,7 @@ def _synthetic_candidates(arms: list[Arm]) -> list[tuple[str, dict]]:
             if src.get("kind") != "synthetic" or not src.get("run"):
                 continue
             flt = src.get("filters") or {}
-            for f in sorted((Path(src["run"]) / "generations").glob("part-*.parquet")):
+            for f in generation_files(src["run"]):
                 for r in pl.read_parquet(f).to_dicts():
                     if flt.get("statuses") is not None and r.get("status") not in flt["statuses"]:
                         continue

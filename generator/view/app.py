@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 
+from generator.core.run_layout import has_rounds
 from generator.view import data
 from generator.view.redundancy import SCORE_SAMPLE, Embeddings, ok_token_count, run_scores
 
@@ -27,7 +28,7 @@ class Run:
         return {"name": self.name, "path": str(self.path), "records": self.df.height,
                 "facets": data.facets(self.df), "has_duplicates": "duplicate_of" in self.df.columns,
                 "duplicates": int(self.df["duplicate_of"].is_not_null().sum()) if "duplicate_of" in self.df.columns else 0,
-                "has_rounds": (self.path / "rounds").is_dir(),
+                "has_rounds": has_rounds(self.path),
                 "extra_columns": [c for c in self.df.columns if c not in data.SHOWN and not c.startswith("_")]}
 
 
@@ -126,7 +127,7 @@ class View:
         from generator.feedback.rounds_report import allocation_matrix, trajectory_rows
 
         r = self.run(params.get("run"))
-        rounds = load_rounds(r.path) if (r.path / "rounds").is_dir() else []
+        rounds = load_rounds(r.path) if has_rounds(r.path) else []
         if not rounds:
             return {"rounds": [], "trajectory": [], "cells": [], "allocation": {}}
         order, mat = allocation_matrix(rounds)

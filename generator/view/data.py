@@ -13,6 +13,9 @@ from typing import Any
 
 import polars as pl
 
+from generator.core.errors import RunFolderError
+from generator.core.run_layout import (GENERATIONS, PLAN, SHARD_GLOB, read_generation_files,
+                                         read_manifest, read_plan)
 from generator.engine.run_folder import GENERATION_SCHEMA
 
 # filter name -> column; a filter is offered when its column exists
@@ -49,14 +52,11 @@ def _message(role: str) -> pl.Expr:
 def load_run(run_dir: str | Path) -> pl.DataFrame:
     """Every record of a run folder, with helper columns `_row`, `_system`, `_user`, `_text`, `_q`."""
     run = Path(run_dir)
-    files = sorted((run / "generations").glob("*.parquet"))
-    plan_path = run / "plan.parquet"
-    if not files and not plan_path.exists():
-        raise RunError(f"{run}: no plan.parquet or generations/*.parquet")
-    frames = [pl.read_parquet(f) for f in files]
-    df = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    if plan_path.exists():
-        plan = pl.read_parquet(plan_path)
+    gens, plan = read_generation_files(run), read_plan(run)
+    if gens is None and plan is None:
+        raise RunError(f"{run}: no {PLAN} or {GENERATIONS}/{SHARD_GLOB}")
+    df = gens if gens is not None else pl.DataFrame()
+    if plan is not None:
         pending = plan if df.is_empty() else plan.join(df.select("id"), on="id", how="anti")
         if pending.height:
             pending = pending.with_columns(pl.lit("pending").alias("status"))
@@ -172,8 +172,8 @@ def plain(v: Any) -> Any:
 
 
 def manifest(run_dir: str | Path) -> dict[str, Any]:
-    p = Path(run_dir) / "manifest.json"
+    """The run's manifest; {} when it is missing or unreadable (the viewer still shows the rows)."""
     try:
-        return json.loads(p.read_text()) if p.exists() else {}
-    except (OSError, ValueError):
+        return read_manifest(run_dir)
+    except (OSError, RunFolderError):
         return {}

@@ -25,7 +25,7 @@ def normalize(text: str) -> str:
     return _WS.sub(" ", text).strip().lower()
 
 
-class _UnionFind:
+class UnionFind:
     def __init__(self, n: int):
         self.parent = list(range(n))
 
@@ -73,7 +73,7 @@ def exact_duplicates(texts: Sequence[str]) -> list[int | None]:
     return out
 
 
-def _near_union(texts: Sequence[str], threshold: float, uf: _UnionFind, num_perm: int = NUM_PERM) -> None:
+def _near_union(texts: Sequence[str], threshold: float, uf: UnionFind, num_perm: int = NUM_PERM) -> None:
     from datasketch import MinHashLSH
 
     if len(texts) < 2:
@@ -95,7 +95,7 @@ def find_duplicates(texts: Sequence[str], threshold: float = 0.8, near: bool = T
     duplicates all point to the same kept text.
     """
     n = len(texts)
-    uf = _UnionFind(n)
+    uf = UnionFind(n)
     for i, j in enumerate(exact_duplicates(texts)):
         if j is not None:
             uf.union(i, j)
@@ -112,7 +112,7 @@ def semantic_duplicates(embeddings: np.ndarray, threshold: float = 0.95, chunk: 
     """Earlier index with cosine similarity >= threshold (embeddings L2-normalized), union-find roots."""
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
-    uf = _UnionFind(n)
+    uf = UnionFind(n)
     for s in range(0, n, chunk):
         sims = x[s:s + chunk] @ x[: s + chunk].T
         for r in range(sims.shape[0]):

@@ -8,24 +8,48 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from generator.core.errors import BackendError
-from generator.engine.backends.openai_http import RETRY_STATUSES, _retry_after, _server_message
-
-if TYPE_CHECKING:
-    from generator.engine.backends.openai_batch import OpenAIBatchBackend, Part
+from generator.engine.backends.openai_http import RETRY_STATUSES, parse_retry_after, server_message
 
 FINAL = {"completed", "failed", "expired", "cancelled"}
 
 
-class BatchClient:
-    def __init__(self, backend: "OpenAIBatchBackend"):
-        import httpx
+# What the client needs of the backend and of a part (openai_batch's OpenAIBatchBackend and Part),
+# named here so that this module does not import the one that imports it.
+class BatchEndpoint(Protocol):
+    base_url: str
+    public_url: str
+    folder: Path
+    max_retries: int
+    poll_s: float
+    stats: dict[str, int]
 
+    def http_client(self) -> Any: ...
+
+
+class BatchPart(Protocol):
+    base: Path
+    state: dict[str, Any]
+
+    @property
+    def input_path(self) -> Path: ...
+
+    @property
+    def output_path(self) -> Path: ...
+
+    @property
+    def errors_path(self) -> Path: ...
+
+    def save(self, **changes: Any) -> None: ...
+
+
+class BatchClient:
+    def __init__(self, backend: BatchEndpoint):
         self.b = backend
-        self.http = httpx.Client(headers=backend._headers, transport=backend._transport,
-                                 timeout=httpx.Timeout(backend.timeout, connect=10.0))
+        self.http = backend.http_client()
 
     def __enter__(self) -> "BatchClient":
         return self
@@ -46,8 +70,8 @@ class BatchClient:
                     return resp
                 if resp.status_code not in RETRY_STATUSES or attempt == self.b.max_retries:
                     raise BackendError(f"backend openai_batch: {self.b.public_url}{path} answered HTTP "
-                                       f"{resp.status_code}: {_server_message(resp.content)}")
-                retry_after = _retry_after(resp.headers.get("retry-after"))
+                                       f"{resp.status_code}: {server_message(resp.content)}")
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if attempt == self.b.max_retries:
                     raise BackendError(f"backend openai_batch: cannot reach {self.b.public_url} after "
@@ -76,7 +100,7 @@ class BatchClient:
             after = data["data"][-1].get("id")
         return None
 
-    def submit(self, part: "Part") -> None:
+    def submit(self, part: BatchPart) -> None:
         if not part.state.get("file_id"):
             resp = self._call("POST", "/files", data={"purpose": "batch"},
                               files={"file": (part.input_path.name, part.input_path.read_bytes(),
@@ -90,7 +114,7 @@ class BatchClient:
                 "metadata": {"synthgen_part": part.base.name}}).json()
         part.save(batch_id=found["id"], status=found.get("status") or "validating", submitted_at=time.time())
 
-    def complete(self, part: "Part") -> None:
+    def complete(self, part: BatchPart) -> None:
         """Submit (if needed), poll until the batch ends, download its output and error files."""
         if not part.state.get("batch_id"):
             self.submit(part)

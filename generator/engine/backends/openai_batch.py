@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
-from generator.engine.backends.openai_http import _public_url, auth_headers, request_body
+from generator.engine.backends.openai_http import auth_headers, redacted_url, request_body
 
 MAX_REQUESTS = 50_000           # the Batch API's limits per input file
 MAX_BYTES = 200 * 1024 * 1024
@@ -122,7 +122,7 @@ class OpenAIBatchBackend:
         self.model = model
         self.runner = runner
         self.base_url = (base_url or "").rstrip("/")
-        self.public_url = _public_url(self.base_url) if self.base_url else "local run_batch"
+        self.public_url = redacted_url(self.base_url) if self.base_url else "local run_batch"
         self.api_key_env = api_key_env
         self.engine = dict(engine or {})
         self.poll_s = poll_s
@@ -140,6 +140,13 @@ class OpenAIBatchBackend:
         self.folder = Path(run_dir) / "batches" / re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
         self.stats = {"parts_submitted": 0, "parts_resumed": 0, "requests_submitted": 0, "polls": 0}
         self._headers = auth_headers(api_key_env, f"backend openai_batch ({self.public_url})")
+
+    def http_client(self):
+        """An httpx client with this backend's key and timeout, for `batch_api.BatchClient`."""
+        import httpx
+
+        return httpx.Client(headers=self._headers, transport=self._transport,
+                            timeout=httpx.Timeout(self.timeout, connect=10.0))
 
     def __repr__(self) -> str:  # never show headers (they hold the key)
         return f"OpenAIBatchBackend(model={self.model!r}, runner={self.runner!r}, base_url={self.public_url!r})"

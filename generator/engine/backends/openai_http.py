@@ -29,7 +29,7 @@ RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
 
 
-def _public_url(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL without user:password or query string (either may carry a secret)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -38,7 +38,7 @@ def _public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _server_message(body: bytes | str, limit: int = 300) -> str:
+def server_message(body: bytes | str, limit: int = 300) -> str:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
         data = json.loads(text)
@@ -51,7 +51,7 @@ def _server_message(body: bytes | str, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
@@ -102,7 +102,7 @@ class OpenAIBackend:
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/chat/completions"
-        self.public_url = _public_url(self.base_url)
+        self.public_url = redacted_url(self.base_url)
         self.api_key_env = api_key_env
         self.concurrency = max(int(concurrency), 1)
         self.timeout = timeout
@@ -168,7 +168,7 @@ class OpenAIBackend:
                 404: f"; check `base_url` (it should end in /v1) and that the server serves model "
                      f"'{self.model}'"}.get(status, "")
         return BackendError(f"backend openai: {self.public_url} answered HTTP {status}: "
-                            f"{_server_message(body)}{hint}")
+                            f"{server_message(body)}{hint}")
 
     async def _send(self, client, method: str, url: str, payload: dict | None = None):
         """One HTTP call with retries; returns the final response (2xx, or a 4xx to report)."""
@@ -184,7 +184,7 @@ class OpenAIBackend:
                 if resp.status_code not in RETRY_STATUSES:
                     return resp
                 self.stats["status_429" if resp.status_code == 429 else "status_5xx"] += 1
-                retry_after = _retry_after(resp.headers.get("retry-after"))
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
                 if attempt >= self.max_retries:
                     return resp
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
@@ -227,7 +227,7 @@ class OpenAIBackend:
             if resp.status_code in RETRY_STATUSES:  # still failing after every retry: record, move on
                 return Result(id=r.id, text="", finish_reason="error",
                               error=f"HTTP {resp.status_code} after {self.max_retries} retries: "
-                                    f"{_server_message(resp.content, 200)}")
+                                    f"{server_message(resp.content, 200)}")
             raise self._http_error(resp.status_code, resp.content)
         try:
             data = resp.json()
