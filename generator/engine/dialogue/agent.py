@@ -1,8 +1,9 @@
 """The agent driver: a model with tools, step by step, up to `max_steps` model calls.
 
-Step k is one assistant call (tag `s{k}.assistant`, seed `stage_seed(..., 64k)`); when it answers
-with tool calls, they are run as one parallel batch: `ToolCall`s for Python and MCP tools (the
-scheduler's `ToolRunner`), a `ModelCall` (tag `s{k}.tool{j}`, seed `64k + j`) for a simulated tool.
+Step k is one assistant call (tag `s{k}.assistant`, seed `seeds(64k)`, `seeds` being the stage's
+seed rule as in conversation.py); when it answers with tool calls, they are run as one parallel
+batch: `ToolCall`s for Python and MCP tools (the scheduler's `ToolRunner`), a `ModelCall` (tag
+`s{k}.tool{j}`, seed `seeds(64k + j)`) for a simulated tool.
 Each call gets a result, an error result included; the model sees them and goes on. A final answer
 ends the run: status `ok`, or `tool_error` when some call failed. No final answer within the
 budget: `max_steps`.
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 from generator.config.tools import ToolDef
 from generator.engine.dialogue.presentation import Presentation, SchemaPresentation
 from generator.engine.dialogue.protocol import (Driver, ModelCall, ToolCall, ToolRecord, ToolResult, Trajectory,
                                                 TurnRecord)
 from generator.engine.dialogue.tools import check_arguments
-from generator.engine.pipeline.context import stage_seed
 
 SIMULATE_SYSTEM = ("You are the tool `{name}`: {description}\nIts arguments follow this JSON Schema: {schema}\n"
                    "{instruction}Answer with the tool's result only, as it would return it (JSON or plain text), "
@@ -31,6 +32,7 @@ class AgentSetup:
     stage: str
     attempt: int
     prompt: tuple[dict, ...]           # the rendered task template
+    seeds: Callable[[int], int]        # sample -> seed: the stage's seed rule for this record and attempt
     tools: tuple[ToolDef, ...]
     model: str | None = None
     max_steps: int = 6
@@ -65,7 +67,7 @@ def agent(s: AgentSetup) -> Driver:
     for step in range(1, s.max_steps + 1):
         traj.steps = step
         call = ModelCall(messages=tuple(s.presentation.model_messages(messages, defs)), model=s.model,
-                         seed=stage_seed(s.spec_seed, s.rid, s.stage, s.attempt, 64 * step),
+                         seed=s.seeds(64 * step),
                          json_schema=s.presentation.schema(defs, s.max_calls_per_step), tag=f"s{step}.assistant",
                          tools=s.presentation.tools_param(defs))
         (res,) = yield [call]
@@ -103,8 +105,7 @@ def agent(s: AgentSetup) -> Driver:
                 if err:
                     early[j] = ToolResult(cid, "", err)
                     continue
-                actions.append(simulate_call(tool, args, stage_seed(s.spec_seed, s.rid, s.stage, s.attempt,
-                                                                    64 * step + j), f"s{step}.tool{j}"))
+                actions.append(simulate_call(tool, args, s.seeds(64 * step + j), f"s{step}.tool{j}"))
             else:
                 actions.append(ToolCall(call_id=cid, name=name, arguments=args))
         outcomes = iter((yield actions) if actions else [])

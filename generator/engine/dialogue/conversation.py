@@ -4,17 +4,20 @@ Exchange k (1-based) is one simulator call (tag `t{k}.user`) and then one assist
 (`t{k}.assistant`), each sent the conversation so far the moment the previous turn lands. The
 number of exchanges is drawn per record from `turns: {min, max}`; the simulator may end earlier
 by writing the stop marker (its turn is dropped), or a stop expression may end it after an
-exchange. Seeds: `stage_seed(spec seed, record id, stage, attempt, 2k)` for the simulator's turn k
-and `2k + 1` for the assistant's.
+exchange. Seeds: `seeds(2k)` for the simulator's turn k and `seeds(2k + 1)` for the assistant's,
+where the scheduler passes `seeds = functools.partial(stage_seed, spec seed, record id, stage,
+attempt)` (generator.engine.pipeline.context; injected, so the pipeline may import this package).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from generator.engine.dialogue.protocol import Driver, ModelCall, Trajectory, TurnRecord
-from generator.engine.pipeline.context import stage_seed
-from generator.engine.pipeline.expressions import Expression
 from generator.engine.planner import hash64
+
+if TYPE_CHECKING:
+    from generator.engine.pipeline.expressions import Expression
 
 
 @dataclass(frozen=True)
@@ -24,13 +27,14 @@ class ConversationSetup:
     stage: str
     attempt: int
     user_prompt: tuple[dict, ...]      # the simulator's rendered template (system and/or user messages)
+    seeds: Callable[[int], int]        # sample -> seed: the stage's seed rule for this record and attempt
     assistant_system: str | None = None
     user_model: str | None = None
     assistant_model: str | None = None
     turns_min: int = 2
     turns_max: int = 4
     marker: str | None = "[END]"
-    stop: Expression | None = None
+    stop: "Expression | None" = None
 
 
 def drawn_turns(s: ConversationSetup) -> int:
@@ -70,7 +74,7 @@ def conversation(s: ConversationSetup) -> Driver:
 
     for k in range(1, n + 1):
         call = ModelCall(messages=tuple(simulator_view(s.user_prompt, history)), model=s.user_model,
-                         seed=stage_seed(s.spec_seed, s.rid, s.stage, s.attempt, 2 * k), tag=f"t{k}.user",
+                         seed=s.seeds(2 * k), tag=f"t{k}.user",
                          role="user")
         (res,) = yield [call]
         traj.turns.append(_record(call.tag, "user", call, res))
@@ -87,7 +91,7 @@ def conversation(s: ConversationSetup) -> Driver:
 
         head = [{"role": "system", "content": s.assistant_system}] if s.assistant_system else []
         call = ModelCall(messages=tuple(head + history), model=s.assistant_model,
-                         seed=stage_seed(s.spec_seed, s.rid, s.stage, s.attempt, 2 * k + 1),
+                         seed=s.seeds(2 * k + 1),
                          tag=f"t{k}.assistant", role="assistant")
         (res,) = yield [call]
         traj.turns.append(_record(call.tag, "assistant", call, res))

@@ -24,7 +24,6 @@ from typing import Any
 
 from generator.config.tools import ToolDef
 from generator.engine.dialogue.protocol import ToolCall, ToolResult
-from generator.engine.pipeline.verify import project_paths
 
 PREVIEW = 200
 
@@ -179,11 +178,13 @@ class ToolRunner:
 
     def __init__(self, tools: list[ToolDef] | tuple[ToolDef, ...], project_dir: Path | str, *,
                  timeout: float = 10.0, max_result_chars: int = 4000, memory_mb: int = 1024, workers: int = 2,
-                 base_dir: Path | None = None):
+                 import_paths: list[str] | None = None):
+        """`import_paths`: where `module:function` is imported from (the scheduler passes
+        generator.engine.pipeline.verify.project_paths(spec.base_dir)); default: the project folder."""
         self.tools = {t.name: t for t in tools}
         self.project_dir = str(Path(project_dir).resolve())
         self.timeout, self.max_result_chars = timeout, max_result_chars
-        paths = project_paths(Path(base_dir) if base_dir else Path(self.project_dir))
+        paths = [str(Path(p).resolve()) for p in import_paths or []]
         if self.project_dir not in paths:
             paths.append(self.project_dir)
         self._initargs = ([self.project_dir, *_import_roots()], paths, self.project_dir, memory_mb)
@@ -254,10 +255,13 @@ class ToolRunner:
         except concurrent.futures.TimeoutError:
             return "", f"{tool.name}: the MCP server did not answer within {self.timeout:g}s"
         text = "\n".join(getattr(c, "text", "") for c in out.content if getattr(c, "type", "") == "text")
-        if out.isError:
+        # mcp 2.x names the fields in snake case, 1.x in camel case
+        is_error = getattr(out, "is_error", None) or getattr(out, "isError", False)
+        structured = getattr(out, "structured_content", None) or getattr(out, "structuredContent", None)
+        if is_error:
             return "", f"{tool.name}: the MCP server reported an error: {text[:300]}"
-        if not text and out.structuredContent is not None:
-            return serialise(out.structuredContent, self.max_result_chars)
+        if not text and structured is not None:
+            return serialise(structured, self.max_result_chars)
         return serialise(text, self.max_result_chars)
 
     def list_mcp_tools(self, command: list[str]) -> list[str]:

@@ -3,10 +3,24 @@ every call's arguments match its tool's schema, no call failed, the step budget 
 answer matches the expected value (from a seed column, a rendered value, or a tool's result)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 from generator.config.tools import ToolDef
 from generator.engine.dialogue.protocol import ToolCall, Trajectory
 from generator.engine.dialogue.tools import ToolRunner, check_arguments
-from generator.engine.pipeline.verify import Verdict, extract_answer
+
+
+@dataclass
+class Verdict:
+    """The fields of generator.engine.pipeline.verify.Verdict (they become `<stage>.<field>` columns);
+    defined here so the pipeline may import this package without a cycle."""
+
+    passed: bool
+    reason: str
+    agree: int | None = None
+    answer: str | None = None
+    majority: str | None = None  # the expected value, as extracted
 
 
 def expected_by_tool(runner: ToolRunner, tool: str, arguments: str) -> tuple[str | None, str | None]:
@@ -16,8 +30,12 @@ def expected_by_tool(runner: ToolRunner, tool: str, arguments: str) -> tuple[str
 
 
 def verify_trajectory(traj: Trajectory, tools: dict[str, ToolDef] | None = None, expected: str | None = None,
-                      extract: str = "number", max_steps: int | None = None,
+                      extract: Callable[[str | None], str | None] | None = None, max_steps: int | None = None,
                       allow_failed_calls: bool = False) -> Verdict:
+    """`extract` turns a text into the comparable answer; the scheduler passes
+    `functools.partial(generator.engine.pipeline.verify.extract_answer, how=expect.extract)`
+    (default: the whitespace-normalised, lower-cased text)."""
+    extract = extract or (lambda t: " ".join(t.split()).lower() or None if t else None)
     if traj.failed:
         return Verdict(False, f"status {traj.status}: {traj.reason}")
     for call in traj.tool_calls:
@@ -36,12 +54,12 @@ def verify_trajectory(traj: Trajectory, tools: dict[str, ToolDef] | None = None,
     if expected is None:
         return Verdict(True, f"{traj.steps} step(s), {len(traj.tool_calls)} tool call(s), none failed"
                        if not failed else f"{traj.steps} step(s); {len(failed)} failed call(s) allowed")
-    want = extract_answer(str(expected), extract)
-    got = extract_answer(traj.final_answer, extract)
+    want = extract(str(expected))
+    got = extract(traj.final_answer)
     if want is None:
-        return Verdict(False, f"the expected value {str(expected)[:80]!r} has no {extract} answer", answer=got)
+        return Verdict(False, f"no answer found in the expected value {str(expected)[:80]!r}", answer=got)
     if got is None:
-        return Verdict(False, f"no {extract} answer in the final answer", majority=want)
+        return Verdict(False, "no answer found in the final answer", majority=want)
     if got != want:
         return Verdict(False, f"final answer {got} is not the expected {want}", answer=got, majority=want)
     return Verdict(True, f"final answer {got} matches the expected value", answer=got, majority=want)
