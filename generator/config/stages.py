@@ -140,8 +140,8 @@ class UserRole(Strict):
 class AssistantRole(Strict):
     """The assistant of a conversation stage: a system prompt (inline or a template) and a model."""
 
-    template: str | None = Field(None, description="Template whose rendered text is the assistant's system "
-                                 "prompt (its user part is ignored).")
+    template: str | None = Field(None, description="Template whose rendered system message is the assistant's "
+                                 "system prompt (its user part is ignored).")
     system: str | None = Field(None, description="The assistant's system prompt, inline.")
     model: str | None = Field(None, description="A model name from `models:`; default: the record's model.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
