@@ -258,3 +258,14 @@ def test_schema_presentation_merges_one_steps_results_into_one_user_message():
 def test_tool_definitions_need_exactly_one_valid_implementation(bad):
     with pytest.raises(ValueError):
         ToolDef(name="t", description="d", **bad)
+
+
+def test_the_presentation_follows_the_chat_template():
+    from generator.engine.dialogue.presentation import presentation_for
+
+    smol = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']}}{% endfor %}"
+    tooled = "{% if tools %}{{ tools | tojson }}{% endif %}" + smol
+    assert isinstance(presentation_for(smol, native_tools=True), SchemaPresentation)
+    assert isinstance(presentation_for(tooled, native_tools=True), NativePresentation)
+    assert isinstance(presentation_for(tooled, native_tools=False), SchemaPresentation)
+    assert isinstance(presentation_for(None), SchemaPresentation)

@@ -129,8 +129,10 @@ def test_an_mcp_server_is_listed_and_called(tmp_path):
              ToolDef(name="loud", description="Shout.", mcp={"command": cmd, "tool": "shout"},
                      parameters={"type": "object", "properties": {"text": {"type": "string"}}}),
              ToolDef(name="broken", description="Fails.", mcp={"command": cmd},
-                     parameters={"type": "object", "properties": {"text": {"type": "string"}}})]
-    with ToolRunner(tools, tmp_path, timeout=20) as r:
+                     parameters={"type": "object", "properties": {"text": {"type": "string"}}}),
+             ToolDef(name="nap", description="Hangs.", mcp={"command": cmd},
+                     parameters={"type": "object", "properties": {"seconds": {"type": "number"}}})]
+    with ToolRunner(tools, tmp_path, timeout=3) as r:
         assert {"add", "shout", "broken"} <= set(r.list_mcp_tools(cmd))
         res = r.submit(ToolCall("c1", "add", '{"a": 2, "b": 40}')).result(timeout=60)
         assert res.ok and float(res.content) == 42
@@ -138,4 +140,8 @@ def test_an_mcp_server_is_listed_and_called(tmp_path):
         bad = r.run(ToolCall("c3", "broken", '{"text": "x"}'))
         assert not bad.ok and "reported an error" in bad.error and "broken" in bad.error
         assert "schema" in r.run(ToolCall("c4", "add", '{"a": "x", "b": 1}')).error
+        t = time.monotonic()
+        hung = r.run(ToolCall("c5", "nap", '{"seconds": 60}'))
+        assert "did not answer within 3s" in hung.error and time.monotonic() - t < 10
+        assert r.run(ToolCall("c6", "loud", '{"text": "still here"}')).content == "STILL HERE"
         assert len(r._mcp) == 1  # one session per server command

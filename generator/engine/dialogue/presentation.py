@@ -130,3 +130,12 @@ class NativePresentation:
             except (KeyError, TypeError):
                 return Parsed(error="the server's tool_calls are not in OpenAI form")
         return Parsed(final=result.text)
+
+
+def presentation_for(chat_template: str | None, native_tools: bool = False) -> Presentation:
+    """Native tool calling only where the model's chat template renders `tools` and the backend
+    parses tool calls (`native_tools`, e.g. a vLLM server started with a tool parser); otherwise
+    tool calls through structured output (the embedded SmolLM2's template has no `tools`)."""
+    if native_tools and chat_template and "tools" in chat_template:
+        return NativePresentation()
+    return SchemaPresentation()
