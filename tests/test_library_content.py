@@ -182,7 +182,7 @@ def test_library_templates_render_with_plan_variables():
                "expertise": "intermediate", "interests": ["chess", "running"]}
     for path in TEMPLATES:
         tpl = parse_template(path)
-        if tpl.name.startswith(("tools/", "pipeline/")):  # pipeline/: stage templates (test_pipeline_specs)
+        if tpl.name.startswith(("tools/", "pipeline/", "dialogue/")):  # pipeline/, dialogue/: stage templates
             continue
         ctx = dict(CONTEXT_TOPIC, topics=[CONTEXT_TOPIC] * tpl.topics_per_prompt,
                    persona=persona, personas=[persona] * tpl.personas_per_prompt)

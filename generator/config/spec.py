@@ -19,10 +19,11 @@ from generator.core.errors import SpecError
 from generator.config.overrides import apply_overrides
 from generator.config.base import SamplingOverride, Strict, TemplateRef
 from generator.config.seed_data import SeedTopics
-from generator.config.stages import Stage
+from generator.config.stages import AgentStage, Stage
+from generator.config.tools import ToolDef
 from generator.core.yaml_loader import Located, load_yaml
 
-__all__ = ["SamplingOverride", "Strict", "TemplateRef", "SeedTopics", "Stage"]
+__all__ = ["SamplingOverride", "Strict", "TemplateRef", "SeedTopics", "Stage", "ToolDef"]
 
 DEFAULT_MODEL = "smollm2-135m"
 MAX_RECORDS = 1_000_000  # default bound on a plan (docs/security.md): more needs run.max_records
@@ -255,6 +256,8 @@ class Spec(Strict):
     stages: list[Stage] | None = Field(None, min_length=1, description="A multi-stage pipeline "
                                        "(docs/pipelines.md); without it, one generate stage of `templates:`.")
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    tools: list[ToolDef] = Field(default_factory=list, description="Functions agent stages may call: "
+                                 "OpenAI-style definitions, each with one implementation (docs/conversations.md).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     vars: dict[str, Any] = Field(default_factory=dict)
     output: str | None = None
@@ -287,6 +290,24 @@ class Spec(Strict):
             raise ValueError("rounds.signal: judge reads a judge stage's scores; it needs `stages:`")
         if self.stages is not None and self.templates:
             raise ValueError("a spec with `stages:` names its templates in the stages; remove `templates:`")
+        return self
+
+    @model_validator(mode="after")
+    def _tools_named(self):
+        names = [t.name for t in self.tools]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"tools: '{twice[0]}' is defined twice; give each tool its own name")
+        for stage in self.stages or []:
+            if not isinstance(stage, AgentStage):
+                continue
+            for name in stage.tools:
+                if name not in names:
+                    raise ValueError(f"stage '{stage.name}': tool '{name}' is not in `tools:`; define it there "
+                                     f"({', '.join(names) or 'no tools defined'})")
+            if stage.expect is not None and stage.expect.tool is not None and stage.expect.tool not in names:
+                raise ValueError(f"stage '{stage.name}': expect.tool '{stage.expect.tool}' is not in `tools:`; "
+                                 f"define it there")
         return self
 
     @property
@@ -325,7 +346,10 @@ class Spec(Strict):
                            allowed=tuple(allowed))
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        if not data["tools"]:
+            del data["tools"]  # specs without tools keep the hash they had before `tools:` existed
+        return json.dumps(data, sort_keys=True)
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]

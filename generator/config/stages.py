@@ -127,4 +127,113 @@ class FilterStage(_Stage):
                       "quality.correctness >= 4` (docs/pipelines.md: the expression language).")
 
 
-Stage = Annotated[Union[GenerateStage, JudgeStage, VerifyStage, FilterStage], Field(discriminator="kind")]
+class UserRole(Strict):
+    """The user simulator of a conversation stage: its template says who it is (persona, topic,
+    seed row) and what it wants; it writes every user turn."""
+
+    template: str = Field(description="Template name or path of the simulator's prompt (its system/user "
+                          "messages); it sees the record's topic, persona, seed columns and earlier stages.")
+    model: str | None = Field(None, description="A model name from `models:`; default: the record's model.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+
+
+class AssistantRole(Strict):
+    """The assistant of a conversation stage: a system prompt (inline or a template) and a model."""
+
+    template: str | None = Field(None, description="Template whose rendered system message is the assistant's "
+                                 "system prompt (its user part is ignored).")
+    system: str | None = Field(None, description="The assistant's system prompt, inline.")
+    model: str | None = Field(None, description="A model name from `models:`; default: the record's model.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+
+    @model_validator(mode="after")
+    def _one_prompt(self):
+        if self.template is not None and self.system is not None:
+            raise ValueError("the assistant takes `template:` or `system:`, not both; keep one")
+        return self
+
+
+class Turns(Strict):
+    """Exchanges (a user turn and the assistant's answer) per conversation, drawn per record."""
+
+    min: int = Field(2, ge=1, le=64, description="Fewest exchanges drawn.")
+    max: int = Field(4, ge=1, le=64, description="Most exchanges drawn.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min > self.max:
+            raise ValueError(f"turns.min ({self.min}) is above turns.max ({self.max}); make min <= max")
+        return self
+
+
+class StopRule(Strict):
+    """When a conversation ends before its drawn number of exchanges."""
+
+    marker: str | None = Field("[END]", min_length=1, description="The simulator ends the chat by writing "
+                               "this (its turn is dropped); null: never.")
+    expr: str | None = Field(None, description="End after an exchange when this is true; it reads `turn` "
+                             "(exchanges so far), `user` and `assistant` (the last texts), `chars` and "
+                             "`completion_tokens` (docs/pipelines.md: the expression language).")
+
+
+class ConversationStage(_Stage):
+    """Multi-turn self-play: a user simulator and an assistant take turns (docs/conversations.md)."""
+
+    kind: Literal["conversation"]
+    user: UserRole = Field(description="The user simulator.")
+    assistant: AssistantRole = Field(default_factory=AssistantRole, description="The assistant.")
+    turns: Turns = Field(default_factory=Turns, description="Exchanges per conversation: {min, max}.")
+    stop: StopRule = Field(default_factory=StopRule, description="Early end: the simulator's marker and/or "
+                           "an expression.")
+
+
+class Expect(Strict):
+    """The value an agent's final answer must match: a rendered value or a tool's result."""
+
+    value: str | None = Field(None, description="A Jinja string rendered with the record's context, e.g. "
+                              "`{{ answer }}` (a seed column) or `{{ problem.json.answer }}`.")
+    tool: str | None = Field(None, description="A tool from `tools:` whose result is the expected value.")
+    arguments: dict = Field(default_factory=dict, description="tool: its arguments; string values are Jinja "
+                            "rendered with the record's context.")
+    extract: Literal["number", "boxed", "last_line", "text"] = Field(
+        "number", description="How the answer is compared: as a number, a \\boxed{} part, the last line, "
+        "or the whole text (case and spacing ignored).")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.value is None) == (self.tool is None):
+            raise ValueError("`expect` needs exactly one of `value:` or `tool:` (with `arguments:`)")
+        if self.arguments and self.tool is None:
+            raise ValueError("`expect.arguments` goes with `expect.tool`; add `tool:` or remove `arguments:`")
+        return self
+
+
+class AgentStage(_Stage):
+    """A model with tools: it calls them, reads their results, and goes on until it gives a final
+    answer or runs out of steps (docs/conversations.md)."""
+
+    kind: Literal["agent"]
+    template: str = Field(description="Template name or path of the task prompt.")
+    model: str | None = Field(None, description="A model name from `models:`; default: the record's model.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+    tools: list[str] = Field(min_length=1, description="Names from the spec's `tools:` the model may call.")
+    max_steps: int = Field(6, ge=1, le=64, description="Most model calls per trajectory (a step answers with "
+                           "tool calls or the final answer).")
+    max_calls_per_step: int = Field(4, ge=1, le=32, description="Most tool calls in one step.")
+    tool_timeout: float = Field(10.0, gt=0, le=600, description="Seconds a tool call may run before it fails.")
+    tool_memory_mb: int = Field(1024, ge=64, le=1 << 20, description="Address-space limit of the Python "
+                                "tool worker, in MiB.")
+    max_result_chars: int = Field(4000, ge=16, le=1_000_000, description="A longer tool result is an error "
+                                  "(the model sees a truncated preview).")
+    expect: Expect | None = Field(None, description="Verify the final answer against this value.")
+    allow_failed_calls: bool = Field(False, description="Accept a trajectory in which some tool call failed.")
+
+    @model_validator(mode="after")
+    def _unique_tools(self):
+        if len(set(self.tools)) != len(self.tools):
+            raise ValueError("`tools` names a tool twice; list each once")
+        return self
+
+
+Stage = Annotated[Union[GenerateStage, JudgeStage, VerifyStage, FilterStage, ConversationStage, AgentStage],
+                  Field(discriminator="kind")]

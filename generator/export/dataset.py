@@ -17,9 +17,10 @@ from pathlib import Path
 
 import polars as pl
 
-from generator.core.files import write_parquet_atomic
+from generator.core.files import atomic_path, write_parquet_atomic
 from generator.core.run_layout import is_run_folder, read_generation_files, read_manifest
-from generator.export.rows import LAYOUT_ABOUT, ExportError, Filters, Preference, layout_frame, select, split
+from generator.export.rows import (JSON_COLUMNS, LAYOUT_ABOUT, ExportError, Filters, Preference, layout_frame,
+                                   select, split)
 
 
 
@@ -72,9 +73,27 @@ def _write_split(frame: pl.DataFrame, to: Path, name: str, rows_per_file: int) -
     names = []
     for k in range(n_files):
         rel = f"data/{name}-{digest}-{k:05d}-of-{n_files:05d}.parquet"
-        write_parquet_atomic(frame.slice(k * rows_per_file, rows_per_file), to / rel)
+        _write_parquet(frame.slice(k * rows_per_file, rows_per_file), to / rel)
         names.append(rel)
     return names, f"data/{name}-{digest}-*.parquet"
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Lists of JSON text (conversations, tools) are written as Parquet JSON, so each message
+    loads as a dict whatever keys it has (a struct type would add every other row's keys as nulls)."""
+    json_cols = [c for c in JSON_COLUMNS if frame.schema.get(c) == pl.List(pl.String)]
+    if not json_cols:
+        write_parquet_atomic(frame, path)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = frame.to_arrow()
+    for c in json_cols:
+        i = table.schema.get_field_index(c)
+        table = table.set_column(i, c, table.column(c).cast(pa.list_(pa.string())).cast(pa.list_(pa.json_())))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None = None) -> ExportResult:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,12 +139,54 @@ def layout_frame(frame: pl.DataFrame, layout: str, pref: Preference | None = Non
     if layout == "text":
         return frame.select(["text", *meta]), 0
     if layout == "messages":
+        if "conversation" in frame.columns:
+            return _conversations(frame, meta), 0
         assistant = pl.struct(pl.lit("assistant").alias("role"), pl.col("text").alias("content"))
         msgs = pl.concat_list(pl.col("messages"), pl.concat_list(assistant)).alias("messages")
         return frame.select([msgs, *meta]), 0
     if layout == "preference":
         return _preference(frame, pref or Preference(), meta)
     raise ExportError(f"--layout {layout}: unknown; choose from {', '.join(LAYOUTS)}")
+
+
+# columns written as lists of JSON values (Parquet's JSON type; `datasets` loads each as a dict)
+JSON_COLUMNS = ("messages", "tools")
+
+
+def chat_message(m: dict) -> dict:
+    """One OpenAI-style message in the form chat templates read: content always a string, tool-call
+    arguments as objects (the OpenAI API sends them as JSON text)."""
+    out = dict(m)
+    out["content"] = m.get("content") or ""
+    if m.get("tool_calls"):
+        calls = []
+        for c in m["tool_calls"]:
+            fn = dict(c.get("function") or {})
+            if isinstance(fn.get("arguments"), str):
+                try:
+                    fn["arguments"] = json.loads(fn["arguments"])
+                except ValueError:
+                    pass  # kept as written: the model's own malformed text
+            calls.append({**c, "function": fn})
+        out["tool_calls"] = calls
+    return out
+
+
+def _conversations(frame: pl.DataFrame, meta: list[str]) -> pl.DataFrame:
+    """Rows of conversation and agent stages (a `conversation` column of OpenAI messages, `tools`
+    of OpenAI tool definitions) with the single-turn rows of the same run beside them."""
+    msgs_out, tools_out = [], []
+    has_tools = "tools" in frame.columns
+    for row in frame.iter_rows(named=True):
+        if row.get("conversation"):
+            msgs = json.loads(row["conversation"])
+        else:
+            msgs = list(row.get("messages") or []) + [{"role": "assistant", "content": row.get("text") or ""}]
+        msgs_out.append([json.dumps(chat_message(m), ensure_ascii=False) for m in msgs])
+        tools = json.loads(row["tools"]) if has_tools and row.get("tools") else None
+        tools_out.append([json.dumps(t, ensure_ascii=False) for t in tools] if tools else None)
+    return pl.DataFrame({"messages": msgs_out, "tools": tools_out},
+                        schema={"messages": pl.List(pl.String), "tools": pl.List(pl.String)}).hstack(frame.select(meta))
 
 
 def _preference(frame: pl.DataFrame, p: Preference, meta: list[str]) -> tuple[pl.DataFrame, int]:
@@ -169,8 +212,11 @@ LAYOUT_ABOUT = {
     "text": ("Pre-training text: one `text` column (the training text of each generation) with `id`, "
              "`topic`, `template` and `model` for lineage.", ["text-generation"], ["pretraining"]),
     "messages": ("Chat SFT: `messages`, a list of {role, content}: the prompt the generator saw "
-                 "(system and user turns) followed by the generation as the assistant turn; `id`, "
-                 "`topic`, `template` and `model` for lineage.", ["text-generation"], ["sft", "conversational"]),
+                 "(system and user turns) followed by the generation as the assistant turn (for "
+                 "conversation and agent stages: the whole conversation, with assistant `tool_calls` and "
+                 "`tool` messages, and the offered `tools`, both as `tokenizer.apply_chat_template(messages, "
+                 "tools=tools)` takes them); `id`, `topic`, `template` and `model` for lineage.",
+                 ["text-generation"], ["sft", "conversational"]),
     "preference": ("Preference pairs: `prompt`, `chosen` and `rejected` (strings), from rows that carry "
                    "two responses and a judge's choice; `id`, `topic`, `template` and `model` for lineage.",
                    ["text-generation"], ["preference", "dpo"]),
