@@ -18,6 +18,7 @@ import yaml
 
 from generator.core.errors import SpecError
 from generator.core.textfile import check_text, has_control, read_text
+from generator.core.yaml_errors import explain
 
 Path_ = tuple[Any, ...]
 
@@ -175,13 +176,10 @@ def load_yaml(file: str | Path, text: str | None = None) -> Located:
         walker = _Walker(file, loader)
         data = walker.convert(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = " ".join(str(exc.problem or exc).split())
-        raise SpecError(f"invalid YAML: {problem}; fix the syntax there", file=file, line=line,
-                        col=col) from None
+        line, col, message = explain(text, exc)
+        raise SpecError(f"invalid YAML: {message}", file=file, line=line, col=col) from None
     except yaml.YAMLError as exc:  # reader errors and the like: one line, never a traceback
-        raise SpecError(f"invalid YAML: {' '.join(str(exc).split())}", file=file) from None
+        raise SpecError(f"invalid YAML: {' '.join(str(exc).split())}; fix the file there", file=file) from None
     except RecursionError:
         raise SpecError(f"nesting deeper than {MAX_DEPTH} levels; flatten the structure", file=file) from None
     finally:

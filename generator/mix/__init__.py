@@ -26,11 +26,11 @@ from __future__ import annotations
 from generator.mix.apportion import hamilton
 from generator.mix.build import RepetitionWarning, build_mix
 from generator.mix.chat import ChatRenderer
-from generator.mix.config import (DEFAULT_SHARD_TOKENS, REAL_SUFFIXES, MixConfig, RealSource, SyntheticFilters, SyntheticSource,
-                     _validation_error, load_mix_config, mix_config_from_dict)
+from generator.config.mix import (DEFAULT_SHARD_TOKENS, REAL_SUFFIXES, MixConfig, RealSource, SyntheticFilters,
+                                  SyntheticSource, load_mix_config, mix_config_from_dict)
 from generator.mix.manifest import MANIFEST_NAME, MANIFEST_VERSION, MixResult
 from generator.mix.megatron import MEGATRON_DTYPE_CODES, MEGATRON_HEADER, read_megatron, write_megatron
-from generator.mix.parsing import parse_ratio, parse_token_count, ratio_folder, ratio_text
+from generator.config.mix_parsing import parse_ratio, parse_token_count, ratio_folder, ratio_text
 from generator.mix.select import best_fit, select_documents, swap_refine
 from generator.mix.output_shards import load_shard_rows
 from generator.mix.tokcache import TOKCACHE_VERSION, default_cache_dir

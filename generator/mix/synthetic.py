@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from generator.core.errors import SynthgenError
-from generator.mix.config import SyntheticSource
+from generator.config.mix import SyntheticSource
 from generator.mix.index import ChunkRows, IndexContext, index_file
 from generator.mix.reader import Chunk
 from generator.mix.sources import SourceFile, SourceIndex, fields_error, is_empty, normalize_messages, skip_reason

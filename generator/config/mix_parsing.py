@@ -1,7 +1,9 @@
-"""Token counts ('2M', '1.5B') and real:synthetic ratios ('4:1') as written in mix configs."""
+"""Token counts ('2M', '1.5B'), real:synthetic ratios ('4:1') and row templates ('{question}') as
+written in mix configs."""
 from __future__ import annotations
 
 import re
+import string
 from fractions import Fraction
 from typing import Any
 
@@ -45,7 +47,7 @@ def parse_ratio(value: Any) -> tuple[Fraction, Fraction]:
         raise ValueError(f"ratio {value!r} must look like \"4:1\" (real:synthetic tokens)")
     r, s = Fraction(m.group(1)), Fraction(m.group(2))
     if r == 0 and s == 0:
-        raise ValueError("ratio 0:0 selects nothing")
+        raise ValueError("ratio 0:0 selects nothing; give one side a share, e.g. \"1:0\"")
     return r, s
 
 
@@ -61,3 +63,18 @@ def ratio_text(value: Any) -> str:
 def ratio_folder(value: Any) -> str:
     """'4:1' -> 'ratio-4_1'."""
     return "ratio-" + ratio_text(value).replace(":", "_")
+
+
+def template_fields(template: str) -> list[str]:
+    fields = []
+    try:
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name is None:
+                continue
+            if name == "" or not name.isidentifier():
+                raise ValueError(f"template {template!r}: use named fields such as {{question}}")
+            if name not in fields:
+                fields.append(name)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return fields
