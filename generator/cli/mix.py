@@ -85,7 +85,8 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
             data["real"] = [{"path": Path(p).absolute(), **fields} for p in reals]
         elif fields:
             if not data.get("real"):
-                raise click.UsageError("--text-field/--text-template/--messages-field apply to --real sources")
+                raise click.UsageError("--text-field/--text-template/--messages-field apply to --real sources; add "
+                                       "--real PATH, or real: sources in the mix file")
             for r in data["real"]:
                 r.update(fields)
         if synthetics:
@@ -103,8 +104,10 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
             if value is not None:
                 data[key] = value
         cfg = mix_config_from_dict(data)
-        # sources are checked before anything is read; a source the options replaced has no line
-        check_sources(cfg, located if not (reals or synthetics) else None, prefix)
+        # sources are checked before anything is read; what an option replaced has no line in the file
+        replaced = {key for key, given in (("real", reals or fields), ("synthetic", synthetics),
+                                           ("tokenizer", tokenizer), ("out", out)) if given}
+        check_sources(cfg, located, prefix, replaced)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RepetitionWarning)  # also printed through the log
             result = build_mix(cfg, log=None if quiet else _echo)

@@ -15,7 +15,7 @@ _RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
 def parse_token_count(value: Any) -> int:
     """2000000, '2M', '2_000_000', '1.5B' -> int."""
     if isinstance(value, bool):
-        raise ValueError("expected a token count such as 2000000 or '2M'")
+        raise ValueError(f"{value!r} is not a token count; write e.g. 2000000 or '2M'")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -37,14 +37,14 @@ def parse_token_count(value: Any) -> int:
 def parse_ratio(value: Any) -> tuple[Fraction, Fraction]:
     """'4:1' -> (4, 1) real:synthetic. Also undoes YAML 1.1's base-60 reading of 4:1 (= 241)."""
     if isinstance(value, bool):
-        raise ValueError("a ratio looks like '4:1' (real:synthetic tokens)")
+        raise ValueError(f"{value!r} is not a ratio; write real:synthetic tokens in quotes, e.g. \"4:1\"")
     if isinstance(value, int):
         if value < 60:
             raise ValueError(f"ratio {value} is a number; write real:synthetic in quotes, e.g. \"4:1\"")
         value = f"{value // 60}:{value % 60}"  # YAML 1.1 read an unquoted a:b as a*60+b
     m = _RATIO_RE.match(str(value))
     if not m:
-        raise ValueError(f"ratio {value!r} must look like \"4:1\" (real:synthetic tokens)")
+        raise ValueError(f"ratio {value!r} is not real:synthetic tokens; write it like \"4:1\"")
     r, s = Fraction(m.group(1)), Fraction(m.group(2))
     if r == 0 and s == 0:
         raise ValueError("ratio 0:0 selects nothing; give one side a share, e.g. \"1:0\"")

@@ -271,13 +271,14 @@ class Spec(Strict):
         reserved = {"topic", "subtopic", "keywords", "level", "topic_path", "topics", "persona", "personas"}
         clash = sorted(set(v) & reserved)
         if clash:
-            raise ValueError(f"vars may not redefine {', '.join(clash)}: the plan provides them")
+            raise ValueError(f"vars may not redefine {', '.join(clash)}: the plan provides them; rename them")
         return v
 
     @model_validator(mode="after")
     def _templates_or_stages(self):
         if self.stages is None and not self.templates:
-            raise ValueError("missing required key 'templates' (or `stages:` for a pipeline)")
+            raise ValueError("missing required key 'templates'; add templates: (- template: NAME), or `stages:` "
+                             "for a pipeline")
         if self.rounds is not None and self.rounds.signal == "judge" and self.stages is None:
             raise ValueError("rounds.signal: judge reads a judge stage's scores; it needs `stages:`")
         if self.stages is not None and self.templates:

@@ -118,6 +118,9 @@ def explain(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
     # An unclosed bracket or brace: where it opens.
     for kind, (open_, close) in _FLOW_CLOSE.items():
         if kind in context and ctx is not None:
+            if here in ("]", "}") and here != close:
+                return ctx.line + 1, ctx.column + 1, (f"the {open_} opened here is closed with '{here}' "
+                                                      f"(line {line + 1}, column {col + 1}); close it with {close}")
             if line > ctx.line or "end of stream" in problem:
                 return ctx.line + 1, ctx.column + 1, (f"the {open_} opened here is never closed; add the "
                                                       f"closing {close} (on the same line for a short list)")
@@ -164,7 +167,9 @@ def explain(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
     if "undefined alias" in problem:
         return line + 1, col + 1, (f"{problem}; define the anchor (&name) before the alias (*name), "
                                    f"or remove the alias")
-    if "expected a single document" in problem:
+    if "maximum nesting depth" in problem:
+        return line + 1, col + 1, "nesting deeper than the YAML parser allows; flatten the structure"
+    if "expected a single document" in context or "another document" in problem:
         return line + 1, col + 1, ("the file holds another document after '---'; keep one document per "
                                    "file (remove the second '---' and what follows, or merge them)")
     return line + 1, col + 1, f"{problem}; fix the syntax there"

@@ -138,15 +138,16 @@ def _alias(name: str) -> bool:
     return is_tokenizer_alias(name)
 
 
-def check_sources(cfg: MixConfig, located: Located | None = None, prefix: tuple = ()) -> None:
-    """Raise SpecError for the first source problem (at its line when the YAML is known), saying how
-    many more there are."""
+def check_sources(cfg: MixConfig, located: Located | None = None, prefix: tuple = (),
+                  replaced: frozenset[str] | set[str] = frozenset()) -> None:
+    """Raise SpecError for the first source problem (at its line when the YAML is known and the key
+    was not `replaced` by a command-line option), saying how many more there are."""
     found = problems(cfg)
     if not found:
         return
     path, msg = found[0]
     if len(found) > 1:
         msg = f"first of {len(found)} source problems: {msg}"
-    if located is not None:
+    if located is not None and path[0] not in replaced:
         raise located.error(prefix + path, msg)
     raise SpecError(msg)
