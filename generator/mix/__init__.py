@@ -5,7 +5,8 @@ by ratios *of tokens*, apportioned with Hamilton's method (largest remainder), f
 documents, and refused loudly when it cannot be met without repeating data (unless repetition is
 asked for, in which case the repetition factor is reported).
 
-Pipeline (`build`, configured by `config`):
+Pipeline (`build`, configured by `generator.config.mix`):
+  0. check every source before anything is read (`preflight`): it exists, is readable, holds data;
   1. load every source (`real` files, `synthetic` run folders), keep the rows that pass the filters;
   2. count tokens per document with the training tokenizer (`tokens`, HF `tokenizers`, batch encoding),
      cached per source file in a `.tokcache.parquet` keyed by file hash + tokenizer hash (`tokcache`);

@@ -88,7 +88,8 @@ def _real(i: int, src: RealSource, layout: str) -> Iterator[Problem]:
     else:
         file = path
         if not path.name.endswith(REAL_SUFFIXES):
-            yield at, f"real source '{name}': {path} is not a {_SUFFIXES} file; point path at a data file or a folder of them"
+            yield at, (f"real source '{name}': {path} is not a {_SUFFIXES} file; point path at a data file "
+                       f"or a folder of them")
             return
         if path.stat().st_size == 0:
             yield at, f"real source '{name}': {path} is empty; point path at a file with data"

@@ -24,7 +24,8 @@ def real_files(path: Path) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(REAL_SUFFIXES)
                        and not p.name.startswith("."))
         if not files:
-            raise SynthgenError(f"{path}: no {', '.join(REAL_SUFFIXES)} files in this folder; point the source at a folder of data files")
+            raise SynthgenError(f"{path}: no {', '.join(REAL_SUFFIXES)} files in this folder; point the source "
+                                f"at a folder of data files")
         return files
     raise SynthgenError(f"{path}: real source not found; fix the path")
 
