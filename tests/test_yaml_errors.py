@@ -219,6 +219,7 @@ def _check(results, case: Case) -> str:
     rc, out, err, seconds = results[id(case)]
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, (rc, out, err)
+    assert out == "", out
     assert len(lines) == 1, err
     line = lines[0]
     assert "Traceback" not in line, line

@@ -212,10 +212,12 @@ def validate(spec_path, sets, allow):
     if is_mix_file(doc.data):
         if overrides:
             raise click.UsageError("--set applies to specs; edit the mix file instead")
-        _validate_mix(spec_path, doc, ())
+        _validate_mix(spec_path, doc, doc.data)
         return
     spec = load_spec(spec_path, overrides, allow, located=doc)
     resolved = check(spec)
+    if spec.mix is not None:  # before the ok line: a broken mix section fails the whole check
+        _validate_mix(spec_path, doc, spec.mix, ("mix",), own_run=spec.output_dir())
     n = spec.rounds.budget if spec.rounds is not None else sum(default_counts(resolved).values())
     stages = f"stages {' -> '.join(s.name for s in spec.stages)}; " if spec.stages else ""
     echo(f"ok {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
@@ -223,11 +225,9 @@ def validate(spec_path, sets, allow):
          f"{stages}{n} records planned")
     for note in budget_notes(resolved):
         click.echo(f"note: {note}", err=True)
-    if spec.mix is not None:
-        _validate_mix(spec_path, doc, ("mix",), own_run=spec.output_dir())
 
 
-def _validate_mix(shown: str, doc, prefix: tuple, own_run=None) -> None:
+def _validate_mix(shown: str, doc, data: dict, prefix: tuple = (), own_run=None) -> None:
     """A mix config's shape and sources (cheap checks, nothing read). In a spec, the spec's own run
     folder need not exist yet: `synthgen run` writes it."""
     from pathlib import Path
@@ -235,7 +235,6 @@ def _validate_mix(shown: str, doc, prefix: tuple, own_run=None) -> None:
     from generator.config.mix import mix_config_from_dict
     from generator.mix.preflight import check_sources
 
-    data = doc.data if not prefix else doc.data["mix"]
     cfg = mix_config_from_dict(data, doc.file.parent, doc, prefix)
     if own_run is not None:
         own = {Path(own_run).absolute(), (doc.file.parent / own_run).absolute()}
