@@ -129,6 +129,8 @@ class _Walker:
     def key(self, key_node: yaml.Node) -> Any:
         if not isinstance(key_node, yaml.ScalarNode):
             raise self.fail(key_node, "mapping keys must be scalars; quote the key")
+        if key_node.tag == _STR and not has_control(key_node.value):  # most keys: skip the constructor
+            return key_node.value
         if key_node.tag not in SCALAR_TAGS:
             raise self.fail(key_node, f"YAML tag '{_tag_name(key_node.tag)}' is not allowed; remove it")
         return self.loader.construct_object(key_node, deep=True)
