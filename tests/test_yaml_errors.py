@@ -57,6 +57,9 @@ SYNTAX = [
          "spec.yaml:3:15", "add the closing '"),
     Case("squote-in-flow", {"spec.yaml": "name: h\ntopics:\n  - items: ['a, b]\n"}, "spec.yaml:3:13",
          "add the closing '"),
+    Case("quote-in-block-scalar-is-text", {"spec.yaml": 'name: h\ndescription: |\n  "quoted start\n  more\n'
+                                                        'vars:\n  a: 1\n    b: 2\n'},
+         "spec.yaml:7:5", "indent it like line 6", "indented deeper than line 6"),
     # an unclosed bracket or brace: where it opens
     Case("bracket-to-eof", {"spec.yaml": "name: h\ntopics: [a, b\n\n"}, "spec.yaml:2:9", "add the closing ]"),
     Case("brace-before-key", {"spec.yaml": "name: h\nvars: {a: 1\nseed: 2\n"}, "spec.yaml:2:7", "add the closing }"),

@@ -53,14 +53,23 @@ def _close_quote(text: str, start: int) -> int:
 _VALUE_QUOTE = re.compile(r"""(?:^\s*(?:-\s+)*|:\s+|[\[{,]\s*|-\s+)(["'])""")
 
 
+_BLOCK_SCALAR = re.compile(r"(?:^|:|-)\s*[|>][-+0-9]*\s*(?:#.*)?$")
+
+
 def _unclosed_quote(text: str, error_line: int) -> tuple[int, int, str] | None:
     """A quote opened on a line and not closed there, whose YAML closing quote falls on the
-    error's line (the quote the user meant to open next) or is missing: (line, col, quote), 0-based."""
+    error's line (the quote the user meant to open next) or is missing: (line, col, quote), 0-based.
+    Lines of block scalars (`key: |`) are text, not YAML, and are skipped."""
     offset = 0
+    block = None  # indentation of the line that opened a block scalar
     for n, line in enumerate(_lines(text)):
         if n > error_line:
             break
-        if not _blank(line):
+        if block is not None and (not line.strip() or _indent(line) > block):
+            offset += len(line) + 1
+            continue
+        block = _indent(line) if _BLOCK_SCALAR.search(line) else None
+        if not _blank(line) and block is None:
             for m in _VALUE_QUOTE.finditer(line):
                 start = offset + m.start(1)
                 end = _close_quote(text, start)
