@@ -89,6 +89,15 @@ def _previous(lines: list[str], line: int) -> int | None:
     return None
 
 
+_HAS_VALUE = re.compile(r"^\s*(?:-\s+)?[^#\s][^#]*?:\s+[^#\s]")  # `key: value` (not `key:` alone)
+
+
+def _deeper(lines: list[str], prev: int) -> str:
+    return (f"this line is indented deeper than line {prev + 1}, whose value is already written, so it "
+            f"reads as part of that value; indent it like line {prev + 1} (column {_indent(lines[prev]) + 1}), "
+            f"or to nest it leave line {prev + 1}'s value empty (key:)")
+
+
 def explain(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
     """(line, col, message) of a YAML syntax error, 1-based, message ending with the fix."""
     mark = exc.problem_mark or exc.context_mark
@@ -148,10 +157,7 @@ def explain(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
             return line + 1, col + 1, ("a second ': ' in an unquoted value; put the value in quotes "
                                        "(key: \"a: b\")")
         if prev is not None and first > _indent(lines[prev]):
-            return line + 1, first + 1, (f"this line is indented deeper than line {prev + 1}, whose value is "
-                                         f"already written, so it reads as part of that value; indent it like "
-                                         f"line {prev + 1} (column {_indent(lines[prev]) + 1}), or to nest it "
-                                         f"leave line {prev + 1}'s value empty (key:)")
+            return line + 1, first + 1, _deeper(lines, prev)
         return line + 1, col + 1, "a ':' that YAML cannot place here; put the value in quotes or fix the indentation"
     if problem.startswith("could not find expected ':'") and ctx is not None:
         return ctx.line + 1, _indent(lines[ctx.line]) + 1 if ctx.line < len(lines) else 1, (
@@ -159,7 +165,13 @@ def explain(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
             "the key it continues")
     if problem.startswith(("did not find expected key", "did not find expected '-' indicator",
                            "expected <block end>")):
-        if problem.startswith("did not find expected '-'") and ctx is not None:
+        row = lines[line] if line < len(lines) else ""
+        if col > first and here not in ("-", "]", "}", ""):  # mid-line: text after a complete value
+            after = " after a closing quote" if row[:col].rstrip()[-1:] in ("'", '"') else ""
+            return line + 1, col + 1, (f"unexpected text{after} where the value should end; put the whole "
+                                       f"value in quotes, or start a new line for a new key")
+        in_list = problem.startswith("did not find expected '-'") and ctx is not None
+        if in_list and first == ctx.column:
             return line + 1, first + 1, (f"a key inside the list that starts at line {ctx.line + 1}; start "
                                          f"this line with '- ' to make it an item, or indent it like the key "
                                          f"that holds the list to end the list")
@@ -169,13 +181,17 @@ def explain(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
         if here == "-":
             return line + 1, col + 1, ("a list item ('- ') where a key was expected; put it under a key "
                                        "that ends in ':' (indented), or write it as `key: value`")
+        if prev is not None and first > _indent(lines[prev]) and _HAS_VALUE.search(lines[prev]):
+            return line + 1, first + 1, _deeper(lines, prev)
         where = f" (line {prev + 1} starts at column {_indent(lines[prev]) + 1})" if prev is not None else ""
         return line + 1, first + 1, (f"this line's indentation (column {first + 1}) matches no key or list "
                                      f"item above it{where}; indent it exactly like the keys (or '- ' items) "
                                      f"it belongs with")
     if "undefined alias" in problem:
-        return line + 1, col + 1, (f"{problem}; define the anchor (&name) before the alias (*name), "
-                                   f"or remove the alias")
+        m = re.match(r"\*([^\s,\]}]+)", lines[line][col:] if line < len(lines) else "")
+        name = m.group(1) if m else "name"
+        return line + 1, col + 1, (f"the alias *{name} refers to no anchor; define &{name} on a value above "
+                                   f"it, or remove the alias")
     if "maximum nesting depth" in problem:
         return line + 1, col + 1, "nesting deeper than the YAML parser allows; flatten the structure"
     if "expected a single document" in context or "another document" in problem:
