@@ -10,7 +10,7 @@ import pytest
 from generator.core.errors import RunFolderError
 from generator.core.run_layout import (GENERATIONS, MANIFEST, generation_files, require_generation_files,
                                        shard_name)
-from generator.mix.config import SyntheticSource
+from generator.config.mix import SyntheticSource
 from generator.mix.preference import preference_rows
 from generator.mix.synthetic import run_files
 from generator.view.data import load_run, manifest

@@ -135,13 +135,26 @@ def _summary(result) -> None:
 @set_option
 @allow_option
 def validate(spec_path, sets, allow):
-    """Check SPEC and every file it names, and render each template once, without loading a model."""
-    from generator import validate as check
-    from generator.engine.planner import budget_notes, default_counts
-    from generator.config.spec import load_spec
+    """Check SPEC and every file it names, and render each template once, without loading a model.
 
-    spec = load_spec(spec_path, _parse_sets(sets), allow)
+    SPEC may also be a mix file (real:, synthetic:, ratio:): its sources are checked without reading data."""
+    from generator import validate as check
+    from generator.config.mix import is_mix_file
+    from generator.config.spec import load_spec, spec_file
+    from generator.core.yaml_loader import load_yaml
+    from generator.engine.planner import budget_notes, default_counts
+
+    overrides = _parse_sets(sets)
+    doc = load_yaml(spec_file(spec_path))
+    if is_mix_file(doc.data):
+        if overrides:
+            raise click.UsageError("--set applies to specs; edit the mix file instead")
+        _validate_mix(spec_path, doc, doc.data)
+        return
+    spec = load_spec(spec_path, overrides, allow, located=doc)
     resolved = check(spec)
+    if spec.mix is not None:  # before the ok line: a broken mix section fails the whole check
+        _validate_mix(spec_path, doc, spec.mix, ("mix",), own_run=spec.output_dir())
     n = spec.rounds.budget if spec.rounds is not None else sum(default_counts(resolved).values())
     stages = f"stages {' -> '.join(s.name for s in spec.stages)}; " if spec.stages else ""
     echo(f"ok {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
@@ -149,6 +162,28 @@ def validate(spec_path, sets, allow):
          f"{stages}{n} records planned")
     for note in budget_notes(resolved):
         click.echo(f"note: {note}", err=True)
+
+
+def _validate_mix(shown: str, doc, data: dict, prefix: tuple = (), own_run=None) -> None:
+    """A mix config's shape and sources (cheap checks, nothing read). In a spec, the spec's own run
+    folder need not exist yet: `synthgen run` writes it."""
+    from pathlib import Path
+
+    from generator.config.mix import mix_config_from_dict
+    from generator.mix.preflight import check_sources
+
+    cfg = mix_config_from_dict(data, doc.file.parent, doc, prefix)
+    if own_run is not None:
+        own = {Path(own_run).absolute(), (doc.file.parent / own_run).absolute()}
+        waiting = [s for s in cfg.synthetic if s.run.absolute() in own and not s.run.exists()]
+        for s in waiting:
+            click.echo(f"note: mix source {s.run} does not exist yet; `synthgen run` writes it", err=True)
+        cfg = cfg.model_copy(update={"synthetic": [s for s in cfg.synthetic if s not in waiting]})
+    check_sources(cfg, doc, prefix)
+    if not prefix:
+        ratios = ", ".join(cfg.ratio_list())
+        echo(f"ok {shown}: mix of {len(cfg.real)} real and {len(cfg.synthetic)} synthetic source(s), "
+             f"ratio{'s' if len(cfg.ratio_list()) > 1 else ''} {ratios}")
 
 
 @main.command()

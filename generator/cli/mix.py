@@ -63,15 +63,19 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
     synthgen mix mix.yaml
     synthgen mix --real data/web --synthetic runs/r1 --ratio 4:1 --ratio 1:1 --out mixes/
     """
-    from generator.mix import MixConfig, RepetitionWarning, build_mix, load_mix_config, ratio_text
+    from generator.config.mix import load_mix_file, mix_config_from_dict
+    from generator.mix import RepetitionWarning, build_mix, ratio_text
+    from generator.mix.preflight import check_sources
 
     if layout == "preference":
         _preference(synthetics, out, fmt)
         return
     try:
         data: dict = {}
+        located, prefix = None, ()
         if config is not None:  # paths inside resolve against the file's folder, options against the cwd
-            data = load_mix_config(config).model_dump(exclude_unset=True)
+            file_cfg, located, prefix = load_mix_file(config)
+            data = file_cfg.model_dump(exclude_unset=True)
         if out is not None:
             out = out.absolute()
         fields = {k: v for k, v in (("text_field", text_field),
@@ -81,7 +85,8 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
             data["real"] = [{"path": Path(p).absolute(), **fields} for p in reals]
         elif fields:
             if not data.get("real"):
-                raise click.UsageError("--text-field/--text-template/--messages-field apply to --real sources")
+                raise click.UsageError("--text-field/--text-template/--messages-field apply to --real sources; add "
+                                       "--real PATH, or real: sources in the mix file")
             for r in data["real"]:
                 r.update(fields)
         if synthetics:
@@ -98,14 +103,11 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
                            ("shard_tokens", shard_tokens), ("out", out), ("overwrite", overwrite)):
             if value is not None:
                 data[key] = value
-        try:
-            cfg = MixConfig.model_validate(data)
-        except Exception as exc:  # pydantic ValidationError -> one line
-            from generator.mix import validation_error
-
-            if hasattr(exc, "errors"):
-                raise validation_error(exc) from None
-            raise
+        cfg = mix_config_from_dict(data)
+        # sources are checked before anything is read; what an option replaced has no line in the file
+        replaced = {key for key, given in (("real", reals or fields), ("synthetic", synthetics),
+                                           ("tokenizer", tokenizer), ("out", out)) if given}
+        check_sources(cfg, located, prefix, replaced)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RepetitionWarning)  # also printed through the log
             result = build_mix(cfg, log=None if quiet else _echo)

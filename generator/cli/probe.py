@@ -112,8 +112,9 @@ def probe(mixes, model, out, seeds, first_seed, max_steps, token_budget, batch_s
             diversity_metrics=list(diversity_metrics) or ["distinct_n", "compression_ratio"],
             keep_models=keep_models)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        raise click.UsageError(f"{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+        e = exc.errors()[0]  # settings come from options: name the option as typed
+        option = "--" + str(e["loc"][0]).replace("_", "-") if e.get("loc") else "an option"
+        raise click.UsageError(f"{option}: {e['msg'].removeprefix('Value error, ')}") from None
     _check_choices(settings)
     out = out or Path("probes") / mixes[0].resolve().name
     err = Console(stderr=True, highlight=False)

@@ -106,7 +106,7 @@ def compare_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_b
     from scoring.api import compare
 
     if len(paths) < 2:
-        raise click.UsageError("compare needs at least two paths")
+        raise click.UsageError("compare needs at least two paths; give two or more run folders or files")
     console = Console(emoji=False, highlight=False)
     res = compare(list(paths), metrics=metrics, by=by, sample=sample, seed=seed, text_column=text_column,
                   token_budget=token_budget, embedder=embedder, with_map=bool(report))

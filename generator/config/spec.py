@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from generator.core.confine import LIBRARY_KINDS, Confinement, check_allowed_dir, project_root
 from generator.core.errors import SpecError
 from generator.config.overrides import apply_overrides
-from generator.config.base import SamplingOverride, Strict, TemplateRef
+from generator.config.base import SamplingOverride, Strict, TemplateRef, data_path, format_error
 from generator.config.seed_data import SeedTopics
 from generator.config.stages import AgentStage, Stage
 from generator.config.tools import ToolDef
@@ -279,13 +279,14 @@ class Spec(Strict):
         reserved = {"topic", "subtopic", "keywords", "level", "topic_path", "topics", "persona", "personas"}
         clash = sorted(set(v) & reserved)
         if clash:
-            raise ValueError(f"vars may not redefine {', '.join(clash)}: the plan provides them")
+            raise ValueError(f"vars may not redefine {', '.join(clash)}: the plan provides them; rename them")
         return v
 
     @model_validator(mode="after")
     def _templates_or_stages(self):
         if self.stages is None and not self.templates:
-            raise ValueError("missing required key 'templates' (or `stages:` for a pipeline)")
+            raise ValueError("missing required key 'templates'; add templates: (- template: NAME), or `stages:` "
+                             "for a pipeline")
         if self.rounds is not None and self.rounds.signal == "judge" and self.stages is None:
             raise ValueError("rounds.signal: judge reads a judge stage's scores; it needs `stages:`")
         if self.stages is not None and self.templates:
@@ -358,34 +359,15 @@ class Spec(Strict):
         return Path(self.output or f"runs/{self.name}")
 
 
-def _loc_to_path(loc: tuple) -> tuple:
-    # pydantic inserts union member names (e.g. 'TreeTopics') into locations: drop them
-    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^[A-Z]\w*$|^function-", str(p)))
-
-
-def _format_error(err: dict) -> str:
-    kind = err.get("type", "")
-    loc = _loc_to_path(err.get("loc", ()))
-    key = loc[-1] if loc else ""
-    if kind == "extra_forbidden":
-        return f"unknown key '{key}'; remove it or check the spelling (`synthgen schema` lists the keys)"
-    if kind == "missing":
-        return f"missing required key '{key}'"
-    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
-    if "; " not in msg:
-        msg += "; fix the value (`synthgen schema` lists what each key accepts)"
-    if not loc:
-        return msg
-    return f"'{'.'.join(str(p) for p in loc)}': {msg}"
-
-
-def _best_error(exc: ValidationError) -> dict:
+def _best_error(exc: ValidationError, data: Any) -> dict:
     """The error to show. Union members (TreeTopics | InlineTopics) each fail: pick the member the
     user meant (the one with the fewest unknown and missing keys), then an unknown key in it first."""
     errors = exc.errors()
 
-    def member(e: dict) -> str:
-        return next((str(p) for p in e.get("loc", ()) if re.match(r"^[A-Z]\w*$", str(p))), "")
+    def member(e: dict) -> str:  # the first location part that is not in the data: a union member
+        loc = tuple(e.get("loc", ()))
+        kept = data_path(data, e)
+        return next((str(p) for p, q in zip(loc, kept + (None,) * len(loc)) if p != q), "")
 
     groups: dict[str, list[dict]] = {}
     for e in errors:
@@ -410,27 +392,21 @@ def parse_spec(doc: Located, overrides: dict[str, Any] | None = None) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        err = _best_error(exc)
-        loc = _loc_to_path(err.get("loc", ()))
-        raise doc.error(loc, _format_error(err)) from None
+        err = _best_error(exc, data)
+        path = data_path(data, err)
+        raise doc.error(path, format_error(err, path)) from None
     if spec.mix is not None:  # checked now, with positions, rather than when the mix is built
-        from pydantic import ValidationError as _VE
+        from generator.config.mix import mix_config_from_dict
 
-        from generator.mix import MixConfig, validation_error
-
-        try:
-            MixConfig.model_validate(spec.mix)
-        except _VE as exc:
-            raise validation_error(exc, doc, ("mix",)) from None
+        mix_config_from_dict(spec.mix, located=doc, prefix=("mix",))
     spec._file = doc.file
     spec._located = doc
     spec.confinement()  # a refused `allow_paths:` entry fails at load, with its line
     return spec
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
-              allow_paths: tuple[str, ...] | list[str] = ()) -> Spec:
-    """Load and validate a spec's shape (files and templates are checked by `validate_spec`)."""
+def spec_file(path: str | Path) -> Path:
+    """The file a spec argument names: the path, or a built-in spec (`specs/tiny.yaml`, `tiny`)."""
     path = Path(path)
     if not path.exists():
         from generator.core.paths import builtin_root
@@ -440,7 +416,14 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
             alt = builtin if builtin.exists() else builtin.with_suffix(".yaml")
             if alt.exists() and path.parts[0] in ("specs", path.name):
                 path = alt
-    spec = parse_spec(load_yaml(path), overrides)
+    return path
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
+              allow_paths: tuple[str, ...] | list[str] = (), located: Located | None = None) -> Spec:
+    """Load and validate a spec's shape (files and templates are checked by `validate_spec`).
+    `located`: the file already parsed (by a caller that looked at it first)."""
+    spec = parse_spec(located if located is not None else load_yaml(spec_file(path)), overrides)
     if allow_paths:
         spec._cli_allow = tuple(str(p) for p in allow_paths)
         spec.confinement()

@@ -85,7 +85,7 @@ class JudgeStage(_Stage):
         if self.compare is not None and self.criteria:
             raise ValueError("`compare:` picks the better answer; remove `criteria:`")
         if self.criteria and len({c.name for c in self.criteria}) != len(self.criteria):
-            raise ValueError("criterion names repeat")
+            raise ValueError("criterion names repeat; give each criterion its own name")
         return self
 
 
@@ -108,14 +108,14 @@ class VerifyStage(_Stage):
         need = {"agreement": "against", "json_schema": "json_schema", "regex": "pattern", "function": "function"}
         key = need[self.check]
         if getattr(self, key) is None:
-            raise ValueError(f"check: {self.check} needs `{key}:`")
+            raise ValueError(f"check: {self.check} needs `{key}:`; add it to the stage")
         if self.check == "regex":
             import re
 
             try:
                 re.compile(self.pattern)
             except re.error as exc:
-                raise ValueError(f"`pattern` is not a valid regular expression: {exc}") from None
+                raise ValueError(f"`pattern` is not a valid regular expression ({exc}); fix the pattern") from None
         if self.check == "function" and ":" not in self.function:
             raise ValueError("`function` must be `module:function` (e.g. checks:is_prime)")
         return self

@@ -18,6 +18,7 @@ import yaml
 
 from generator.core.errors import SpecError
 from generator.core.textfile import check_text, has_control, read_text
+from generator.core.yaml_errors import explain
 
 Path_ = tuple[Any, ...]
 
@@ -128,6 +129,8 @@ class _Walker:
     def key(self, key_node: yaml.Node) -> Any:
         if not isinstance(key_node, yaml.ScalarNode):
             raise self.fail(key_node, "mapping keys must be scalars; quote the key")
+        if key_node.tag == _STR and not has_control(key_node.value):  # most keys: skip the constructor
+            return key_node.value
         if key_node.tag not in SCALAR_TAGS:
             raise self.fail(key_node, f"YAML tag '{_tag_name(key_node.tag)}' is not allowed; remove it")
         return self.loader.construct_object(key_node, deep=True)
@@ -175,13 +178,10 @@ def load_yaml(file: str | Path, text: str | None = None) -> Located:
         walker = _Walker(file, loader)
         data = walker.convert(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = " ".join(str(exc.problem or exc).split())
-        raise SpecError(f"invalid YAML: {problem}; fix the syntax there", file=file, line=line,
-                        col=col) from None
+        line, col, message = explain(text, exc)
+        raise SpecError(f"invalid YAML: {message}", file=file, line=line, col=col) from None
     except yaml.YAMLError as exc:  # reader errors and the like: one line, never a traceback
-        raise SpecError(f"invalid YAML: {' '.join(str(exc).split())}", file=file) from None
+        raise SpecError(f"invalid YAML: {' '.join(str(exc).split())}; fix the file there", file=file) from None
     except RecursionError:
         raise SpecError(f"nesting deeper than {MAX_DEPTH} levels; flatten the structure", file=file) from None
     finally:

@@ -62,7 +62,10 @@ def parse_where(expr: str) -> pl.Expr:
         raise ExportError(f"--where '{expr}': not COLUMN OP VALUE; write e.g. --where 'judge_score>=4' "
                           f"(OP is one of >=, <=, >, <, ==, !=)")
     col, op, raw = m.groups()
-    value: Any = yaml.safe_load(raw)
+    try:
+        value: Any = yaml.safe_load(raw)
+    except yaml.YAMLError:  # not a YAML scalar (e.g. an unclosed quote): compare as the text typed
+        value = raw
     if isinstance(value, (dict, list)) or value is None:
         value = raw
     c = pl.col(col)

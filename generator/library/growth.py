@@ -106,15 +106,16 @@ def expand_personas(seeds: list[dict], backend: Backend, count: int, seed: int =
 def expand_topic_node(tree_file: Path, node_path: str, backend: Backend, count: int = 6, seed: int = 0,
                       threshold: float = 0.6, max_tokens: int = 800) -> tuple[dict, list[dict], ExpandStats]:
     """New children for the node at `node_path` (" / "-joined); returns (updated raw tree, new nodes)."""
-    import yaml
+    from generator.core.yaml_loader import load_yaml
 
-    raw = yaml.safe_load(tree_file.read_text())
+    raw = load_yaml(tree_file).data  # the same strict loader and limits as every user YAML file
     parts = [p.strip() for p in node_path.split("/") if p.strip()]
     nodes, node = raw["nodes"], None
     for part in parts:
         node = next((n for n in nodes if n["name"] == part), None)
         if node is None:
-            raise KeyError(f"{tree_file}: no node '{part}' on the path '{node_path}'")
+            raise KeyError(f"{tree_file}: no node '{part}' on the path '{node_path}'; write the node names as the tree "
+                           f"spells them, joined with ' / '")
         nodes = node.setdefault("children", [])
     assert node is not None
     existing = [c["name"] for c in node.get("children", [])]

@@ -5,7 +5,8 @@ by ratios *of tokens*, apportioned with Hamilton's method (largest remainder), f
 documents, and refused loudly when it cannot be met without repeating data (unless repetition is
 asked for, in which case the repetition factor is reported).
 
-Pipeline (`build`, configured by `config`):
+Pipeline (`build`, configured by `generator.config.mix`):
+  0. check every source before anything is read (`preflight`): it exists, is readable, holds data;
   1. load every source (`real` files, `synthetic` run folders), keep the rows that pass the filters;
   2. count tokens per document with the training tokenizer (`tokens`, HF `tokenizers`, batch encoding),
      cached per source file in a `.tokcache.parquet` keyed by file hash + tokenizer hash (`tokcache`);
@@ -26,11 +27,11 @@ from __future__ import annotations
 from generator.mix.apportion import hamilton
 from generator.mix.build import RepetitionWarning, build_mix
 from generator.mix.chat import ChatRenderer
-from generator.mix.config import (DEFAULT_SHARD_TOKENS, REAL_SUFFIXES, MixConfig, RealSource, SyntheticFilters, SyntheticSource,
-                     load_mix_config, mix_config_from_dict, validation_error)
+from generator.config.mix import (DEFAULT_SHARD_TOKENS, REAL_SUFFIXES, MixConfig, RealSource, SyntheticFilters,
+                                  SyntheticSource, load_mix_config, mix_config_from_dict)
 from generator.mix.manifest import MANIFEST_NAME, MANIFEST_VERSION, MixResult
 from generator.mix.megatron import MEGATRON_DTYPE_CODES, MEGATRON_HEADER, read_megatron, write_megatron
-from generator.mix.parsing import parse_ratio, parse_token_count, ratio_folder, ratio_text
+from generator.config.mix_parsing import parse_ratio, parse_token_count, ratio_folder, ratio_text
 from generator.mix.select import best_fit, select_documents, swap_refine
 from generator.mix.output_shards import load_shard_rows
 from generator.mix.tokcache import TOKCACHE_VERSION, default_cache_dir

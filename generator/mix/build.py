@@ -12,14 +12,15 @@ import pyarrow as pa
 from generator.core.errors import SynthgenError
 from generator.mix.apportion import hamilton
 from generator.mix.chat import ChatRenderer
-from generator.mix.config import MixConfig, mix_config_from_dict
+from generator.config.mix import MixConfig, mix_config_from_dict
 from generator.mix.counting import TokenCounter
 from generator.mix.digest import file_sha256
 from generator.mix.gather import MixPlan, Spill, shard_tables, spill_selected
 from generator.mix.index import IndexContext
 from generator.mix.manifest import MixResult, mix_record, prepare_out, run_manifest, source_accounting, write_manifest
 from generator.mix.output_shards import shard_bounds, write_shard
-from generator.mix.parsing import parse_ratio, ratio_folder
+from generator.config.mix_parsing import parse_ratio, ratio_folder
+from generator.mix.preflight import check_sources
 from generator.mix.pool import MESSAGE_TYPE, Pool, max_budget, select_kind
 from generator.mix.real import index_real
 from generator.mix.select import seeded_rng
@@ -49,6 +50,7 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
     if out_dir is None:
         raise SynthgenError("set out: the folder the mix is written to (--out)")
     out_dir = out_dir.expanduser()
+    check_sources(cfg)  # every source, before the tokenizer loads or a row is read
 
     tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
     chat = ChatRenderer(tok)

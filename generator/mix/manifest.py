@@ -10,8 +10,8 @@ import numpy as np
 from generator.core.errors import SynthgenError
 from generator.core.files import write_json_atomic
 from generator.mix.chat import ChatRenderer
-from generator.mix.config import MixConfig
-from generator.mix.parsing import parse_ratio, ratio_text
+from generator.config.mix import MixConfig
+from generator.config.mix_parsing import parse_ratio, ratio_text
 from generator.mix.pool import Pool
 from generator.mix.sources import SourceIndex
 from generator.mix.tokens import TokenizerInfo

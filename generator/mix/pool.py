@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from generator.mix.apportion import hamilton
-from generator.mix.parsing import parse_ratio
+from generator.config.mix_parsing import parse_ratio
 from generator.mix.select import best_fit, seeded_rng, select_documents, swap_refine
 from generator.mix.sources import SourceIndex
 

@@ -8,11 +8,12 @@ import polars as pl
 
 from generator.core.errors import SynthgenError
 from generator.mix.chat import ChatRenderer
-from generator.mix.config import REAL_SUFFIXES, RealSource
+from generator.config.mix import REAL_SUFFIXES, RealSource
 from generator.mix.digest import file_sha256
 from generator.mix.index import ChunkRows, IndexContext, column, index_file
 from generator.mix.reader import Chunk
-from generator.mix.row_templates import render_template, template_fields
+from generator.mix.row_templates import render_template
+from generator.mix.preflight import needed_fields
 from generator.mix.sources import SourceFile, SourceIndex, fields_error, is_empty, normalize_messages, skip_reason
 
 
@@ -23,9 +24,10 @@ def real_files(path: Path) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(REAL_SUFFIXES)
                        and not p.name.startswith("."))
         if not files:
-            raise SynthgenError(f"{path}: no {', '.join(REAL_SUFFIXES)} files in this folder")
+            raise SynthgenError(f"{path}: no {', '.join(REAL_SUFFIXES)} files in this folder; point the source "
+                                f"at a folder of data files")
         return files
-    raise SynthgenError(f"{path}: real source not found")
+    raise SynthgenError(f"{path}: real source not found; fix the path")
 
 
 class RealRows:
@@ -37,23 +39,18 @@ class RealRows:
         self.msgs_field = src.messages_field or ("messages" if layout == "messages" and not src.user_template
                                                  else None)
         self.hint = f"set text_field, text_template or messages_field for real source '{name}'"
+        self.need = needed_fields(src, layout)
         if layout == "text" and src.text_template:
-            self.need = template_fields(src.text_template)
             self.key = {"text_template": src.text_template}
         elif layout == "text" and src.messages_field:
-            self.need = [src.messages_field]
             self.key = {"messages_field": src.messages_field, "chat": chat.key()}
         elif layout == "text":
-            self.need = [src.text_field]
             self.key = {"text_field": src.text_field}
         elif src.user_template:
-            user = template_fields(src.user_template)
-            self.need = user + [f for f in template_fields(src.assistant_template) if f not in user]
             self.key = {"user_template": src.user_template, "assistant_template": src.assistant_template,
                         "chat": chat.key()}
             self.hint = f"set messages_field, or user_template and assistant_template, for real source '{name}'"
         else:
-            self.need = [self.msgs_field]
             self.key = {"messages_field": self.msgs_field, "chat": chat.key()}
             self.hint = f"set messages_field, or user_template and assistant_template, for real source '{name}'"
 

@@ -1,22 +1,9 @@
 """Row templates such as '{question}\\n{answer}': their fields, and rendering them over columns."""
 from __future__ import annotations
 
-import string
+from generator.config.mix_parsing import template_fields
 
-
-def template_fields(template: str) -> list[str]:
-    fields = []
-    try:
-        for _, name, _, _ in string.Formatter().parse(template):
-            if name is None:
-                continue
-            if name == "" or not name.isidentifier():
-                raise ValueError(f"template {template!r}: use named fields such as {{question}}")
-            if name not in fields:
-                fields.append(name)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    return fields
+__all__ = ["render_template", "template_fields"]
 
 
 def render_template(template: str, columns: dict[str, list]) -> list[str | None]:

@@ -7,8 +7,9 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from generator.core.errors import SynthgenError
 from generator.core.run_layout import require_generation_files
-from generator.mix.config import SyntheticSource
+from generator.config.mix import SyntheticSource
 from generator.mix.index import ChunkRows, IndexContext, index_file
 from generator.mix.reader import Chunk
 from generator.mix.sources import SourceFile, SourceIndex, fields_error, is_empty, normalize_messages, skip_reason

@@ -60,16 +60,16 @@ class ProbeSettings(BaseModel):
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
         if not v:
-            raise ValueError("at least one seed")
+            raise ValueError("at least one seed is needed; give --seeds 1 or more")
         if len(set(v)) != len(v):
-            raise ValueError(f"seeds repeat: {v}")
+            raise ValueError(f"seeds repeat: {v}; list each seed once")
         return v
 
     @field_validator("batch_size", "grad_accum", "seq_len", "eval_batch_size", "save_total_limit")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
-            raise ValueError("must be at least 1")
+            raise ValueError("must be at least 1; give 1 or more")
         return v
 
     def tokens_per_step(self) -> int:
@@ -78,7 +78,7 @@ class ProbeSettings(BaseModel):
     def steps(self) -> int:
         if self.max_steps is not None:
             if self.max_steps < 1:
-                raise SynthgenError("--max-steps must be at least 1")
+                raise SynthgenError("--max-steps must be at least 1; give 1 or more")
             return self.max_steps
         if self.token_budget is not None:
             return max(1, math.ceil(self.token_budget / self.tokens_per_step()))

@@ -11,12 +11,13 @@ import polars as pl
 from generator.core.errors import SynthgenError
 from generator.core.run_layout import generation_files
 from generator.mix.manifest import MANIFEST_NAME
-from generator.mix.parsing import ratio_text
+from generator.config.mix_parsing import ratio_text
 from generator.mix.reader import scan_file
 from generator.mix.real import real_files
 from generator.mix.output_shards import load_shard_rows
 from generator.mix.sources import normalize_messages
-from generator.mix.row_templates import render_template, template_fields
+from generator.mix.row_templates import render_template
+from generator.config.mix_parsing import template_fields
 from generator.probe.evaluate import gold_number
 
 

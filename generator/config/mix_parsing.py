@@ -1,7 +1,9 @@
-"""Token counts ('2M', '1.5B') and real:synthetic ratios ('4:1') as written in mix configs."""
+"""Token counts ('2M', '1.5B'), real:synthetic ratios ('4:1') and row templates ('{question}') as
+written in mix configs."""
 from __future__ import annotations
 
 import re
+import string
 from fractions import Fraction
 from typing import Any
 
@@ -13,7 +15,7 @@ _RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
 def parse_token_count(value: Any) -> int:
     """2000000, '2M', '2_000_000', '1.5B' -> int."""
     if isinstance(value, bool):
-        raise ValueError("expected a token count such as 2000000 or '2M'")
+        raise ValueError(f"{value!r} is not a token count; write e.g. 2000000 or '2M'")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -35,17 +37,17 @@ def parse_token_count(value: Any) -> int:
 def parse_ratio(value: Any) -> tuple[Fraction, Fraction]:
     """'4:1' -> (4, 1) real:synthetic. Also undoes YAML 1.1's base-60 reading of 4:1 (= 241)."""
     if isinstance(value, bool):
-        raise ValueError("a ratio looks like '4:1' (real:synthetic tokens)")
+        raise ValueError(f"{value!r} is not a ratio; write real:synthetic tokens in quotes, e.g. \"4:1\"")
     if isinstance(value, int):
         if value < 60:
             raise ValueError(f"ratio {value} is a number; write real:synthetic in quotes, e.g. \"4:1\"")
         value = f"{value // 60}:{value % 60}"  # YAML 1.1 read an unquoted a:b as a*60+b
     m = _RATIO_RE.match(str(value))
     if not m:
-        raise ValueError(f"ratio {value!r} must look like \"4:1\" (real:synthetic tokens)")
+        raise ValueError(f"ratio {value!r} is not real:synthetic tokens; write it like \"4:1\"")
     r, s = Fraction(m.group(1)), Fraction(m.group(2))
     if r == 0 and s == 0:
-        raise ValueError("ratio 0:0 selects nothing")
+        raise ValueError("ratio 0:0 selects nothing; give one side a share, e.g. \"1:0\"")
     return r, s
 
 
@@ -61,3 +63,18 @@ def ratio_text(value: Any) -> str:
 def ratio_folder(value: Any) -> str:
     """'4:1' -> 'ratio-4_1'."""
     return "ratio-" + ratio_text(value).replace(":", "_")
+
+
+def template_fields(template: str) -> list[str]:
+    fields = []
+    try:
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name is None:
+                continue
+            if name == "" or not name.isidentifier():
+                raise ValueError(f"template {template!r}: use named fields such as {{question}}")
+            if name not in fields:
+                fields.append(name)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return fields

@@ -1,16 +1,25 @@
-"""The mix configuration: pydantic models, reading a mix file, and one-line validation errors."""
+"""The mix configuration (docs/mix.md): pydantic models, reading a mix file, and one-line validation
+errors at the line the key is written on. Checking that the sources hold data is `generator.mix.preflight`."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from generator.core.errors import SpecError, SynthgenError
-from generator.mix.parsing import parse_ratio, parse_token_count, ratio_text
-from generator.mix.row_templates import template_fields
-from generator.mix.tokens import is_tokenizer_alias
+from generator.config.base import data_path, format_error
+from generator.config.mix_parsing import parse_ratio, parse_token_count, ratio_text, template_fields
+from generator.core.errors import SpecError
+from generator.core.yaml_loader import Located, load_yaml
+
+
+def _is_model_alias(name: str) -> bool:
+    try:
+        from generator.core.model_aliases import is_alias
+    except ImportError:
+        return False
+    return is_alias(name)
+
 
 DEFAULT_SHARD_TOKENS = 50_000_000
 REAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.zst", ".json.zst", ".ndjson.zst")
@@ -36,7 +45,7 @@ class RealSource(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "RealSource":
         if (self.user_template is None) != (self.assistant_template is None):
-            raise ValueError("set both user_template and assistant_template, or neither")
+            raise ValueError("user_template and assistant_template go together; set both, or neither")
         for t in (self.text_template, self.user_template, self.assistant_template):
             if t is not None:
                 template_fields(t)
@@ -114,23 +123,25 @@ class MixConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "MixConfig":
         if self.ratio is not None and self.ratios is not None:
-            raise ValueError("set ratio or ratios, not both")
+            raise ValueError("set ratio or ratios, not both; remove one")
         if self.ratio is None and not self.ratios:
             raise ValueError("set ratio (e.g. \"4:1\") or ratios (e.g. [\"1:0\", \"4:1\", \"1:1\"])")
         rs = self.ratio_list()
         if len(set(rs)) != len(rs):
-            raise ValueError(f"ratios repeat: {rs}")
+            raise ValueError(f"ratios repeat: {rs}; list each ratio once")
         if self.total_tokens is not None and self.total_tokens <= 0:
-            raise ValueError("total_tokens must be positive")
+            raise ValueError("total_tokens must be positive; give a budget such as 2M, or leave it out")
         if self.shard_tokens <= 0:
-            raise ValueError("shard_tokens must be positive")
+            raise ValueError("shard_tokens must be positive; give e.g. 50M")
         if self.layout == "messages" and self.format == "megatron":
             raise ValueError("format megatron holds token ids for pre-training; use layout: text, "
                              "or format jsonl/jsonl.zst/parquet for messages")
         if any(parse_ratio(r)[0] > 0 for r in rs) and not self.real:
-            raise ValueError("the ratios need real tokens but no real sources are listed")
+            raise ValueError("the ratios need real tokens but no real sources are listed; add a real: source "
+                             "(- path: data/web) or use a ratio 0:N")
         if any(parse_ratio(r)[1] > 0 for r in rs) and not self.synthetic:
-            raise ValueError("the ratios need synthetic tokens but no synthetic sources are listed")
+            raise ValueError("the ratios need synthetic tokens but no synthetic sources are listed; add a "
+                             "synthetic: source (- run: runs/NAME) or use a ratio N:0")
         names = [s.display_name() for s in self.real] + [s.display_name() for s in self.synthetic]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -154,7 +165,7 @@ class MixConfig(_Strict):
             s.run = fix(s.run)
         data.out = fix(data.out)
         data.cache_dir = fix(data.cache_dir)
-        if data.tokenizer and not is_tokenizer_alias(data.tokenizer) \
+        if data.tokenizer and not _is_model_alias(data.tokenizer) \
                 and not Path(data.tokenizer).expanduser().is_absolute():
             cand = base / data.tokenizer
             if cand.exists():
@@ -162,47 +173,65 @@ class MixConfig(_Strict):
         return data
 
 
-def validation_error(exc: ValidationError, located: Any = None, prefix: tuple = ()) -> SynthgenError:
-    err = exc.errors()[0]
-    loc = tuple(err.get("loc", ()))
-    msg = err.get("msg", "invalid value")
-    msg = re.sub(r"^(Value|Assertion) error, ", "", msg)
-    key = ".".join(str(x) for x in (prefix + loc)) or "mix"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+MIX_KEYS_HINT = "docs/mix.md lists the keys"
+
+
+def _validation_error(exc: ValidationError, data: Any, located: Located | None = None,
+                      prefix: tuple = ()) -> SpecError:
+    """The first error, at the key as the user wrote it (with its line when the YAML is known)."""
+    errors = exc.errors()
+    err = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
+    path = prefix + data_path(data, err)
+    msg = format_error(err, path, MIX_KEYS_HINT)
+    if err.get("type") not in ("extra_forbidden", "missing") and not path:
+        msg = f"{'.'.join(map(str, prefix)) or 'mix'}: {msg}"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     if located is not None:
-        return located.error(prefix + loc, f"{key}: {msg}{more}")
-    return SpecError(f"{key}: {msg}{more}")
+        return located.error(path, msg + more)
+    return SpecError(msg + more)
 
 
-def mix_config_from_dict(data: dict, base_dir: str | Path | None = None) -> MixConfig:
+def mix_config_from_dict(data: dict, base_dir: str | Path | None = None, located: Located | None = None,
+                         prefix: tuple = ()) -> MixConfig:
     """Validate a `mix:` mapping; SpecError (one line) on a bad value."""
+    if not isinstance(data, dict):
+        msg = "mix: must be a mapping (real:, synthetic:, ratio:, ...); see docs/mix.md"
+        raise located.error(prefix, msg) if located is not None else SpecError(msg)
     try:
         cfg = MixConfig.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        raise _validation_error(exc, data, located, prefix) from None
     return cfg.resolved(base_dir) if base_dir is not None else cfg
+
+
+MIX_KEYS = {"real", "synthetic", "ratio", "ratios"}
+
+
+def is_mix_file(data: Any) -> bool:
+    """A bare mix mapping (real:, synthetic:, ratio:) rather than a spec."""
+    return isinstance(data, dict) and bool(MIX_KEYS & set(data)) and "topics" not in data
+
+
+def load_mix_file(path: str | Path) -> tuple[MixConfig, Located, tuple]:
+    """Read a mix YAML file, a bare mix mapping or a spec with a `mix:` section: (config with paths
+    resolved against the file's folder, the parsed YAML for positions, the mix's path in it)."""
+    path = Path(path)
+    located = load_yaml(path)
+    data, prefix = located.data, ()
+    if not isinstance(data, dict):
+        raise SpecError("a mix file is a mapping (real:, synthetic:, ratio:, ...); see docs/mix.md",
+                        file=path, line=1, col=1)
+    if not is_mix_file(data):
+        if "mix" not in data:
+            raise SpecError("no mix: section here (and no real:, synthetic:, ratio: keys); add them (see "
+                            "docs/mix.md)", file=path, line=1, col=1)
+        data, prefix = data["mix"], ("mix",)
+    cfg = mix_config_from_dict(data, path.parent, located, prefix)
+    return cfg, located, prefix
 
 
 def load_mix_config(path: str | Path) -> MixConfig:
     """Read a mix YAML file: either a bare mix mapping or a spec with a `mix:` section.
 
     Relative paths inside resolve against the file's folder."""
-    from generator.core.yaml_loader import load_yaml
-
-    path = Path(path)
-    located = load_yaml(path)
-    data, prefix = located.data, ()
-    if not isinstance(data, dict):
-        raise SpecError("a mix file is a mapping (real:, synthetic:, ratio:, ...)", file=path, line=1, col=1)
-    if "mix" not in data and not ({"real", "synthetic", "ratio", "ratios"} & set(data)):
-        raise SpecError("no mix: section here (and no real:, synthetic:, ratio: keys); see docs/mix.md",
-                        file=path, line=1, col=1)
-    if "mix" in data and not ({"real", "synthetic", "ratio", "ratios"} & set(data)):
-        data, prefix = data["mix"], ("mix",)
-        if not isinstance(data, dict):
-            raise located.error(prefix, "mix: must be a mapping")
-    try:
-        cfg = MixConfig.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc, located, prefix) from None
-    return cfg.resolved(path.parent)
+    return load_mix_file(path)[0]
