@@ -91,7 +91,7 @@ def bare(spec_path: Path) -> dict:
 
 
 def through_run_spec(spec_path: Path, out: Path, executor=None) -> dict:
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
     from generator.config.spec import load_spec
 
     res = run_spec(load_spec(spec_path), out=out, executor=executor, score=False)

@@ -85,7 +85,7 @@ def bench_decode(args) -> None:
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
     from generator.engine.executors.local import LocalExecutor
     from generator.engine.planner import plan_spec
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
 
     spec = load_spec(short_spec(Path(tempfile.mkdtemp(prefix="synthgen-bench-spec-")), args.records,
                                 args.max_tokens))

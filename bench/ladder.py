@@ -43,7 +43,7 @@ def run_rungs(model: str, records: int, out: Path, max_tokens: int | None) -> li
     from generator.core.backend import Borrowed
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
     from generator.engine.executors.local import LocalExecutor
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
 
     inner = VLLMOfflineBackend(model, engine={"max_model_len": 2048})
     shared = Borrowed(inner)  # one engine for the four rungs; the executors never close it

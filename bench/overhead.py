@@ -40,7 +40,7 @@ def main() -> None:
     from generator.engine.executors.local import LocalExecutor
     from generator.engine.planner import plan_spec
     from generator.engine.requests import make_request
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
     from generator.config.spec import load_spec
 
     # no retries: both arms send exactly one request per record

@@ -46,7 +46,7 @@ def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
             from generator.feedback.rounds import run_rounds
 
             return run_rounds(spec, out=out, executor=executor, progress=progress, limit=limit, score=score)
-        from generator.engine.runner import run_spec
+        from generator.runs import run_spec
 
         return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress, score=score)
 

@@ -18,7 +18,7 @@ def golden_rows(name: str, out: Path):
 
     from generator import load_spec
     from generator.engine.executors.local import LocalExecutor
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
 
     base, _, retries = name.partition("@r")  # "math@r0": the spec with `run.retries` 0
     spec = load_spec(HERE.parent / "specs" / f"{base}.yaml", overrides={"run.retries": retries} if retries else None)

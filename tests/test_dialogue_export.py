@@ -13,12 +13,12 @@ from generator.config.spec import load_spec
 from generator.config.tools import ToolDef
 from generator.core.backend import Result
 from generator.core.run_layout import generation_files
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.dialogue import ToolResult, drive
 from generator.engine.dialogue.agent import AgentSetup, agent
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.pipeline.context import stage_seed
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.export import ExportOptions, export_run
 from helpers import importorskip_ci, skip_or_fail
 

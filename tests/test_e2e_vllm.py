@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from generator.engine.executors.local import LocalExecutor
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.config.spec import load_spec
 from generator.engine.run_folder import GENERATION_SCHEMA
 from helpers import importorskip_ci

@@ -20,7 +20,7 @@ from generator.engine.executors.local import LocalExecutor
 from generator.export import ExportError, ExportOptions, Filters, export_run
 from generator.export.rows import Preference, split
 from generator.export.usage import compute_usage
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.config.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

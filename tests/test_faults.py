@@ -15,7 +15,7 @@ import pytest
 from generator.testing.fake import FakeBackend
 from generator.core.errors import BackendError, ModelError, RunFolderError
 from generator.engine.executors.local import LocalExecutor
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.config.spec import load_spec
 from helpers import importorskip_ci
 

@@ -237,7 +237,7 @@ def test_default_requests_do_not_crash_a_cpu_server(vllm_server):
 
 @pytest.mark.slow
 def test_run_spec_through_the_server_keeps_the_key_out(vllm_server, tmp_path, monkeypatch):
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
     from generator.config.spec import load_spec
 
     monkeypatch.setenv("SG_TEST_SERVER_KEY", "sk-do-not-store-4242")
@@ -318,7 +318,7 @@ class FaultProxy:
 def test_faults_429_and_500_are_retried_nothing_lost(vllm_server, tmp_path, monkeypatch):
     from generator.engine.executors.local import LocalExecutor
     from generator.engine.backends import make_backend
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
     from generator.config.spec import load_spec
 
     monkeypatch.setenv("SG_TEST_SERVER_KEY", "k")

@@ -149,7 +149,7 @@ def test_missing_api_key_is_one_line(monkeypatch):
 def test_local_runner_matches_offline_backend(proj, tmp_path, shared_backend_factory):
     pytest.importorskip("vllm")
     from generator.engine.executors.local import LocalExecutor
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
     from generator.config.spec import load_spec
 
     base = load_spec(proj / "spec.yaml", {"sampling.max_tokens": "24"})

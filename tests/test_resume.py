@@ -19,7 +19,7 @@ import pytest
 from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.planner import plan_spec
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.engine.requests import make_request
 from generator.config.spec import load_spec
 from helpers import cache_keys, small_spec

@@ -11,7 +11,7 @@ import pytest
 from generator.testing.fake import FakeBackend
 from generator.core.errors import RunFolderError
 from generator.engine.executors.local import LocalExecutor
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.config.spec import load_spec
 from generator.engine.run_folder import GENERATION_SCHEMA
 

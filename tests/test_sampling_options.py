@@ -9,7 +9,7 @@ from generator.core.backend import Request, Sampling
 from generator.testing.fake import FakeBackend
 from generator.engine.backends.openai_http import request_body
 from generator.engine.executors.local import LocalExecutor
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 
 
 def _run(spec, out):

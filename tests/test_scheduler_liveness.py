@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from generator.config.spec import load_spec
 from generator.core.backend import Request, RequestFeed, Result
 from generator.engine.executors.local import LocalExecutor
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.library.schema_examples import minimal_instance
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "proj"

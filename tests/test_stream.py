@@ -218,7 +218,7 @@ def test_overrides_that_take_the_whole_budget_are_one_clear_error():
 def test_local_executor_gives_each_offline_model_its_slice(proj, tmp_path, monkeypatch):
     from generator.config.spec import load_spec
     from generator.engine.executors.local import LocalExecutor
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
     import generator.engine.backends.memory as memory
 
     monkeypatch.setattr(memory, "on_gpu", lambda: False)

@@ -13,7 +13,7 @@ from generator.cli.main import main
 from generator.config.spec import load_spec
 from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.export.usage import compute_usage, session_totals
 
 PRICE = {"models.0.price.input_per_mtok": "2.5", "models.0.price.output_per_mtok": "10"}

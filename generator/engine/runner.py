@@ -1,6 +1,7 @@
-"""`synthgen run`: plan a spec, generate what is missing, write the run folder.
+"""The engine's part of a run: plan a spec, reconcile it with the run folder, generate what is
+missing on an executor, and count what was written. The close-out (usage, dataset card, scores)
+is one floor up, in `generator.runs`.
 
-The flow is one way: spec -> plan -> executor(backend) -> store -> (score) -> summary.
 Running the same command again resumes: finished shards are kept, answers already paid for
 are replayed from the request cache, and only the rest reaches the model.
 """
@@ -97,12 +98,6 @@ def reconcile(folder: RunFolder, records: list[Record]) -> tuple[pl.DataFrame | 
     return plan, [r for r in records if r.id not in old]
 
 
-def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
-    from generator.export.card import write_run_card
-
-    write_run_card(folder.path, manifest, personas=len(resolved.personas) if resolved.personas else 0)
-
-
 @dataclass
 class ExecStats:
     """What one `execute_records` call did."""
@@ -180,9 +175,14 @@ def _take_report(report, stats: ExecStats, manifest: dict) -> None:
         manifest["models"] = report.backends
 
 
-def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame, stats: ExecStats,
+def compile_pipeline(resolved: Resolved) -> Pipeline:
+    """A spec's checked stage DAG; a single-stage spec is a one-node pipeline."""
+    return compile_spec(resolved)
+
+
+def record_counts(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame, stats: ExecStats,
                plan_seconds: float, pipeline=None) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Counts and timings into the manifest, the dataset card; returns (generations, status counts).
+    """Counts, timings and the pipeline summary into the manifest; returns (generations, status counts).
     For a pipeline the generations are the final rows (one per record; rejected attempts stay in
     the shards and are counted in the manifest's `pipeline` section)."""
     frame = folder.read_generations()
@@ -206,95 +206,6 @@ def finish_run(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.D
                     "model_calls": stats.model_calls,
                     "completion_tokens_per_s": round(stats.completion_tokens / decode_seconds, 2)
                     if stats.pending_records else None})
-    manifest["usage"] = run_usage(folder.path, manifest)
-    folder.write_manifest(manifest)
-    _card(folder, manifest, resolved)
     return frame, statuses
 
 
-def run_usage(run_dir: Path, manifest: dict) -> dict:
-    """The manifest's `usage`: per model over every session (resumes summed), and this session's."""
-    from generator.export.usage import compute_usage
-
-    u = compute_usage(run_dir, manifest)
-    this = next((x for x in u["sessions"] if x["session"] == manifest.get("session")), None)
-    return {"source": u["source"], "models": u["models"], "stages": u["by"].get("stage", []), "total": u["total"],
-            "sessions": len(u["sessions"]), "this_session": this}
-
-
-def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
-             progress: Progress | None = None, score: bool = True) -> RunResult:
-    """Generate everything `spec` plans into a run folder (resuming one that exists)."""
-    if spec.rounds is not None:
-        # rounds live a layer above the engine: `generator.run` hands such specs to the feedback loop
-        raise ValueError("run_spec runs a single-pass spec; use generator.run() for a spec with `rounds:`")
-    t0 = time.time()
-    emit = progress or (lambda event, data: None)
-    resolved, records = plan_spec(spec, limit=limit)
-    pipeline = compile_pipeline(resolved)
-    plan_seconds = time.time() - t0
-    folder = RunFolder(out or spec.output_dir())
-    old_plan, new = reconcile(folder, records)
-    folder.create()
-    plan = assign_shards(old_plan, new, spec.run.shard_size)
-    if new:
-        folder.write_plan(plan)
-    manifest = run_manifest(folder, spec, resolved, limit)
-    if not pipeline.single:
-        manifest["templates"] = {t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates}
-    folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
-    emit("plan", {"records": plan.height, "new": len(new), "seconds": plan_seconds})
-
-    own_executor = executor is None
-    if executor is None:
-        from generator.engine.executors.local import LocalExecutor
-
-        executor = LocalExecutor()
-    try:
-        stats = execute_records(folder, resolved, plan, executor, emit, manifest, pipeline)
-    finally:
-        if own_executor:
-            executor.close()
-    return close_run(spec, folder, manifest, resolved, plan, stats, plan_seconds, score, emit, t0, pipeline)
-
-
-def compile_pipeline(resolved: Resolved) -> Pipeline:
-    """A spec's checked stage DAG; a single-stage spec is a one-node pipeline."""
-    return compile_spec(resolved)
-
-
-def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame,
-              stats: "ExecStats", plan_seconds: float, score: bool, emit: Progress, t0: float,
-              pipeline=None) -> RunResult:
-    """The end of every run (single or rounds): manifest and card, the spec's scores, the result."""
-    frame, statuses = finish_run(folder, manifest, resolved, plan, stats, plan_seconds, pipeline)
-    scores = None
-    if score and spec.scoring is not None and frame.height:
-        scores = score_run(folder, spec)
-    emit("done", {"seconds": time.time() - t0})
-    return RunResult(run_dir=folder.path, manifest=manifest, planned=plan.height, generated=frame.height,
-                     model_calls=stats.model_calls, statuses=statuses, scores=scores)
-
-
-def score_run(folder: RunFolder, spec: Spec) -> dict | None:
-    """The spec's chosen metrics on the run's `ok` rows, stored as `scores.json`."""
-    try:
-        from scoring import api as scoring_api
-    except ImportError:
-        return None
-    cfg = spec.scoring
-    by = list(dict.fromkeys(cfg.by)) or [None]
-    # one pass per grouping: the first fills `per_group`; every one is kept under `per_by`
-    scores = scoring_api.score([folder.path], metrics=cfg.metrics, by=by[0], sample=cfg.sample,
-                               seed=spec.seed, embedder=cfg.embedder)
-    if by[0] is not None:
-        scores["per_by"] = {}
-        for b in by:
-            res = scores if b == by[0] else scoring_api.score(
-                [folder.path], metrics=cfg.metrics, by=b, sample=cfg.sample, seed=spec.seed, embedder=cfg.embedder)
-            scores["per_by"][b] = {p: {n: m.get("per_group") for n, m in ds["metrics"].items()}
-                                   for p, ds in res["datasets"].items()}
-    from generator.core.files import write_json_atomic
-
-    write_json_atomic(folder.path / "scores.json", scores)
-    return scores

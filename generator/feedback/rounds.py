@@ -25,7 +25,8 @@ from generator.feedback.allocator import Allocation, Allocator, grow_samples, ro
 from generator.core.errors import RunFolderError
 from generator.library.catalog import load_personas, load_topic_tree, resolve, tree_cells
 from generator.engine.planner import Resolved, expand, resolve_spec, validate
-from generator.engine.runner import (ExecStats, Progress, RunResult, assign_shards, close_run, compile_pipeline,
+from generator.runs import close_run
+from generator.engine.runner import (ExecStats, Progress, RunResult, assign_shards, compile_pipeline,
                                      execute_records, run_manifest)
 from generator.config.spec import Spec, TreeTopics
 from generator.core.files import write_json_atomic
