@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.machine import describe  # noqa: E402
+
 GOAL_S = 2.0
 
 INPUTS = {
@@ -43,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         start = statistics.median(_time(["-c", "pass"], cwd)[0] for _ in range(args.repeats))
