@@ -359,13 +359,23 @@ def first_pairs(resolved: Resolved, limit: int) -> list[tuple[TopicCell, int]]:
 
 
 def plan_spec(spec: Spec, limit: int | None = None) -> tuple[Resolved, list[Record]]:
+    resolved, records = plan_stream(spec, limit)
+    return resolved, list(records)
+
+
+def plan_stream(spec: Spec, limit: int | None = None) -> tuple[Resolved, Iterator[Record]]:
+    """The resolved spec and its records, rendered only as the iterator gets to them (a plan of any
+    size is written a chunk at a time; `plan_spec` holds them all)."""
     resolved = resolve_spec(spec)
     validate(resolved)
-    if limit is None:
-        return resolved, expand(resolved)
     tpl_list = [t for t, _ in resolved.templates]
-    pairs = first_pairs(resolved, max(limit, 0))
-    return resolved, list(render_pairs(resolved, pairs, tpl_list, [w for _, w in resolved.templates]))
+    weights = [w for _, w in resolved.templates]
+    if limit is None:
+        counts = default_counts(resolved)
+        pairs: Iterable = ((cell, g) for cell in resolved.cells for g in range(counts[cell.id]))
+    else:
+        pairs = first_pairs(resolved, max(limit, 0))
+    return resolved, render_pairs(resolved, pairs, tpl_list, weights)
 
 
 def limit_records(records: list[Record], limit: int) -> list[Record]:

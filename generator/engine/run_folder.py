@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import polars as pl
 
 from generator.core.errors import RunFolderError
-from generator.core.files import write_json_atomic, write_parquet_atomic
+from generator.core.files import atomic_path, write_json_atomic, write_parquet_atomic
 from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_files, read_generation_files,
                                       read_manifest, read_plan)
 from generator.engine.record import MESSAGE, plan_schema
@@ -228,6 +228,48 @@ class RunFolder:
 
     def write_plan(self, frame: pl.DataFrame) -> None:
         write_parquet_atomic(frame, self.plan_path)
+
+    # -- the plan a chunk at a time (plans larger than memory)
+    def write_plan_stream(self, frames: Iterable[pl.DataFrame]) -> int:
+        """Write the plan from chunks of rows (plan columns + `shard`), atomically; returns its rows."""
+        import pyarrow.parquet as pq
+
+        columns = [*PLAN_SCHEMA, "shard"]
+        rows = 0
+        with atomic_path(self.plan_path) as tmp:
+            writer = None
+            try:
+                for frame in frames:
+                    table = frame.select(columns).to_arrow()
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                    writer.write_table(table)
+                    rows += frame.height
+            finally:
+                if writer is not None:
+                    writer.close()
+            if writer is None:  # an empty plan still has its columns
+                pl.DataFrame(schema={**PLAN_SCHEMA, "shard": pl.Utf8}).write_parquet(tmp)
+        return rows
+
+    def plan_batches(self, columns: list[str] | None = None, rows: int = 4096) -> Iterator[pl.DataFrame]:
+        """The plan in slices of `rows`, oldest first; columns added to `Record` since it was written
+        are null. Only one slice is held at a time."""
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self.plan_path)
+        have = set(pf.schema_arrow.names)
+        want = [c for c in (columns or [*PLAN_SCHEMA, "shard"])]
+        for batch in pf.iter_batches(batch_size=rows, columns=[c for c in want if c in have]):
+            frame = pl.from_arrow(batch)
+            missing = [pl.lit(None, dtype=PLAN_SCHEMA.get(c, pl.Utf8)).alias(c) for c in want if c not in have]
+            yield frame.with_columns(missing).select(want) if missing else frame
+
+    def plan_column(self, name: str) -> pl.Series:
+        return pl.read_parquet(self.plan_path, columns=[name])[name]
+
+    def has_plan(self) -> bool:
+        return self.plan_path.exists()
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -8,11 +8,12 @@ are replayed from the request cache, and only the rest reaches the model.
 from __future__ import annotations
 
 import importlib.metadata as md
+import itertools
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import polars as pl
 
@@ -109,6 +110,92 @@ class ExecStats:
     completion_tokens: int = 0
 
 
+PLAN_CHUNK = 8192  # records rendered, framed and written at a time
+
+
+def _chunks(records: Iterable[Record], n: int = PLAN_CHUNK) -> Iterator[list[Record]]:
+    it = iter(records)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def _sharded(chunks: Iterable[list[Record]], shard_size: int, start: dict[int, int]) -> Iterator[pl.DataFrame]:
+    """Plan frames with each record's shard: per round, `shard_size` records a shard, counting on
+    from `start` (the next free shard index of each round)."""
+    counters: dict[int, int] = {}
+    for chunk in chunks:
+        frame = records_frame(chunk)
+        names = []
+        for rnd in frame["round"].to_list():
+            i = counters.get(rnd, 0)
+            counters[rnd] = i + 1
+            names.append(shard_name(rnd, start.get(rnd, 0) + i // shard_size))
+        yield frame.with_columns(pl.Series("shard", names))
+
+
+_KEYS = ("template", "template_hash", "prompt", "model", "max_tokens", "temperature", "top_p")
+
+
+def plan_into(folder: RunFolder, records: Iterable[Record], shard_size: int) -> tuple[int, int]:
+    """Write the plan of `records` (streamed: a chunk at a time) into `folder`, or check it against
+    the plan already there and append the records it lacks in fresh shards. Refuses a plan that
+    changed what was planned (the same checks as `reconcile`). Returns (planned, new)."""
+    if not folder.has_plan():
+        n = folder.write_plan_stream(_sharded(_chunks(records), shard_size, {}))
+        return n, n
+    old: dict[str, tuple] = {}
+    start: dict[int, int] = {}
+    for frame in folder.plan_batches(["id", "round", "shard", *_KEYS]):
+        for r in frame.iter_rows(named=True):
+            old[r["id"]] = (r["template"], r["template_hash"], hash(r["prompt"]), r["model"], r["max_tokens"],
+                            r["temperature"], r["top_p"])
+            start[r["round"]] = max(start.get(r["round"], 0), shard_index(r["shard"])[1] + 1)
+    planned = len(old)
+    changed: str | None = None
+    fresh_rows = 0
+
+    def lacking() -> Iterator[list[Record]]:
+        nonlocal changed, fresh_rows
+        for chunk in _chunks(records):
+            keep = []
+            for r in chunk:
+                o = old.pop(r.id, None)
+                if o is None:
+                    keep.append(r)
+                elif changed is None:
+                    for key, was, now in zip(_KEYS[1:], o[1:], (r.template_hash, hash(r.prompt), r.model,
+                                                              r.max_tokens, r.temperature, r.top_p)):
+                        if was != now:
+                            changed = (f"template '{r.template}' was edited" if key in ("template_hash", "prompt")
+                                       else f"`{key}` changed")
+                            break
+            fresh_rows += len(keep)
+            if keep:
+                yield keep
+
+    tmp = RunFolder(folder.path / ".plan-new")  # the records the plan lacks, until they are appended
+    tmp.path.mkdir(exist_ok=True)
+    try:
+        tmp.write_plan_stream(_sharded(lacking(), shard_size, start))
+        if old:
+            sample = next(iter(old.values()))
+            raise RunFolderError(
+                f"{folder.path}: the spec no longer plans {len(old)} of the {planned} records in this run "
+                f"(e.g. topic/template/model choices changed for a '{sample[0]}' record); "
+                f"start a new run with --out NEW_DIR, or restore the spec")
+        if changed is not None:
+            raise RunFolderError(f"{folder.path}: {changed} since this run was planned, so its records "
+                                 f"would differ; start a new run with --out NEW_DIR, or undo the change")
+        if fresh_rows:
+            both = itertools.chain(folder.plan_batches(), tmp.plan_batches())
+            folder.write_plan_stream(both)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp.path, ignore_errors=True)
+    return planned + fresh_rows, fresh_rows
+
+
 def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int | None) -> dict:
     """The run's manifest (read back when the folder exists) updated with this spec's identity."""
     manifest = folder.read_manifest() or {"created_at": time.time()}
@@ -123,21 +210,40 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
     return manifest
 
 
+def _pending_from_file(folder: RunFolder, done: set[str]) -> Iterator[dict]:
+    for frame in folder.plan_batches():
+        if done:
+            frame = frame.filter(~pl.col("shard").is_in(list(done)))
+        yield from frame.iter_rows(named=True)
+
+
 def pending_rows(pending: pl.DataFrame, chunk: int = 2048) -> Iterator[dict]:
     """The pending plan rows as dicts, a slice at a time (only the records in progress are held)."""
     for part in pending.iter_slices(chunk):
         yield from part.iter_rows(named=True)
 
 
-def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, executor, emit: Progress,
+def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | None, executor, emit: Progress,
                     manifest: dict, pipeline: Pipeline) -> ExecStats:
-    """Run every planned record whose shard is not written yet (the executor is not closed)."""
+    """Run every planned record whose shard is not written yet (the executor is not closed). With
+    `plan` None the plan is streamed from the run folder, a slice at a time."""
     stats = ExecStats()
     done = folder.completed_shards()
-    pending = plan.filter(~pl.col("shard").is_in(list(done))) if done else plan
-    sizes = dict(pending.group_by("shard").len().iter_rows())
-    stats.pending_records = pending.height
-    emit("start", {"records": plan.height, "pending": pending.height, "shards": len(sizes),
+    if plan is None:
+        shard = folder.plan_column("shard")
+        total = shard.len()
+        counts = shard.filter(~shard.is_in(list(done))).value_counts()
+        sizes = dict(counts.iter_rows())
+        rows: Iterable[dict] = _pending_from_file(folder, done)
+        models_pending = set(folder.plan_column("model").unique().to_list()) if sizes else set()
+    else:
+        pending = plan.filter(~pl.col("shard").is_in(list(done))) if done else plan
+        total = plan.height
+        sizes = dict(pending.group_by("shard").len().iter_rows())
+        rows = pending_rows(pending)
+        models_pending = set(pending["model"].unique().to_list()) if pending.height else set()
+    stats.pending_records = sum(sizes.values())
+    emit("start", {"records": total, "pending": stats.pending_records, "shards": len(sizes),
                    "done_shards": len(done), "run_dir": folder.path, "session": manifest.get("session")})
 
     def on_record(row: dict) -> None:  # every attempt's tokens count; progress counts records
@@ -150,16 +256,14 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame, e
         kwargs["window"] = resolved.spec.run.window
     if any(m.backend == "openai_batch" for m in resolved.spec.models):  # batch ids live in the run folder
         kwargs["run_dir"] = str(folder.path)
-    models = pipeline.models_used(resolved.spec.models[0].name) | {m.name for m in resolved.models}
-    if pending.height:
-        models |= set(pending["model"].unique().to_list())
-    job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=pending_rows(pending), sizes=sizes,
+    models = pipeline.models_used(resolved.spec.models[0].name) | {m.name for m in resolved.models} | models_pending
+    job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=rows, sizes=sizes,
               models=models, session=manifest.get("session"), on_record=on_record,
               on_shard=lambda st: emit("shard", {"name": st.name, "records": st.records}),
               on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs)
     t1 = time.time()
     try:
-        if pending.height:
+        if stats.pending_records:
             executor.execute(job)
             _take_report(executor.report(), stats, manifest)
     finally:
@@ -180,25 +284,34 @@ def compile_pipeline(resolved: Resolved) -> Pipeline:
     return compile_spec(resolved)
 
 
-def record_counts(folder: RunFolder, manifest: dict, resolved: Resolved, plan: pl.DataFrame, stats: ExecStats,
-               plan_seconds: float, pipeline=None) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Counts, timings and the pipeline summary into the manifest; returns (generations, status counts).
-    For a pipeline the generations are the final rows (one per record; rejected attempts stay in
-    the shards and are counted in the manifest's `pipeline` section)."""
-    frame = folder.read_generations()
+def record_counts(folder: RunFolder, manifest: dict, planned: int, stats: ExecStats, plan_seconds: float,
+                  pipeline: Pipeline | None = None) -> tuple[int, dict[str, int]]:
+    """Counts, timings and the pipeline summary into the manifest; returns (records generated,
+    status counts). Read column by column from the shards, never whole. For a pipeline a record
+    counts once, by its final row (rejected attempts stay in the shards and are counted in the
+    manifest's `pipeline` section)."""
+    from generator.core.run_layout import generation_files
+
+    files = generation_files(folder.path)
     statuses: dict[str, int] = {}
     tokens = {"prompt": 0, "completion": 0}
-    if not frame.is_empty():
-        tokens = {"prompt": int(frame["prompt_tokens"].sum()), "completion": int(frame["completion_tokens"].sum())}
-    if pipeline is not None and not pipeline.single:
-        from generator.engine.pipeline.execute import summary
+    generated = 0
+    if files:
+        # shards of different versions may differ in columns: missing ones are null
+        lf = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
+        sums = lf.select(pl.col("prompt_tokens").sum(), pl.col("completion_tokens").sum()).collect()
+        tokens = {"prompt": int(sums["prompt_tokens"][0] or 0), "completion": int(sums["completion_tokens"][0] or 0)}
+        single = pipeline is None or pipeline.single
+        if not single:
+            from generator.engine.pipeline.execute import summary, summary_columns
 
-        manifest["pipeline"] = summary(frame, pipeline)
-        frame = frame.filter(pl.col("final")) if "final" in frame.columns else frame
-    if not frame.is_empty():
-        statuses = dict(frame.group_by("status").len().iter_rows())
-    manifest["counts"] = {"planned": plan.height, "generated": frame.height, "status": statuses,
-                          "tokens": tokens, "shards": len(folder.completed_shards())}
+            manifest["pipeline"] = summary(lf.select(summary_columns(pipeline)).collect(), pipeline)
+            lf = lf.filter(pl.col("final"))
+        counted = lf.group_by("status").len().collect()
+        statuses = dict(counted.iter_rows())
+        generated = int(counted["len"].sum()) if counted.height else 0
+    manifest["counts"] = {"planned": planned, "generated": generated, "status": statuses,
+                          "tokens": tokens, "shards": len(files)}
     timings = manifest.setdefault("timings", [])
     decode_seconds = max(stats.gen_seconds - stats.load_seconds, 1e-6)
     timings.append({"plan_s": round(plan_seconds, 3), "generate_s": round(stats.gen_seconds, 3),
@@ -206,6 +319,4 @@ def record_counts(folder: RunFolder, manifest: dict, resolved: Resolved, plan: p
                     "model_calls": stats.model_calls,
                     "completion_tokens_per_s": round(stats.completion_tokens / decode_seconds, 2)
                     if stats.pending_records else None})
-    return frame, statuses
-
-
+    return generated, statuses

@@ -197,7 +197,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     if stop_decisions:
         write_json_atomic(folder.path / "rounds" / "stop.json", {"after_round": len(history),
                                                                  "decisions": stop_decisions})
-    return close_run(spec, folder, manifest, resolved, plan, total, plan_seconds, score, emit, t0, pipeline)
+    return close_run(spec, folder, manifest, resolved, plan.height, total, plan_seconds, score, emit, t0, pipeline)
 
 
 def _plan_round(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | None, alloc: dict, r: int,

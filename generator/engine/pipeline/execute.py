@@ -147,6 +147,11 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
     return stats
 
 
+def summary_columns(pipeline: Pipeline) -> list[str]:
+    """The columns `summary` reads (so a large run's shards are read only for these)."""
+    return ["final", "decided_by", "status", "attempts", *(f"{s}.attempt" for s in pipeline.order)]
+
+
 def summary(frame: pl.DataFrame, pipeline: Pipeline) -> dict[str, Any]:
     """The manifest's `pipeline` section: stage order, per-stage rates, who decided each record."""
     final = frame.filter(pl.col("final")) if "final" in frame.columns else frame.clear()
