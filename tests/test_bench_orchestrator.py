@@ -33,7 +33,7 @@ def test_bench_prints_records_per_second_and_rss(tmp_path):
         # every planned record is written ok: the fake's answers pass the schema and the agreement check
         assert r["records"] == r["planned"] == 300 and r["statuses"] == {"ok": 300}, r
         assert r["records_per_s"] > 0 and r["execute_records_per_s"] >= r["records_per_s"]
-        assert 0 < r["execute_cpu_s"] <= r["cpu_s"] and r["records_per_cpu_s"] == round(300 / r["cpu_s"], 1)
+        assert 0 < r["execute_cpu_s"] <= r["cpu_s"] and abs(r["records_per_cpu_s"] * r["cpu_s"] / 300 - 1) < 0.02
         assert sum(r["phases_s"].values()) <= r["seconds"] + 0.05
         assert 30 < r["peak_rss_mb"] < 2048
         row = next(ln for ln in lines[2:] if ln.split()[0] == name)
