@@ -92,7 +92,7 @@ def child(spec_name: str, n: int, shard_size: int, out: Path, profile: Path | No
     """One run of `spec_name` at `n` records into `out`; returns its figures."""
     from generator.config.spec import load_spec
     from generator.engine.executors.local import LocalExecutor
-    from generator.engine.runner import run_spec
+    from generator.runs import run_spec
     from generator.testing.fake import FakeBackend
 
     path = ROOT / "specs" / f"{spec_name}.yaml"
