@@ -37,24 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_SIZES = "10000,100000"
+from bench.machine import describe, machine  # noqa: E402
+
 DEFAULT_SPECS = "math,math_verified"
-
-
-def _machine() -> str:
-    """One line on the machine (bench/machine.py's `describe` when present)."""
-    try:
-        from bench.machine import describe
-
-        return describe()
-    except ImportError:
-        import platform
-
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), platform.machine())
-        flags = Path("/proc/cpuinfo").read_text()
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        return (f"{cpu}, AVX-512 {'yes' if 'avx512f' in flags else 'no'}, AVX2 {'yes' if 'avx2' in flags else 'no'}, "
-                f"{os.cpu_count()} cores, {mem:.0f} GiB")
 
 
 def _vm_hwm() -> int:
@@ -186,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     for s in specs:
         if not (ROOT / "specs" / f"{s}.yaml").exists():
             ap.error(f"--specs: no specs/{s}.yaml; e.g. --specs math,math_verified")
-    machine = _machine()
-    print(f"machine: {machine}", flush=True)
+    print(describe(), flush=True)
     print(f"{'spec':<14} {'records':>9} {'rec/s':>8} {'exec rec/s':>10} {'rec/cpu-s':>9} {'plan s':>7} "
           f"{'prep s':>7} {'exec s':>8} {'finish s':>8} {'peak RSS MB':>11}", flush=True)
     rows = []
@@ -200,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['peak_rss_mb']:>11,.0f}", flush=True)
             rows.append(r)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "shard_size": args.shard_size, "runs": rows},
+        Path(args.json).write_text(json.dumps({"machine": machine(), "shard_size": args.shard_size, "runs": rows},
                                               indent=2) + "\n")
 
 

@@ -26,7 +26,7 @@ def test_bench_prints_records_per_second_and_rss(tmp_path):
     assert lines[0].startswith("machine: ") and "cores" in lines[0]
     assert "rec/s" in lines[1] and "rec/cpu-s" in lines[1] and "peak RSS MB" in lines[1]
     data = json.loads(out.read_text())
-    assert data["machine"] == lines[0].removeprefix("machine: ")
+    assert data["machine"]["cores"] >= 1 and "avx512" in data["machine"]
     runs = {r["spec"]: r for r in data["runs"]}
     assert set(runs) == {"math", "math_verified"}
     for name, r in runs.items():

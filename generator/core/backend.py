@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 import collections
 import threading
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -42,9 +42,10 @@ class Request:
 
     def payload_hash(self, model: str) -> str:
         """Key of the request-level replay cache: everything that decides the answer."""
-        sampling = asdict(self.sampling)
-        if sampling["repetition_penalty"] is None:  # unset options leave the keys of earlier runs unchanged
-            del sampling["repetition_penalty"]
+        s = self.sampling
+        sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
+        if s.repetition_penalty is not None:  # unset options leave the keys of earlier runs unchanged
+            sampling["repetition_penalty"] = s.repetition_penalty
         payload = {"model": model, "messages": list(self.messages), "sampling": sampling, "schema": self.json_schema}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

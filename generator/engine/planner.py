@@ -323,6 +323,7 @@ def render_pairs(resolved: Resolved, pairs: Iterable[tuple[TopicCell, int]], tpl
     """The record of each (cell, generation index), rendered only when the iterator gets to it."""
     spec = resolved.spec
     model_weights = [m.share for m in resolved.models]
+    samplings: dict[str, Any] = {}
     for cell, g in pairs:
         rng = random.Random(hash64(spec.seed, "record", cell.id, g))
         tpl = rng.choices(tpl_list, weights=tpl_weights)[0]
@@ -330,7 +331,9 @@ def render_pairs(resolved: Resolved, pairs: Iterable[tuple[TopicCell, int]], tpl
         messages, choices, persona_ids, companions = _render(resolved, tpl, cell, rng)
         coords = [cell.id, g, tpl.name, model.name, persona_ids, companions, choices]
         rid = hashlib.sha256(json.dumps(coords, sort_keys=True).encode()).hexdigest()[:16]
-        sampling = resolved.sampling_for(model)
+        sampling = samplings.get(model.name)
+        if sampling is None:
+            sampling = samplings[model.name] = resolved.sampling_for(model)
         yield Record(
             id=rid, round=round, topic_id=cell.id, topic=cell.topic, subtopic=cell.subtopic,
             keywords=list(cell.keywords), level=cell.level, persona_ids=persona_ids,
@@ -386,8 +389,6 @@ def limit_records(records: list[Record], limit: int) -> list[Record]:
 
 
 def records_frame(records: Iterable[Record]):
-    import polars as pl
+    from generator.engine.run_folder import PLAN_SCHEMA, frame_of
 
-    from generator.engine.run_folder import PLAN_SCHEMA
-
-    return pl.DataFrame([r.to_row() for r in records], schema=PLAN_SCHEMA)
+    return frame_of([r.to_row() for r in records], PLAN_SCHEMA)

@@ -7,7 +7,7 @@ Float64, bool -> Boolean, list[str] -> List(Utf8), messages -> List(Struct{role,
 from __future__ import annotations
 
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import polars as pl
@@ -42,7 +42,8 @@ class Record:
     repetition_penalty: float | None = None
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        # shallow: a record is not changed once planned, so its lists need no copies
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
 
 def _dtype(hint: Any) -> Any:
@@ -56,6 +57,9 @@ def _dtype(hint: Any) -> Any:
     if hint not in simple:
         raise TypeError(f"Record field type {hint!r} has no Parquet type; add it to record._dtype")
     return simple[hint]
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Record))
 
 
 def plan_schema() -> dict[str, Any]:

@@ -29,7 +29,7 @@ from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_f
                                       read_manifest, read_plan)
 from generator.engine.record import MESSAGE, plan_schema
 
-__all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "RequestCache",
+__all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "RequestCache", "frame_of",
            "UsageMeter", "new_session"]
 
 PLAN_SCHEMA: dict[str, Any] = plan_schema()  # one column per `Record` field, in order
@@ -38,6 +38,18 @@ RESULT_SCHEMA: dict[str, Any] = {
     "finish_reason": pl.Utf8, "status": pl.Utf8, "attempts": pl.Int32, "error": pl.Utf8,
 }
 GENERATION_SCHEMA = {**PLAN_SCHEMA, **RESULT_SCHEMA}
+_ARROW: dict[int, Any] = {}  # id(schema) -> its Arrow schema
+
+
+def frame_of(rows: list[dict], schema: dict[str, Any]) -> pl.DataFrame:
+    """Row dicts as a frame of `schema` (missing keys are null), built through Arrow: several
+    times faster than `pl.DataFrame(rows, schema=...)`, with the same result."""
+    import pyarrow as pa
+
+    arrow = _ARROW.get(id(schema))
+    if arrow is None or arrow[0] is not schema:
+        arrow = _ARROW[id(schema)] = (schema, pl.DataFrame(schema=schema).to_arrow().schema)
+    return pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow[1]))
 
 
 def _ensure_wal(conn: sqlite3.Connection, path: Path) -> None:
@@ -147,6 +159,17 @@ class RequestCache:
     def get(self, key: str) -> dict | None:
         row = self._conn().execute("SELECT value FROM results WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        """The cached answers among `keys` (one query per 500 keys)."""
+        found: dict[str, dict] = {}
+        db = self._conn()
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            marks = ",".join("?" * len(part))
+            for key, value in db.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", part):
+                found[key] = json.loads(value)
+        return found
 
     def put_many(self, items: Iterable[tuple[str, dict]]) -> None:
         """Store answers, and the usage counted since the last write, in one transaction."""
@@ -312,7 +335,7 @@ class RunFolder:
 
     def write_shard(self, name: str, rows: list[dict], schema: dict | None = None) -> Path:
         """`schema`: a pipeline's wider row schema (default: a single-stage run's)."""
-        frame = pl.DataFrame(rows, schema=schema or GENERATION_SCHEMA)
+        frame = frame_of(rows, schema or GENERATION_SCHEMA)
         path = self.shard_path(name)
         write_parquet_atomic(frame, path)
         return path

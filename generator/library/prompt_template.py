@@ -24,6 +24,7 @@ uses StrictUndefined, so a misspelt attribute (`persona.ocupation`) fails at val
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ def default_roots(path: Path) -> tuple[Path, ...]:
 
 
 ENV = sandbox()
+
+
+_JINJA = re.compile(r"\{[{%#]")  # where Jinja syntax starts
 
 
 @dataclass
@@ -148,7 +152,9 @@ class Template:
         messages = []
         if self.system:
             try:
-                system = render_limited(self._compiled(self.system, 1), context).strip()
+                # a system prompt without Jinja syntax is its own text: no render per prompt
+                system = self.system.strip() if not _JINJA.search(self.system) else \
+                    render_limited(self._compiled(self.system, 1), context).strip()
             except SpecError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every template failure is one line

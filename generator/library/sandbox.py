@@ -12,9 +12,8 @@ import json
 import re
 import signal
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jinja2
 from jinja2.compiler import CodeGenerator
@@ -250,25 +249,33 @@ def sandbox(roots: tuple[Path, ...] = (), confine: Confinement | None = None) ->
     return env
 
 
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    # only when nobody else uses the real-time timer (a test runner's timeout, an application's own)
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer") \
-            or signal.getitimer(signal.ITIMER_REAL)[0] or signal.getsignal(signal.SIGALRM) not in (
-                signal.SIG_DFL, None):
-        yield
-        return
+class _TimeLimit:
+    """SIGALRM after `seconds` while a render runs (a class, not a generator: it runs per prompt).
+    Only on the main thread, and only when nobody else uses the real-time timer (a test runner's
+    timeout, an application's own)."""
 
-    def _stop(signum, frame):
-        raise LimitError(f"rendering took over {seconds:g} s; simplify the template's loops")
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.previous: Any = None
+        self.armed = False
 
-    previous = signal.signal(signal.SIGALRM, _stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    def _stop(self, signum, frame):
+        raise LimitError(f"rendering took over {self.seconds:g} s; simplify the template's loops")
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer") \
+                or signal.getitimer(signal.ITIMER_REAL)[0] or signal.getsignal(signal.SIGALRM) not in (
+                    signal.SIG_DFL, None):
+            return
+        self.previous = signal.signal(signal.SIGALRM, self._stop)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        self.armed = True
+
+    def __exit__(self, *exc) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+            self.armed = False
 
 
 def render_limited(template: jinja2.Template, context: dict[str, Any]) -> str:
@@ -276,7 +283,7 @@ def render_limited(template: jinja2.Template, context: dict[str, Any]) -> str:
     _STATE.loop_items = 0
     parts: list[str] = []
     total = 0
-    with _time_limit(MAX_SECONDS):
+    with _TimeLimit(MAX_SECONDS):
         for chunk in template.generate(context):
             total += len(chunk)
             if total > MAX_OUTPUT:

@@ -75,6 +75,7 @@ class Pending:
     request: Request
     extra: dict = field(default_factory=dict)
     sent: float = 0.0
+    key: str = ""          # the request's cache key (computed once)
 
 
 class PipelineScheduler:
@@ -103,6 +104,8 @@ class PipelineScheduler:
         self.stuck = 0  # records ended because nothing was left to wait for (should stay 0)
         self._pending: dict[str, Pending] = {}
         self._ready: collections.deque[tuple[Pending, Result]] = collections.deque()
+        self._sampling: dict[tuple[str, str], Sampling] = {}  # (stage, model) -> its sampling
+        self._lookups: list[Pending] = []  # submitted, not yet looked up in the cache (one query for all)
         self._events: queue.Queue = queue.Queue()
         self._feeds = {m: RequestFeed() for m in backends}
         self._rows: dict[str, list[dict]] = {}
@@ -186,7 +189,7 @@ class PipelineScheduler:
                     self._landed(pend, payload)
             elif kind == "check":
                 self._checked(who, payload)
-            self._drain_ready()
+        self._drain_ready()
 
     def _pump(self, model: str) -> None:
         try:
@@ -209,13 +212,17 @@ class PipelineScheduler:
             failed = res.finish_reason == "error"  # counted, but not an answer worth replaying
             self.cache.meter.answered(pend.model, pend.stage, res.prompt_tokens, res.completion_tokens, error=failed)
             if not failed:
-                items.append((pend.request.payload_hash(pend.model), res.__dict__))
+                items.append((pend.key, res.__dict__))
         self.cache.put_many(items)
 
     def _drain_ready(self) -> None:
-        while self._ready:
-            pend, res = self._ready.popleft()
-            self._landed(pend, res)
+        """Send what was submitted (cache hits answer at once) until nothing is left to settle."""
+        while self._lookups or self._ready:
+            if self._lookups:
+                self._flush_lookups()
+            while self._ready:
+                pend, res = self._ready.popleft()
+                self._landed(pend, res)
 
     # ------------------------------------------------------------ liveness
     def _live(self, rec: Rec) -> None:
@@ -246,17 +253,30 @@ class PipelineScheduler:
     # ------------------------------------------------------------ requests
     def _submit(self, pend: Pending) -> None:
         pend.rec.busy += 1
-        hit = self.cache.get(pend.request.payload_hash(pend.model)) if self.cache is not None else None
-        if hit is not None:
-            self.cache_hits += 1
-            self.cache.meter.hit(pend.model, pend.stage)
-            self._ready.append((pend, Result(**hit)))
-            return
-        if self.cache is not None:
-            self.cache.meter.submitted(pend.model)
-        pend.sent = time.time()
-        self._pending[pend.request.id] = pend
-        self._feeds[pend.model].put(pend.request)
+        pend.key = pend.request.payload_hash(pend.model)
+        self._lookups.append(pend)
+
+    def _flush_lookups(self) -> None:
+        """Answer the submitted requests the cache holds, and put the rest into their models' feeds,
+        one query and one put per model for all of them."""
+        batch, self._lookups = self._lookups, []
+        hits = self.cache.get_many([p.key for p in batch]) if self.cache is not None else {}
+        sends: dict[str, list[Request]] = {}
+        now = time.time()
+        for pend in batch:
+            hit = hits.get(pend.key)
+            if hit is not None:
+                self.cache_hits += 1
+                self.cache.meter.hit(pend.model, pend.stage)
+                self._ready.append((pend, Result(**hit)))
+                continue
+            if self.cache is not None:
+                self.cache.meter.submitted(pend.model)
+            pend.sent = now
+            self._pending[pend.request.id] = pend
+            sends.setdefault(pend.model, []).append(pend.request)
+        for model, requests in sends.items():
+            self._feeds[model].put_many(requests)
 
     def _start_model_stage(self, rec: Rec, node: StageNode) -> None:
         rid, row = rec.row["id"], rec.row
@@ -270,7 +290,9 @@ class PipelineScheduler:
             render_seed = int(row["seed"])
         else:
             model = getattr(node.cfg, "model", None) or row["model"]
-            sampling = sampling_for(self.resolved, node, model)
+            sampling = self._sampling.get((node.name, model))
+            if sampling is None:
+                sampling = self._sampling[(node.name, model)] = sampling_for(self.resolved, node, model)
             render_seed = stage_seed(self.seed, rid, node.name, rec.attempt, 0)
             if isinstance(node.cfg, GenerateStage):
                 ctx = stage_context(self.contexts.base(row), rec.outputs)
@@ -404,7 +426,10 @@ class PipelineScheduler:
                     return False  # rejected: _reject already advanced the new attempt (or ended it)
                 settled = True
                 continue
-            self._start_check(rec, node)
+            done = self._start_check(rec, node)
+            if done is None:
+                return False  # rejected at once: _reject already went on
+            settled = settled or done
         return settled
 
     def _filter(self, rec: Rec, node: StageNode) -> StageOut:
@@ -414,15 +439,20 @@ class PipelineScheduler:
                         view={"passed": ok, "reason": reason, "status": "passed" if ok else "rejected"},
                         reason=reason)
 
-    def _start_check(self, rec: Rec, node: StageNode) -> None:
-        """A verify stage runs in the worker pool; its verdict comes back as a `check` event."""
+    def _start_check(self, rec: Rec, node: StageNode) -> bool | None:
+        """A verify stage: answer agreement is settled at once (a few microseconds; True when it
+        passed, None when it rejected); the other checks run in the worker pool and their verdict
+        comes back as a `check` event (False: not settled yet)."""
         c: VerifyStage = node.cfg
-        token = (rec, node.name, rec.epoch.get(node.name, 0))
         args = self._check_args(rec, c)
+        if c.check == "agreement":
+            return self._finish_check(rec, node, self._check_out(rec, self._run_check(c, args))) or None
+        token = (rec, node.name, rec.epoch.get(node.name, 0))
         rec.busy += 1
         rec.waiting[node.name] = f"check {c.check}"
         fut = self._checks.submit(self._run_check, c, args)
         fut.add_done_callback(lambda f: self._events.put(("check", token, f)))
+        return False
 
     def _check_args(self, rec: Rec, c: VerifyStage) -> tuple:
         target = rec.outputs[c.target].view
@@ -455,13 +485,16 @@ class PipelineScheduler:
                 v = fut.result()
             except Exception as exc:  # a check that breaks rejects the record, the run goes on
                 v = verify.Verdict(False, f"check failed: {type(exc).__name__}: {exc}"[:300])
-            status = "passed" if v.passed else "rejected"
-            out = StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason,
-                           view={"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
-                                 "reason": v.reason, "status": status})
-            if self._finish_check(rec, self.p.nodes[name], out):
+            if self._finish_check(rec, self.p.nodes[name], self._check_out(rec, v)):
                 self._advance(rec)
         self._live(rec)
+
+    @staticmethod
+    def _check_out(rec: Rec, v: verify.Verdict) -> StageOut:
+        status = "passed" if v.passed else "rejected"
+        return StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason,
+                        view={"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
+                              "reason": v.reason, "status": status})
 
     def _finish_check(self, rec: Rec, node: StageNode, out: StageOut) -> bool:
         """Record a check's outcome; False when it rejected the record (regenerated or ended)."""
