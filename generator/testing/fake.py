@@ -5,6 +5,7 @@ script it writes a short text derived from the prompt, or a minimal JSON object 
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from typing import Any, Callable, Iterable, Iterator
@@ -45,14 +46,14 @@ class FakeBackend:
         requests, or newest first with `lifo=True` (so a test can show a caller does not rely on
         arrival order). Each one goes through `generate`, so a subclass that wraps `generate` (to
         inject a crash or a delay) wraps the stream too."""
-        in_flight: list[Request] = []
+        in_flight: collections.deque[Request] = collections.deque()
         while True:
             in_flight.extend(feed.take(timeout=0.0 if in_flight else None))
             if not in_flight:
                 if feed.exhausted():
                     return
                 continue
-            yield from self.generate([in_flight.pop(-1 if self.lifo else 0)], on_result)
+            yield from self.generate([in_flight.pop() if self.lifo else in_flight.popleft()], on_result)
 
     def _one(self, r: Request, on_result: ProgressFn | None) -> Result:
         self.calls.append(r)
