@@ -13,7 +13,7 @@ from generator.config.spec import load_spec
 from generator.config.tools import ToolDef
 from generator.core.backend import Result
 from generator.core.run_layout import generation_files
-from generator.engine.backends.fake import FakeBackend
+from generator.testing.fake import FakeBackend
 from generator.engine.dialogue import ToolResult, drive
 from generator.engine.dialogue.agent import AgentSetup, agent
 from generator.engine.executors.local import LocalExecutor
