@@ -345,3 +345,39 @@ def test_shipped_dialogue_spec_end_to_end(tmp_path, shared_backend_factory, name
             _well_formed(json.loads(row[f"{stage}.conversation"]))
             turns = json.loads(row[f"{stage}.turns"])
             assert turns and all(t["tag"] for t in turns)
+
+
+# ---------------------------------------------------------------- validate
+
+
+@pytest.mark.parametrize("old,new,key,message", [
+    ('expect: {{value: "{expect}", extract: number}}', 'expect: {{value: "{{{{ nosuch.text }}}}"}}', "expect:",
+     "cannot render this text"),
+    ("    tool_timeout: 1\n", "    tool_timeout: 1\n    on_reject: {{regenerate: s0}}\n", "regenerate:",
+     "does not precede 'solve'"),
+    ("    template: task\n", "    template: task\n    after: [nosuch]\n", "after:", "'nosuch', which is no stage"),
+])
+def test_bad_agent_references_fail_validate_in_one_line(tmp_path, old, new, key, message):
+    assert old in AGENT
+    proj = _project(tmp_path, AGENT.replace(old, new).format(expect="5", extra=""), tools=True)
+    _one_line_error(proj, key, message)
+
+
+def test_bad_stop_expression_and_tool_module_fail_validate_in_one_line(tmp_path):
+    proj = _project(tmp_path / "a", CHAT.replace("turn >= 2", "turns >= 2"))
+    _one_line_error(proj, "stop:", "`stop.expr` reads turns")
+    proj = _project(tmp_path / "b", AGENT.format(expect="5", extra=""), tools=True)
+    (proj / "tools_mod.py").unlink()
+    _one_line_error(proj, "python: tools_mod:add", "tools_mod")
+
+
+def _one_line_error(proj: Path, key: str, message: str) -> None:
+    import subprocess
+    import sys
+
+    spec = proj / "spec.yaml"
+    line = next(i for i, t in enumerate(spec.read_text().splitlines(), 1) if key in t)
+    proc = subprocess.run([sys.executable, "-m", "generator.cli", "validate", str(spec)], capture_output=True,
+                          text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {spec}:{line}:") and message in proc.stderr, proc.stderr
