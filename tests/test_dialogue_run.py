@@ -331,9 +331,13 @@ def test_killed_conversation_resumes_from_the_cache(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,stage", [("tool_math", "solve"), ("support_chat", "chat")])
-def test_shipped_dialogue_spec_end_to_end(tmp_path, shared_backend_factory, name, stage):
-    spec = load_spec(ROOT / "specs" / f"{name}.yaml")
+# the session engine has a 2048-token context: the conversations are kept short enough for it
+@pytest.mark.parametrize("name,stage,sets", [
+    ("tool_math", "solve", {"stages.1.max_steps": "3", "stages.1.sampling.max_tokens": "160"}),
+    ("support_chat", "chat", {"stages.1.turns.max": "3"}),
+])
+def test_shipped_dialogue_spec_end_to_end(tmp_path, shared_backend_factory, name, stage, sets):
+    spec = load_spec(ROOT / "specs" / f"{name}.yaml", sets)
     ex = LocalExecutor(backend_factory=shared_backend_factory)
     run_spec(spec, out=tmp_path / "run", executor=ex, score=False, limit=3)
     assert ex.report().stuck == 0
@@ -381,3 +385,20 @@ def _one_line_error(proj: Path, key: str, message: str) -> None:
                           text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: {spec}:{line}:") and message in proc.stderr, proc.stderr
+
+
+def test_view_record_shows_the_final_attempts_turns_and_tool_calls(tmp_path):
+    from generator.view import data
+
+    script = {1: [{"final_answer": "4"}], 2: [{"tool_calls": [{"name": "add", "arguments": {"a": 2, "b": 3}}]},
+                                              {"final_answer": "5"}]}
+    final, _, _ = _agent_rows(tmp_path, script, extra="    on_reject: {regenerate: solve, max_attempts: 3}\n",
+                              limit=1)
+    rid = final["id"][0]
+    rec = data.record(data.load_run(tmp_path / "proj" / "run"), rid)
+    assert rec["lineage"]["attempts"] == 2 and rec["text"] == "5"
+    roles = [m["role"] for m in rec["conversation"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]
+    assert rec["conversation"][2]["tool_calls"][0]["function"]["name"] == "add"
+    assert [t["function"]["name"] for t in rec["tools"]] == ["add", "boom", "sleepy"]
+    assert "conversation" not in rec["extra"] and "solve.tool_calls" in rec["extra"]
