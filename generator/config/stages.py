@@ -48,7 +48,7 @@ class GenerateStage(_Stage):
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
     n: int = Field(1, ge=1, le=32, description="Independent samples per record (e.g. re-solves).")
     output: bool = Field(False, description="This stage's answer is the row's `text`/`completion` "
-                         "(default: the last generate stage with n: 1).")
+                         "(default: the last listed generate stage with n: 1, conversation or agent stage).")
 
     @model_validator(mode="after")
     def _one_template_source(self):

@@ -45,6 +45,8 @@ class Resolved:
     personas: list[dict] | None
     models: list[ModelConfig]
     stage_templates: dict[int, list[tuple[Template, float]]] = field(default_factory=dict)  # stage index ->
+    # conversation/agent stages: stage index -> role ("user", "assistant", "task") -> its template
+    role_templates: dict[int, dict[str, Template]] = field(default_factory=dict)
 
     @property
     def template_by_name(self) -> dict[str, Template]:
@@ -195,7 +197,8 @@ def resolve_spec(spec: Spec) -> Resolved:
         if spec.personas.sample is not None and spec.personas.sample < len(personas):
             personas = _priority_sample(personas, spec.personas.sample, [1.0] * len(personas), spec.seed, "personas")
     return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=models,
-                    stage_templates=_stage_templates(spec, confine, roots))
+                    stage_templates=_stage_templates(spec, confine, roots),
+                    role_templates=_role_templates(spec, confine, roots))
 
 
 def _stage_templates(spec: Spec, confine: Confinement, roots) -> dict[int, list[tuple[Template, float]]]:
@@ -209,6 +212,23 @@ def _stage_templates(spec: Spec, confine: Confinement, roots) -> dict[int, list[
             key = ("stages", i, "template") if stage.template else ("stages", i, "templates", j, "template")
             path = resolve_ref(spec, "templates", ref.template, confine, key, "`synthgen library` lists the templates")
             out[i].append((load_template(path, roots=roots, confine=confine), ref.weight))
+    return out
+
+
+def _role_templates(spec: Spec, confine: Confinement, roots) -> dict[int, dict[str, Template]]:
+    """The templates of conversation stages (user simulator, assistant) and agent stages (task)."""
+    out: dict[int, dict[str, Template]] = {}
+    for i, stage in enumerate(spec.stages or []):
+        refs: dict[str, tuple[str | None, tuple]] = {}
+        if stage.kind == "conversation":
+            refs = {"user": (stage.user.template, ("stages", i, "user", "template")),
+                    "assistant": (stage.assistant.template, ("stages", i, "assistant", "template"))}
+        elif stage.kind == "agent":
+            refs = {"task": (stage.template, ("stages", i, "template"))}
+        for role, (ref, key) in refs.items():
+            if ref is not None:
+                path = resolve_ref(spec, "templates", ref, confine, key, "`synthgen library` lists the templates")
+                out.setdefault(i, {})[role] = load_template(path, roots=roots, confine=confine)
     return out
 
 

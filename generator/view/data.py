@@ -27,7 +27,7 @@ LINEAGE = ("id", "round", "topic_id", "topic", "subtopic", "level", "keywords", 
            "max_tokens", "seed", "generation", "shard", "structured", "status", "finish_reason", "attempts",
            "prompt_tokens", "completion_tokens", "error", "duplicate_of")
 # columns with their own place on the page (not repeated among the extra columns)
-SHOWN = set(LINEAGE) | {"messages", "prompt", "completion", "text"}
+SHOWN = set(LINEAGE) | {"messages", "prompt", "completion", "text", "conversation", "tools"}
 SNIPPET = 240
 
 
@@ -150,12 +150,25 @@ def record(df: pl.DataFrame, rid: str) -> dict[str, Any] | None:
     hit = df.filter(pl.col("id") == rid)
     if hit.is_empty():
         return None
+    if "final" in hit.columns:  # a pipeline record's last attempt, the one that decided it
+        hit = hit.sort(pl.col("final").fill_null(False), descending=True)
     row = hit.row(0, named=True)
     extra = {k: plain(v) for k, v in row.items() if k not in SHOWN and not k.startswith("_")}
     return {"id": rid, "system": row["_system"], "user": row["_user"], "prompt": row.get("prompt"),
             "messages": plain(row.get("messages")), "completion": row.get("completion"), "text": row.get("text"),
             "lineage": {k: plain(row[k]) for k in LINEAGE if k in row},
+            "conversation": _json(row.get("conversation")), "tools": _json(row.get("tools")),
             "extra": extra}
+
+
+def _json(text: Any) -> Any:
+    """A conversation or agent stage's JSON column (turns, tool calls), parsed; None when absent."""
+    if not text:
+        return None
+    try:
+        return plain(json.loads(text))
+    except ValueError:
+        return None
 
 
 def plain(v: Any) -> Any:

@@ -11,13 +11,19 @@ attempt)` (generator.engine.pipeline.context; injected, so the pipeline may impo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol
 
 from generator.engine.dialogue.protocol import Driver, ModelCall, Trajectory, TurnRecord
 from generator.engine.planner import hash64
 
-if TYPE_CHECKING:
-    from generator.engine.pipeline.expressions import Expression
+
+class StopExpr(Protocol):
+    """A parsed `stop.expr` (generator.engine.pipeline.expressions.Expression; not imported, as the
+    pipeline imports this package)."""
+
+    source: str
+
+    def passes(self, env: dict[str, Any]) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ class ConversationSetup:
     turns_min: int = 2
     turns_max: int = 4
     marker: str | None = "[END]"
-    stop: "Expression | None" = None
+    stop: StopExpr | None = None
 
 
 def drawn_turns(s: ConversationSetup) -> int:

@@ -104,6 +104,10 @@ def _run_tool(ref: str, arguments: dict, max_chars: int) -> tuple[str, str | Non
     return serialise(fn(**arguments), max_chars)
 
 
+def _warm() -> None:
+    pass
+
+
 def _import_roots() -> list[str]:
     """Folders a worker may read besides the project: where Python imports from."""
     return [p for p in dict.fromkeys(os.path.realpath(p) for p in sys.path if p) if os.path.isdir(p) and p != "/"]
@@ -115,6 +119,12 @@ class _Slot:
         self.pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
             initargs=initargs)
+        # start the worker now: a spawn takes a second or more on a busy machine, and that must not
+        # count against the first call's `tool_timeout`
+        try:
+            self.pool.submit(_warm).result(timeout=120)
+        except Exception:  # noqa: BLE001 - a worker that cannot start fails its calls instead
+            pass
 
     def kill(self) -> None:
         for proc in list(getattr(self.pool, "_processes", {}).values()):

@@ -40,6 +40,7 @@ class StageOut:
     completion: str | None = None
     finish_reason: str | None = None
     error: str | None = None         # the answer's own error (a backend error, a JSON or renderer fault)
+    columns: dict[str, Any] = field(default_factory=dict)  # conversation/agent: `Trajectory.columns()`
 
     @property
     def failed(self) -> bool:
@@ -108,13 +109,31 @@ def judge_messages(node: StageNode, row: dict, outputs: dict[str, StageOut], spe
     return msgs, judge.COMPARE_SCHEMA, {"A": a, "B": b}
 
 
-def sampling_for(resolved: Resolved, node: StageNode, model: str) -> Sampling:
+def sampling_for(resolved: Resolved, node: StageNode, model: str, override: Any = None) -> Sampling:
+    """The spec's sampling, the model's, then the stage's (or `override`: a conversation role's)."""
     cfg = next(m for m in resolved.spec.models if m.name == model)
     base = resolved.spec.sampling.model_dump()
     base.update({k: v for k, v in cfg.sampling.model_dump().items() if v is not None})
-    base.update({k: v for k, v in node.cfg.sampling.model_dump().items() if v is not None})
+    own = override if override is not None else node.cfg.sampling
+    base.update({k: v for k, v in own.model_dump().items() if v is not None})
     return Sampling(temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"],
                     repetition_penalty=base.get("repetition_penalty"))
+
+
+def render_text(text: str, ctx: dict[str, Any]) -> str:
+    """A Jinja string of the spec (an agent's `expect`) rendered in the sandbox."""
+    from generator.library.sandbox import render_limited, sandbox
+
+    return render_limited(sandbox().from_string(text), ctx).strip()
+
+
+def dialogue_request(rid: str, stage: str, attempt: int, tag: str, tries: int, messages: list[dict],
+                     sampling: Sampling, seed: int, schema: dict | None) -> Request:
+    """One turn of a conversation or agent stage: `{rid}/{stage}/{attempt}/{tag}#{tries}`."""
+    return Request(id=f"{rid}/{stage}/{attempt}/{tag}#{tries}", messages=tuple(messages),
+                   sampling=Sampling(sampling.temperature, sampling.top_p, sampling.max_tokens, seed + tries - 1,
+                                     sampling.repetition_penalty),
+                   json_schema=schema)
 
 
 def make_request(rid: str, stage: str, attempt: int, sample: int, tries: int, messages: list[dict],
@@ -128,6 +147,10 @@ def make_request(rid: str, stage: str, attempt: int, sample: int, tries: int, me
 # ---------------------------------------------------------------- validation (no model)
 
 def placeholder_view(node: StageNode) -> dict[str, Any]:
+    if node.kind in ("conversation", "agent"):
+        return {"text": "(text)", "messages": [], "status": "ok", "reason": None, "steps": 1, "turns": 1,
+                "tool_calls": 0, "failed_calls": 0, "completion_tokens": 1, "model": "(model)", "passed": True,
+                "answer": "(answer)", "expected": "(expected)"}
     if node.kind == "generate":
         schema = node.schema()
         return {"text": "(text)", "json": minimal_instance(schema, node.name) if schema else {}, "texts": ["(text)"],
@@ -145,6 +168,8 @@ def validate_templates(resolved: Resolved, pipeline: Pipeline, ancestors_of) -> 
     contexts = Contexts(resolved)
     nodes = pipeline.nodes
     for node in nodes.values():
+        if node.roles:
+            _validate_roles(resolved, node, contexts, nodes, ancestors_of(node.name))
         if not isinstance(node.cfg, GenerateStage):
             continue
         before = ancestors_of(node.name)
@@ -167,3 +192,34 @@ def validate_templates(resolved: Resolved, pipeline: Pipeline, ancestors_of) -> 
 
 def jsonable(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _validate_roles(resolved: Resolved, node: StageNode, contexts: Contexts, nodes: dict[str, StageNode],
+                    before: set[str]) -> None:
+    """A conversation's or agent's templates (and an agent's `expect` texts) use only plan variables
+    and earlier stages, and render with placeholder outputs."""
+    spec = resolved.spec
+    row = {"topic_id": resolved.cells[0].id, "persona_ids": [p["id"] for p in (resolved.personas or [])[:1]]}
+    ctx = stage_context(contexts.base(row), {})
+    ctx.update({b: placeholder_view(nodes[b]) for b in before})
+    for role, tpl in node.roles.items():
+        where = f" (used by {spec.file.name if spec.file else 'the spec'}, stage '{node.name}', {role})"
+        later = sorted((tpl.referenced_variables() & set(nodes)) - before)
+        if later:
+            raise SpecError(f"template '{tpl.name}' of stage '{node.name}' reads stage(s) {', '.join(later)} "
+                            f"that do not run before it{where}; add them to `after:`", file=tpl.path,
+                            line=tpl.body_line)
+        tpl.check_variables(available_variables(resolved, tpl) | before, where=where)
+        tpl.render_messages({**ctx, **{k: v[0] for k, v in tpl.choices.items()}})
+    from generator.engine.pipeline.dag import expect_texts
+
+    if node.kind == "agent":
+        from generator.engine.planner import spec_error
+
+        for key, text in expect_texts(node.cfg):
+            try:
+                render_text(text, ctx)
+            except Exception as exc:  # noqa: BLE001 - any render failure is one line at the key
+                msg = getattr(exc, "message", None) or str(exc)
+                raise spec_error(spec, ("stages", node.index, *key), f"agent '{node.name}': cannot render "
+                                 f"this text: {msg}; it may read plan columns and earlier stages") from None

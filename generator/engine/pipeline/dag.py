@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from generator.config.stages import FilterStage, GenerateStage, JudgeStage, Stage, VerifyStage
+from generator.config.stages import (AgentStage, ConversationStage, FilterStage, GenerateStage, JudgeStage, Stage,
+                                     VerifyStage)
 from generator.config.spec import Spec
 from generator.core.errors import SpecError
 from generator.engine.pipeline import expressions
@@ -21,6 +22,12 @@ GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "comple
 VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status"}
 FILTER_FIELDS = {"passed", "reason", "status"}
 COMPARE_FIELDS = {"winner", "chosen", "rejected", "reason", "status"}
+# conversation/agent stages: `Trajectory.view()`, and an agent's check of its final answer
+DIALOGUE_FIELDS = {"text", "messages", "status", "reason", "steps", "turns", "tool_calls", "failed_calls",
+                   "completion_tokens", "model"}
+AGENT_FIELDS = DIALOGUE_FIELDS | {"passed", "answer", "expected"}
+DIALOGUE_KINDS = ("conversation", "agent")
+STOP_FIELDS = {"turn", "user", "assistant", "chars", "completion_tokens"}  # what `stop.expr` reads
 SINGLE_STAGE = "generate"  # the one node of a single-stage spec (and its stage in the usage ledger)
 ROW_FIELDS = {"topic", "subtopic", "level", "topic_id", "template", "model", "generation", "seed_id",
               "attempt"}
@@ -32,6 +39,7 @@ class StageNode:
     index: int
     deps: set[str] = field(default_factory=set)
     templates: list[tuple[Template, float]] = field(default_factory=list)
+    roles: dict[str, Template] = field(default_factory=dict)  # conversation: user/assistant; agent: task
 
     @property
     def name(self) -> str:
@@ -45,6 +53,10 @@ class StageNode:
         c = self.cfg
         if isinstance(c, GenerateStage):
             return GENERATE_FIELDS
+        if isinstance(c, ConversationStage):
+            return DIALOGUE_FIELDS
+        if isinstance(c, AgentStage):
+            return AGENT_FIELDS
         if isinstance(c, JudgeStage):
             if c.compare:
                 return COMPARE_FIELDS
@@ -64,6 +76,7 @@ class Pipeline:
     descendants: dict[str, set[str]]
     gates: dict[str, set[str]] = field(default_factory=dict)  # stage -> checks it also waits for
     single: bool = False  # a single-stage spec: rows keep the plain generation schema
+    tools: dict[str, Any] = field(default_factory=dict)  # the spec's `tools:` by name (ToolDef)
 
     def waits_for(self, name: str) -> set[str]:
         return self.nodes[name].deps | self.gates.get(name, set())
@@ -73,8 +86,15 @@ class Pipeline:
         return list(self.nodes)
 
     def models_used(self, default: str) -> set[str]:
-        return {getattr(n.cfg, "model", None) or default for n in self.nodes.values()
-                if n.kind in ("generate", "judge")}
+        used = {getattr(n.cfg, "model", None) or default for n in self.nodes.values()
+                if n.kind in ("generate", "judge", "agent")}
+        for n in self.nodes.values():
+            if isinstance(n.cfg, ConversationStage):
+                used |= {n.cfg.user.model or default, n.cfg.assistant.model or default}
+            if isinstance(n.cfg, AgentStage):  # simulated tools ask a model too
+                used |= {t.simulate.model or default for t in (self.tools.get(x) for x in n.cfg.tools)
+                         if t is not None and t.simulate is not None}
+        return used
 
 
 def _error(spec: Spec, path: tuple, message: str) -> SpecError:
@@ -90,6 +110,14 @@ def _references(node: StageNode, names: set[str]) -> dict[str, tuple]:
     for tpl, _ in node.templates:
         for v in sorted(tpl.referenced_variables() & names):
             refs.setdefault(v, ("template",) if isinstance(c, GenerateStage) and c.template else ("templates",))
+    for role, tpl in node.roles.items():
+        key = {"user": ("user", "template"), "assistant": ("assistant", "template")}.get(role, ("template",))
+        for v in sorted(tpl.referenced_variables() & names):
+            refs.setdefault(v, key)
+    if isinstance(c, AgentStage) and c.expect is not None:
+        for key, text in expect_texts(c):
+            for v in sorted(jinja_refs(text) & names):
+                refs.setdefault(v, key)
     for key in ("target", "against", "instruction"):
         value = getattr(c, key, None)
         if value:
@@ -103,6 +131,24 @@ def _references(node: StageNode, names: set[str]) -> dict[str, tuple]:
     for j, value in enumerate(c.after):
         refs.setdefault(value, ("after", j))
     return refs
+
+
+def expect_texts(c: AgentStage) -> list[tuple[tuple, str]]:
+    """(spec key relative to the stage, Jinja text) of an agent's `expect` value and arguments."""
+    e = c.expect
+    if e is None:
+        return []
+    if e.value is not None:
+        return [(("expect", "value"), e.value)]
+    return [(("expect", "arguments", k), v) for k, v in e.arguments.items() if isinstance(v, str)]
+
+
+def jinja_refs(text: str) -> set[str]:
+    from jinja2 import meta
+
+    from generator.library.sandbox import sandbox
+
+    return meta.find_undeclared_variables(sandbox().parse(text))
 
 
 def _toposort(spec: Spec, nodes: dict[str, StageNode]) -> list[str]:
@@ -138,9 +184,10 @@ def _closure(nodes: dict[str, StageNode]) -> tuple[dict[str, set[str]], dict[str
     return ancestors, descendants
 
 
-def build(spec: Spec, load_templates) -> Pipeline:
+def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
     """Compile and check `spec.stages`. `load_templates(stage_index, refs)` resolves a generate
-    stage's templates to `[(Template, weight)]` (raising the spec's usual error)."""
+    stage's templates to `[(Template, weight)]` (raising the spec's usual error); `load_roles(stage_index)`
+    a conversation or agent stage's templates by role."""
     stages: list[Stage] = list(spec.stages or [])
     nodes: dict[str, StageNode] = {}
     for i, s in enumerate(stages):
@@ -149,6 +196,9 @@ def build(spec: Spec, load_templates) -> Pipeline:
         node = StageNode(cfg=s, index=i)
         if isinstance(s, GenerateStage):
             node.templates = load_templates(i, s.template_refs())
+        if isinstance(s, (ConversationStage, AgentStage)):
+            node.roles = dict(load_roles(i)) if load_roles is not None else {}
+            _check_dialogue(spec, s, i)
         if isinstance(s, FilterStage):
             try:
                 expressions.parse(s.expr)
@@ -181,7 +231,31 @@ def build(spec: Spec, load_templates) -> Pipeline:
         _check_kinds(spec, node, nodes, ancestors)
     output = _output_stage(spec, nodes)
     return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants,
-                    gates=_gates(nodes, ancestors, descendants))
+                    gates=_gates(nodes, ancestors, descendants), tools={t.name: t for t in spec.tools})
+
+
+def _check_dialogue(spec: Spec, s: Any, i: int) -> None:
+    """A conversation's `stop.expr` parses and reads only what it is given; an agent's `expect`
+    texts are valid Jinja."""
+    import jinja2
+
+    if isinstance(s, ConversationStage) and s.stop.expr is not None:
+        try:
+            refs = expressions.parse(s.stop.expr).refs
+        except expressions.ExpressionError as exc:
+            raise _error(spec, ("stages", i, "stop", "expr"), f"conversation '{s.name}': {exc}; "
+                         f"docs/pipelines.md lists what an expression may use") from None
+        bad = sorted({".".join(p) for p in refs if p[0] not in STOP_FIELDS or len(p) > 1})
+        if bad:
+            raise _error(spec, ("stages", i, "stop", "expr"), f"conversation '{s.name}': `stop.expr` reads "
+                         f"{', '.join(bad)}; it may read {', '.join(sorted(STOP_FIELDS))}")
+    if isinstance(s, AgentStage):
+        for key, text in expect_texts(s):
+            try:
+                jinja_refs(text)
+            except jinja2.TemplateSyntaxError as exc:
+                raise _error(spec, ("stages", i, *key), f"agent '{s.name}': not a valid Jinja text ({exc.message}); "
+                             f"fix the expression") from None
 
 
 def single_stage(templates: list[tuple[Template, float]]) -> Pipeline:
@@ -254,9 +328,9 @@ def _check_kinds(spec: Spec, node: StageNode, nodes: dict[str, StageNode], ances
         if target not in nodes:
             raise _error(spec, (*where, "on_reject", "regenerate"), f"`regenerate: {target}` is no stage; "
                          f"stages are: {', '.join(nodes)}")
-        if nodes[target].kind != "generate":
+        if nodes[target].kind not in ("generate", *DIALOGUE_KINDS):
             raise _error(spec, (*where, "on_reject", "regenerate"), f"`regenerate: {target}` must name a "
-                         f"generate stage")
+                         f"generate, conversation or agent stage")
         if target != node.name and target not in ancestors[node.name]:
             raise _error(spec, (*where, "on_reject", "regenerate"), f"`regenerate: {target}` does not "
                          f"precede '{node.name}'; name a stage it reads (directly or through others)")
@@ -269,5 +343,5 @@ def _output_stage(spec: Spec, nodes: dict[str, StageNode]) -> str:
     if marked:
         return marked[0].name
     single = [n for n in sorted(nodes.values(), key=lambda n: n.index)
-              if isinstance(n.cfg, GenerateStage) and n.cfg.n == 1]
+              if isinstance(n.cfg, GenerateStage) and n.cfg.n == 1 or n.kind in DIALOGUE_KINDS]
     return (single or [nodes[next(iter(nodes))]])[-1].name

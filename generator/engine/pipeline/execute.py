@@ -42,9 +42,14 @@ def prepare(resolved: Resolved) -> Pipeline:
     def load(i: int, refs) -> list:  # every file was loaded once, by resolve_spec
         return entry if i == 0 else resolved.stage_templates[i]
 
-    pipeline = build(spec, load)
+    pipeline = build(spec, load, lambda i: resolved.role_templates.get(i, {}))
     validate_templates(resolved, pipeline, lambda name: pipeline.ancestors[name])
     _check_signal(spec, pipeline)
+    for i, tool in enumerate(spec.tools):
+        if tool.python is not None:
+            problem = verify.check_importable(tool.python, spec.base_dir)
+            if problem:
+                raise spec_error(spec, ("tools", i, "python"), f"{problem}; fix `python:`")
     for node in pipeline.nodes.values():
         c = node.cfg
         if isinstance(c, VerifyStage) and c.check == "function":

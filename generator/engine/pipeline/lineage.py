@@ -11,7 +11,13 @@ Columns: the plan's (the entry stage's prompt, template, model, seed), the usual
     <stage>.*    per stage: status, attempt (the attempt that produced it), reason, and by kind
                  generate: text, json, texts, prompt, template, model, seed, tries, tokens;
                  judge: one Float64 column per criterion, mean, reasons (JSON) or
-                 winner/chosen/rejected; verify: passed, agree, answer, majority; filter: passed.
+                 winner/chosen/rejected; verify: passed, agree, answer, majority; filter: passed;
+                 conversation/agent: text, conversation, tools, turns, tool_calls (JSON text), steps,
+                 failed_calls, model, tokens; agent also passed, answer, expected (its answer check).
+
+When a conversation or agent stage is the output, the row's `conversation` and `tools` are its
+trajectory (what the `messages` export layout writes), `text` its final answer, and `messages` the
+conversation before that answer (role and content only).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import polars as pl
 
 from generator.core.redact import scrub_text
 from generator.engine.pipeline.context import StageOut, jsonable
-from generator.engine.pipeline.dag import Pipeline, StageNode
+from generator.engine.pipeline.dag import DIALOGUE_KINDS, Pipeline, StageNode
 from generator.engine.run_folder import GENERATION_SCHEMA
 
 RECORD_COLUMNS: dict[str, Any] = {"final": pl.Boolean, "decided_by": pl.Utf8, "reason": pl.Utf8, "seed_id": pl.Utf8}
@@ -42,15 +48,26 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
         cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS})
     elif node.kind == "verify":
         cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
+    elif node.kind in DIALOGUE_KINDS:
+        cols.update({"text": pl.Utf8, **{k: pl.Utf8 for k in TRAJECTORY_COLUMNS}, "steps": pl.Int32,
+                     "failed_calls": pl.Int32, **_MODEL_COLS})
+        del cols["seed"]  # every turn has its own seed (in `turns`)
+        if node.kind == "agent":
+            cols.update({"passed": pl.Boolean, "answer": pl.Utf8, "expected": pl.Utf8})
     else:
         cols["passed"] = pl.Boolean
     return {f"{node.name}.{k}": v for k, v in cols.items()}
+
+
+TRAJECTORY_COLUMNS = ("conversation", "tools", "turns", "tool_calls")
 
 
 def pipeline_schema(pipeline: Pipeline) -> dict[str, Any]:
     schema = {**GENERATION_SCHEMA, **RECORD_COLUMNS}
     for node in pipeline.nodes.values():
         schema.update(stage_columns(node))
+    if pipeline.nodes[pipeline.output].kind in DIALOGUE_KINDS:
+        schema.update({"conversation": pl.Utf8, "tools": pl.Utf8})
     return schema
 
 
@@ -65,6 +82,13 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
                      "prompt": v.get("prompt"), "template": out.template})
     elif node.kind == "judge" and node.cfg.compare:
         vals.update({"winner": v.get("winner"), "chosen": v.get("chosen"), "rejected": v.get("rejected")})
+    elif node.kind in DIALOGUE_KINDS:
+        vals.update({"text": v.get("text"), "steps": v.get("steps"), "failed_calls": v.get("failed_calls"),
+                     "model": out.model, "tries": out.tries, "prompt_tokens": out.prompt_tokens,
+                     "completion_tokens": out.completion_tokens})
+        vals.update({k: out.columns.get(k) for k in TRAJECTORY_COLUMNS})
+        if node.kind == "agent":
+            vals.update({k: v.get(k) for k in ("passed", "answer", "expected")})
     elif node.kind == "judge":
         vals.update({cr.name: v.get(cr.name) for cr in node.cfg.criteria})
         vals.update({"mean": v.get("mean"), "reasons": jsonable(v.get("reasons") or None)})
@@ -105,6 +129,9 @@ def attempt_row(pipeline: Pipeline, plan_row: dict, outputs: dict[str, StageOut]
         "error": reason if status not in ("ok", "truncated", "rejected") else None,
         "final": final, "decided_by": decided_by, "reason": reason, "seed_id": seed_id,
     })
+    if pipeline.nodes[pipeline.output].kind in DIALOGUE_KINDS:
+        row["conversation"] = out.columns.get("conversation") if out else None
+        row["tools"] = out.columns.get("tools") if out else None
     if out is not None and out.messages:
         row["messages"] = out.messages
         row["prompt"] = out.messages[-1]["content"]
