@@ -14,7 +14,7 @@ import pytest
 from generator.config.spec import load_spec
 from generator.core.backend import Request
 from generator.engine.executors.local import LocalExecutor
-from generator.engine.runner import run_spec
+from generator.runs import run_spec
 from generator.testing.fake import FakeBackend
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "proj"

@@ -234,3 +234,46 @@ def test_local_executor_gives_each_offline_model_its_slice(proj, tmp_path, monke
 
     run_spec(load_spec(proj / "spec.yaml"), out=tmp_path / "run", executor=LocalExecutor(backend_factory=factory))
     assert seen == {n: {"kv_cache_memory_bytes": 1 << 29} for n in ("smollm2-135m", "other-model")}
+
+
+def test_a_prompt_the_engine_refuses_fails_alone_and_the_stream_goes_on():
+    """vLLM's enqueue_chat raises on a prompt longer than the context (and aborts the rest of that
+    batch): that one request gets an error answer, every other request is answered."""
+    from types import SimpleNamespace
+
+    from generator.engine.backends.vllm_stream import StreamStats, stream_engine
+
+    class Engine:
+        def __init__(self):
+            self.queued: list[str] = []
+
+        def step(self):
+            done, self.queued = self.queued, []
+            return [SimpleNamespace(request_id=i.split("-")[0], finished=True, prompt_token_ids=[1, 2],
+                                    outputs=[SimpleNamespace(text=f"answer {i}", finish_reason="stop", token_ids=[3])])
+                    for i in done]
+
+        def abort_request(self, ids, internal=False):
+            self.queued = [q for q in self.queued if q not in ids]
+
+    class LLM:
+        def __init__(self):
+            self.llm_engine, self.n = Engine(), 0
+
+        def enqueue_chat(self, convs, params, use_tqdm=False):
+            ids = []
+            for conv in convs:
+                if "TOO LONG" in conv[-1]["content"]:
+                    self.llm_engine.abort_request(ids)
+                    raise ValueError("The decoder prompt (length 2049) is longer than the maximum model length")
+                self.n += 1
+                ids.append(f"{self.n}-x")
+                self.llm_engine.queued.append(ids[-1])
+            return ids
+
+    reqs = [Request(id=f"r{i}", messages=({"role": "user", "content": "TOO LONG" if i == 2 else f"q{i}"},))
+            for i in range(5)]
+    out = {r.id: r for r in stream_engine(LLM(), RequestFeed(reqs, close=True), lambda r: None, None, StreamStats())}
+    assert sorted(out) == [f"r{i}" for i in range(5)]
+    assert out["r2"].finish_reason == "error" and "longer than the maximum" in out["r2"].error
+    assert all(out[f"r{i}"].finish_reason == "stop" for i in (0, 1, 3, 4))

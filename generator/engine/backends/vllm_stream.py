@@ -44,10 +44,24 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
     in_flight: dict[str, Request] = {}
     internal: dict[str, str] = {}
 
+    refused: list[Result] = []
+
     def submit(batch: list[Request]) -> None:
         # enqueue_chat renders with the model's chat template exactly as LLM.chat does (same
         # renderer, same tokenization flags), so a seeded request gets the same tokens either way
-        ids = llm.enqueue_chat([list(r.messages) for r in batch], [params(r) for r in batch], use_tqdm=False)
+        try:
+            ids = llm.enqueue_chat([list(r.messages) for r in batch], [params(r) for r in batch], use_tqdm=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. a prompt longer than the context
+            # vLLM aborts what it had added of the batch: the others go in one by one, and only the
+            # request it refuses fails (an error answer), not the stream with everything in flight
+            if len(batch) > 1:
+                for r in batch:
+                    submit([r])
+                return
+            first = (str(exc).splitlines() or [""])[0][:300]
+            refused.append(Result(id=batch[0].id, text="", finish_reason="error",
+                                  error=f"vLLM refused the request: {type(exc).__name__}: {first}"))
+            return
         for vid, r in zip(ids, batch):
             ext = vid.split("-", 1)[0]
             in_flight[ext], internal[ext] = r, vid
@@ -62,6 +76,11 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
             batch = feed.take(room, timeout=0.0 if in_flight else None)
             if batch:
                 submit(batch)
+            while refused:
+                res = refused.pop()
+                if on_result:
+                    on_result(res)
+                yield res
             if not in_flight:
                 if feed.exhausted():
                     return
