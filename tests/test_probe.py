@@ -62,8 +62,9 @@ def probe_out(mixes, tmp_path_factory) -> tuple[Path, str]:
 
     gsm = _need_gsm8k()
     out = tmp_path_factory.mktemp("probe") / "p"
+    # one checkpoint per arm (each is a 135M-parameter write); resuming is the killed-probe test's
     res = CliRunner().invoke(main, ["probe", str(mixes), "--out", str(out), "--seeds", "1", "--max-steps", "4",
-                                    "--save-steps", "2", "--eval-real", str(gsm), "--gsm8k", str(gsm), *TINY],
+                                    "--save-steps", "4", "--eval-real", str(gsm), "--gsm8k", str(gsm), *TINY],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return out, res.output
