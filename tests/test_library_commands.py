@@ -147,8 +147,8 @@ def test_expand_personas_with_the_embedded_model(vllm_backend):
     (kept, invalid, near duplicate, or past the count); how many survive depends on the model."""
     seeds = load_personas(__import__("generator.library.catalog", fromlist=["x"]).resolve("personas", "core", None))[:20]
     new, stats = expand_personas(seeds, vllm_backend, count=2, seed=3)
-    assert stats.requested >= 5 and stats.model_calls >= 5  # the first round asks for int(2 * 1.5) + 2
-    assert stats.model_calls <= stats.requested
+    assert stats.requested >= 5  # the first round asks for int(2 * 1.5) + 2
+    assert 1 <= stats.model_calls <= stats.requested  # answers are read until `count` are kept
     assert stats.kept == len(new) <= 2
     assert stats.kept + stats.invalid + stats.near_duplicates in (stats.model_calls, stats.model_calls - 1)
     assert (len(new) < 2) == bool(stats.notes)
