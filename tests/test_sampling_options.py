@@ -2,7 +2,6 @@
 the request key when unset (runs planned before it existed resume without paying again)."""
 from __future__ import annotations
 
-
 import polars as pl
 import pytest
 
