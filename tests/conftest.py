@@ -53,3 +53,20 @@ def shared_backend_factory(vllm_backend):
         return Borrowed(vllm_backend)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for the session's Ray tests (each start costs 10-20 s on 2 cores).
+
+    A RayExecutor finds it initialized and leaves it running. Workers get the environment forwarded
+    when the cluster starts, so a test that needs other variables in its actors sets them before the
+    first use of this fixture, or passes them through the executor."""
+    ray = importorskip_ci("ray")
+    from generator.engine.executors.ray import forwarded_env
+
+    env = forwarded_env()
+    ray.init(num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False,
+             runtime_env={"env_vars": env} if env else None)
+    yield ray
+    ray.shutdown()

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible backend: unit checks on a mock transport, then a real vLLM api_server.
+"""The OpenAI-compatible backend: unit checks on a mock transport, control flow (retries, key, stream)
+against a scripted server on 127.0.0.1 (tests/openai_server.py), then a real vLLM api_server.
 
 The server (embedded model, 127.0.0.1, a free port) starts once per session; set
 SYNTHGEN_TEST_OPENAI_URL=http://127.0.0.1:PORT/v1 to use one already running instead."""
@@ -11,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from generator.core.backend import Request, Sampling
 from generator.engine.backends.openai_http import OpenAIBackend
 from generator.core.errors import BackendError
 from helpers import importorskip_ci, small_spec
+from openai_server import OpenAIServer, scripted_answer
 
 SCHEMA = {"type": "object", "properties": {"question": {"type": "string", "maxLength": 80},
                                            "answer": {"type": "integer"}},
@@ -230,92 +231,37 @@ def test_default_requests_do_not_crash_a_cpu_server(vllm_server):
     """Concurrent long prompts exceed the CPU server's 2048-token step budget, so prefills are
     chunked; a seeded request would kill the engine there. The default sends no seed."""
     b = OpenAIBackend("smollm2-135m", vllm_server, concurrency=16)
-    out = list(b.generate([_req(200 + i, max_tokens=4, words=150) for i in range(12)]))
-    assert len(out) == 12 and all(r.finish_reason != "error" for r in out)
+    out = list(b.generate([_req(200 + i, max_tokens=4, words=150) for i in range(6)]))
+    assert len(out) == 6 and all(r.finish_reason != "error" for r in out)
+    assert sum(r.prompt_tokens for r in out) > 2048  # more than one step's budget arrived together
     assert _healthy(vllm_server)
 
 
-@pytest.mark.slow
-def test_run_spec_through_the_server_keeps_the_key_out(vllm_server, tmp_path, monkeypatch):
+# ---------------------------------------------------------------- fast: a scripted server on 127.0.0.1
+def test_run_spec_through_the_server_keeps_the_key_out(tmp_path, monkeypatch):
     from generator.runs import run_spec
     from generator.config.spec import load_spec
 
     monkeypatch.setenv("SG_TEST_SERVER_KEY", "sk-do-not-store-4242")
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SPEC.replace("BASE_URL", vllm_server))
-    res = run_spec(load_spec(spec_path), out=tmp_path / "run")
+    with OpenAIServer() as server:
+        spec_path = tmp_path / "spec.yaml"
+        spec_path.write_text(SPEC.replace("BASE_URL", server.url))
+        res = run_spec(load_spec(spec_path), out=tmp_path / "run")
     df = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
     plan = pl.read_parquet(tmp_path / "run" / "plan.parquet")
     assert sorted(df["id"].to_list()) == sorted(plan["id"].to_list()) and df.height == 12
-    assert res.model_calls == 12 and (df["completion_tokens"] > 0).all()
-    assert set(df["finish_reason"].unique()) <= {"stop", "length"}
+    assert res.model_calls == 12 == len(server.bodies)
+    assert server.auth == ["Bearer sk-do-not-store-4242"] * 12  # sent with every request...
+    by_prompt = {b["messages"][-1]["content"]: scripted_answer(b) for b in server.bodies}
+    assert [by_prompt[p] for p in df["prompt"]] == df["completion"].to_list()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["models"]["smollm2-135m"]["backend"] == "openai"
-    for f in (tmp_path / "run").rglob("*"):
+    for f in (tmp_path / "run").rglob("*"):  # ...and written nowhere
         if f.is_file():
             assert b"sk-do-not-store-4242" not in f.read_bytes(), f
 
 
-class FaultProxy:
-    """127.0.0.1 proxy: the first `faults` chat requests get 429 / 500 in turn, the rest pass through."""
-
-    def __init__(self, upstream: str, faults: int = 4):
-        self.upstream = upstream.rstrip("/")
-        self.faults = faults
-        self.injected = {"429": 0, "500": 0}
-        self.forwarded = 0
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        assert self._ready.wait(20)
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
-
-    def _serve(self) -> None:
-        from aiohttp import web
-
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.read()
-            n = sum(self.injected.values())
-            if request.method == "POST" and n < self.faults:
-                if n % 2 == 0:
-                    self.injected["429"] += 1
-                    return web.json_response({"error": {"message": "rate limited"}}, status=429,
-                                             headers={"Retry-After": "0.2"})
-                self.injected["500"] += 1
-                return web.json_response({"error": {"message": "internal error"}}, status=500)
-            self.forwarded += 1
-            path = request.path.removeprefix("/v1")
-            async with httpx.AsyncClient(timeout=300) as client:
-                r = await client.request(request.method, self.upstream + path, content=body or None,
-                                         headers={"content-type": "application/json"})
-            return web.Response(body=r.content, status=r.status_code, content_type="application/json")
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", handle)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            self._ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        asyncio.run(main())
-
-
-@pytest.mark.slow
-def test_faults_429_and_500_are_retried_nothing_lost(vllm_server, tmp_path, monkeypatch):
+def test_faults_429_and_500_are_retried_nothing_lost(tmp_path, monkeypatch):
     from generator.engine.executors.local import LocalExecutor
     from generator.engine.backends import make_backend
     from generator.runs import run_spec
@@ -328,32 +274,35 @@ def test_faults_429_and_500_are_retried_nothing_lost(vllm_server, tmp_path, monk
         made.append(make_backend(cfg, **kw, backoff=0.05))
         return made[-1]
 
-    with FaultProxy(vllm_server, faults=6) as proxy:
+    with OpenAIServer(faults=6) as server:
         spec_path = tmp_path / "spec.yaml"
-        spec_path.write_text(SPEC.replace("BASE_URL", proxy.url))
+        spec_path.write_text(SPEC.replace("BASE_URL", server.url))
         res = run_spec(load_spec(spec_path), out=tmp_path / "run", executor=LocalExecutor(backend_factory=factory))
-    assert proxy.injected == {"429": 3, "500": 3}
+    assert server.injected == {"429": 3, "500": 3} and len(server.bodies) == 12
     stats = made[0].stats
     assert stats["retries"] == 6 and stats["status_429"] == 3 and stats["status_5xx"] == 3
     df = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
-    assert df.height == 12 and df["id"].n_unique() == 12 and (df["status"] != "error").all()
-    assert res.model_calls == 12
+    assert df.height == 12 and df["id"].n_unique() == 12 and (df["status"] == "ok").all()
+    assert (df["attempts"] == 1).all() and res.model_calls == 12  # an HTTP retry is not a new attempt
 
 
-@pytest.mark.slow
-def test_real_server_stream_takes_follow_ups_while_others_run(vllm_server):
+def test_stream_takes_follow_ups_while_others_run():
     from generator.core.backend import RequestFeed
 
-    b = OpenAIBackend("smollm2-135m", vllm_server, concurrency=8)
-    feed = RequestFeed([_req(300, max_tokens=4), _req(301, max_tokens=64), _req(302, schema=SCHEMA, max_tokens=48)])
-    out = []
-    for res in b.stream(feed):
-        out.append(res)
-        if len(out) == 1:
-            feed.put_many([_req(303, max_tokens=4), _req(304, schema=SCHEMA, max_tokens=48)])
-        if len(out) == 5:
-            feed.close()
+    with OpenAIServer(delay=0.3) as server:
+        b = OpenAIBackend("smollm2-135m", server.url, concurrency=8)
+        feed = RequestFeed([_req(300), _req(301), _req(302, schema=SCHEMA)])
+        out = []
+        for res in b.stream(feed):
+            out.append(res)
+            if len(out) == 1:
+                feed.put_many([_req(303), _req(304, schema=SCHEMA)])
+            if len(out) == 5:
+                feed.close()
     assert sorted(r.id for r in out) == [f"r{i}#1" for i in range(300, 305)]
-    assert b.stats["requests"] == 5
+    assert b.stats["requests"] == 5 == len(server.bodies)
+    assert server.max_in_flight >= 2  # the first three were in the server together
     for r in out:
-        assert r.finish_reason in ("stop", "length") and r.completion_tokens > 0
+        assert r.finish_reason == "stop" and r.completion_tokens > 0
+    for r in out:  # the schema requests got the server's JSON, the others its text
+        assert r.text.startswith("{") == (r.id in ("r302#1", "r304#1"))

@@ -17,6 +17,7 @@ from batch_server import BatchServer
 from generator.core.backend import Request, Sampling
 from generator.engine.backends.openai_batch import OpenAIBatchBackend, parse_output_line, split_lines
 from generator.core.errors import BackendError
+from helpers import importorskip_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,16 +148,18 @@ def test_missing_api_key_is_one_line(monkeypatch):
 # ---------------------------------------------------------------- slow: vLLM run_batch
 @pytest.mark.slow
 def test_local_runner_matches_offline_backend(proj, tmp_path, shared_backend_factory):
-    pytest.importorskip("vllm")
+    importorskip_ci("vllm")
     from generator.engine.executors.local import LocalExecutor
     from generator.runs import run_spec
     from generator.config.spec import load_spec
 
-    base = load_spec(proj / "spec.yaml", {"sampling.max_tokens": "24"})
+    # one shard: vLLM's run_batch loads the model once per batch file (~1 min on 2 cores)
+    sets = {"sampling.max_tokens": "24", "run.shard_size": "6"}
+    base = load_spec(proj / "spec.yaml", sets)
     offline = run_spec(base, out=tmp_path / "offline", limit=6,
                        executor=LocalExecutor(backend_factory=shared_backend_factory), score=False)
     spec = load_spec(_spec(proj, "    backend: openai_batch\n    batch_runner: local\n"
-                                 "    engine: {max_model_len: 2048}\n"), {"sampling.max_tokens": "24"})
+                                 "    engine: {max_model_len: 2048}\n"), sets)
     batch = run_spec(spec, out=tmp_path / "batch", limit=6, score=False)
     a = pl.read_parquet(tmp_path / "offline" / "generations" / "*.parquet").sort("id")
     b = pl.read_parquet(tmp_path / "batch" / "generations" / "*.parquet").sort("id")

@@ -62,8 +62,9 @@ def probe_out(mixes, tmp_path_factory) -> tuple[Path, str]:
 
     gsm = _need_gsm8k()
     out = tmp_path_factory.mktemp("probe") / "p"
+    # one checkpoint per arm (each is a 135M-parameter write); resuming is the killed-probe test's
     res = CliRunner().invoke(main, ["probe", str(mixes), "--out", str(out), "--seeds", "1", "--max-steps", "4",
-                                    "--save-steps", "2", "--eval-real", str(gsm), "--gsm8k", str(gsm), *TINY],
+                                    "--save-steps", "4", "--eval-real", str(gsm), "--gsm8k", str(gsm), *TINY],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return out, res.output
@@ -123,12 +124,11 @@ def test_evaluation_is_reproducible(probe_out):
     final = out / "arms" / "ratio-1_1" / "seed-0" / "final"
     real = real_eval_items(s.eval_real, "text", s.eval_docs, None, None, None, None)
     problems = gsm8k_problems(s.gsm8k, s.gsm8k_n)
+    # evaluated again, the checkpoint scores exactly what the sweep recorded
     a = evaluate_model(final, s, "text", real, [], problems, seed=0)
-    b = evaluate_model(final, s, "text", real, [], problems, seed=0)
-    a.pop("eval_s"), b.pop("eval_s")
-    assert a == b
     recorded = probe["arms"][1]["runs"][0]["eval"]
     assert a["real_ppl"] == recorded["real_ppl"] and a["gsm8k"] == recorded["gsm8k"]
+    assert len(a["gsm8k"]["predictions"]) == s.gsm8k_n == 2
 
 
 def test_killed_probe_resumes_from_last_checkpoint(mixes, tmp_path):
@@ -138,7 +138,7 @@ def test_killed_probe_resumes_from_last_checkpoint(mixes, tmp_path):
     out = tmp_path / "p"
     args = [sys.executable, "-m", "generator.cli", "probe", str(mixes / "ratio-1_0"), "--out", str(out),
             "--seeds", "1", "--max-steps", "4", "--save-steps", "2", "--eval-synthetic-docs", "0",
-            "--seq-len", "64", "--batch-size", "2", "--warmup", "0", "--quiet"]
+            "--eval-docs", "4", "--seq-len", "64", "--batch-size", "2", "--warmup", "0", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(args, cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt_dir = out / "arms" / "ratio-1_0" / "seed-0" / "checkpoints"
@@ -155,8 +155,8 @@ def test_killed_probe_resumes_from_last_checkpoint(mixes, tmp_path):
     ckpt, step = last_checkpoint(ckpt_dir)
     assert ckpt is not None and 2 <= step < 4
     assert not (out / "arms" / "ratio-1_0" / "seed-0" / "final").exists()
-    settings = ProbeSettings(seeds=[0], max_steps=4, save_steps=2, eval_synthetic_docs=0, seq_len=64,
-                             batch_size=2, warmup_fraction=0.0)
+    settings = ProbeSettings(seeds=[0], max_steps=4, save_steps=2, eval_synthetic_docs=0, eval_docs=4,
+                             seq_len=64, batch_size=2, warmup_fraction=0.0)
     probe = run_probe([mixes / "ratio-1_0"], settings, out, log=lambda m: None, progress=False)
     train = probe["arms"][0]["runs"][0]["train"]
     assert train["resumed_from_step"] == step

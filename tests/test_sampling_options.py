@@ -3,6 +3,7 @@ the request key when unset (runs planned before it existed resume without paying
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from generator.config.spec import load_spec
 from generator.core.backend import Request, Sampling
@@ -56,6 +57,7 @@ def test_a_plan_written_before_the_column_resumes_without_new_calls(proj, tmp_pa
     assert pl.read_parquet(out / "plan.parquet")["repetition_penalty"].null_count() == 2 * plan.height
 
 
+@pytest.mark.slow  # importing vLLM alone takes 10-30 s on 2 cores; the slow run imports it anyway
 def test_offline_vllm_params_carry_the_penalty():
     from helpers import importorskip_ci
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from generator.core.errors import SpecError, TemplateError
-from generator.engine.planner import resolve_spec, validate
+from generator.engine.planner import expand, resolve_spec, validate
 from generator.config.spec import json_schema, load_spec
 
 
@@ -118,6 +118,8 @@ def test_vars_feed_templates(proj):
     spec = load_spec(write(proj / "s.yaml", BASE + "vars:\n  mood: calm\n"))
     r = resolve_spec(spec)
     validate(r)
+    records = expand(r)
+    assert records and all("(calm)" in rec.messages[-1]["content"] for rec in records)
 
 
 def test_sandbox_blocks_unsafe_attribute(proj):
