@@ -131,14 +131,14 @@ def test_disk_answers_of_a_landed_shard_are_never_regenerated(proj, tmp_path):
 SPEC = small_spec("resume-small", 21, max_tokens=48, run="{shard_size: 2, window: 2}")
 
 
-@pytest.mark.slow
 def test_sigkill_then_same_command_finishes_exactly(tmp_path):
-    assert SYNTHGEN.exists(), SYNTHGEN
+    """A real `synthgen run` process killed with SIGKILL mid-run, then the same command: control flow
+    only, so the CLI runs on the fake backend (tests/fake_synthgen.py), each answer held 0.1 s."""
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(SPEC)
     run = tmp_path / "run"
-    cmd = [str(SYNTHGEN), "run", str(spec_path), "--out", str(run)]
-    env = {**os.environ, "SYNTHGEN_KV_CACHE_GB": os.environ.get("SYNTHGEN_KV_CACHE_GB", "0.5")}
+    cmd = [sys.executable, str(ROOT / "tests" / "fake_synthgen.py"), "run", str(spec_path), "--out", str(run)]
+    env = {**os.environ, "SYNTHGEN_TEST_FAKE_DELAY": "0.1", "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 400
