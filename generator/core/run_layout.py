@@ -84,6 +84,14 @@ def read_manifest(run_dir: str | Path) -> dict:
     return data
 
 
-def read_plan(run_dir: str | Path) -> pl.DataFrame | None:
+def read_plan(run_dir: str | Path, columns: list[str] | None = None) -> pl.DataFrame | None:
+    """The plan (only `columns`, those of them it has, when given: a large plan's prompts are big)."""
     path = Path(run_dir) / PLAN
-    return pl.read_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    if columns is None:
+        return pl.read_parquet(path)
+    import pyarrow.parquet as pq
+
+    have = set(pq.ParquetFile(path).schema_arrow.names)
+    return pl.read_parquet(path, columns=[c for c in columns if c in have])

@@ -14,7 +14,6 @@ model without a price has no cost.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -60,21 +59,19 @@ def _record_id(request_id: str) -> str:
 
 
 def _cache_frame(path: Path) -> pl.DataFrame | None:
-    rows = _query(path, "SELECT value FROM results")
+    # SQLite reads the three fields out of each answer: the answers' texts never reach Python
+    rows = _query(path, "SELECT json_extract(value, '$.id'), json_extract(value, '$.prompt_tokens'), "
+                        "json_extract(value, '$.completion_tokens') FROM results")
     if rows is None:
         return None
-    recs = []
-    for (value,) in rows:
-        v = json.loads(value)
-        rid = str(v.get("id") or "")
-        recs.append({"id": _record_id(rid), "prompt_tokens": int(v.get("prompt_tokens") or 0),
-                     "completion_tokens": int(v.get("completion_tokens") or 0)})
-    return pl.DataFrame(recs, schema={"id": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64})
+    recs = [(_record_id(str(rid or "")), int(p or 0), int(c or 0)) for rid, p, c in rows]
+    return pl.DataFrame(recs, schema={"id": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64},
+                        orient="row")
 
 
 def calls_frame(run_dir: str | Path) -> tuple[pl.DataFrame, str]:
     """One row per paid request with model and group columns; and where it came from."""
-    plan = read_plan(run_dir)
+    plan = read_plan(run_dir, ["id", "model", *GROUP_COLUMNS])
     cached = _cache_frame(Path(run_dir) / CACHE)
     if cached is not None and plan is not None and cached.height:
         keys = ["id", "model", *[c for c in GROUP_COLUMNS if c in plan.columns]]
@@ -136,7 +133,7 @@ def _total(models: list[dict]) -> dict[str, Any]:
 def _progress(run_dir: str | Path, total: dict, answered: set[str]) -> dict[str, Any] | None:
     """How far the run is, and its totals at this rate for the records still to come (None when
     every planned record is written). `answered`: ids of records with an answer in the cache."""
-    plan = read_plan(run_dir)
+    plan = read_plan(run_dir, ["id", "shard"])
     if plan is None or plan.is_empty():
         return None
     written = set(p.name for p in generation_files(run_dir))
