@@ -2,7 +2,7 @@
 
 The window is how many requests the endpoint may have in flight. It starts small and grows
 (doubling per round trip until the first sign of overload, then by one per round trip) while
-answers come back, and shrinks by `BETA` on a 429, 503, 504 or timeout, at most once per round
+answers come back to a full window, and shrinks by `BETA` on a 429, 503, 504 or timeout, at most once per round
 trip (answers to requests sent before the last shrink do not shrink it again): floor 1, ceiling
 the model's `concurrency`. An endpoint that refuses connections, or fails `DOWN_AFTER` times in a
 row, is down: its in-flight requests go elsewhere and one request probes it again after a
@@ -65,6 +65,8 @@ class Endpoint:
         if not self.up:  # the probe came back: start again from a small window
             self.up = True
             self.window, self.ssthresh = float(min(self.ceiling, INITIAL_WINDOW)), float(self.ceiling)
+        elif self.in_flight + 1 < int(self.window):
+            pass  # the window was not what held requests back: no evidence it can grow
         elif self.window < self.ssthresh:
             self.window = min(self.window + 1.0, float(self.ceiling))
         else:
