@@ -147,3 +147,69 @@ def test_credentials_in_fleet_urls_stay_out_of_describe():
     text = json.dumps(b.describe()) + repr(b)
     assert "hunter2" not in text and "alice" not in text
     assert sum(e["answered"] for e in b.describe()["endpoints"]) == 10
+
+
+FLEET_SPEC = """
+name: fleet
+topics:
+  - items: [Fractions, Decimals, Percentages]
+generations_per_topic: 8
+templates:
+  - template: math/word_problem
+personas: {file: core, sample: 10}
+models:
+  - name: sim
+    backend: openai
+    base_url: URLS
+    concurrency: 16
+sampling: {max_tokens: 16}
+run: {shard_size: 8}
+"""
+
+
+def test_spec_fleet_run_reports_each_endpoint_and_keeps_secrets_out(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from generator import load_spec, run
+
+    with Fleet(2, latency=0.01) as fleet:
+        urls = [u.replace("http://", "http://bob:s3cr3tpw@") for u in fleet.urls]
+        (tmp_path / "spec.yaml").write_text(FLEET_SPEC.replace("URLS", json.dumps(urls)))
+        res = run(load_spec(tmp_path / "spec.yaml"), out=tmp_path / "run", score=False)
+        (tmp_path / "spec2.yaml").write_text(FLEET_SPEC.replace("URLS", json.dumps(urls)).replace("fleet", "fleet2"))
+        synthgen = Path(sys.executable).with_name("synthgen")
+        cli = subprocess.run([str(synthgen), "run", str(tmp_path / "spec2.yaml"), "--out", str(tmp_path / "run2")],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+    assert res.generated == 24
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    summary = [ln for ln in cli.stdout.splitlines() if "127.0.0.1" in ln]
+    assert len(summary) == 2 and all("requests" in ln and "errors" in ln for ln in summary), cli.stdout
+    assert "s3cr3tpw" not in cli.stdout + cli.stderr
+    eps = json.loads((tmp_path / "run" / "manifest.json").read_text())["models"]["sim"]["endpoints"]
+    assert [e["url"] for e in eps] == fleet.urls  # user:password dropped
+    assert sum(e["answered"] for e in eps) == 24 and all(e["answered"] > 0 and e["ceiling"] == 16 for e in eps)
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert b"s3cr3tpw" not in f.read_bytes(), f
+    proc = subprocess.run([str(synthgen), "usage", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    assert "endpoints (latest session)" in proc.stdout and all(u in proc.stdout for u in fleet.urls)
+    rows = [ln for ln in proc.stdout.splitlines() if "127.0.0.1" in ln]
+    assert sorted(int(ln.split()[2]) for ln in rows) == sorted(e["requests"] for e in eps)
+
+
+@pytest.mark.parametrize("value, msg", [("[]", "an empty list"),
+                                        ("[http://a:1/v1, http://a:1/v1/]", "the same URL twice"),
+                                        ("[http://a:1/v1, 'ftp://b/v1']", "http(s) URL")])
+def test_bad_fleet_urls_are_one_line(tmp_path, value, msg):
+    from generator.config.spec import load_spec
+    from generator.core.errors import SpecError
+
+    (tmp_path / "s.yaml").write_text(FLEET_SPEC.replace("URLS", value))
+    with pytest.raises(SpecError) as err:
+        load_spec(tmp_path / "s.yaml")
+    assert msg in str(err.value) and "base_url" in str(err.value) and "\n" not in str(err.value)
