@@ -9,7 +9,8 @@ Each server answers `POST /v1/chat/completions` and `GET /v1/models`, with injec
 - `kill()`: stop listening and cut every open connection (a crashed server).
 T is `max_tokens`, or with `vary` a length in [max_tokens/8, max_tokens] drawn from a hash of the
 prompt. The text is deterministic in the last user message (same prompt, same answer), ending
-with `Final answer: N`. `GET /stats` (and `.stats`) counts what each server did.
+with `Final answer: N`. `GET /stats` (and `.stats`) counts what each server did; `GET /requests`
+lists the requests it answered.
 
 Used in-process by the tests (`Fleet(...)` as a context manager) and as a separate process by
 bench/fleet.py: `python tests/fleet_server.py --count 8 --step-ms 40 --batch 8` prints one JSON
@@ -40,6 +41,7 @@ class Sim:
         "received": 0, "answered": 0, "status_429": 0, "status_503": 0, "dropped": 0, "live": 0,
         "max_live": 0, "live_s": 0.0, "live_at": 0.0, "completion_tokens": 0, "first_at": None, "last_at": None})
     ids: list = field(default_factory=list)  # the user message of every answered request
+    bodies: list = field(default_factory=list)  # every request answered (messages and sampling)
     killed: bool = False
 
 
@@ -158,6 +160,7 @@ class Fleet:
                 st["completion_tokens"] += tokens
                 st["last_at"] = loop.time()
                 sim.ids.append(prompt)
+                sim.bodies.append({k: body.get(k) for k in ("messages", "max_tokens", "temperature", "top_p")})
                 return web.json_response({
                     "id": f"c{st['answered']}", "object": "chat.completion", "model": sim.model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -174,10 +177,14 @@ class Fleet:
         async def stats(request: web.Request) -> web.Response:
             return web.json_response(sim.stats)
 
+        async def bodies(request: web.Request) -> web.Response:
+            return web.json_response(sim.bodies)
+
         app = web.Application()
         app.router.add_post("/v1/chat/completions", chat)
         app.router.add_get("/v1/models", models)
         app.router.add_get("/stats", stats)
+        app.router.add_get("/requests", bodies)
         return app
 
     def _serve(self) -> None:

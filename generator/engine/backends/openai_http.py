@@ -16,6 +16,7 @@ only in the request headers: it is never logged, never in `describe()`, never in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
@@ -164,10 +165,10 @@ class OpenAIBackend:
     def __repr__(self) -> str:  # never show headers (they hold the key)
         return f"OpenAIBackend(model={self.model!r}, base_url={self.public_url!r})"
 
-    def _client(self):
+    def _client(self, n: int | None = None):
         import httpx
 
-        n = sum(e.ceiling for e in self.endpoints)
+        n = n or sum(e.ceiling for e in self.endpoints)
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         return httpx.AsyncClient(headers=self._headers, limits=limits, transport=self._transport,
                                  timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout))
@@ -338,7 +339,7 @@ class OpenAIBackend:
         r = job.request
         resp = error = None
         try:
-            resp = await self._http.post(e.chat_url, json=self.payload(r))
+            resp = await self._http[e.url].post(e.chat_url, json=self.payload(r))
         except asyncio.CancelledError:
             if self._closing:
                 raise
@@ -438,8 +439,9 @@ class OpenAIBackend:
         self._changed = asyncio.Event()
         self._out = out
         self._closing = False
-        async with self._client() as client:
-            self._http = client
+        # one connection pool per endpoint: a pool's cost per request grows with its connections
+        async with contextlib.AsyncExitStack() as pools:
+            self._http = {e.url: await pools.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
             try:
                 while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout
