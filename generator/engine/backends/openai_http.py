@@ -287,11 +287,10 @@ class OpenAIBackend:
             ready = [e for e in self.endpoints if e.can_take(now)]
             if not ready:
                 break
-            e = min(ready, key=lambda x: (x.load(), x.in_flight))
-            while self._pending and e.can_take(now) and (len(ready) == 1 or e.load() <= ready[0].load() + 1):
-                self._launch(e, self._pending.popleft())
-                if len(ready) > 1:
-                    break
+            # fewest in flight: work queued on equal servers stays even (a faster one empties
+            # sooner and so takes more), and each window still caps what a server is sent
+            e = min(ready, key=lambda x: (x.in_flight, x.load()))
+            self._launch(e, self._pending.popleft())
         if self._pending:
             wake = [e.down_until for e in self.endpoints if not e.up and e.in_flight == 0]
             if wake:  # every endpoint with room is down: probe the first one due
