@@ -95,7 +95,7 @@ def test_api_key_sent_but_never_described(monkeypatch):
     assert "sk-very-secret" not in text
     b2 = OpenAIBackend("m", "http://user:pw@mock/v1?token=x", api_key_env="SG_TEST_KEY", check=False)
     text = json.dumps(b2.describe()) + repr(b2)
-    assert "sk-very-secret" not in text and "pw" not in text and "token" not in text
+    assert "sk-very-secret" not in text and ":pw@" not in text and "token=" not in text and "user" not in text
     rf = seen["body"]["response_format"]
     assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
     assert rf["json_schema"]["schema"] == SCHEMA

@@ -98,6 +98,8 @@ def usage(run_dir, as_json):
     from generator.cli.output import echo, show_table
 
     show_table(usage_table(u), out)
+    if u.get("endpoints"):
+        show_table(endpoints_table(u["endpoints"]), out)
     for line in usage_notes(u):
         echo(line)
 
@@ -136,6 +138,22 @@ def usage_table(u: dict) -> Table:
     tot = u["total"]
     t.add_row("total", "", f"{tot['requests']:,}", *([f"{tot['cache_hits']:,}", f"{tot['errors']:,}"] if ledger else []),
               f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}", *(["", ""] if ledger else []), money(tot["cost"]))
+    return t
+
+
+def endpoints_table(rows: list[dict]) -> Table:
+    """Per server of a `backend: openai` model (latest session): the fleet's split of the work."""
+    t = Table(title="endpoints (latest session)")
+    for col in ("model", "endpoint", "requests", "answered", "errors", "re-sent", "completion tokens",
+                "tok/s", "window", "state"):
+        text_col = col in ("model", "endpoint", "state")
+        t.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
+    for e in rows:
+        tps = e.get("completion_tokens_per_s")
+        t.add_row(Text(str(e["model"])), Text(str(e["url"])), f"{e['requests']:,}", f"{e['answered']:,}",
+                  f"{e['errors']:,}", f"{e['redispatched']:,}", f"{e['completion_tokens']:,}",
+                  f"{tps:,.1f}" if tps else "", f"{e['window']:g}" if e.get("window") is not None else "",
+                  str(e.get("state") or ""))
     return t
 
 

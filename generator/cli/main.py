@@ -97,6 +97,16 @@ def _usage_rows(t, usage: dict) -> None:
         t.add_row("cost", f"this run {money(now)}; all {runs} run(s) into the folder {money(total['cost'])}")
 
 
+def _endpoint_rows(t, manifest: dict) -> None:
+    """Per server of a `backend: openai` fleet: its share of the requests, errors and rate."""
+    from generator.export.usage import endpoints
+
+    for e in endpoints(manifest):
+        tps = f", {e['completion_tokens_per_s']:,.1f} completion tok/s" if e.get("completion_tokens_per_s") else ""
+        down = "" if e.get("state") != "down" else ", down"
+        t.add_row(Text(f"  {e['url']}"), f"{e['requests']:,} requests, {e['errors']:,} errors{tps}{down}")
+
+
 def _summary(result) -> None:
     m = result.manifest
     t = Table(title=f"run {m['name']} -> {result.run_dir}", show_header=False)
@@ -113,6 +123,7 @@ def _summary(result) -> None:
         t.add_row("throughput", f"{last['completion_tokens_per_s']:,.0f} completion tok/s")
     t.add_row("model calls", str(result.model_calls))
     _usage_rows(t, m.get("usage") or {})
+    _endpoint_rows(t, m)
     for name, r in (m.get("pipeline") or {}).get("stages", {}).items():
         rate = f"{r['pass_rate']:.0%}" if r["pass_rate"] is not None else "-"
         t.add_row(f"stage {escape(name)}", f"ran {r['ran']}  passed {r['passed']}  rejected {r['rejected']}  ({rate})")

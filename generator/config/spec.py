@@ -76,7 +76,12 @@ class ModelConfig(Strict):
     name: str = Field(DEFAULT_MODEL, description="Model alias, Hugging Face folder, or server model name.")
     share: float = Field(1.0, gt=0, description="Relative share of records this model generates.")
     backend: Literal["vllm", "openai", "openai_batch"] = "vllm"
-    base_url: str | None = Field(None, description="OpenAI-compatible server URL (backend: openai).")
+    base_url: str | list[str] | None = Field(
+        None, description="OpenAI-compatible server URL; backend: openai also takes a list (a fleet: each "
+        "request goes to the least-loaded healthy one).")
+    concurrency: int = Field(256, ge=1, description="backend: openai: most requests in flight per endpoint; "
+                             "each endpoint's window adapts below it (grows while answers come back, "
+                             "shrinks on 429/503/timeouts).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
     engine: dict[str, Any] = Field(default_factory=dict,
@@ -100,12 +105,17 @@ class ModelConfig(Strict):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, v: str | None):
+    def _http_url(cls, v: str | list[str] | None):
         from urllib.parse import urlsplit
 
-        if v is not None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list; give one URL or several, e.g. [http://h1:8000/v1, http://h2:8000/v1]")
+            if len({u.rstrip("/") for u in v}) < len(v):
+                raise ValueError("lists the same URL twice; give each server once")
+        for u in [v] if isinstance(v, str) else v or []:
             try:
-                parts = urlsplit(v)
+                parts = urlsplit(u)
                 parts.port  # noqa: B018 - raises on a bad port
             except ValueError:
                 raise ValueError("not a valid URL; write e.g. http://127.0.0.1:8000/v1") from None
@@ -117,6 +127,8 @@ class ModelConfig(Strict):
     def _openai_needs_url(self):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend: openai needs `base_url` (e.g. http://127.0.0.1:8000/v1)")
+        if self.backend == "openai_batch" and isinstance(self.base_url, list):
+            raise ValueError("backend: openai_batch takes one `base_url`, not a list")
         if self.backend == "openai_batch" and self.batch_runner == "api" and not self.base_url:
             raise ValueError("backend: openai_batch needs `base_url` (e.g. https://api.example.com/v1), "
                              "or `batch_runner: local`")

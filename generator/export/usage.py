@@ -1,5 +1,6 @@
 """What a run asked of its models: requests, cache hits, tokens, busy time and, where a model
-declares a price, cost; per model, per stage and per session, summed over resumes.
+declares a price, cost; per model, per stage and per session, summed over resumes; and per
+server of a `backend: openai` fleet, for the latest session (from the manifest).
 
 Two records of it live in the request cache (`cache.sqlite`):
 - the usage ledger (tables `usage` and `busy`, written by the engine in the same transaction as
@@ -150,6 +151,22 @@ def _progress(run_dir: str | Path, total: dict, answered: set[str]) -> dict[str,
     return {"planned": plan.height, "records_answered": done, "projected": projected}
 
 
+def endpoints(manifest: dict) -> list[dict]:
+    """Per server of each `backend: openai` model, as its backend described it at the end of the
+    latest session (`manifest.json` -> models -> endpoints): requests sent, answers, errors,
+    completion tokens and their rate over the endpoint's busy span, state."""
+    rows = []
+    for model, desc in (manifest.get("models") or {}).items():
+        for e in (desc.get("endpoints") or []) if isinstance(desc, dict) else []:
+            rows.append({"model": model, "url": e.get("url"), "requests": int(e.get("requests") or 0),
+                         "answered": int(e.get("answered") or 0), "errors": int(e.get("errors") or 0),
+                         "redispatched": int(e.get("redispatched") or 0),
+                         "completion_tokens": int(e.get("completion_tokens") or 0),
+                         "busy_s": e.get("busy_s"), "completion_tokens_per_s": e.get("completion_tokens_per_s"),
+                         "window": e.get("window"), "state": e.get("state")})
+    return rows
+
+
 def compute_usage(run_dir: str | Path, manifest: dict | None = None) -> dict[str, Any]:
     """Usage per model, per (model, stage or template) and per session, with the totals; while a
     run is unfinished, `progress` holds the totals projected to the whole plan at this rate.
@@ -182,7 +199,7 @@ def compute_usage(run_dir: str | Path, manifest: dict | None = None) -> dict[str
     # the cached answers already read above say which records have started
     answered = set(calls["id"].to_list()) if "id" in calls.columns else set()
     return {"run": str(run_dir), "source": source, "models": models, "by": by, "sessions": sessions,
-            "total": total, "progress": _progress(run_dir, total, answered)}
+            "total": total, "progress": _progress(run_dir, total, answered), "endpoints": endpoints(manifest)}
 
 
 def sessions_cost(run_dir: str | Path, price: dict[str, dict | None], but: str | None = None) -> float:

@@ -11,6 +11,7 @@ def make_backend(model_cfg: Any, **kwargs: Any) -> Backend:
     if model_cfg.backend == "openai":
         from generator.engine.backends.openai_http import OpenAIBackend
 
+        kwargs.setdefault("concurrency", model_cfg.concurrency)
         return OpenAIBackend(model=model_cfg.name, base_url=model_cfg.base_url,
                              api_key_env=model_cfg.api_key_env, **kwargs)
     if model_cfg.backend == "openai_batch":

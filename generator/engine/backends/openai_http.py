@@ -1,17 +1,22 @@
-"""An OpenAI-compatible chat-completions server (vLLM's `api_server`, or any hosted endpoint).
+"""OpenAI-compatible chat-completions servers (vLLM's `api_server`, or any hosted endpoint): one,
+or a fleet of them (`base_url` a list).
 
-Requests go out concurrently over async httpx (at most `concurrency` in flight), in an asyncio
-loop on a worker thread that sends each request the moment it is put in the feed (`stream`;
-`generate` is a stream over a closed feed); finished results come back over a queue, so both are
-ordinary iterators that yield each answer the moment it lands. Timeouts, connection errors, 429 and 5xx
-are retried with exponential backoff and jitter (a server's `Retry-After` wins); other 4xx raise
-`BackendError` with the status and the server's message, as does a server still unreachable after
-the retries. The API key is read from the environment variable named by `api_key_env` and lives
+Requests go out concurrently over async httpx, in an asyncio loop on a worker thread that sends
+each request the moment it is put in the feed (`stream`; `generate` is a stream over a closed
+feed); finished results come back over a queue, so both are ordinary iterators that yield each
+answer the moment it lands. Each request goes to the least-loaded healthy endpoint; each
+endpoint's window of requests in flight adapts by itself (AIMD, ceiling `concurrency`; see
+`fleet.py`). 429 and 5xx are retried with exponential backoff and jitter (a server's
+`Retry-After` wins). An endpoint that refuses connections or keeps failing is drained: its
+requests in flight are re-sent elsewhere (each request still yields exactly one Result) and it is
+probed again after a back-off. Other 4xx raise `BackendError` with the status and the server's
+message, as does a fleet whose every endpoint is still unreachable after the retries. The API key is read from the environment variable named by `api_key_env` and lives
 only in the request headers: it is never logged, never in `describe()`, never in the run folder.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
@@ -19,11 +24,14 @@ import queue
 import random
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
+from generator.engine.backends.fleet import SHRINK_STATUSES, Endpoint
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
@@ -91,20 +99,34 @@ def request_body(model: str, r: Request, send_seed: bool = True) -> dict[str, An
         body["seed"] = s.seed
     return body
 
+@dataclass(eq=False)
+class _Job:
+    request: Request
+    attempts: int = 0  # answered 429/5xx or timed out (bounded by max_retries)
+    hops: int = 0  # moved off an endpoint that failed or went down
+    sent: bool = False
+
+
 class OpenAIBackend:
-    def __init__(self, model: str, base_url: str, api_key_env: str | None = None, *,
-                 concurrency: int = 32, timeout: float = 300.0, connect_timeout: float = 10.0,
+    def __init__(self, model: str, base_url: str | list[str], api_key_env: str | None = None, *,
+                 concurrency: int = 256, timeout: float = 300.0, connect_timeout: float = 10.0,
                  max_retries: int | None = None, backoff: float = 0.5, max_backoff: float = 30.0,
                  send_seed: bool | None = None, window: int | None = None, on_finished=None,
                  check: bool = True, transport=None, **_: Any):
         import httpx  # noqa: F401  (fail early, with the import error, if it is missing)
 
+        urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
+        if not urls:
+            raise BackendError("backend openai: `base_url` is empty; give a URL or a list of URLs "
+                               "(e.g. http://127.0.0.1:8000/v1)")
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
         self.url = self.base_url + "/chat/completions"
-        self.public_url = redacted_url(self.base_url)
+        self.public_url = ", ".join(redacted_url(u) for u in self.base_urls)
         self.api_key_env = api_key_env
-        self.concurrency = max(int(concurrency), 1)
+        self.concurrency = max(int(concurrency), 1)  # per endpoint: the ceiling of its window
+        self.endpoints = [Endpoint(u, redacted_url(u), self.concurrency) for u in self.base_urls]
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         env_retries = os.environ.get("SYNTHGEN_HTTP_RETRIES")
@@ -132,6 +154,7 @@ class OpenAIBackend:
                       "connection_errors": 0}
         self._headers = {"Content-Type": "application/json",
                          **auth_headers(api_key_env, f"backend openai ({self.public_url})")}
+        self._closing = False
         self.load_seconds = 0.0
         if check:
             t0 = time.time()
@@ -142,36 +165,53 @@ class OpenAIBackend:
     def __repr__(self) -> str:  # never show headers (they hold the key)
         return f"OpenAIBackend(model={self.model!r}, base_url={self.public_url!r})"
 
-    def _client(self):
+    def _client(self, n: int | None = None):
         import httpx
 
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        n = n or sum(e.ceiling for e in self.endpoints)
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         return httpx.AsyncClient(headers=self._headers, limits=limits, transport=self._transport,
                                  timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout))
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
+    def _delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_backoff * 4)
         base = min(self.max_backoff, self.backoff * (2 ** attempt))
         return base * (0.5 + random.random())  # jitter: spread retries of a burst over time
 
-    def _unreachable(self, exc: Exception) -> BackendError:
+    @staticmethod
+    def _reason(exc: BaseException) -> str:
         from generator.core.redact import scrub_text
 
-        reason = scrub_text(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
-        return BackendError(f"backend openai: cannot reach {self.public_url} after {self.max_retries + 1} "
-                            f"attempts ({type(exc).__name__}: {reason}); start the server or fix `base_url`")
+        text = scrub_text(str(exc).splitlines()[0]) if str(exc) else ""
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-    def _http_error(self, status: int, body: bytes | str) -> BackendError:
+    def _unreachable(self, exc: Exception, public_url: str | None = None) -> BackendError:
+        return BackendError(f"backend openai: cannot reach {public_url or self.public_url} after "
+                            f"{self.max_retries + 1} attempts ({self._reason(exc)}); start the server or "
+                            f"fix `base_url`")
+
+    def _all_down(self) -> BackendError:
+        if len(self.endpoints) == 1:
+            e = self.endpoints[0]
+            return BackendError(f"backend openai: cannot reach {e.public_url} after {e.strikes} attempts "
+                                f"({e.last_error}); start the server or fix `base_url`")
+        names = ", ".join(f"{e.public_url} ({e.last_error})" for e in self.endpoints)
+        return BackendError(f"backend openai: cannot reach any of the {len(self.endpoints)} endpoints, each "
+                            f"down for {self.max_retries + 1} attempts: {names}; start the servers or fix "
+                            f"`base_url`")
+
+    def _http_error(self, status: int, body: bytes | str, public_url: str | None = None) -> BackendError:
         hint = {401: "; check the API key in $" + str(self.api_key_env or "(api_key_env not set)"),
                 403: "; check the API key's permissions",
                 404: f"; check `base_url` (it should end in /v1) and that the server serves model "
                      f"'{self.model}'"}.get(status, "")
-        return BackendError(f"backend openai: {self.public_url} answered HTTP {status}: "
+        return BackendError(f"backend openai: {public_url or self.public_url} answered HTTP {status}: "
                             f"{server_message(body)}{hint}")
 
-    async def _send(self, client, method: str, url: str, payload: dict | None = None):
-        """One HTTP call with retries; returns the final response (2xx, or a 4xx to report)."""
+    async def _send(self, client, method: str, url: str, payload: dict | None = None,
+                    public_url: str | None = None):
+        """One HTTP call with retries (the start-up check); returns the final response."""
         import httpx
 
         attempt = 0
@@ -191,85 +231,244 @@ class OpenAIBackend:
                 key = "timeouts" if isinstance(exc, httpx.TimeoutException) else "connection_errors"
                 self.stats[key] += 1
                 if attempt >= self.max_retries:
-                    raise self._unreachable(exc) from None
+                    raise self._unreachable(exc, public_url) from None
             self.stats["retries"] += 1
             await asyncio.sleep(self._delay(attempt, retry_after))
             attempt += 1
 
     def _check(self) -> None:
-        """Fail fast, with one line, on a server that is down or does not serve `model`."""
+        """Fail fast, with one line, when no endpoint answers or one does not serve `model`. An
+        endpoint down while others answer starts drained and is probed again later."""
 
-        async def probe():
+        async def probe(client, e: Endpoint):
+            try:
+                return await self._send(client, "GET", e.url + "/models", public_url=e.public_url)
+            except BackendError as exc:
+                return exc
+
+        async def probe_all():
             async with self._client() as client:
-                return await self._send(client, "GET", self.base_url + "/models")
+                return await asyncio.gather(*(probe(client, e) for e in self.endpoints))
 
-        resp = asyncio.run(probe())
-        if resp.status_code in (401, 403):
-            raise self._http_error(resp.status_code, resp.content)
-        if resp.status_code >= 400:
-            return  # some servers have no /models; the first completion will tell
-        try:
-            served = [m.get("id") for m in resp.json().get("data", [])]
-        except (ValueError, AttributeError):
-            return
-        if served and self.model not in served:
-            raise BackendError(f"backend openai: {self.public_url} does not serve model '{self.model}' "
-                               f"(it serves: {', '.join(map(str, served[:10]))}); fix the model `name`")
+        answers = asyncio.run(probe_all())
+        down = [(e, a) for e, a in zip(self.endpoints, answers) if isinstance(a, BackendError)]
+        if len(down) == len(self.endpoints):
+            if len(down) == 1:
+                raise down[0][1]
+            raise BackendError(f"backend openai: cannot reach any of the {len(down)} endpoints after "
+                               f"{self.max_retries + 1} attempts each ({', '.join(e.public_url for e, _ in down)}); "
+                               f"start the servers or fix `base_url`")
+        for e, err in down:
+            e.failed(str(err).split("(", 1)[-1].split(")")[0], time.monotonic(), True, self._delay(0))
+        for e, resp in zip(self.endpoints, answers):
+            if isinstance(resp, BackendError):
+                continue
+            if resp.status_code in (401, 403):
+                raise self._http_error(resp.status_code, resp.content, e.public_url)
+            if resp.status_code >= 400:
+                continue  # some servers have no /models; the first completion will tell
+            try:
+                served = [m.get("id") for m in resp.json().get("data", [])]
+            except (ValueError, AttributeError):
+                continue
+            if served and self.model not in served:
+                raise BackendError(f"backend openai: {e.public_url} does not serve model '{self.model}' "
+                                   f"(it serves: {', '.join(map(str, served[:10]))}); fix the model `name`")
 
     def payload(self, r: Request) -> dict[str, Any]:
         return request_body(self.model, r, self.send_seed)  # seed: opt-in, see the note in __init__
 
-    async def _one(self, client, sem: asyncio.Semaphore, r: Request) -> Result:
-        async with sem:
+    # -- the fleet: each request goes to the least-loaded endpoint with room in its window
+    def _pump(self) -> None:
+        if self._fatal is not None or self._closing:
+            return
+        now = time.monotonic()
+        while self._pending:
+            ready = [e for e in self.endpoints if e.can_take(now)]
+            if not ready:
+                break
+            # fewest in flight: work queued on equal servers stays even (a faster one empties
+            # sooner and so takes more), and each window still caps what a server is sent
+            e = min(ready, key=lambda x: (x.in_flight, x.load()))
+            self._launch(e, self._pending.popleft())
+        if self._pending:
+            wake = [e.down_until for e in self.endpoints if not e.up and e.in_flight == 0]
+            if wake:  # every endpoint with room is down: probe the first one due
+                delay = max(min(wake) - now, 0.0) + 0.001
+                if self._timer is None or self._timer.when() > self._loop.time() + delay:
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer = self._loop.call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def _launch(self, e: Endpoint, job: _Job) -> None:
+        if not job.sent:
+            job.sent = True
             self.stats["requests"] += 1
-            resp = await self._send(client, "POST", self.url, self.payload(r))
-        if resp.status_code >= 400:
-            if resp.status_code in RETRY_STATUSES:  # still failing after every retry: record, move on
-                return Result(id=r.id, text="", finish_reason="error",
-                              error=f"HTTP {resp.status_code} after {self.max_retries} retries: "
-                                    f"{server_message(resp.content, 200)}")
-            raise self._http_error(resp.status_code, resp.content)
+        e.sent()
+        task = asyncio.ensure_future(self._attempt(e, job, e.epoch))
+        e.tasks.add(task)
+        self._tasks.add(task)
+
+    def _requeue(self, job: _Job, front: bool = False) -> None:
+        (self._pending.appendleft if front else self._pending.append)(job)
+        self._pump()
+
+    def _finish(self, result: Result) -> None:
+        self._outstanding -= 1
+        self._out.put(result)
+        self._changed.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        self._changed.set()
+
+    def _drain(self, e: Endpoint) -> None:
+        """`e` is down: its requests in flight go back to the front of the queue, for the others."""
+        for task in list(e.tasks):
+            task.cancel()
+
+    async def _attempt(self, e: Endpoint, job: _Job, epoch: int) -> None:
+        import httpx
+
+        r = job.request
+        resp = error = None
+        try:
+            resp = await self._http[e.url].post(e.chat_url, json=self.payload(r))
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            error = "drained"
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            error = exc
+        finally:
+            e.in_flight -= 1
+            task = asyncio.current_task()
+            e.tasks.discard(task)
+            self._tasks.discard(task)
+        try:
+            self._settle(e, job, epoch, resp, error)
+        except BackendError as exc:
+            self._fail(exc)
+        self._pump()
+
+    def _settle(self, e: Endpoint, job: _Job, epoch: int, resp, error) -> None:
+        import httpx
+
+        r = job.request
+        now = time.monotonic()
+        if error == "drained":
+            e.stats["redispatched"] += 1
+            job.hops += 1
+            self._requeue(job, front=True)
+            return
+        if error is not None:
+            timed_out = isinstance(error, httpx.TimeoutException)
+            self.stats["timeouts" if timed_out else "connection_errors"] += 1
+            e.stats["timeouts" if timed_out else "connection_errors"] += 1
+            if timed_out:
+                e.shrink(epoch)
+                job.attempts += 1
+            else:
+                job.hops += 1
+            if e.failed(self._reason(error), now, isinstance(error, httpx.ConnectError), self._delay(e.strikes)):
+                self._drain(e)
+            if all(not x.up and x.strikes > self.max_retries for x in self.endpoints):
+                raise self._all_down()
+            if job.attempts > self.max_retries or job.hops > 4 * (self.max_retries + 1) + len(self.endpoints):
+                self._finish(Result(id=r.id, text="", finish_reason="error",
+                                    error=f"no answer after {job.attempts + job.hops} attempts "
+                                          f"({self._reason(error)})"))
+                return
+            self.stats["retries"] += 1
+            e.stats["redispatched"] += 0 if timed_out else 1
+            if timed_out:
+                self._loop.call_later(self._delay(job.attempts - 1), self._requeue, job)
+            else:
+                self._requeue(job, front=True)
+            return
+        status = resp.status_code
+        if status >= 400:
+            e.stats["errors"] += 1
+            if status not in RETRY_STATUSES:
+                raise self._http_error(status, resp.content, e.public_url)
+            key = "status_429" if status == 429 else "status_5xx"
+            self.stats[key] += 1
+            e.stats[key] += 1
+            e.failures = 0  # it answered: alive, if busy
+            if status in SHRINK_STATUSES:
+                e.shrink(epoch)
+            job.attempts += 1
+            if job.attempts > self.max_retries:  # still failing after every retry: record, move on
+                self._finish(Result(id=r.id, text="", finish_reason="error",
+                                    error=f"HTTP {status} after {self.max_retries} retries: "
+                                          f"{server_message(resp.content, 200)}"))
+                return
+            self.stats["retries"] += 1
+            delay = self._delay(job.attempts - 1, _retry_after(resp.headers.get("retry-after")))
+            self._loop.call_later(delay, self._requeue, job)
+            return
         try:
             data = resp.json()
             choice = data["choices"][0]
             text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
             usage = data.get("usage") or {}
+            result = Result(id=r.id, text=text, finish_reason=choice.get("finish_reason") or "stop",
+                            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                            completion_tokens=int(usage.get("completion_tokens") or 0))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            return Result(id=r.id, text="", finish_reason="error",
-                          error=f"unexpected response from {self.public_url}: {type(exc).__name__}")
-        return Result(id=r.id, text=text, finish_reason=choice.get("finish_reason") or "stop",
-                      prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0))
+            result = Result(id=r.id, text="", finish_reason="error",
+                            error=f"unexpected response from {e.public_url}: {type(exc).__name__}")
+        e.answered(result.prompt_tokens, result.completion_tokens)
+        self._finish(result)
 
     async def _run_feed(self, feed: RequestFeed, out: queue.Queue, stop: threading.Event) -> None:
-        """Send each request the moment it is in the feed (at most `concurrency` at once); put
-        each result (or the error to raise) on `out` as it lands."""
-        sem = asyncio.Semaphore(self.concurrency)
-        tasks: set[asyncio.Task] = set()
-
-        def landed(task: asyncio.Task) -> None:
-            tasks.discard(task)
-            if not task.cancelled():
-                out.put(task.exception() or task.result())
-
-        async with self._client() as client:
+        """Queue each request the moment it is in the feed; put each result (or the error to
+        raise) on `out` as it lands."""
+        self._loop = asyncio.get_running_loop()
+        self._pending: deque[_Job] = deque()
+        self._tasks: set[asyncio.Task] = set()
+        self._outstanding = 0
+        self._fatal: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._changed = asyncio.Event()
+        self._out = out
+        self._closing = False
+        # one connection pool per endpoint: a pool's cost per request grows with its connections
+        async with contextlib.AsyncExitStack() as pools:
+            self._http = {e.url: await pools.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
             try:
-                while not stop.is_set():
+                while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout
                     # only bounds how long a stopped consumer takes to be noticed
                     batch = await asyncio.to_thread(feed.take, None, 0.05)
-                    for r in batch:
-                        task = asyncio.create_task(self._one(client, sem, r))
-                        tasks.add(task)
-                        task.add_done_callback(landed)
-                    if not batch and feed.exhausted():
+                    if batch:
+                        self._pending.extend(_Job(r) for r in batch)
+                        self._outstanding += len(batch)
+                        self._pump()
+                    elif feed.exhausted():
                         break
-                if tasks and not stop.is_set():
-                    await asyncio.wait(set(tasks))
+                while self._outstanding and not stop.is_set() and self._fatal is None:
+                    self._changed.clear()
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), 0.5)
+                    except asyncio.TimeoutError:
+                        pass
+                if self._fatal is not None:
+                    raise self._fatal
             finally:
-                for t in tasks:
+                self._closing = True
+                if self._timer is not None:
+                    self._timer.cancel()
+                for t in self._tasks:
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                for e in self.endpoints:
+                    e.in_flight, e.tasks = 0, set()
 
     # -- Backend interface
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
@@ -307,9 +506,13 @@ class OpenAIBackend:
             worker.join(timeout=30)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "name": self.model, "base_url": self.public_url,
-                "api_key_env": self.api_key_env, "concurrency": self.concurrency,
-                "max_retries": self.max_retries, "send_seed": self.send_seed, "stats": dict(self.stats)}
+        from generator.core.redact import scrub
+
+        urls = [e.public_url for e in self.endpoints]
+        return scrub({"backend": "openai", "name": self.model, "base_url": urls[0] if len(urls) == 1 else urls,
+                      "api_key_env": self.api_key_env, "concurrency": self.concurrency,
+                      "max_retries": self.max_retries, "send_seed": self.send_seed, "stats": dict(self.stats),
+                      "endpoints": [e.describe() for e in self.endpoints]})
 
     def close(self) -> None:
         pass

@@ -1,0 +1,237 @@
+"""A fleet of simulated GPU servers: the share of its capacity a `synthgen run` uses, and a 3-stage
+pipeline run continuously against stage by stage on the same fleet.
+
+The servers (tests/fleet_server.py, one separate process serving K ports from one asyncio loop)
+model a GPU server's decode: a request of T completion tokens takes T steps of `--step-ms`, and a
+step costs the same for 1 to `--batch` sequences (a GPU's step time is flat up to its batch
+limit); requests above the batch limit queue. Capacity is K x batch / step tokens/s. The figures
+are scaled down from a real GPU server (about 256 sequences, 20-40 ms a step) so that the client
+side fits this machine's CPUs: the request rate, not the token rate, is what costs the client.
+
+(1) For K = 8 and K = 64: a plain spec on `backend: openai` with the fleet's URLs in `base_url`
+    (default `concurrency`: no hand tuning), sized to `--waves` full batches per server, run with
+    `generator.run`. Share = tokens the servers produced / (capacity x the servers' busy span,
+    first request in to last answer out); also against the whole run's wall time.
+(2) A problem -> solution -> review pipeline (answers of unequal length: T drawn from the prompt
+    in [max/8, max]) on K servers: the continuous arm is `generator.run` (each record's next stage
+    is sent the moment its answer lands); the stage-by-stage arm replays exactly the requests the
+    servers answered, grouped by stage, one stage after the other through the same backend
+    (stage k+1 starts when the last answer of stage k is in). Compared: the servers' busy spans.
+
+    python bench/fleet.py [--sizes 8 64] [--step-ms 40] [--batch 8] [--tokens 128] [--waves 4]
+                          [--pipeline-k 8] [--pipeline-records 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PLAIN = """name: bench_fleet
+seed: 7
+topics:
+  - items: [{items}]
+generations_per_topic: {per_topic}
+templates:
+  - template: math/word_problem
+personas: {{file: core, sample: 40}}
+models:
+  - name: sim
+    backend: openai
+    base_url: {urls}
+sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {tokens}}}
+run: {{shard_size: 256, retries: 0}}
+"""
+
+PIPELINE = """name: bench_fleet_pipeline
+seed: 11
+topics:
+  - items: [{items}]
+generations_per_topic: {per_topic}
+personas: {{file: core, sample: 40}}
+models:
+  - name: sim
+    backend: openai
+    base_url: {urls}
+sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {tokens}}}
+run: {{shard_size: 64, retries: 0}}
+stages:
+  - {{name: problem, kind: generate, template: pipeline/math_problem}}
+  - {{name: solution, kind: generate, template: pipeline/solve}}
+  - {{name: review, kind: generate, template: review}}
+"""
+REVIEW = ("Check this solution. Say whether it is correct, and why, in two sentences.\n\n"
+          "Problem: {{ problem.text }}\n\nSolution: {{ solution.text }}\n")
+STAGE_OF = (("Write one math word problem", "problem"), ("Solve this problem", "solution"),
+            ("Check this solution", "review"))
+
+
+def machine() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    avx = "AVX-512" if "avx512f" in info else "no AVX-512"
+    mem = ""
+    if Path("/proc/meminfo").exists():
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB memory"
+    return f"{model}, {avx}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
+
+
+class SimFleet:
+    """K simulated servers in one child process."""
+
+    def __init__(self, k: int, step_ms: float, batch: int, vary: bool = False):
+        cmd = [sys.executable, str(ROOT / "tests" / "fleet_server.py"), "--count", str(k), "--step-ms",
+               str(step_ms), "--batch", str(batch), "--model", "sim", *(["--vary"] if vary else [])]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.urls = json.loads(self.proc.stdout.readline())["urls"]
+
+    def _get(self, path: str) -> list:
+        import httpx
+
+        with httpx.Client(timeout=60) as c:
+            return [c.get(u.removesuffix("/v1") + path).json() for u in self.urls]
+
+    def stats(self) -> list[dict]:
+        return self._get("/stats")
+
+    def requests(self) -> list[dict]:
+        return [b for server in self._get("/requests") for b in server]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def served(stats: list[dict]) -> tuple[int, float]:
+    """Completion tokens the servers produced, and their busy span (first request in to last out)."""
+    tokens = sum(s["completion_tokens"] for s in stats)
+    first = min(s["first_at"] for s in stats if s["first_at"] is not None)
+    last = max(s["last_at"] for s in stats if s["last_at"] is not None)
+    return tokens, last - first
+
+
+def items(n: int) -> str:
+    return ", ".join(f"Topic {i}" for i in range(n))
+
+
+def capacity_share(k: int, args, work: Path) -> dict:
+    from generator import load_spec, run
+
+    fleet = SimFleet(k, args.step_ms, args.batch)
+    try:
+        records = args.waves * k * args.batch
+        topics = max(1, records // 16)
+        path = work / f"plain{k}.yaml"
+        path.write_text(PLAIN.format(items=items(topics), per_topic=-(-records // topics), tokens=args.tokens,
+                                     urls=json.dumps(fleet.urls)))
+        t0 = time.perf_counter()
+        res = run(load_spec(path), out=work / f"plain{k}", limit=records, score=False)
+        wall = time.perf_counter() - t0
+        tokens, span = served(fleet.stats())
+    finally:
+        fleet.close()
+    cap = k * args.batch * 1000 / args.step_ms
+    gen_s = res.manifest["timings"][-1]["generate_s"]
+    return {"k": k, "records": res.generated, "tokens": tokens, "span": span, "wall": wall, "gen_s": gen_s,
+            "capacity": cap, "share": tokens / span / cap, "share_gen": tokens / gen_s / cap}
+
+
+def pipeline(args, work: Path) -> dict:
+    from generator import load_spec, run
+    from generator.core.backend import Request, Sampling
+    from generator.engine.backends.openai_http import OpenAIBackend
+
+    (work / "templates").mkdir(exist_ok=True)
+    (work / "templates" / "review.j2").write_text(REVIEW)
+    n, k = args.pipeline_records, args.pipeline_k
+    fleet = SimFleet(k, args.step_ms, args.batch, vary=True)
+    try:
+        path = work / "pipeline.yaml"
+        path.write_text(PIPELINE.format(items=items(max(1, n // 8)), per_topic=8, tokens=args.tokens,
+                                        urls=json.dumps(fleet.urls)))
+        t0 = time.perf_counter()
+        res = run(load_spec(path), out=work / "pipeline", limit=n, score=False)
+        wall = time.perf_counter() - t0
+        tokens, span = served(fleet.stats())
+        sent = fleet.requests()
+    finally:
+        fleet.close()
+    by_stage: dict[str, list] = {}
+    for i, body in enumerate(sent):
+        text = body["messages"][-1]["content"]
+        stage = next((s for prefix, s in STAGE_OF if text.startswith(prefix)), "other")
+        by_stage.setdefault(stage, []).append(Request(
+            id=f"{stage}-{i}", messages=tuple(body["messages"]),
+            sampling=Sampling(temperature=body["temperature"], top_p=body["top_p"], max_tokens=body["max_tokens"])))
+    fleet = SimFleet(k, args.step_ms, args.batch, vary=True)
+    staged, staged_tokens, longest = 0.0, 0, []
+    try:
+        backend = OpenAIBackend("sim", fleet.urls)
+        for stage in ("problem", "solution", "review"):
+            out = list(backend.generate(by_stage.get(stage, [])))
+            t, s = served(fleet.stats())
+            staged += s - sum(x["span"] for x in longest)
+            longest.append({"stage": stage, "span": s - sum(x["span"] for x in longest),
+                            "longest": max(r.completion_tokens for r in out)})
+            staged_tokens = t
+    finally:
+        fleet.close()
+    return {"records": res.generated, "requests": len(sent), "by_stage": {s: len(v) for s, v in by_stage.items()},
+            "continuous": span, "wall": wall, "staged": staged, "tokens": tokens, "staged_tokens": staged_tokens,
+            "stages": longest, "capacity": k * args.batch * 1000 / args.step_ms}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--step-ms", type=float, default=40.0)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=128, help="completion tokens per request (max_tokens)")
+    ap.add_argument("--waves", type=int, default=4, help="records per server slot in (1)")
+    ap.add_argument("--pipeline-k", type=int, default=8)
+    ap.add_argument("--pipeline-records", type=int, default=128)
+    ap.add_argument("--skip-pipeline", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    print(f"machine: {machine()}")
+    print(f"simulation: each server decodes up to {args.batch} sequences per {args.step_ms:g} ms step "
+          f"(flat step time up to the batch limit, as on a GPU; above it requests queue); a request of "
+          f"T tokens takes T steps; (1) T = {args.tokens} for every request; (2) T from the prompt in "
+          f"[{args.tokens // 8}, {args.tokens}]. Scaled down from ~256 sequences a step so the client "
+          f"fits this machine's CPUs. Servers: one child process, one asyncio loop, K ports.")
+    for k in args.sizes:
+        r = capacity_share(k, args, work)
+        print(f"(1) K = {k:3d}: {r['records']} records, {r['tokens']:,} tokens in {r['span']:.1f}s of server busy "
+              f"span = {r['tokens'] / r['span']:,.0f} tok/s of {r['capacity']:,.0f} capacity -> share "
+              f"{r['share']:.3f} (target >= 0.9); over the run's generate time {r['gen_s']:.1f}s: "
+              f"{r['share_gen']:.3f}; whole run {r['wall']:.1f}s")
+    if args.skip_pipeline:
+        return
+    p = pipeline(args, work)
+    print(f"(2) 3-stage pipeline on K = {args.pipeline_k}: {p['records']} records, {p['requests']} requests "
+          f"{p['by_stage']}, capacity {p['capacity']:,.0f} tok/s")
+    print(f"    continuous (generator.run): server busy span {p['continuous']:.1f}s "
+          f"({p['tokens'] / p['continuous'] / p['capacity']:.2f} of capacity); whole run {p['wall']:.1f}s")
+    print("    stage by stage: " + ", ".join(f"{s['stage']} {s['span']:.1f}s (longest {s['longest']} tok)"
+                                               for s in p["stages"]) +
+          f" = {p['staged']:.1f}s ({p['staged_tokens'] / p['staged'] / p['capacity']:.2f} of capacity)")
+    print(f"    stage-by-stage / continuous = {p['staged'] / p['continuous']:.2f}x (target >= 1.2x); "
+          f"against the whole continuous run {p['staged'] / p['wall']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""`backend: openai` against a fleet of real servers on 127.0.0.1 (tests/fleet_server.py): load
+spread, adaptive windows, faults, a server killed mid-run, the whole fleet down."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+
+from generator.core.backend import Request, RequestFeed, Sampling
+from generator.core.errors import BackendError
+from helpers import importorskip_ci
+
+importorskip_ci("aiohttp")
+
+from fleet_server import Fleet, Sim  # noqa: E402
+from generator.engine.backends.openai_http import OpenAIBackend  # noqa: E402
+
+
+def _reqs(n: int, max_tokens: int = 4) -> list[Request]:
+    return [Request(id=f"r{i}#1", messages=({"role": "user", "content": f"question {i}"},),
+                    sampling=Sampling(max_tokens=max_tokens)) for i in range(n)]
+
+
+def _backend(fleet: Fleet, **kw) -> OpenAIBackend:
+    kw.setdefault("backoff", 0.02)
+    return OpenAIBackend("sim", fleet.urls, **kw)
+
+
+def _exactly_once(results, n: int) -> None:
+    counts = Counter(r.id for r in results)
+    assert len(results) == n and set(counts.values()) == {1}, counts.most_common(3)
+    assert set(counts) == {f"r{i}#1" for i in range(n)}
+
+
+def test_requests_spread_over_the_fleet_and_are_counted_per_endpoint():
+    with Fleet(3, latency=0.02) as fleet:
+        b = _backend(fleet)
+        out = list(b.generate(_reqs(200)))
+    _exactly_once(out, 200)
+    assert all(r.error is None and r.completion_tokens == 4 for r in out)
+    served = [s.stats["answered"] for s in fleet.sims]
+    assert sum(served) == 200 and min(served) >= 40, served  # least-loaded: no server starves
+    eps = b.describe()["endpoints"]
+    assert [e["url"] for e in eps] == fleet.urls
+    assert [e["answered"] for e in eps] == served
+    assert all(e["completion_tokens"] == 4 * e["answered"] and e["state"] == "up" for e in eps)
+
+
+def test_window_settles_near_each_servers_capacity_without_tuning():
+    """Servers answering 429 above 4 and 12 requests at once: each endpoint's window finds that
+    capacity by itself (concurrency 64 is only the ceiling): the servers stay nearly full while
+    few requests are turned away."""
+    sims = [Sim(latency=0.1, limit=4), Sim(latency=0.1, limit=12)]
+    with Fleet(sims=sims) as fleet:
+        b = _backend(fleet, concurrency=64)
+        out = list(b.generate(_reqs(400)))
+    _exactly_once(out, 400)
+    assert all(r.error is None for r in out)
+    small, big = b.describe()["endpoints"]
+    for sim, ep, cap in ((sims[0], small, 4), (sims[1], big, 12)):
+        st = sim.stats
+        occupancy = st["live_s"] / (st["last_at"] - st["first_at"])
+        assert occupancy >= 0.6 * cap, (cap, occupancy)  # kept near its capacity, not below
+        assert 0.5 * cap <= ep["window"] <= 2.5 * cap, (cap, ep)  # the window sits near it, far below 64
+    assert big["answered"] > 2 * small["answered"]  # work follows capacity
+    rejected = small["status_429"] + big["status_429"]
+    assert rejected < 0.15 * 400, rejected  # settled: it does not keep hammering
+
+
+def test_503s_and_dropped_connections_are_retried_elsewhere():
+    sims = [Sim(latency=0.01, fail_503=6, drop=2), Sim(latency=0.01)]
+    with Fleet(sims=sims) as fleet:
+        b = _backend(fleet)
+        out = list(b.generate(_reqs(120)))
+    _exactly_once(out, 120)
+    assert all(r.error is None for r in out)
+    assert sims[0].stats["status_503"] == 6 and sims[0].stats["dropped"] == 2
+    flaky = b.describe()["endpoints"][0]
+    assert flaky["status_5xx"] == 6 and flaky["connection_errors"] == 2
+    assert b.stats["retries"] == 8
+
+
+def test_a_server_killed_mid_run_loses_and_duplicates_nothing():
+    with Fleet(3, latency=0.05) as fleet:
+        b = _backend(fleet)
+        feed = RequestFeed(_reqs(200))
+        out = []
+        for res in b.stream(feed):
+            out.append(res)
+            if len(out) == 30:
+                fleet.kill(0)
+                in_flight_on_dead = fleet.sims[0].stats["live"]
+                # the stream keeps taking new requests while others are in flight
+                feed.put_many([Request(id=f"r{i}#1", messages=({"role": "user", "content": f"q {i}"},),
+                                       sampling=Sampling(max_tokens=4)) for i in range(200, 260)])
+                feed.close()
+    _exactly_once(out, 260)
+    assert all(r.error is None for r in out), [r.error for r in out if r.error][:3]
+    dead = b.describe()["endpoints"][0]
+    assert dead["times_down"] >= 1 and dead["state"] == "down"
+    assert in_flight_on_dead > 0 and dead["redispatched"] + dead["connection_errors"] >= in_flight_on_dead
+    alive = sum(s.stats["answered"] for s in fleet.sims[1:])
+    assert alive >= 260 - fleet.sims[0].stats["answered"]
+
+
+def test_an_endpoint_down_at_start_is_skipped_and_probed():
+    with Fleet(2, latency=0.01) as fleet:
+        fleet.kill(1)
+        b = _backend(fleet)  # the start-up check finds one endpoint answering: enough
+        out = list(b.generate(_reqs(50)))
+    _exactly_once(out, 50)
+    up, down = b.describe()["endpoints"]
+    assert up["answered"] == 50 and down["state"] == "down" and down["answered"] == 0
+
+
+def test_whole_fleet_down_is_one_line_naming_every_endpoint():
+    with Fleet(2, latency=0.01) as fleet:
+        b = _backend(fleet, max_retries=2, backoff=0.01)
+        list(b.generate(_reqs(5)))
+        fleet.kill(0)
+        fleet.kill(1)
+        t0 = time.time()
+        with pytest.raises(BackendError) as err:
+            list(b.generate(_reqs(20)))
+    msg = str(err.value)
+    assert "\n" not in msg and all(u in msg for u in fleet.urls) and "start the servers" in msg, msg
+    assert time.time() - t0 < 8
+
+
+def test_all_down_at_start_names_every_endpoint():
+    with Fleet(2) as fleet:
+        fleet.kill(0)
+        fleet.kill(1)
+        with pytest.raises(BackendError) as err:
+            _backend(fleet, max_retries=1, backoff=0.01)
+    msg = str(err.value)
+    assert "\n" not in msg and all(u in msg for u in fleet.urls) and "start the servers" in msg, msg
+
+
+def test_credentials_in_fleet_urls_stay_out_of_describe():
+    with Fleet(2, latency=0.0) as fleet:
+        urls = [u.replace("http://", "http://alice:hunter2@") for u in fleet.urls]
+        b = OpenAIBackend("sim", urls, check=False)
+        list(b.generate(_reqs(10)))
+    text = json.dumps(b.describe()) + repr(b)
+    assert "hunter2" not in text and "alice" not in text
+    assert sum(e["answered"] for e in b.describe()["endpoints"]) == 10
+
+
+FLEET_SPEC = """
+name: fleet
+topics:
+  - items: [Fractions, Decimals, Percentages]
+generations_per_topic: 8
+templates:
+  - template: math/word_problem
+personas: {file: core, sample: 10}
+models:
+  - name: sim
+    backend: openai
+    base_url: URLS
+    concurrency: 16
+sampling: {max_tokens: 16}
+run: {shard_size: 8}
+"""
+
+
+def test_spec_fleet_run_reports_each_endpoint_and_keeps_secrets_out(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from generator import load_spec, run
+
+    with Fleet(2, latency=0.01) as fleet:
+        urls = [u.replace("http://", "http://bob:s3cr3tpw@") for u in fleet.urls]
+        (tmp_path / "spec.yaml").write_text(FLEET_SPEC.replace("URLS", json.dumps(urls)))
+        res = run(load_spec(tmp_path / "spec.yaml"), out=tmp_path / "run", score=False)
+        (tmp_path / "spec2.yaml").write_text(FLEET_SPEC.replace("URLS", json.dumps(urls)).replace("fleet", "fleet2"))
+        synthgen = Path(sys.executable).with_name("synthgen")
+        cli = subprocess.run([str(synthgen), "run", str(tmp_path / "spec2.yaml"), "--out", str(tmp_path / "run2")],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+    assert res.generated == 24
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    summary = [ln for ln in cli.stdout.splitlines() if "127.0.0.1" in ln]
+    assert len(summary) == 2 and all("requests" in ln and "errors" in ln for ln in summary), cli.stdout
+    assert "s3cr3tpw" not in cli.stdout + cli.stderr
+    eps = json.loads((tmp_path / "run" / "manifest.json").read_text())["models"]["sim"]["endpoints"]
+    assert [e["url"] for e in eps] == fleet.urls  # user:password dropped
+    assert sum(e["answered"] for e in eps) == 24 and all(e["answered"] > 0 and e["ceiling"] == 16 for e in eps)
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert b"s3cr3tpw" not in f.read_bytes(), f
+    proc = subprocess.run([str(synthgen), "usage", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    assert "endpoints (latest session)" in proc.stdout and all(u in proc.stdout for u in fleet.urls)
+    rows = [ln for ln in proc.stdout.splitlines() if "127.0.0.1" in ln]
+    assert sorted(int(ln.split()[2]) for ln in rows) == sorted(e["requests"] for e in eps)
+
+
+@pytest.mark.parametrize("value, msg", [("[]", "an empty list"),
+                                        ("[http://a:1/v1, http://a:1/v1/]", "the same URL twice"),
+                                        ("[http://a:1/v1, 'ftp://b/v1']", "http(s) URL")])
+def test_bad_fleet_urls_are_one_line(tmp_path, value, msg):
+    from generator.config.spec import load_spec
+    from generator.core.errors import SpecError
+
+    (tmp_path / "s.yaml").write_text(FLEET_SPEC.replace("URLS", value))
+    with pytest.raises(SpecError) as err:
+        load_spec(tmp_path / "s.yaml")
+    assert msg in str(err.value) and "base_url" in str(err.value) and "\n" not in str(err.value)
