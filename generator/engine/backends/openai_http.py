@@ -16,7 +16,6 @@ only in the request headers: it is never logged, never in `describe()`, never in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import json
 import os
@@ -165,10 +164,10 @@ class OpenAIBackend:
     def __repr__(self) -> str:  # never show headers (they hold the key)
         return f"OpenAIBackend(model={self.model!r}, base_url={self.public_url!r})"
 
-    def _client(self, n: int | None = None):
+    def _client(self):
         import httpx
 
-        n = n or sum(e.ceiling for e in self.endpoints)
+        n = sum(e.ceiling for e in self.endpoints)
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         return httpx.AsyncClient(headers=self._headers, limits=limits, transport=self._transport,
                                  timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout))
@@ -287,10 +286,11 @@ class OpenAIBackend:
             ready = [e for e in self.endpoints if e.can_take(now)]
             if not ready:
                 break
-            # fewest in flight: work queued on equal servers stays even (a faster one empties
-            # sooner and so takes more), and each window still caps what a server is sent
-            e = min(ready, key=lambda x: (x.in_flight, x.load()))
-            self._launch(e, self._pending.popleft())
+            e = min(ready, key=lambda x: (x.load(), x.in_flight))
+            while self._pending and e.can_take(now) and (len(ready) == 1 or e.load() <= ready[0].load() + 1):
+                self._launch(e, self._pending.popleft())
+                if len(ready) > 1:
+                    break
         if self._pending:
             wake = [e.down_until for e in self.endpoints if not e.up and e.in_flight == 0]
             if wake:  # every endpoint with room is down: probe the first one due
@@ -338,7 +338,7 @@ class OpenAIBackend:
         r = job.request
         resp = error = None
         try:
-            resp = await self._http[e.url].post(e.chat_url, json=self.payload(r))
+            resp = await self._http.post(e.chat_url, json=self.payload(r))
         except asyncio.CancelledError:
             if self._closing:
                 raise
@@ -409,7 +409,7 @@ class OpenAIBackend:
                                           f"{server_message(resp.content, 200)}"))
                 return
             self.stats["retries"] += 1
-            delay = self._delay(job.attempts - 1, _retry_after(resp.headers.get("retry-after")))
+            delay = self._delay(job.attempts - 1, parse_retry_after(resp.headers.get("retry-after")))
             self._loop.call_later(delay, self._requeue, job)
             return
         try:
@@ -438,9 +438,8 @@ class OpenAIBackend:
         self._changed = asyncio.Event()
         self._out = out
         self._closing = False
-        # one connection pool per endpoint: a pool's cost per request grows with its connections
-        async with contextlib.AsyncExitStack() as pools:
-            self._http = {e.url: await pools.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
+        async with self._client() as client:
+            self._http = client
             try:
                 while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout
