@@ -1,0 +1,102 @@
+"""`synthgen run` end to end: the engine's run (plan, generate, count) and its close-out (usage in
+the manifest, the dataset card, the spec's scores)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from generator.config.spec import Spec
+from generator.core.files import write_json_atomic
+from generator.core.run_layout import SCORES
+from generator.engine.planner import Resolved, plan_stream
+from generator.engine.run_folder import RunFolder
+from generator.engine.runner import (ExecStats, Progress, RunResult, compile_pipeline, execute_records, plan_into,
+                                     record_counts, run_manifest)
+
+
+def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
+             progress: Progress | None = None, score: bool = True) -> RunResult:
+    """Generate everything `spec` plans into a run folder (resuming one that exists)."""
+    if spec.rounds is not None:
+        # rounds live a layer above the engine: `generator.run` hands such specs to the feedback loop
+        raise ValueError("run_spec runs a single-pass spec; use generator.run() for a spec with `rounds:`")
+    t0 = time.time()
+    emit = progress or (lambda event, data: None)
+    resolved, records = plan_stream(spec, limit=limit)
+    pipeline = compile_pipeline(resolved)
+    folder = RunFolder(out or spec.output_dir())
+    folder.create()
+    # rendered, checked against what the folder planned before, and written a chunk at a time
+    planned, new = plan_into(folder, records, spec.run.shard_size)
+    plan_seconds = time.time() - t0
+    manifest = run_manifest(folder, spec, resolved, limit)
+    if not pipeline.single:
+        manifest["templates"] = {t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates}
+    folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
+    emit("plan", {"records": planned, "new": new, "seconds": plan_seconds})
+
+    own_executor = executor is None
+    if executor is None:
+        from generator.engine.executors.local import LocalExecutor
+
+        executor = LocalExecutor()
+    try:
+        stats = execute_records(folder, resolved, None, executor, emit, manifest, pipeline)
+    finally:
+        if own_executor:
+            executor.close()
+    return close_run(spec, folder, manifest, resolved, planned, stats, plan_seconds, score, emit, t0, pipeline)
+
+
+def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved, planned: int,
+              stats: "ExecStats", plan_seconds: float, score: bool, emit: Progress, t0: float,
+              pipeline=None) -> RunResult:
+    """The end of every run (single or rounds): manifest and card, the spec's scores, the result."""
+    generated, statuses = record_counts(folder, manifest, planned, stats, plan_seconds, pipeline)
+    manifest["usage"] = run_usage(folder.path, manifest)
+    folder.write_manifest(manifest)
+    _card(folder, manifest, resolved)
+    scores = None
+    if score and spec.scoring is not None and generated:
+        scores = score_run(folder, spec)
+    emit("done", {"seconds": time.time() - t0})
+    return RunResult(run_dir=folder.path, manifest=manifest, planned=planned, generated=generated,
+                     model_calls=stats.model_calls, statuses=statuses, scores=scores)
+
+
+def run_usage(run_dir: Path, manifest: dict) -> dict:
+    """The manifest's `usage`: per model over every session (resumes summed), and this session's."""
+    from generator.export.usage import compute_usage
+
+    u = compute_usage(run_dir, manifest)
+    this = next((x for x in u["sessions"] if x["session"] == manifest.get("session")), None)
+    return {"source": u["source"], "models": u["models"], "stages": u["by"].get("stage", []), "total": u["total"],
+            "sessions": len(u["sessions"]), "this_session": this}
+
+
+def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
+    from generator.export.card import write_run_card
+
+    write_run_card(folder.path, manifest, personas=len(resolved.personas) if resolved.personas else 0)
+
+
+def score_run(folder: RunFolder, spec: Spec) -> dict | None:
+    """The spec's chosen metrics on the run's `ok` rows, stored as `scores.json`."""
+    try:
+        from scoring import api as scoring_api
+    except ImportError:
+        return None
+    cfg = spec.scoring
+    by = list(dict.fromkeys(cfg.by)) or [None]
+    # one pass per grouping: the first fills `per_group`; every one is kept under `per_by`
+    scores = scoring_api.score([folder.path], metrics=cfg.metrics, by=by[0], sample=cfg.sample,
+                               seed=spec.seed, embedder=cfg.embedder)
+    if by[0] is not None:
+        scores["per_by"] = {}
+        for b in by:
+            res = scores if b == by[0] else scoring_api.score(
+                [folder.path], metrics=cfg.metrics, by=b, sample=cfg.sample, seed=spec.seed, embedder=cfg.embedder)
+            scores["per_by"][b] = {p: {n: m.get("per_group") for n, m in ds["metrics"].items()}
+                                   for p, ds in res["datasets"].items()}
+    write_json_atomic(folder.path / SCORES, scores)
+    return scores
