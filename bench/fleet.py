@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import describe  # noqa: E402
 
 PLAIN = """name: bench_fleet
 seed: 7
@@ -73,18 +72,6 @@ REVIEW = ("Check this solution. Say whether it is correct, and why, in two sente
           "Problem: {{ problem.text }}\n\nSolution: {{ solution.text }}\n")
 STAGE_OF = (("Write one math word problem", "problem"), ("Solve this problem", "solution"),
             ("Check this solution", "review"))
-
-
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                 platform.processor() or "unknown CPU")
-    avx = "AVX-512" if "avx512f" in info else "no AVX-512"
-    mem = ""
-    if Path("/proc/meminfo").exists():
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 2**20:.0f} GiB memory"
-    return f"{model}, {avx}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
 
 
 class SimFleet:
@@ -207,7 +194,7 @@ def main() -> None:
     ap.add_argument("--skip-pipeline", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    print(f"machine: {machine()}")
+    print(describe())
     print(f"simulation: each server decodes up to {args.batch} sequences per {args.step_ms:g} ms step "
           f"(flat step time up to the batch limit, as on a GPU; above it requests queue); a request of "
           f"T tokens takes T steps; (1) T = {args.tokens} for every request; (2) T from the prompt in "
