@@ -54,20 +54,13 @@ def versions() -> dict[str, str]:
 
 def assign_shards(plan: pl.DataFrame, new: list[Record], shard_size: int) -> pl.DataFrame:
     """Add `new` records to `plan` in fresh shards; rows already planned keep their shard."""
-    frame = records_frame(new)
-    if frame.is_empty():
+    if not new:
         return plan
     start: dict[int, int] = {}
     if plan is not None and not plan.is_empty():
         for rnd, names in plan.group_by("round").agg(pl.col("shard")).iter_rows():
             start[rnd] = max(shard_index(n)[1] for n in names) + 1
-    shard_col = []
-    counters: dict[int, int] = {}
-    for rnd in frame["round"].to_list():
-        i = counters.get(rnd, 0)
-        counters[rnd] = i + 1
-        shard_col.append(shard_name(rnd, start.get(rnd, 0) + i // shard_size))
-    frame = frame.with_columns(pl.Series("shard", shard_col))
+    frame = next(_sharded([new], shard_size, start))  # the streamed plan's shard rule, in one chunk
     return frame if plan is None or plan.is_empty() else pl.concat([plan, frame.select(plan.columns)], how="vertical")
 
 
