@@ -64,34 +64,6 @@ def assign_shards(plan: pl.DataFrame, new: list[Record], shard_size: int) -> pl.
     return frame if plan is None or plan.is_empty() else pl.concat([plan, frame.select(plan.columns)], how="vertical")
 
 
-def reconcile(folder: RunFolder, records: list[Record]) -> tuple[pl.DataFrame | None, list[Record]]:
-    """Existing plan and the records it lacks; refuses a plan that changed what was planned."""
-    plan = folder.read_plan()
-    if plan is None:
-        return None, records
-    old = {r["id"]: r for r in plan.select("id", "template", "template_hash", "seed", "prompt", "model",
-                                           "max_tokens", "temperature", "top_p").iter_rows(named=True)}
-    new_ids = {r.id for r in records}
-    gone = [i for i in old if i not in new_ids]
-    if gone:
-        sample = old[gone[0]]
-        raise RunFolderError(
-            f"{folder.path}: the spec no longer plans {len(gone)} of the {len(old)} records in this run "
-            f"(e.g. topic/template/model choices changed for a '{sample['template']}' record); "
-            f"start a new run with --out NEW_DIR, or restore the spec")
-    for r in records:
-        o = old.get(r.id)
-        if o is None:
-            continue
-        for key, value in (("template_hash", r.template_hash), ("prompt", r.prompt), ("model", r.model),
-                           ("max_tokens", r.max_tokens), ("temperature", r.temperature), ("top_p", r.top_p)):
-            if o[key] != value:
-                what = f"template '{r.template}' was edited" if key in ("template_hash", "prompt") else f"`{key}` changed"
-                raise RunFolderError(f"{folder.path}: {what} since this run was planned, so its records "
-                                     f"would differ; start a new run with --out NEW_DIR, or undo the change")
-    return plan, [r for r in records if r.id not in old]
-
-
 @dataclass
 class ExecStats:
     """What one `execute_records` call did."""
@@ -132,7 +104,8 @@ _KEYS = ("template", "template_hash", "prompt", "model", "max_tokens", "temperat
 def plan_into(folder: RunFolder, records: Iterable[Record], shard_size: int) -> tuple[int, int]:
     """Write the plan of `records` (streamed: a chunk at a time) into `folder`, or check it against
     the plan already there and append the records it lacks in fresh shards. Refuses a plan that
-    changed what was planned (the same checks as `reconcile`). Returns (planned, new)."""
+    changed what was planned: a record gone, an edited template or prompt, or a changed model or
+    sampling. Returns (planned, new)."""
     if not folder.has_plan():
         n = folder.write_plan_stream(_sharded(_chunks(records), shard_size, {}))
         return n, n
