@@ -1,12 +1,14 @@
 """The continuously fed engine, measured: (a) its decode time against one bare `LLM.chat`, and
 (c) what a SIGKILL mid-run loses against what was in flight.
 
-(a) One `vllm.LLM` serves both arms (model load excluded from both). Each record's `max_tokens` is
-drawn from a long-tailed distribution (most short, a few up to --max-tokens), the same draw in
-both arms, so a driver that drains the engine between batches would idle on the tail. The bare arm
-is one `LLM.chat` of every prompt; the synthgen arm is `run_spec` into a fresh run folder, timed
-end to end and by its own decode time (the manifest's `generate_s`: feeding the engine, answers,
-cache, shard files). Arms alternate to spread machine noise over both.
+(a) The engine's cost as a user sees it: `synthgen run SPEC` (the shipped specs/math.yaml by
+default) in its own process, against one bare `LLM.chat` of the same records' first tries (the
+same messages, seeds, sampling and structured-output schemas, read from the synthgen arm's
+plan.parquet) in another process, on an engine built with the same settings. Each arm runs alone
+on the machine; model load is excluded from both (the manifest's `generate_s` against the timed
+`LLM.chat` call). The synthgen arm's time includes its retries (a structured answer cut by
+max_tokens is retried with the next seed; the bare arm keeps it cut); the per-token ratio divides
+each arm's time by the completion tokens it decoded.
 
 (c) `synthgen run` in a subprocess (its own engine), SIGKILLed once a third of the answers are in
 the request cache. Prompts are one line (bench/overhead.py measures long templated prompts), so
@@ -15,7 +17,8 @@ answer the engine finishes; after the kill, the request cache says which answers
 Lost = requests handed to the engine whose answers are not in the cache (the resumed run pays for
 them again); in flight = requests handed to the engine and not finished at the kill.
 
-    python bench/engine.py [--records 256] [--min-tokens 16] [--max-tokens 96] [--repeats 1]
+    python bench/engine.py [--only a|c] [--spec specs/math.yaml] [--limit N] [--repeats 1]
+                           [--records 256] [--min-tokens 16] [--kill-tokens 64]
 """
 from __future__ import annotations
 
@@ -76,73 +79,80 @@ def use_long_tail(records, low: int, high: int) -> dict[str, int]:
     return {r.id: long_tail(r.id, low, high) for r in records}
 
 
-def bench_decode(args) -> None:
-    from vllm import SamplingParams
+def run_arm(spec: str, out: Path, limit: int | None) -> dict:
+    """The synthgen arm: `synthgen run SPEC` in its own process, as a user runs it."""
+    cmd = [sys.executable, "-m", "generator", "run", spec, "--out", str(out)] + (["--limit", str(limit)] if limit else [])
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"(a) synthgen run failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    from generator.core.run_layout import read_manifest
+    from generator.export.usage import compute_usage
 
-    import generator.engine.requests as requests_mod
+    timing = read_manifest(out)["timings"][-1]
+    usage = compute_usage(out)["total"]
+    return {"wall": wall, "decode": timing["generate_s"], "load": timing.get("model_load_s", 0.0),
+            "calls": usage["requests"], "tokens": usage["completion_tokens"]}
+
+
+def bare_arm(run_dir: str) -> None:
+    """The bare arm, in its own process: one `LLM.chat` of the first try of every record the
+    synthgen arm planned (its plan.parquet), with the same messages, seeds, sampling and schemas,
+    on an engine built with the same settings (`VLLMOfflineBackend`). Prints one JSON line."""
+    import json
+
     from generator.config.spec import load_spec
-    from generator.core.backend import Borrowed
+    from generator.core.run_layout import read_manifest, read_plan
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
-    from generator.engine.executors.local import LocalExecutor
-    from generator.engine.planner import plan_spec
-    from generator.runs import run_spec
+    from generator.engine.planner import resolve_spec
+    from generator.engine.requests import make_request
 
-    spec = load_spec(short_spec(Path(tempfile.mkdtemp(prefix="synthgen-bench-spec-")), args.records,
-                                args.max_tokens))
-    _, records = plan_spec(spec, limit=args.records)
-    plain = requests_mod.make_request
-    draw = use_long_tail(records, args.min_tokens, args.max_tokens)  # the same budgets in both arms
+    manifest = read_manifest(run_dir)
+    spec = load_spec(manifest["spec_file"])
+    schemas = {t.name: t.output_schema for t, _ in resolve_spec(spec).templates}
+    rows = read_plan(run_dir).to_dicts()
+    requests = [make_request(r, 1, schemas) for r in rows]
+    t = time.perf_counter()
     backend = VLLMOfflineBackend(spec.models[0].name, engine=spec.models[0].engine)
-    llm = backend.llm
-    messages = [r.messages for r in records]
-    params = [SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=draw[r.id], seed=r.seed)
-              for r in records]
-    budgets = sorted(draw.values())
-    print(f"(a) {len(records)} records, max_tokens long-tailed: median {statistics.median(budgets):.0f}, "
-          f"p90 {budgets[int(0.9 * len(budgets))]}, max {budgets[-1]}", flush=True)
-
-    engine, step = llm.llm_engine, llm.llm_engine.step
-    steps = {"n": 0}
-
-    def counted_step():  # engine steps: a load-independent view of how full the batches were
-        steps["n"] += 1
-        return step()
-
-    engine.step = counted_step
-    llm.chat(messages[:4], params[:4], use_tqdm=False)  # warm-up: first-call allocations
-    bare, ours, decode, tokens, bare_steps, our_steps = [], [], [], [], [], []
-    for i in range(args.repeats):
-        steps["n"] = 0
-        t = time.perf_counter()
-        outs = llm.chat(messages, params, use_tqdm=False)
-        bare.append(time.perf_counter() - t)
-        bare_steps.append(steps["n"])
-        tokens.append(sum(len(o.outputs[0].token_ids) for o in outs))
-        steps["n"] = 0
-
-        out = Path(tempfile.mkdtemp(prefix="synthgen-bench-"))
-        t = time.perf_counter()
-        res = run_spec(spec, out=out, limit=args.records,
-                       executor=LocalExecutor(backend_factory=lambda cfg, **_: Borrowed(backend)))
-        ours.append(time.perf_counter() - t)
-        decode.append(res.manifest["timings"][-1]["generate_s"])
-        our_steps.append(steps["n"])
-        assert res.generated == len(records), "synthgen arm did not generate every record"
-        shutil.rmtree(out, ignore_errors=True)
-        print(f"  repeat {i + 1}: bare {bare[-1]:.2f}s  synthgen decode {decode[-1]:.2f}s "
-              f"(ratio {decode[-1] / bare[-1]:.3f})  run_spec {ours[-1]:.2f}s (ratio {ours[-1] / bare[-1]:.3f})  "
-              f"engine steps {our_steps[-1]} vs {bare_steps[-1]}",
-              flush=True)
-    engine.step = step
+    load = time.perf_counter() - t
+    t = time.perf_counter()
+    results = backend.chat(requests)
+    decode = time.perf_counter() - t
     backend.close()
-    requests_mod.make_request = plain
-    b, d, s = statistics.median(bare), statistics.median(decode), statistics.median(ours)
-    print(f"  bare LLM.chat        : {b:7.2f} s  ({statistics.mean(tokens) / b:,.0f} completion tok/s)")
-    print(f"  synthgen decode      : {d:7.2f} s  ratio {d / b:.3f}  (target <= 1.02)")
-    print(f"  synthgen run_spec    : {s:7.2f} s  ratio {s / b:.3f}  (plan, decode, shards, manifest, card)",
-          flush=True)
-    ours_n, bare_n = statistics.median(our_steps), statistics.median(bare_steps)
-    print(f"  engine steps         : synthgen {ours_n:.0f} vs bare {bare_n:.0f}  ratio {ours_n / bare_n:.3f}", flush=True)
+    print(json.dumps({"decode": decode, "load": load, "calls": len(results),
+                      "tokens": sum(r.completion_tokens for r in results),
+                      "cut": sum(r.finish_reason == "length" for r in results)}), flush=True)
+
+
+def bench_decode(args) -> None:
+    """(a) `synthgen run SPEC` against a bare `LLM.chat` of the same first tries, each in its own
+    process alone on the machine, arms alternating; decode time excludes model load in both."""
+    import json
+
+    ours, bare = [], []
+    for i in range(args.repeats):
+        out = Path(tempfile.mkdtemp(prefix="synthgen-bench-")) / "run"
+        s = run_arm(args.spec, out, args.limit)
+        proc = subprocess.run([sys.executable, __file__, "--bare", str(out)], cwd=ROOT, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:
+            raise SystemExit(f"(a) the bare arm failed: {proc.stderr.strip()[-2000:]}")
+        b = json.loads(proc.stdout.strip().splitlines()[-1])
+        shutil.rmtree(out.parent, ignore_errors=True)
+        ours.append(s)
+        bare.append(b)
+        print(f"  repeat {i + 1}: synthgen decode {s['decode']:.1f}s ({s['calls']} calls, {s['tokens']} tokens)  "
+              f"bare LLM.chat {b['decode']:.1f}s ({b['calls']} calls, {b['tokens']} tokens, {b['cut']} cut)  "
+              f"ratio {s['decode'] / b['decode']:.3f}  load {os.getloadavg()[0]:.1f}", flush=True)
+    sd, bd = statistics.median(x["decode"] for x in ours), statistics.median(x["decode"] for x in bare)
+    st, bt = statistics.median(x["tokens"] for x in ours), statistics.median(x["tokens"] for x in bare)
+    print(f"(a) {args.spec}: synthgen run vs bare LLM.chat, separate processes, median of {args.repeats}")
+    print(f"  bare LLM.chat        : {bd:7.1f} s  {bt / bd:6.1f} completion tok/s")
+    print(f"  synthgen run decode  : {sd:7.1f} s  {st / sd:6.1f} completion tok/s  "
+          f"(retries included; process wall {statistics.median(x['wall'] for x in ours):.1f} s)")
+    print(f"  ratio in time        : {sd / bd:.3f}  (target <= 1.02)")
+    print(f"  ratio per token      : {(sd / st) / (bd / bt):.3f}", flush=True)
 
 
 # ---------------------------------------------------------------- (c) SIGKILL mid-run
@@ -222,12 +232,15 @@ def bench_kill(args) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--bare":
+        return bare_arm(sys.argv[2])
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[sys.argv.index("--") + 1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=256)
+    ap.add_argument("--spec", default="specs/math.yaml", help="(a) the spec both arms run")
+    ap.add_argument("--limit", type=int, default=None, help="(a) run only the first N records")
+    ap.add_argument("--records", type=int, default=256, help="(c) records in the killed run")
     ap.add_argument("--min-tokens", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--kill-tokens", type=int, default=64, help="the (c) run's long-tail cap on max_tokens")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--only", choices=["a", "c"], help="run one of the two measurements")

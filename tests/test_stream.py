@@ -277,3 +277,131 @@ def test_a_prompt_the_engine_refuses_fails_alone_and_the_stream_goes_on():
     assert sorted(out) == [f"r{i}" for i in range(5)]
     assert out["r2"].finish_reason == "error" and "longer than the maximum" in out["r2"].error
     assert all(out[f"r{i}"].finish_reason == "stop" for i in (0, 1, 3, 4))
+
+
+# ---------------------------------------------------------------- hedged retries (vllm_stream)
+class _StepEngine:
+    """One token a step per request; a request's answer length is fixed by (prompt, seed), and one
+    longer than max_tokens is cut ("length"), as a degenerate structured answer is."""
+
+    def __init__(self, lengths: dict[tuple[str, int], int]):
+        self.lengths, self.running, self.aborted, self.n = lengths, {}, [], 0
+
+    def enqueue_chat(self, convs, params, use_tqdm=False):
+        ids = []
+        for conv, r in zip(convs, params):
+            self.n += 1
+            ids.append(f"{self.n}-x")
+            self.running[ids[-1]] = [r, 0]
+        return ids
+
+    @property
+    def llm_engine(self):
+        return self
+
+    def step(self):
+        from types import SimpleNamespace
+
+        outs = []
+        for vid, state in list(self.running.items()):
+            r = state[0]
+            state[1] += 1
+            want = self.lengths[(r.messages[-1]["content"], r.sampling.seed)]
+            if state[1] >= min(want, r.sampling.max_tokens):
+                del self.running[vid]
+                reason = "length" if want > r.sampling.max_tokens else "stop"
+                outs.append(SimpleNamespace(
+                    request_id=vid.split("-")[0], finished=True, prompt_token_ids=[1],
+                    outputs=[SimpleNamespace(text=f"{r.messages[-1]['content']} seed {r.sampling.seed}",
+                                             finish_reason=reason, token_ids=[0] * state[1])]))
+        return outs
+
+    def abort_request(self, ids, internal=False):
+        for vid in ids:
+            if self.running.pop(vid, None) is not None:
+                self.aborted.append(vid)
+
+
+def _drive(lengths, n, hedge, max_tokens=40):
+    """A caller like the scheduler: a cut answer is retried at once with the next seed; the feed
+    closes when every record has an answer that is not cut. Returns answers by request id, the step
+    each landed at, and the stream's stats."""
+    from generator.engine.backends.vllm_stream import StreamStats, stream_engine
+
+    schema = {"type": "object"}
+
+    def req(i, attempt):
+        return Request(id=f"r{i}#{attempt}", messages=({"role": "user", "content": f"p{i}"},),
+                       sampling=Sampling(max_tokens=max_tokens, seed=100 * i + attempt - 1), json_schema=schema)
+
+    engine, stats = _StepEngine(lengths), StreamStats()
+    feed = RequestFeed([req(i, 1) for i in range(n)])
+    got, landed, open_ = {}, {}, set(range(n))
+    for res in stream_engine(engine, feed, lambda r: r, None, stats, hedge=hedge):
+        got[res.id], landed[res.id] = res, stats.steps
+        i, attempt = int(res.id[1:].split("#")[0]), int(res.id.split("#")[1])
+        if res.finish_reason == "length":
+            feed.put(req(i, attempt + 1))
+        else:
+            open_.discard(i)
+            if not open_:
+                feed.close()
+    return got, landed, stats, engine
+
+
+def _lengths(n, cut=(), retry_len=30):
+    lengths = {(f"p{i}", 100 * i): 5 + i % 4 for i in range(n)}
+    for i in cut:
+        lengths[(f"p{i}", 100 * i)] = 10_000   # degenerate: cut at max_tokens
+        lengths[(f"p{i}", 100 * i + 1)] = retry_len
+    return lengths
+
+
+def test_a_cut_answers_retry_runs_beside_the_batch_and_gets_the_same_answer():
+    lengths = _lengths(16, cut=(3,))
+    plain, plain_at, plain_stats, _ = _drive(lengths, 16, hedge=False)
+    hedged, hedged_at, stats, engine = _drive(lengths, 16, hedge=True)
+    # same answers, same requests answered
+    assert {k: (v.text, v.finish_reason, v.completion_tokens) for k, v in plain.items()} == \
+           {k: (v.text, v.finish_reason, v.completion_tokens) for k, v in hedged.items()}
+    assert plain["r3#1"].finish_reason == "length" and plain["r3#2"].finish_reason == "stop"
+    # without a hedge the retry starts when the cut answer lands (step 40) and needs 30 more steps;
+    # with one it started once the batch drained and half the budget was spent
+    assert plain_at["r3#2"] == 70
+    assert hedged_at["r3#2"] < 60 and stats.hedges == 1 and stats.hedges_used == 1
+    assert stats.steps < plain_stats.steps and not engine.running
+
+
+def test_a_hedge_whose_original_is_not_cut_is_aborted_and_never_answered():
+    lengths = _lengths(8)
+    lengths[("p2", 200)] = 35  # long but within the budget of 40: hedged at step 20, then not needed
+    lengths[("p2", 201)] = 30
+    got, _, stats, engine = _drive(lengths, 8, hedge=True)
+    assert sorted(got) == [f"r{i}#1" for i in range(8)]
+    assert stats.hedges == 1 and stats.hedges_used == 0
+    assert len(engine.aborted) == 1 and not engine.running
+
+
+def test_free_text_and_unseeded_requests_are_never_hedged():
+    from generator.engine.backends.vllm_stream import StreamStats, stream_engine
+
+    engine, stats = _StepEngine({("p0", None): 50, ("p1", 7): 50}), StreamStats()
+    reqs = [Request(id="a", messages=({"role": "user", "content": "p0"},),
+                    sampling=Sampling(max_tokens=40, seed=None), json_schema={"type": "object"}),
+            Request(id="b", messages=({"role": "user", "content": "p1"},), sampling=Sampling(max_tokens=40, seed=7))]
+    out = [r.id for r in stream_engine(engine, RequestFeed(reqs, close=True), lambda r: r, None, stats)]
+    assert sorted(out) == ["a", "b"] and stats.hedges == 0 and stats.steps == 40
+
+
+def test_a_run_ends_without_waiting_for_hedges_nobody_claims():
+    """Max attempts reached (the caller does not retry a cut answer): the stream ends when the feed
+    is closed and only hedges remain, and they are aborted."""
+    from generator.engine.backends.vllm_stream import StreamStats, stream_engine
+
+    lengths = _lengths(4, cut=(1,), retry_len=400)
+    engine, stats = _StepEngine(lengths), StreamStats()
+    reqs = [Request(id=f"r{i}", messages=({"role": "user", "content": f"p{i}"},),
+                    sampling=Sampling(max_tokens=40, seed=100 * i), json_schema={}) for i in range(4)]
+    out = list(stream_engine(engine, RequestFeed(reqs, close=True), lambda r: r, None, stats))
+    assert len(out) == 4 and stats.hedges == 1 and stats.steps == 40
+    assert not engine.running and len(engine.aborted) == 1

@@ -8,6 +8,7 @@ and a caller that caches each answer as it lands loses only the requests in flig
 from __future__ import annotations
 
 import os
+import platform
 import time
 from typing import Any, Iterable, Iterator
 
@@ -43,13 +44,29 @@ def memory_budget(gpu: bool) -> float | int:
     return int(float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2)) * (1 << 30))
 
 
+def cpu_dtype() -> str:
+    """The weights' type on this CPU: bfloat16 where torch computes it with AVX-512 (or AMX, or
+    ARM's BF16), float32 elsewhere. On an AVX2-only x86 CPU torch has no fast bfloat16 matmul and
+    emulates it, several times slower than float32 (bench/cpu_dtype.py measures both)."""
+    try:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()  # honours ATEN_CPU_CAPABILITY
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - an old or unusual torch: keep the model's own type
+        return "auto"
+    if capability in ("AVX2", "DEFAULT") and platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        return "float32"
+    return "bfloat16" if native else "float32"
+
+
 def engine_defaults(gpu: bool) -> dict[str, Any]:
     if gpu:
         return {memory_key(gpu): memory_budget(gpu), **COMPACT_JSON}
     # The CPU build's default memory-fraction check fails on small machines: give the KV cache
     # explicit bytes instead, and skip graph capture that only pays off on GPUs.
     return {memory_key(gpu): memory_budget(gpu), "enforce_eager": True, "max_model_len": 4096,
-            **CPU_SEED_SAFE, **COMPACT_JSON}
+            "dtype": cpu_dtype(), **CPU_SEED_SAFE, **COMPACT_JSON}
 
 
 # Per-request seeds crash the CPU build when a prompt is prefilled in chunks: vLLM discards the
@@ -69,12 +86,13 @@ def seed_safe(kwargs: dict[str, Any], gpu: bool) -> dict[str, Any]:
 
 class VLLMOfflineBackend:
     def __init__(self, model: str, engine: dict[str, Any] | None = None, window: int | None = None,
-                 on_finished=None):
+                 on_finished=None, hedge: bool = True):
         self.model = model
         self.gpu = on_gpu()
         # `window` (run.window): at most this many requests in the engine at once (None: as many
         # as the engine schedules); a finished one is replaced at once, so it never drains
         self.window = window
+        self.hedge = hedge  # start likely retries early in a draining engine (vllm_stream)
         self.on_finished = on_finished  # called with a count as requests finish
         self.last_stream: StreamStats | None = None  # what the latest stream did (steps, timings)
         self._streaming = False
@@ -121,7 +139,7 @@ class VLLMOfflineBackend:
         """Results of the requests put into `feed`, each as its engine step finishes it."""
         stats = self.last_stream = StreamStats()
         return self._one_at_a_time(stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats,
-                                                 self.window))
+                                                 self.window, self.hedge))
 
     def _one_at_a_time(self, results: Iterator[Result]) -> Iterator[Result]:
         # two loops stepping one engine would take each other's answers: one feed per engine
