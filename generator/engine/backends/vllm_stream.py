@@ -7,6 +7,7 @@ closed generator) are aborted, so the engine is clean for the next caller.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -33,6 +34,15 @@ def _result(r: Request, out: Any) -> Result:
                   prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(c.token_ids))
 
 
+def by_tools(batch: list[Request]) -> list[tuple[tuple[dict, ...] | None, list[Request]]]:
+    """The batch split by the tools its requests offer (in first-seen order; most offer none)."""
+    groups: dict[str, tuple[tuple[dict, ...] | None, list[Request]]] = {}
+    for r in batch:
+        key = json.dumps(r.tools, sort_keys=True) if r.tools is not None else ""
+        groups.setdefault(key, (r.tools, []))[1].append(r)
+    return list(groups.values())
+
+
 def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
                   on_result: ProgressFn | None, stats: StreamStats,
                   max_in_flight: int | None = None) -> Iterator[Result]:
@@ -47,16 +57,23 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
     refused: list[Result] = []
 
     def submit(batch: list[Request]) -> None:
+        # one enqueue_chat per set of tools: the template renders the call's `tools` into every
+        # conversation of it
+        for tools, group in by_tools(batch):
+            submit_group(group, tools)
+
+    def submit_group(batch: list[Request], tools: tuple[dict, ...] | None) -> None:
         # enqueue_chat renders with the model's chat template exactly as LLM.chat does (same
         # renderer, same tokenization flags), so a seeded request gets the same tokens either way
         try:
-            ids = llm.enqueue_chat([list(r.messages) for r in batch], [params(r) for r in batch], use_tqdm=False)
+            ids = llm.enqueue_chat([list(r.messages) for r in batch], [params(r) for r in batch], use_tqdm=False,
+                                   **({"tools": list(tools)} if tools is not None else {}))
         except Exception as exc:  # noqa: BLE001 - e.g. a prompt longer than the context
             # vLLM aborts what it had added of the batch: the others go in one by one, and only the
             # request it refuses fails (an error answer), not the stream with everything in flight
             if len(batch) > 1:
                 for r in batch:
-                    submit([r])
+                    submit_group([r], tools)
                 return
             first = (str(exc).splitlines() or [""])[0][:300]
             refused.append(Result(id=batch[0].id, text="", finish_reason="error",

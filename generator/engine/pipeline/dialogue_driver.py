@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 from generator.config.base import SamplingOverride
 from generator.config.stages import AgentStage, ConversationStage
-from generator.core.backend import Result
+from generator.core.backend import Backend, Result, chat_template
 from generator.engine.dialogue.agent import AgentSetup, agent
 from generator.engine.dialogue.conversation import ConversationSetup, conversation
-from generator.engine.dialogue.presentation import SchemaPresentation
+from generator.engine.dialogue.presentation import Presentation, presentation_for
 from generator.engine.dialogue.protocol import ModelCall, ToolCall, ToolResult, Trajectory
 from generator.engine.dialogue.tools import ToolRunner
 from generator.engine.dialogue.verify import verify_trajectory
@@ -54,7 +54,8 @@ class Dialog:
 
 
 class DialogueDriver:
-    def __init__(self, pipeline: Pipeline, resolved: Resolved, contexts: Contexts, retries: int, *,
+    def __init__(self, pipeline: Pipeline, resolved: Resolved, contexts: Contexts, retries: int,
+                 backends: dict[str, Backend], *,
                  submit: Callable[[Pending], None], post: Callable[[tuple], None],
                  live: Callable[[Rec], None], reject: Callable[[Rec, StageNode, str, str], None],
                  advance: Callable[[Rec], None]):
@@ -63,12 +64,27 @@ class DialogueDriver:
         self.seed = resolved.spec.seed
         self.contexts = contexts
         self.retries = retries
+        self.backends = backends
+        self.presentations: dict[tuple[str, str], Presentation] = {}  # (agent stage, model) -> how it sees tools
         self._submit_request = submit    # a model turn, as a request on the model's feed
         self._post = post                # a ("tool", token, future) event for the scheduler thread
         self._live_check = live          # end the record if nothing is left outstanding
         self._reject_stage = reject      # a failed stage: regenerate or end the record
         self._advance_rec = advance      # a settled stage: start what waited on it
         self.tool_runners: dict[str, ToolRunner] = {}  # agent stage -> its runner (created on first use)
+
+    def presentation(self, node: StageNode, model: str) -> Presentation:
+        """Native tool calling or tools through structured output, for this stage and model: the
+        stage's `tool_calling`, else the model's, else (auto) what its chat template can render."""
+        key = (node.name, model)
+        if key not in self.presentations:
+            mode = node.cfg.tool_calling
+            if mode == "auto":
+                cfg = next((m for m in self.resolved.spec.models if m.name == model), None)
+                mode = cfg.tool_calling if cfg is not None else "auto"
+            template = chat_template(self.backends.get(model)) if mode == "auto" else None
+            self.presentations[key] = presentation_for(mode, template)
+        return self.presentations[key]
 
     def close(self) -> None:
         for runner in self.tool_runners.values():
@@ -98,11 +114,12 @@ class DialogueDriver:
                 assistant_model=c.assistant.model or row["model"], turns_min=c.turns.min, turns_max=c.turns.max,
                 marker=c.stop.marker, stop=stop))
         else:
+            model = c.model or row["model"]
             driver = agent(AgentSetup(
                 spec_seed=self.seed, rid=rid, stage=node.name, attempt=rec.attempt, prompt=tuple(render("task")),
-                seeds=seeds, tools=tuple(self.p.tools[t] for t in c.tools), model=c.model or row["model"],
+                seeds=seeds, tools=tuple(self.p.tools[t] for t in c.tools), model=model,
                 max_steps=c.max_steps, max_calls_per_step=c.max_calls_per_step,
-                max_result_chars=c.max_result_chars, presentation=SchemaPresentation()))
+                max_result_chars=c.max_result_chars, presentation=self.presentation(node, model)))
         run = Dialog(stage=node.name, epoch=rec.epoch.get(node.name, 0), driver=driver, default_model=row["model"])
         rec.dialogs[node.name] = run
         self._dialog_step(rec, node, run, None)
@@ -140,16 +157,17 @@ class DialogueDriver:
             run.sampling[key] = sampling_for(self.resolved, node, model, override)
         run.tries = max(run.tries, tries)
         req = dialogue_request(rec.row["id"], node.name, rec.attempt, call.tag, tries, list(call.messages),
-                               run.sampling[key], call.seed, call.json_schema)
+                               run.sampling[key], call.seed, call.json_schema, call.tools)
         self._submit_request(Pending(rec, node.name, run.epoch, j, tries, model, req,
-                             {"dialog": run, "schema": call.json_schema}))
+                                     {"dialog": run, "schema": call.json_schema}))
 
     def turn_landed(self, pend: Pending, res: Result) -> None:
         run: Dialog = pend.extra["dialog"]
         answer = classify(res, pend.extra["schema"] is not None, None, 0)
         node = self.p.nodes[pend.stage]
-        if pend.tries <= self.retries and retryable(answer.status, pend.extra["schema"],
-                                                    pend.request.sampling.max_tokens):
+        called = bool(res.meta.get("tool_calls")) and not res.error  # a server's tool calls: no text, not empty
+        if not called and pend.tries <= self.retries and retryable(answer.status, pend.extra["schema"],
+                                                                   pend.request.sampling.max_tokens):
             self._send_turn(pend.rec, node, run, pend.sample, pend.tries + 1)
             return
         self._dialog_result(pend.rec, node, run, pend.sample, res)

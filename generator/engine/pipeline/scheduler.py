@@ -89,9 +89,9 @@ class PipelineScheduler:
         self._checks = concurrent.futures.ThreadPoolExecutor(max_workers=check_workers,
                                                              thread_name_prefix="checks")
         self._has_checks = any(n.kind == "verify" for n in pipeline.nodes.values())
-        self.dialogues = DialogueDriver(pipeline, resolved, self.contexts, retries, submit=self._submit,
-                                        post=self._events.put, live=self._live, reject=self._reject,
-                                        advance=self._advance)
+        self.dialogues = DialogueDriver(pipeline, resolved, self.contexts, retries, backends,
+                                        submit=self._submit, post=self._events.put, live=self._live,
+                                        reject=self._reject, advance=self._advance)
 
     # ------------------------------------------------------------ the loop
     def run(self, rows: Iterable[dict]) -> None:
