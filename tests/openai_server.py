@@ -1,8 +1,9 @@
 """A small OpenAI-compatible chat server on 127.0.0.1 (http.server) for the HTTP backend's control-flow tests.
 
 It serves /v1/models and /v1/chat/completions with scripted answers (valid JSON when the request
-asks for a JSON schema), can fail its first chat requests with 429 / 500 in turn, can hold each
-answer for `delay` seconds, and records every request body and Authorization header it saw."""
+asks for a JSON schema; an answer function may return a whole message, tool_calls included), can
+fail its first chat requests with 429 / 500 in turn, can hold each answer for `delay` seconds, and
+records every request body and Authorization header it saw."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def scripted_answer(body: dict) -> str:
 
 class OpenAIServer:
     def __init__(self, model: str = "smollm2-135m", faults: int = 0, delay: float = 0.0,
-                 answer: Callable[[dict], str] = scripted_answer):
+                 answer: Callable[[dict], str | dict] = scripted_answer):
         self.model = model
         self.faults = faults  # the first `faults` chat requests fail: 429, 500, 429, ...
         self.delay = delay
@@ -78,15 +79,17 @@ class OpenAIServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
                     time.sleep(server.delay)
-                    text = server.answer(body)
+                    answer = server.answer(body)  # a text, or a whole message (e.g. with tool_calls)
                 finally:
                     with server.lock:
                         server.in_flight -= 1
                         server.bodies.append(body)
+                message = answer if isinstance(answer, dict) else {"role": "assistant", "content": answer}
+                text = message.get("content") or ""
                 prompt_words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
                 return self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": server.model,
-                                        "choices": [{"index": 0, "finish_reason": "stop",
-                                                     "message": {"role": "assistant", "content": text}}],
+                                        "choices": [{"index": 0, "message": message, "finish_reason":
+                                                     "tool_calls" if message.get("tool_calls") else "stop"}],
                                         "usage": {"prompt_tokens": prompt_words,
                                                   "completion_tokens": len(text.split())}})
 

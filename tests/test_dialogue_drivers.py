@@ -265,7 +265,7 @@ def test_the_presentation_follows_the_chat_template():
 
     smol = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']}}{% endfor %}"
     tooled = "{% if tools %}{{ tools | tojson }}{% endif %}" + smol
-    assert isinstance(presentation_for(smol, native_tools=True), SchemaPresentation)
-    assert isinstance(presentation_for(tooled, native_tools=True), NativePresentation)
-    assert isinstance(presentation_for(tooled, native_tools=False), SchemaPresentation)
-    assert isinstance(presentation_for(None), SchemaPresentation)
+    assert isinstance(presentation_for("auto", smol), SchemaPresentation)
+    assert isinstance(presentation_for("auto", tooled), NativePresentation)
+    assert isinstance(presentation_for("constrained", tooled), SchemaPresentation)
+    assert isinstance(presentation_for("auto", None), SchemaPresentation)

@@ -1,8 +1,10 @@
 """Liveness of the one execution core over random pipelines (hypothesis): branches, joins, judges,
-checks, filters, `n > 1`, regenerate targets at every depth, on a backend that answers in a random
+checks, filters, `n > 1`, conversation and agent stages (Python and simulated tools, native and
+constrained tool calling), regenerate targets at every depth, on a backend that answers in a random
 order and sometimes fails. Every record ends exactly once, no run hangs, the rejections add up."""
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import threading
@@ -28,6 +30,29 @@ variables: [subtopic]
 ---
 Continue about {{ subtopic }}.
 """
+USER_TEMPLATE = """---
+name: sim_user
+description: A user simulator for scheduler tests.
+purpose: general
+variables: [subtopic]
+---
+Ask about {{ subtopic }}.
+"""
+TASK_TEMPLATE = """---
+name: task
+description: An agent task for scheduler tests.
+purpose: general
+variables: [subtopic]
+---
+Add two numbers about {{ subtopic }}.
+"""
+TOOLS_PY = "def add(a, b):\n    return a + b\n"
+TOOLS = [{"name": "add", "description": "Add two numbers.", "python": "liveness_tools:add",
+          "parameters": {"type": "object", "required": ["a", "b"],
+                         "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}},
+         {"name": "guess", "description": "Guess a number.", "simulate": {"instruction": "Say a number."},
+          "parameters": {"type": "object", "properties": {"hint": {"type": "string"}}}}]
+DIALOGUE = ("conversation", "agent")
 
 
 class ShuffledBackend:
@@ -48,15 +73,34 @@ class ShuffledBackend:
             return Result(id=r.id, text="", finish_reason="error", error="injected failure")
         if roll < 0.14:
             return Result(id=r.id, text="", finish_reason="stop")
+        if r.tools is not None or (r.json_schema is not None and "final_answer" in json.dumps(r.json_schema)):
+            return self._agent_step(r, roll)
         if r.json_schema is not None:
-            import json
-
             data = minimal_instance(r.json_schema, r.id)
             if "scores" in str(r.json_schema) or isinstance(data, dict):
                 data = _vary(data, roll)
             return Result(id=r.id, text=json.dumps(data), finish_reason="stop", prompt_tokens=3, completion_tokens=5)
         text = f"answer {int(roll * 1000)}" if roll < 0.6 else "no digits here"
+        if 0.55 < roll < 0.62:
+            text += " [END]"  # a conversation's simulator ends the chat
         return Result(id=r.id, text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=2)
+
+    @staticmethod
+    def _agent_step(r: Request, roll: float) -> Result:
+        """An agent step: a final answer, or calls (some with arguments that break the schema, some
+        to the simulated tool), as Hermes text for native tool calling or JSON under the schema."""
+        if roll < 0.45:
+            calls = []
+            answer = f"answer {int(roll * 100)}"
+        else:
+            calls = [{"name": "add", "arguments": {"a": 1, "b": 2 if roll < 0.8 else "x"}}]
+            if roll > 0.7:
+                calls.append({"name": "guess", "arguments": {"hint": "small"}})
+        if r.tools is not None:
+            text = "".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in calls) if calls else answer
+        else:
+            text = json.dumps({"tool_calls": calls} if calls else {"final_answer": answer})
+        return Result(id=r.id, text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=4)
 
     def generate(self, requests, on_result=None):
         for r in requests:
@@ -99,9 +143,18 @@ def pipelines(draw):
     for i in range(1, n_later + 1):
         name = f"s{i}"
         earlier = [s["name"] for s in stages]
-        kind = draw(st.sampled_from(["generate", "generate", "judge", "verify", "filter"]))
+        kind = draw(st.sampled_from(["generate", "generate", "judge", "verify", "filter", *DIALOGUE]))
         stage: dict = {"name": name, "kind": kind}
-        if kind == "generate":
+        if kind in DIALOGUE:
+            if kind == "conversation":
+                stage.update({"user": {"template": "sim_user"}, "assistant": {"system": "You help."},
+                              "turns": {"min": 1, "max": draw(st.integers(1, 3))}, "stop": {"marker": "[END]"}})
+            else:
+                stage.update({"template": "task", "tools": draw(st.sampled_from([["add"], ["add", "guess"]])),
+                              "max_steps": draw(st.integers(1, 3)), "tool_timeout": 10,
+                              "tool_calling": draw(st.sampled_from(["native", "constrained"]))})
+            stage["after"] = draw(st.lists(st.sampled_from(earlier), max_size=2, unique=True))
+        elif kind == "generate":
             stage["template"] = "step"
             stage["n"] = draw(st.integers(1, 3))
             after = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True))
@@ -116,11 +169,13 @@ def pipelines(draw):
         else:
             judges = [s for s in stages if s["kind"] == "judge"]
             verifies = [s for s in stages if s["kind"] == "verify"]
+            dialogues = [s for s in stages if s["kind"] in DIALOGUE]
             options = ["attempt >= 1"] + [f"{j['name']}.mean >= 3" for j in judges] + \
-                      [f"{v['name']}.passed" for v in verifies]
+                      [f"{v['name']}.passed" for v in verifies] + [f"{d['name']}.steps >= 2" for d in dialogues]
             stage["expr"] = draw(st.sampled_from(options))
-        if kind != "generate" or draw(st.booleans()):
-            # regenerate: itself (a generate stage) or any generate stage it depends on (resolved below)
+        if kind not in ("generate", *DIALOGUE) or draw(st.booleans()):
+            # regenerate: itself (a generate, conversation or agent stage) or any such stage it depends
+            # on (resolved below)
             if draw(st.booleans()):
                 stage["on_reject"] = {"regenerate": None, "max_attempts": draw(st.integers(1, 3))}
         stages.append(stage)
@@ -154,8 +209,8 @@ def _yaml(stages: list[dict], pick) -> str:
         rule = s.get("on_reject")
         if rule is None:
             continue
-        options = sorted(a for a in anc[s["name"]] if kinds[a] == "generate")
-        if s["kind"] == "generate":
+        options = sorted(a for a in anc[s["name"]] if kinds[a] in ("generate", *DIALOGUE))
+        if s["kind"] in ("generate", *DIALOGUE):
             options.append(s["name"])
         if not options:
             del s["on_reject"]
@@ -164,7 +219,8 @@ def _yaml(stages: list[dict], pick) -> str:
     spec = (FIXTURES / "spec.yaml").read_text().replace("generations_per_topic: 2", "generations_per_topic: 3")
     spec = spec.replace("templates:\n  - template: qa\n    weight: 2\n  - template: card\n", "")
     spec = spec.replace("run:\n  shard_size: 4", "run:\n  shard_size: 4\n  retries: 1\n  stall_timeout: 20")
-    return spec + yaml.safe_dump({"stages": stages}, sort_keys=False)
+    tools = {"tools": TOOLS} if any(s["kind"] == "agent" for s in stages) else {}
+    return spec + yaml.safe_dump({**tools, "stages": stages}, sort_keys=False)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -174,6 +230,9 @@ def test_every_record_ends_exactly_once_on_random_pipelines(tmp_path_factory, st
     proj = tmp_path_factory.mktemp("proj")
     shutil.copytree(FIXTURES, proj, dirs_exist_ok=True)
     (proj / "templates" / "step.j2").write_text(STAGE_TEMPLATE)
+    (proj / "templates" / "sim_user.j2").write_text(USER_TEMPLATE)
+    (proj / "templates" / "task.j2").write_text(TASK_TEMPLATE)
+    (proj / "liveness_tools.py").write_text(TOOLS_PY)
     rng = random.Random(pick_seed)
     (proj / "spec.yaml").write_text(_yaml(stages, lambda opts: rng.choice(opts)))
     spec = load_spec(proj / "spec.yaml")
@@ -196,7 +255,7 @@ def test_every_record_ends_exactly_once_on_random_pipelines(tmp_path_factory, st
         assert set(group["status"].to_list()[:-1]) <= {"rejected"}
         assert len(attempts) <= max(rules.values(), default=1)
     statuses = set(final["status"].to_list())
-    assert statuses <= {"ok", "truncated", "rejected", "error", "empty", "invalid_json"}
+    assert statuses <= {"ok", "truncated", "rejected", "error", "empty", "invalid_json", "max_steps", "tool_error"}
 
 
 def test_a_rejection_keeps_an_independent_branch_in_flight(tmp_path):

@@ -91,6 +91,10 @@ class ModelConfig(Strict):
         "api", description="backend: openai_batch only. api: the endpoint at `base_url`; local: vLLM's "
         "run_batch entrypoint on this machine.")
     batch_poll_s: float = Field(10.0, gt=0, description="backend: openai_batch: seconds between status polls.")
+    tool_calling: Literal["auto", "native", "constrained"] = Field(
+        "auto", description="How agent stages give this model tools (a stage's own `tool_calling` wins). auto: "
+        "native where the chat template the backend can read renders `tools` (offline vLLM), else constrained; "
+        "say native for a server started with a tool-call parser.")
 
     @field_validator("api_key_env")
     @classmethod

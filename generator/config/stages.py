@@ -227,6 +227,10 @@ class AgentStage(_Stage):
                                   "(the model sees a truncated preview).")
     expect: Expect | None = Field(None, description="Verify the final answer against this value.")
     allow_failed_calls: bool = Field(False, description="Accept a trajectory in which some tool call failed.")
+    tool_calling: Literal["auto", "native", "constrained"] = Field(
+        "auto", description="native: the tools go to the model's chat template (or the server) and its tool "
+        "calls are read back; constrained: tools described in the system prompt, answers as JSON under a "
+        "schema; auto: the model's `tool_calling`, else native where its chat template renders `tools`.")
 
     @model_validator(mode="after")
     def _unique_tools(self):

@@ -39,6 +39,9 @@ class Request:
     messages: tuple[dict[str, str], ...] | list[dict[str, str]]
     sampling: Sampling = field(default_factory=Sampling)
     json_schema: dict | None = None  # enforced by structured decoding where the backend can
+    # OpenAI function definitions for native tool calling: rendered by the model's chat template
+    # (offline vLLM) or sent as `tools` (a server); None for every request without tools
+    tools: tuple[dict, ...] | None = None
 
     def payload_hash(self, model: str) -> str:
         """Key of the request-level replay cache: everything that decides the answer."""
@@ -47,6 +50,8 @@ class Request:
         if s.repetition_penalty is not None:  # unset options leave the keys of earlier runs unchanged
             sampling["repetition_penalty"] = s.repetition_penalty
         payload = {"model": model, "messages": list(self.messages), "sampling": sampling, "schema": self.json_schema}
+        if self.tools is not None:  # like repetition_penalty: requests without tools keep their keys
+            payload["tools"] = list(self.tools)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -129,6 +134,13 @@ class Backend(Protocol):
         ...
 
 
+def chat_template(backend: Any) -> str | None:
+    """The source of the model's chat template where the backend can read it (an offline engine's
+    tokenizer), else None (a server's template is not visible; a backend may lack the method)."""
+    get = getattr(backend, "chat_template", None)
+    return get() if callable(get) else None
+
+
 class Borrowed:
     """A backend lent to an executor that must not close it (tests, benchmarks, notebooks
     that keep one engine alive across runs)."""
@@ -145,6 +157,9 @@ class Borrowed:
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+    def chat_template(self) -> str | None:
+        return chat_template(self.inner)
 
     def close(self) -> None:
         pass

@@ -17,8 +17,9 @@ from generator.library.schema_examples import minimal_instance
 class FakeBackend:
     def __init__(self, model: str = "fake", script: dict[str, list[str]] | None = None,
                  responder: Callable[[Request], str] | None = None, fail: set[str] | None = None,
-                 lifo: bool = False):
+                 lifo: bool = False, template: str | None = None):
         self.model = model
+        self.template = template  # the chat template source it reports (tool_calling: auto reads it)
         self.lifo = lifo  # stream: finish the newest queued request first
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.responder = responder
@@ -71,6 +72,9 @@ class FakeBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "fake", "name": self.model}
+
+    def chat_template(self) -> str | None:
+        return self.template
 
     def close(self) -> None:
         pass

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
-from generator.engine.backends.openai_http import auth_headers, redacted_url, request_body
+from generator.engine.backends.openai_http import auth_headers, choice_result, redacted_url, request_body
 
 MAX_REQUESTS = 50_000           # the Batch API's limits per input file
 MAX_BYTES = 200 * 1024 * 1024
@@ -61,12 +61,7 @@ def parse_output_line(line: str) -> Result | None:
         err = data.get("error") or body.get("error") or body or "no response"
         msg = err.get("message") if isinstance(err, dict) and err.get("message") else json.dumps(err)
         return Result(id=rid, text="", finish_reason="error", error=f"batch: HTTP {status}: {msg}"[:300])
-    choice = body["choices"][0]
-    usage = body.get("usage") or {}
-    return Result(id=rid, text=(choice.get("message") or {}).get("content") or "",
-                  finish_reason=choice.get("finish_reason") or "stop",
-                  prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                  completion_tokens=int(usage.get("completion_tokens") or 0))
+    return choice_result(rid, body["choices"][0], body.get("usage") or {})
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

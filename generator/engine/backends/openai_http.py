@@ -94,9 +94,25 @@ def request_body(model: str, r: Request, send_seed: bool = True) -> dict[str, An
     if r.json_schema is not None:
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "record", "schema": r.json_schema, "strict": True}}
+    if r.tools is not None:  # native tool calling: the server's template renders them, its parser reads calls
+        body["tools"] = list(r.tools)
+        body["tool_choice"] = "auto"
     if send_seed and s.seed is not None:
         body["seed"] = s.seed
     return body
+
+
+def choice_result(rid: str, choice: dict, usage: dict) -> Result:
+    """One chat-completions answer as a Result; the message's `tool_calls` (a server with a tool
+    parser) go to `meta["tool_calls"]` in OpenAI form."""
+    message = choice.get("message") or {}
+    calls = message.get("tool_calls") or []
+    meta = {"tool_calls": [{"id": c.get("id"), "type": "function", "function": dict(c["function"])}
+                           for c in calls]} if calls else {}
+    return Result(id=rid, text=message.get("content") or choice.get("text") or "",
+                  finish_reason=choice.get("finish_reason") or "stop",
+                  prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                  completion_tokens=int(usage.get("completion_tokens") or 0), meta=meta)
 
 @dataclass(eq=False)
 class _Job:
@@ -414,12 +430,7 @@ class OpenAIBackend:
             return
         try:
             data = resp.json()
-            choice = data["choices"][0]
-            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
-            usage = data.get("usage") or {}
-            result = Result(id=r.id, text=text, finish_reason=choice.get("finish_reason") or "stop",
-                            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                            completion_tokens=int(usage.get("completion_tokens") or 0))
+            result = choice_result(r.id, data["choices"][0], data.get("usage") or {})
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             result = Result(id=r.id, text="", finish_reason="error",
                             error=f"unexpected response from {e.public_url}: {type(exc).__name__}")

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 from generator.core.errors import ModelError
 from generator.core.model_aliases import describe_model, resolve_model
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
-from generator.engine.backends.vllm_stream import StreamStats, stream_engine
+from generator.engine.backends.vllm_stream import StreamStats, by_tools, stream_engine
 
 
 def on_gpu() -> bool:
@@ -129,6 +129,10 @@ class VLLMOfflineBackend:
         s = r.sampling
         if s.repetition_penalty is not None:
             extra["repetition_penalty"] = s.repetition_penalty
+        if r.tools is not None:
+            # some templates mark <tool_call> as a special token: keep it in the text, where the
+            # tool calls are read from (as vLLM's own Hermes parser asks of the server)
+            extra["skip_special_tokens"] = False
         return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                               seed=s.seed, **extra)
 
@@ -163,13 +167,28 @@ class VLLMOfflineBackend:
         return both
 
     def chat(self, batch: list[Request]) -> list[Result]:
-        """One `LLM.chat` call over `batch` (the pre-stream path, kept as the reference that
-        `stream` must match)."""
-        outs = self.llm.chat([list(r.messages) for r in batch], [self._params(r) for r in batch],
-                             use_tqdm=False)
-        return [Result(id=r.id, text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason or "stop",
-                       prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(o.outputs[0].token_ids))
-                for r, o in zip(batch, outs)]
+        """`LLM.chat` over `batch`, one call per set of tools (the pre-stream path, kept as the
+        reference that `stream` must match)."""
+        done: dict[str, Result] = {}
+        for tools, group in by_tools(batch):
+            outs = self.llm.chat([list(r.messages) for r in group], [self._params(r) for r in group],
+                                 use_tqdm=False, **({"tools": list(tools)} if tools is not None else {}))
+            for r, o in zip(group, outs):
+                c = o.outputs[0]
+                done[r.id] = Result(id=r.id, text=c.text, finish_reason=c.finish_reason or "stop",
+                                    prompt_tokens=len(o.prompt_token_ids or []),
+                                    completion_tokens=len(c.token_ids))
+        return [done[r.id] for r in batch]
+
+    def chat_template(self) -> str | None:
+        """The source of the tokenizer's chat template (what `tool_calling: auto` reads)."""
+        try:
+            template = self.llm.get_tokenizer().chat_template
+        except Exception:  # noqa: BLE001 - a tokenizer without one: no native tool calling
+            return None
+        if isinstance(template, dict):  # several named templates: any may render `tools`
+            return "\n".join(str(t) for t in template.values())
+        return template
 
     def describe(self) -> dict[str, Any]:
         info = {"backend": "vllm", "device": "gpu" if self.gpu else "cpu", "feed": "continuous",

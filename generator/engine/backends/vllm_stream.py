@@ -17,6 +17,7 @@ when it arrives, not what is written.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
@@ -49,6 +50,15 @@ def _result(r: Request, out: Any) -> Result:
                   prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(c.token_ids))
 
 
+def by_tools(batch: list[Request]) -> list[tuple[tuple[dict, ...] | None, list[Request]]]:
+    """The batch split by the tools its requests offer (in first-seen order; most offer none)."""
+    groups: dict[str, tuple[tuple[dict, ...] | None, list[Request]]] = {}
+    for r in batch:
+        key = json.dumps(r.tools, sort_keys=True) if r.tools is not None else ""
+        groups.setdefault(key, (r.tools, []))[1].append(r)
+    return list(groups.values())
+
+
 def _retry_of(r: Request) -> Request:
     """The request the caller sends when `r`'s answer is cut: its next seed (`requests.make_request`)."""
     return replace(r, id=f"{r.id}~hedge", sampling=replace(r.sampling, seed=r.sampling.seed + 1))
@@ -76,15 +86,21 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
         return r.payload_hash("")
 
     def add(batch: list[Request]) -> list[str]:
+        # one enqueue_chat per set of tools: the template renders the call's `tools` into every
+        # conversation of it
+        return [e for tools, group in by_tools(batch) for e in add_group(group, tools)]
+
+    def add_group(batch: list[Request], tools: tuple[dict, ...] | None) -> list[str]:
         # enqueue_chat renders with the model's chat template exactly as LLM.chat does (same
         # renderer, same tokenization flags), so a seeded request gets the same tokens either way
         try:
-            ids = llm.enqueue_chat([list(r.messages) for r in batch], [params(r) for r in batch], use_tqdm=False)
+            ids = llm.enqueue_chat([list(r.messages) for r in batch], [params(r) for r in batch], use_tqdm=False,
+                                   **({"tools": list(tools)} if tools is not None else {}))
         except Exception as exc:  # noqa: BLE001 - e.g. a prompt longer than the context
             # vLLM aborts what it had added of the batch: the others go in one by one, and only the
             # request it refuses fails (an error answer), not the stream with everything in flight
             if len(batch) > 1:
-                return [e for r in batch for e in add([r])]
+                return [e for r in batch for e in add_group([r], tools)]
             first = (str(exc).splitlines() or [""])[0][:300]
             ready.append(Result(id=batch[0].id, text="", finish_reason="error",
                                 error=f"vLLM refused the request: {type(exc).__name__}: {first}"))

@@ -1,14 +1,18 @@
 """How tools are shown to a model, and how its answer is read back as tool calls or a final answer.
 
-The kept trajectory is always OpenAI form. A model whose chat template has no tool support (the
-embedded SmolLM2) gets `SchemaPresentation`: the tools described in its system prompt, its answer
-constrained to `{"tool_calls": [...]}` or `{"final_answer": "..."}` by a JSON schema built from the
-tools' schemas, and tool results as user messages. `NativePresentation` passes the messages and
-`tools` unchanged for a template (and server) with native tool calling.
+The kept trajectory is always OpenAI form. `NativePresentation` passes the messages unchanged with
+`tools` on the request: the model's chat template renders them (offline vLLM) or the server does,
+and the tool calls come back as the server's `tool_calls` or are read from the answer's text
+(Hermes-style `<tool_call>{...}</tool_call>` blocks, or the whole answer as one call object). A
+model whose chat template has no tool support (the embedded SmolLM2) gets `SchemaPresentation`:
+the tools described in its system prompt, its answer constrained to `{"tool_calls": [...]}` or
+`{"final_answer": "..."}` by a JSON schema built from the tools' schemas, and tool results as user
+messages. `presentation_for` chooses (`tool_calling: auto | native | constrained`).
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,8 +114,9 @@ class SchemaPresentation:
 
 
 class NativePresentation:
-    """For a chat template with tool support: messages and tools go to the server unchanged, and
-    the server's parsed tool calls come back in `Result.meta["tool_calls"]` (OpenAI form)."""
+    """For a chat template with tool support: messages go unchanged and `tools` ride on the request;
+    the tool calls are the server's (`Result.meta["tool_calls"]`, OpenAI form) or, where the answer
+    is plain text (offline vLLM, a server without a tool parser), read from it (`text_tool_calls`)."""
 
     def model_messages(self, messages: list[dict], tools: list[dict]) -> list[dict]:
         return [dict(m) for m in messages]
@@ -126,16 +131,75 @@ class NativePresentation:
         calls = result.meta.get("tool_calls") or []
         if calls:
             try:
-                return Parsed(calls=[(c["function"]["name"], c["function"].get("arguments") or "{}") for c in calls])
+                return Parsed(calls=[(c["function"]["name"], _argument_text(c["function"].get("arguments")))
+                                     for c in calls])
             except (KeyError, TypeError):
                 return Parsed(error="the server's tool_calls are not in OpenAI form")
-        return Parsed(final=result.text)
+        return text_tool_calls(result.text or "")
 
 
-def presentation_for(chat_template: str | None, native_tools: bool = False) -> Presentation:
-    """Native tool calling only where the model's chat template renders `tools` and the backend
-    parses tool calls (`native_tools`, e.g. a vLLM server started with a tool parser); otherwise
-    tool calls through structured output (the embedded SmolLM2's template has no `tools`)."""
-    if native_tools and chat_template and "tools" in chat_template:
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+
+
+def _argument_text(arguments: Any) -> str:
+    if arguments is None:
+        return "{}"
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def _call(obj: Any) -> tuple[str, str] | None:
+    """One call object: {"name": ..., "arguments": {...}} (Hermes, Qwen) or "parameters" (Llama 3)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    if isinstance(obj.get("function"), dict):  # an OpenAI-form call written out as text
+        return _call(obj["function"])
+    return obj["name"], _argument_text(obj.get("arguments", obj.get("parameters")))
+
+
+def text_tool_calls(text: str) -> Parsed:
+    """Tool calls written in an answer's text by a model whose template offers tools: Hermes-style
+    `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (an unclosed last block, cut by
+    max_tokens, still counts), or the whole answer one call object or a list of them. Any other
+    answer is the final answer."""
+    if "<tool_call>" in text:
+        calls = []
+        for block in TOOL_CALL_BLOCK.findall(text):
+            try:
+                call = _call(json.loads(block))
+            except ValueError as exc:
+                return Parsed(error=f"a <tool_call> block is not JSON ({exc})"[:200])
+            if call is None:
+                return Parsed(error='a <tool_call> block is not {"name": ..., "arguments": {...}}')
+            calls.append(call)
+        return Parsed(calls=calls)
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            return Parsed(final=text)
+        items = data if isinstance(data, list) else [data]
+        calls = [_call(x) for x in items]
+        if items and all(calls):
+            return Parsed(calls=calls)
+    return Parsed(final=text)
+
+
+TOOLS_IN_TEMPLATE = re.compile(r"\{[{%][^}]*\btools\b")
+
+
+def template_has_tools(chat_template: str | dict | None) -> bool:
+    """Whether a chat template renders `tools` (a Jinja expression or statement naming it); a
+    tokenizer with several named templates counts when any of them does."""
+    if isinstance(chat_template, dict):
+        return any(template_has_tools(t) for t in chat_template.values())
+    return bool(chat_template) and TOOLS_IN_TEMPLATE.search(chat_template) is not None
+
+
+def presentation_for(mode: str, chat_template: str | dict | None) -> Presentation:
+    """`native` and `constrained` are what they say; `auto` is native where the model's chat
+    template renders `tools` and constrained otherwise (the embedded SmolLM2's has no `tools`; a
+    server's template is not visible: None)."""
+    if mode == "native" or (mode == "auto" and template_has_tools(chat_template)):
         return NativePresentation()
     return SchemaPresentation()

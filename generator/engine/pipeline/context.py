@@ -128,17 +128,20 @@ def render_text(text: str, ctx: dict[str, Any]) -> str:
 
 
 def dialogue_request(rid: str, stage: str, attempt: int, tag: str, tries: int, messages: list[dict],
-                     sampling: Sampling, seed: int, schema: dict | None) -> Request:
-    """One turn of a conversation or agent stage: `{rid}/{stage}/{attempt}/{tag}#{tries}`."""
-    return make_request(rid, stage, attempt, tag, tries, messages, sampling, seed, schema)
+                     sampling: Sampling, seed: int, schema: dict | None,
+                     tools: tuple[dict, ...] | None = None) -> Request:
+    """One turn of a conversation or agent stage: `{rid}/{stage}/{attempt}/{tag}#{tries}`;
+    `tools`: the definitions a native tool-calling turn offers."""
+    return make_request(rid, stage, attempt, tag, tries, messages, sampling, seed, schema, tools)
 
 
 def make_request(rid: str, stage: str, attempt: int, sample: int | str, tries: int, messages: list[dict],
-                 sampling: Sampling, seed: int, schema: dict | None) -> Request:
+                 sampling: Sampling, seed: int, schema: dict | None,
+                 tools: tuple[dict, ...] | None = None) -> Request:
     return Request(id=f"{rid}/{stage}/{attempt}/{sample}#{tries}", messages=tuple(messages),
                    sampling=Sampling(sampling.temperature, sampling.top_p, sampling.max_tokens, seed + tries - 1,
                                      sampling.repetition_penalty),
-                   json_schema=schema)
+                   json_schema=schema, tools=tools)
 
 
 # ---------------------------------------------------------------- validation (no model)

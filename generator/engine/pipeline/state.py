@@ -1,0 +1,41 @@
+"""A record's state while the scheduler runs it, and one request in flight (shared by the
+scheduler core and the dialogue driver)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from generator.core.backend import Request, Result
+from generator.engine.pipeline.context import StageOut
+from generator.engine.requests import Answer
+
+
+@dataclass
+class Rec:
+    row: dict
+    seed_id: str | None
+    attempt: int = 1
+    outputs: dict[str, StageOut] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)
+    samples: dict[str, dict[int, tuple[Request, Result, Answer]]] = field(default_factory=dict)
+    epoch: dict[str, int] = field(default_factory=dict)  # stage -> how often a rejection reset it
+    busy: int = 0          # requests in flight + cached answers queued + checks running
+    waiting: dict[str, str] = field(default_factory=dict)  # stage -> what it waits on (for a stall)
+    final: bool = False
+    # conversation/agent stage -> its run (a dialogue_driver.Dialog; typed Any so this module
+    # needs nothing from the driver)
+    dialogs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Pending:
+    rec: Rec
+    stage: str
+    epoch: int
+    sample: int
+    tries: int
+    model: str
+    request: Request
+    extra: dict = field(default_factory=dict)
+    sent: float = 0.0
+    key: str = ""          # the request's cache key (computed once)
