@@ -169,11 +169,11 @@ def usage_notes(u: dict) -> list[str]:
         lines.append(f"in progress: {p['records_answered']:,} of {p['planned']:,} records answered; at this rate "
                      f"the whole plan takes {pr['requests']:,} calls, {pr['prompt_tokens']:,} prompt and "
                      f"{pr['completion_tokens']:,} completion tokens{cost}")
-    from pathlib import Path
-
+    from generator.core import storage
     from generator.core.run_layout import CACHE
 
-    no_cache = "its cache.sqlite could not be read" if (Path(u["run"]) / CACHE).exists() else "no request cache"
+    no_cache = ("its cache.sqlite could not be read" if storage.exists(storage.join(u["run"], CACHE))
+                else "no published answers")
     note = {"ledger": "the usage ledger: every model call and cache hit, per session",
             "cache": "every paid request, retries included (request cache; no hits or time recorded)",
             "generations": f"final attempts only ({no_cache})"}[u["source"]]
