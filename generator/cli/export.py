@@ -54,8 +54,12 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
            response_a_column, response_b_column, choice_column, license_, languages, task_categories, tags,
            rows_per_file, overwrite, repo, private):
     """Export RUN as a dataset folder (Parquet splits + README.md card) that datasets.load_dataset reads."""
+    from generator.core import storage
     from generator.export.dataset import ExportOptions, export_run
     from generator.export.rows import Filters, Preference
+
+    if repo and storage.is_url(to):
+        raise click.UsageError(f"--repo pushes a local folder; export --to a local folder, not {to}")
 
     opts = ExportOptions(
         layout=layout, filters=Filters(status=tuple(status), templates=tuple(templates), rounds=tuple(rounds),

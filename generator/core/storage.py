@@ -121,9 +121,11 @@ def check_writable(loc: Any) -> None:
     with errors(loc):
         fs, path = filesystem(str(loc))
         root = path.split("/", 1)[0]
-        if fs.protocol and set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) & OBJECT_STORES \
+        if set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) & OBJECT_STORES \
                 and not fs.exists(root):
-            raise RunFolderError(f"{loc}: bucket {root} does not exist; create it first, or fix the URL")
+            fs.ls(root, detail=False)  # `exists` hides why (no credentials, no bucket): this raises it
+            raise RunFolderError(f"{loc}: bucket {root} does not exist or cannot be read; create it first, "
+                                 f"or fix the URL")
 
 
 def glob(loc: Any, pattern: str) -> list[Any]:

@@ -185,4 +185,4 @@ def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFram
                         tags=["synthetic", "synthgen", *layout_tags, *opts.tags])
     text = head + "\n".join(body(manifest, run_dir, title=name, about=about, frame=gens,
                                  usage=compute_usage(run_dir))) + "\n"
-    (to / "README.md").write_text(text)
+    storage.write_atomic(storage.join(to, "README.md"), lambda tmp: tmp.write_text(text))
