@@ -160,3 +160,9 @@ def test_storage_errors_are_one_line_with_the_fix(s3, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     res = _cli("run", str(spec), "--out", "nosuchproto://x/run")
     assert res.returncode == 2 and "nosuchproto" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    # a live run's lock object: a second run on the same URL fails at once, naming the holder
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time(), "token": "x"}
+    s3.pipe_file(f"{BUCKET}/runs/locked/.lock", json.dumps(lock).encode())
+    res = _cli("run", str(spec), "--out", f"s3://{BUCKET}/runs/locked")
+    assert res.returncode == 2 and "in use by another run" in res.stderr and f"pid {os.getpid()}" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
