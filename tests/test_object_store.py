@@ -1,5 +1,5 @@
 """Run folders on object storage: a real S3-compatible server (moto's, on 127.0.0.1) started for the
-session; `synthgen run --out s3://...` killed mid-run and resumed, usage, export and mix read back
+session; `synthgen run --out s3://...` killed mid-run and resumed, usage and export read back
 from the bucket, and the one-line errors (no bucket, no credentials). The model is the fake backend
 (tests/fake_synthgen.py in CLI subprocesses): these tests are about the storage, not the text."""
 from __future__ import annotations
@@ -129,7 +129,7 @@ def test_run_killed_and_resumed_on_s3_pays_only_what_was_never_published(s3, tmp
     assert res.returncode == 0 and f"{len(after):,}" in res.stdout, res.stdout + res.stderr
 
 
-def test_export_and_mix_read_and_write_the_bucket(s3, tmp_path):
+def test_export_reads_and_writes_the_bucket(s3, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(small_spec("s3-export", 6, max_tokens=32, run="{shard_size: 4}"))
     url = f"s3://{BUCKET}/runs/export"
