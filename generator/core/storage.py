@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterator
 
 from generator.core.errors import RunFolderError
 
-Location = "str | Path"
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}  # a PUT lands whole or not at all
 _EXTRA = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
 
