@@ -20,7 +20,7 @@ from helpers import importorskip_ci, small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_synthgen.py"
-BUCKET = "synthgen-test"
+BUCKET = "synthgen-test-bucket"  # "bucket" in the name: a missing file is not a missing bucket
 
 pytestmark = pytest.mark.slow  # starts a server
 
@@ -85,7 +85,7 @@ def test_run_killed_and_resumed_on_s3_pays_only_what_was_never_published(s3, tmp
     spec.write_text(small_spec("s3-resume", 5, max_tokens=32, run="{shard_size: 2, window: 2}"))
     url = f"s3://{BUCKET}/runs/resume"
     cmd = [sys.executable, str(FAKE), "run", str(spec), "--out", url]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYNTHGEN_TEST_FAKE_DELAY": "0.15",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYNTHGEN_TEST_FAKE_DELAY": "0.1",
            "SYNTHGEN_PUBLISH_SECONDS": "0.3"}
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -129,40 +129,59 @@ def test_run_killed_and_resumed_on_s3_pays_only_what_was_never_published(s3, tmp
     assert res.returncode == 0 and f"{len(after):,}" in res.stdout, res.stdout + res.stderr
 
 
+def _main(*args: str):
+    """The CLI in this process (no model is built: a run here fails before, or uses the fake)."""
+    from click.testing import CliRunner
+
+    from generator.cli.main import main
+
+    return CliRunner().invoke(main, list(args))
+
+
 def test_export_reads_and_writes_the_bucket(s3, tmp_path):
+    from generator.config.spec import load_spec
+    from generator.engine.executors.local import LocalExecutor
+    from generator.runs import run_spec
+    from generator.testing.fake import FakeBackend
+
     spec = tmp_path / "spec.yaml"
     spec.write_text(small_spec("s3-export", 6, max_tokens=32, run="{shard_size: 4}"))
     url = f"s3://{BUCKET}/runs/export"
-    res = _cli("run", str(spec), "--out", url)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_spec(load_spec(spec), out=url, executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()),
+                   score=False)
+    assert res.generated == 12
     assert s3.exists(f"{BUCKET}/runs/export/README.md") and s3.exists(f"{BUCKET}/runs/export/manifest.json")
 
     to = f"s3://{BUCKET}/exports/one"
-    res = _cli("export", url, "--to", to)
-    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    out = _main("export", url, "--to", to)
+    assert out.exit_code == 0, out.output
     files = s3.glob(f"{BUCKET}/exports/one/**")
     assert any(f.endswith("README.md") for f in files), files
     data = [f for f in files if f.endswith(".parquet")]
-    assert data and sum(pl.read_parquet(s3.open(f, "rb")).height for f in data) > 0
+    assert data and sum(pl.read_parquet(s3.open(f, "rb")).height for f in data) == 12
+    again = _main("export", url, "--to", to)  # an export prefix that holds objects is not overwritten silently
+    assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def test_storage_errors_are_one_line_with_the_fix(s3, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(small_spec("s3-errors", 7, max_tokens=32, run="{shard_size: 4}"))
-    res = _cli("run", str(spec), "--out", "s3://no-such-bucket-here/run")
-    assert res.returncode == 2 and "no-such-bucket-here" in res.stderr and "create" in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
-    bare = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    res = _cli("run", str(spec), "--out", f"s3://{BUCKET}/runs/nocreds",
-               env={**bare, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                    "AWS_EC2_METADATA_DISABLED": "true"})
-    assert res.returncode == 2 and "credentials" in res.stderr and "AWS_ACCESS_KEY_ID" in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
-    res = _cli("run", str(spec), "--out", "nosuchproto://x/run")
-    assert res.returncode == 2 and "nosuchproto" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+    def one_line(res, *words: str) -> None:
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and all(w in res.output for w in words), res.output
+
+    one_line(_main("run", str(spec), "--out", "s3://no-such-bucket-here/run"), "no-such-bucket-here", "create")
+    one_line(_main("run", str(spec), "--out", "nosuchproto://x/run"), "nosuchproto")
     # a live run's lock object: a second run on the same URL fails at once, naming the holder
     lock = {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time(), "token": "x"}
     s3.pipe_file(f"{BUCKET}/runs/locked/.lock", json.dumps(lock).encode())
-    res = _cli("run", str(spec), "--out", f"s3://{BUCKET}/runs/locked")
-    assert res.returncode == 2 and "in use by another run" in res.stderr and f"pid {os.getpid()}" in res.stderr
+    one_line(_main("run", str(spec), "--out", f"s3://{BUCKET}/runs/locked"), "in use by another run",
+             f"pid {os.getpid()}")
+    # no credentials at all (a fresh process: this one's S3 client already holds them)
+    bare = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    res = _cli("run", str(spec), "--out", f"s3://{BUCKET}/runs/nocreds",
+               env={**bare, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                    "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
+    assert res.returncode == 2 and "credentials" in res.stderr and "AWS_ACCESS_KEY_ID" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

@@ -69,7 +69,7 @@ def _why(exc: BaseException) -> str | None:
     if name in ("NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError") or "credentials" in text.lower():
         return (f"no credentials ({text}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
                 f"and AWS_ENDPOINT_URL for an S3-compatible server")
-    if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
+    if isinstance(exc, FileNotFoundError) and "bucket does not exist" in text.lower():  # not a missing file
         return f"{text}; create the bucket first, or fix the URL"
     if isinstance(exc, PermissionError):
         return f"access denied ({text}); check the credentials' rights on this bucket"
