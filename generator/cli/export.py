@@ -14,7 +14,8 @@ out = Console()
 
 @click.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
-@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Dataset folder to write (a path or an "
+              "fsspec URL such as s3://bucket/prefix).")
 @click.option("--layout", type=click.Choice(["text", "messages", "preference"]), default="text", show_default=True,
               help="text: a `text` column (pre-training); messages: chat turns (SFT); preference: "
               "prompt/chosen/rejected.")
