@@ -60,7 +60,7 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
     from generator.export.rows import Filters, Preference
 
     if repo and storage.is_url(to):
-        raise click.UsageError(f"--repo pushes a local folder; export --to a local folder, not {to}")
+        raise click.UsageError(f"--push-to-hub uploads a local folder; export --to a local folder, not {to}")
 
     opts = ExportOptions(
         layout=layout, filters=Filters(status=tuple(status), templates=tuple(templates), rounds=tuple(rounds),
