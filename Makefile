@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,scoring,ray,hub,probe,tools,dev
+EXTRAS ?= cpu,scoring,ray,hub,probe,tools,cloud,dev
 SPEC ?= specs/math.yaml
 PYTEST_ARGS ?=
 

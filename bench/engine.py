@@ -28,7 +28,6 @@ import hashlib
 import os
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -188,16 +187,12 @@ def child(log_path: str, low: int, high: int, argv: list[str]) -> None:
     main()
 
 
-def cache_count(path: Path) -> int:
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()
+def cache_count(run: Path) -> int:
+    """Answers published into the run folder."""
+    from generator.core.run_layout import read_answers
+
+    frame = read_answers(run, ["key"])
+    return 0 if frame is None else frame.height
 
 
 def bench_kill(args) -> None:
@@ -207,11 +202,13 @@ def bench_kill(args) -> None:
     argv = ["run", str(spec), "--out", str(run), "--limit", str(args.records)]
     cmd = [sys.executable, __file__, "--child", str(log), str(args.min_tokens), str(args.kill_tokens), "--",
            *argv]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+    # every answer published as it lands: this measures what the engine loses, not the publish batching
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYNTHGEN_PUBLISH_ANSWERS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(work / "stderr.log", "w"), start_new_session=True)
     target = max(1, args.records // 3)
     deadline = time.time() + 600
-    while proc.poll() is None and time.time() < deadline and cache_count(run / "cache.sqlite") < target:
+    while proc.poll() is None and time.time() < deadline and cache_count(run) < target:
         time.sleep(0.02)
     if proc.poll() is not None:
         raise SystemExit(f"(c) the run ended before the kill; see {work / 'stderr.log'}")
@@ -220,7 +217,7 @@ def bench_kill(args) -> None:
     lines = log.read_text().splitlines()
     submitted = sum(int(x.split()[1]) for x in lines if x.startswith("submitted "))
     finished = sum(1 for x in lines if x.startswith("finished "))
-    cached = cache_count(run / "cache.sqlite")
+    cached = cache_count(run)
     in_flight = submitted - finished
     lost = submitted - cached
     print(f"(c) SIGKILL with {cached} answers cached: {submitted} requests handed to the engine, "

@@ -39,8 +39,13 @@ def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
     """Generate what `spec` plans: one pass, or the feedback loop when the spec has `rounds:`.
 
     The run folder is locked for the whole run: a second run on it fails at once."""
+    from generator.core.errors import RunFolderError
+    from generator.core.storage import is_url
     from generator.engine.run_folder import RunFolder
 
+    if spec.rounds is not None and is_url(out):
+        raise RunFolderError(f"--out {out}: a spec with `rounds:` runs into a local folder only; give a local "
+                             f"--out, or drop `rounds:` to run one pass into the bucket")
     with RunFolder(out or spec.output_dir()).lock():
         if spec.rounds is not None:
             from generator.feedback.rounds import run_rounds

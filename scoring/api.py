@@ -48,6 +48,10 @@ def _read_run(run: Path) -> pl.DataFrame:
 
 
 def read_frame(path: str | Path) -> pl.DataFrame:
+    from generator.core import storage
+
+    if storage.is_url(path):  # a run folder on object storage
+        return _read_run(path)
     p = Path(path)
     if p.is_dir():
         return _read_run(p)

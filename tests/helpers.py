@@ -52,17 +52,8 @@ def importorskip_ci(name: str):
 
 
 def cache_keys(run_dir) -> set[str]:
-    """Keys of the answers in a run folder's request cache (empty before the cache exists)."""
-    import sqlite3
-    from pathlib import Path
+    """Keys of the answers published into a run folder (empty before the first publish)."""
+    from generator.core.run_layout import read_answers
 
-    path = Path(run_dir) / "cache.sqlite"
-    if not path.exists():
-        return set()
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return {k for (k,) in db.execute("SELECT key FROM results")}
-    except sqlite3.OperationalError:
-        return set()
-    finally:
-        db.close()
+    frame = read_answers(run_dir, ["key"])
+    return set() if frame is None else set(frame["key"].to_list())

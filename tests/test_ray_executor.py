@@ -117,16 +117,17 @@ class _Dies(FakeBackend):
         self.marker, self.when, self.run = marker, when, run
 
     def _landed(self, answers: int) -> None:
-        """Wait (in this backend's stream thread) until the scheduler wrote a shard and cached
-        `answers` answers: the kill then comes at a known point, not at a thread's whim."""
-        import sqlite3
+        """Wait (in this backend's stream thread) until the scheduler wrote a shard and published
+        `answers` answers into the run folder: the kill then comes at a known point, not at a
+        thread's whim."""
+        from generator.core.run_layout import read_answers
 
         deadline = time.time() + 30
         while time.time() < deadline:
             if list((self.run / "generations").glob("*.parquet")):
-                with sqlite3.connect(self.run / "cache.sqlite") as db:
-                    if db.execute("SELECT COUNT(*) FROM results").fetchone()[0] >= answers:
-                        return
+                published = read_answers(self.run, ["key"])
+                if published is not None and published.height >= answers:
+                    return
             time.sleep(0.05)
 
     def _die(self):
@@ -148,8 +149,10 @@ def dying_factory(model_cfg, marker=None, when="after", run=None, **_):
     return _Dies(model_cfg.name, marker, when, run)
 
 
-def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path):
+def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path, monkeypatch):
     import functools
+
+    monkeypatch.setenv("SYNTHGEN_PUBLISH_SECONDS", "0.2")  # the third answer is published while the 4th waits
 
     from generator.engine.executors.ray import RayExecutor
 
@@ -166,9 +169,14 @@ def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path):
         ex.close()
     ids = _ids(tmp_path / "run")
     assert os.path.exists(marker) and len(ids) == len(set(ids)) == 10 and res.generated == 10
-    # 10 - the 2 records of the shard it wrote - the answer it cached before dying (each answer is
-    # cached as it lands, so the replacement replays it for free; a dead actor's calls are not counted)
+    # 10 - the 2 records of the shard it wrote - the answer it published before dying (the
+    # replacement replays published answers for free; a dead actor's calls are not counted): the
+    # calls after the kill are exactly the requests never published
     assert res.model_calls == 7
+    from generator.core.run_layout import read_answers
+
+    published = read_answers(tmp_path / "run", ["key"])  # the dead actor's 3 and the replacement's 7, once each
+    assert published.height == published["key"].n_unique() == 10
 
 
 def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path):

@@ -129,12 +129,20 @@ def test_a_damaged_manifest_or_cache_is_one_line_naming_the_file(proj, tmp_path,
     run = tmp_path / "run"
     b = FakeBackend()
     run_spec(spec, out=run, executor=LocalExecutor(backend_factory=lambda c, **_: b), score=False)
-    # a cache that is not SQLite: usage falls back to the generation rows and says why
-    (run / "cache.sqlite").write_bytes(b"garbage")
-    for extra in ("cache.sqlite-wal", "cache.sqlite-shm"):
-        (run / extra).unlink(missing_ok=True)
+    # a published answers file that is not Parquet: one line naming it
+    published = sorted((run / "answers").glob("*.parquet"))
+    assert published
+    published[0].write_bytes(b"garbage")
     res = CliRunner().invoke(main, ["usage", str(run)])
-    assert res.exit_code == 0 and "cache.sqlite could not be read" in res.output
+    assert res.exit_code == 2 and published[0].name in res.output and "\n" not in res.output.strip(), res.output
+    # an old-style cache that is not SQLite, and no published answers: usage falls back to the
+    # generation rows and says why
+    import shutil
+
+    shutil.rmtree(run / "answers")
+    (run / "cache.sqlite").write_bytes(b"garbage")
+    res = CliRunner().invoke(main, ["usage", str(run)])
+    assert res.exit_code == 0 and "cache.sqlite could not be read" in res.output, res.output
     (run / "manifest.json").write_bytes(content.encode("latin-1"))
     for args in (["usage", str(run)], ["run", str(proj / "spec.yaml"), "--out", str(run)]):
         res = CliRunner().invoke(main, args)

@@ -14,7 +14,8 @@ out = Console()
 
 @click.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
-@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Dataset folder to write (a path or an "
+              "fsspec URL such as s3://bucket/prefix).")
 @click.option("--layout", type=click.Choice(["text", "messages", "preference"]), default="text", show_default=True,
               help="text: a `text` column (pre-training); messages: chat turns (SFT); preference: "
               "prompt/chosen/rejected.")
@@ -54,8 +55,12 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
            response_a_column, response_b_column, choice_column, license_, languages, task_categories, tags,
            rows_per_file, overwrite, repo, private):
     """Export RUN as a dataset folder (Parquet splits + README.md card) that datasets.load_dataset reads."""
+    from generator.core import storage
     from generator.export.dataset import ExportOptions, export_run
     from generator.export.rows import Filters, Preference
+
+    if repo and storage.is_url(to):
+        raise click.UsageError(f"--push-to-hub uploads a local folder; export --to a local folder, not {to}")
 
     opts = ExportOptions(
         layout=layout, filters=Filters(status=tuple(status), templates=tuple(templates), rounds=tuple(rounds),
@@ -169,11 +174,11 @@ def usage_notes(u: dict) -> list[str]:
         lines.append(f"in progress: {p['records_answered']:,} of {p['planned']:,} records answered; at this rate "
                      f"the whole plan takes {pr['requests']:,} calls, {pr['prompt_tokens']:,} prompt and "
                      f"{pr['completion_tokens']:,} completion tokens{cost}")
-    from pathlib import Path
-
+    from generator.core import storage
     from generator.core.run_layout import CACHE
 
-    no_cache = "its cache.sqlite could not be read" if (Path(u["run"]) / CACHE).exists() else "no request cache"
+    no_cache = ("its cache.sqlite could not be read" if storage.exists(storage.join(u["run"], CACHE))
+                else "no published answers")
     note = {"ledger": "the usage ledger: every model call and cache hit, per session",
             "cache": "every paid request, retries included (request cache; no hits or time recorded)",
             "generations": f"final attempts only ({no_cache})"}[u["source"]]

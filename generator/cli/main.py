@@ -44,8 +44,9 @@ allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: the spec's `output`, "
-              "else runs/<name>). Rerunning into the same folder resumes.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder, a path or an fsspec URL such as "
+              "s3://bucket/prefix (default: the spec's `output`, else runs/<name>). Rerunning into the same folder "
+              "resumes.")
 @click.option("--limit", type=int, help="Generate only the first N planned records (spread over topics).")
 @set_option
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,

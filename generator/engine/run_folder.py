@@ -1,12 +1,20 @@
-"""The run folder: what a run planned, what it generated, and enough to resume it.
+"""The run folder: what a run planned, what it generated, and enough to resume it. It is a local
+folder or an fsspec URL (`s3://bucket/prefix`); no file in it is ever opened as a database, so
+every node of a cluster may write into it at once.
 
     RUN/
       manifest.json              spec, hashes, versions, counts, timings (rewritten atomically)
       plan.parquet               every planned record with its shard
-      generations/part-RRR-SSSSS.parquet   one per shard, written atomically (tmp + rename):
-                                 the file's existence is the shard's completion marker
-      cache.sqlite               request-level replay cache keyed by payload hash, and the usage
-                                 ledger (model calls, cache hits, tokens, busy time per session)
+      generations/part-RRR-SSSSS.parquet   one per shard, written atomically (tmp + rename; on an
+                                 object store one PUT, which lands whole or not at all): the
+                                 file's existence is the shard's completion marker
+      answers/SESSION-WRITER-SEQ.parquet   append-only: the answers one request cache published
+                                 in one flush (key, value, id, tokens), with the usage counted
+                                 since its previous flush in the file's metadata (model calls,
+                                 cache hits, tokens, busy time per session); replayed on resume
+      cache.sqlite               only in runs written before answers were published: still
+                                 replayed and counted
+      .lock                      the run lock (a lock object on an object store)
       README.md                  dataset card
 """
 from __future__ import annotations
@@ -23,10 +31,13 @@ from typing import Any, Iterable, Iterator
 
 import polars as pl
 
+from generator.core import storage
 from generator.core.errors import RunFolderError
-from generator.core.files import atomic_path, write_json_atomic, write_parquet_atomic
-from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_files, read_generation_files,
-                                      read_manifest, read_plan)
+from generator.core.run_layout import (ANSWER_META, ANSWERS, CACHE, GENERATIONS, MANIFEST, PLAN, answer_files,
+                                      read_answer_file,
+                                      generation_files, read_generation_files, read_manifest, read_parquet,
+                                      read_plan, run_path)
+from generator.core.storage import is_url, join, name_of, write_atomic
 from generator.engine.record import MESSAGE, plan_schema
 
 __all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "RequestCache", "frame_of",
@@ -127,35 +138,118 @@ class UsageMeter:
             return rows, busy
 
 
+PUBLISH_ANSWERS = 1000  # answers per published file at most (SYNTHGEN_PUBLISH_ANSWERS)
+PUBLISH_SECONDS = 5.0  # and at least this often while answers arrive (SYNTHGEN_PUBLISH_SECONDS)
+_WORKING: dict[tuple[str, str], Path] = {}  # (run, session) -> this process's working copy
+
+
+def _working_copy(run: Any, session: str | None) -> Path:
+    """This process's local SQLite for a run folder and session: kept while the process lives, so
+    rounds (several executes in one session) replay only the files published since."""
+    key = (str(run), session or "")
+    if key not in _WORKING:
+        import atexit
+        import hashlib
+        import tempfile
+
+        root = Path(os.environ.get("SYNTHGEN_LOCAL_CACHE") or tempfile.gettempdir()) / "synthgen-answers"
+        root.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(str(run).encode()).hexdigest()[:12]
+        path = root / f"{digest}-{session or 'nosession'}-{os.getpid()}-{os.urandom(3).hex()}.sqlite"
+        _WORKING[key] = path
+
+        def drop(p: Path = path) -> None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{p}{suffix}").unlink(missing_ok=True)
+
+        atexit.register(drop)
+    return _WORKING[key]
+
+
+def _publish_every() -> tuple[int, float]:
+    return (int(os.environ.get("SYNTHGEN_PUBLISH_ANSWERS") or PUBLISH_ANSWERS),
+            float(os.environ.get("SYNTHGEN_PUBLISH_SECONDS") or PUBLISH_SECONDS))
+
+
 class RequestCache:
-    """Answers already paid for, keyed by the request payload hash; safe across processes.
+    """Answers already paid for, keyed by the request payload hash.
 
-    With a `session`, it also keeps the run's usage ledger (tables `usage` and `busy`, one row per
-    session, model and stage, and `sessions`), written in the same transaction as the answers."""
+    Lookups go to a SQLite file on this machine's disk (`path`; by default a working copy in the
+    temp dir, one per process, run folder and session): nothing on the shared run folder is ever
+    opened as a database. With a `run` folder (a path or a URL), the answers are also published
+    into it, append-only: `answers/<session>-<writer>-<seq>.parquet`, one file per flush, each
+    written atomically. A flush happens every `PUBLISH_ANSWERS` answers, every `PUBLISH_SECONDS`
+    while answers arrive (a background timer), before each shard is written (see `ShardWriter`),
+    and at close; a process killed mid-run loses only the answers it had not published yet. On
+    open, the answers every writer published (and an old-style `cache.sqlite`) are replayed into
+    the local copy, so a resume or a replacement worker does not pay for them again.
 
-    def __init__(self, path: Path, session: str | None = None):
-        self.path = path
-        self.session = session
+    With a `session`, each published file also carries, in its Parquet metadata, the usage counted
+    since the previous flush (model calls, hits, tokens, busy time): an answer in the run folder is
+    always counted, because its usage is written in the same file. Callers that count an answer
+    and then `put_many` it hold `lock` around both, so a timed flush never splits them."""
+
+    def __init__(self, path: Path | None = None, session: str | None = None, run: Any = None):
+        self.run, self.session = run, session
+        self.path = Path(path) if path is not None else _working_copy(run, session)
         self.meter = UsageMeter()
+        self.lock = threading.RLock()
         self._local = threading.local()
-        with self._conn() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            db.execute("CREATE TABLE IF NOT EXISTS usage (session TEXT, model TEXT, stage TEXT, "
-                       + ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in USAGE_COLUMNS)
-                       + ", PRIMARY KEY (session, model, stage))")
-            db.execute("CREATE TABLE IF NOT EXISTS busy (session TEXT, model TEXT, seconds REAL NOT NULL, "
-                       "first_at REAL, last_at REAL, PRIMARY KEY (session, model))")
-            db.execute("CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, started REAL)")
+        self._every, self._seconds = _publish_every()
+        self._writer = os.urandom(3).hex()
+        self._seq = 0
+        self._pending: list[tuple] = []  # (key, value, id, prompt_tokens, completion_tokens) not yet published
+        self._held: tuple[list, list] = ([], [])  # usage taken for a publish that failed: sent with the next
+        self._last = time.time()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        db = self._conn()
+        db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS imported (name TEXT PRIMARY KEY)")
+        if run is not None:
+            self.replay()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             _ensure_wal(conn, self.path)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
 
+    # -- replay: what every writer published, into the local copy
+    def replay(self) -> int:
+        """Import the answer files (and an old-style `cache.sqlite`) not imported yet; returns the
+        files imported."""
+        db = self._conn()
+        done = {n for (n,) in db.execute("SELECT name FROM imported")}
+        n = 0
+        legacy = None if is_url(self.run) else Path(self.run) / CACHE
+        if legacy is not None and legacy.exists() and CACHE not in done:
+            self._import(CACHE, _legacy_answers(legacy))
+            n += 1
+        for f in answer_files(self.run):
+            name = name_of(f)
+            if name in done:
+                continue
+            try:
+                frame = read_answer_file(f, ["key", "value"])
+            except FileNotFoundError:
+                continue
+            self._import(name, frame.iter_rows())
+            n += 1
+        return n
+
+    def _import(self, name: str, rows: Iterable[tuple[str, str]]) -> None:
+        db = self._conn()
+        db.execute("BEGIN")
+        db.executemany("INSERT OR IGNORE INTO results (key, value) VALUES (?, ?)", rows)
+        db.execute("INSERT OR IGNORE INTO imported (name) VALUES (?)", (name,))
+        db.execute("COMMIT")
+
+    # -- the cache
     def get(self, key: str) -> dict | None:
         row = self._conn().execute("SELECT value FROM results WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
@@ -172,64 +266,137 @@ class RequestCache:
         return found
 
     def put_many(self, items: Iterable[tuple[str, dict]]) -> None:
-        """Store answers, and the usage counted since the last write, in one transaction."""
+        """Store answers here; publish them (with the usage counted since the last publish) when a
+        flush is due."""
+        items = list(items)
         rows = [(k, json.dumps(v)) for k, v in items]
-        usage, busy = self.meter.take() if self.session else ([], [])
-        if not (rows or usage or busy):
-            return
-        db = self._conn()
-        db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
-        if usage or busy:
-            db.execute("INSERT OR IGNORE INTO sessions (session, started) VALUES (?, ?)",
-                       (self.session, self.meter.created))
-        if usage:
-            cols = ", ".join(USAGE_COLUMNS)
-            add = ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COLUMNS)
-            db.executemany(f"INSERT INTO usage (session, model, stage, {cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                           f"ON CONFLICT (session, model, stage) DO UPDATE SET {add}",
-                           [(self.session, *r) for r in usage])
-        if busy:
-            db.executemany("INSERT INTO busy (session, model, seconds, first_at, last_at) VALUES (?, ?, ?, ?, ?) "
-                           "ON CONFLICT (session, model) DO UPDATE SET seconds = seconds + excluded.seconds, "
-                           "first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)",
-                           [(self.session, *b) for b in busy])
-        db.execute("COMMIT")
+        with self.lock:
+            self._raise_failed()
+            if rows:
+                db = self._conn()
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
+                db.execute("COMMIT")
+            if self.run is None:
+                return
+            self._pending += [(k, s, v.get("id"), v.get("prompt_tokens"), v.get("completion_tokens"))
+                              for (k, v), (_, s) in zip(items, rows)]
+            if len(self._pending) >= self._every or time.time() - self._last >= self._seconds:
+                self._publish()
+            elif self._timer is None:
+                self._timer = threading.Thread(target=self._tick, name="answers-publisher", daemon=True)
+                self._timer.start()
 
     def flush(self) -> None:
-        """Write usage counted since the last answer (cache hits, a last answer's busy time)."""
-        self.put_many([])
+        """Publish every answer not published yet, and the usage counted since the last publish."""
+        if self.run is None:
+            return
+        with self.lock:
+            self._raise_failed()
+            self._publish()
+
+    def _raise_failed(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def _tick(self) -> None:
+        """Publish at least every `_seconds` (a worker waiting on a slow model still publishes)."""
+        while not self._stop.wait(self._seconds / 2):
+            with self.lock:
+                if time.time() - self._last < self._seconds:
+                    continue
+                try:
+                    self._publish()
+                except BaseException as exc:  # raised on the caller's next put or flush
+                    self._error = exc
+                    return
+
+    def _publish(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        usage, busy = self.meter.take() if self.session else ([], [])
+        usage, busy = self._held[0] + usage, self._held[1] + busy
+        self._last = time.time()
+        if not (self._pending or usage or busy):
+            return
+        answers, name = self._pending, f"{self.session or 'nosession'}-{self._writer}-{self._seq:06d}.parquet"
+        meta = {"session": self.session, "started": self.meter.created, "usage": usage, "busy": busy}
+        cols = list(zip(*answers)) if answers else [[]] * 5
+        table = pa.table({"key": pa.array(cols[0], pa.string()), "value": pa.array(cols[1], pa.string()),
+                          "id": pa.array(cols[2], pa.string()), "prompt_tokens": pa.array(cols[3], pa.int64()),
+                          "completion_tokens": pa.array(cols[4], pa.int64())})
+        table = table.replace_schema_metadata({ANSWER_META: json.dumps(meta).encode()})
+        try:
+            write_atomic(join(self.run, ANSWERS, name), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        except BaseException:
+            self._held = (usage, busy)  # answers stay pending: the next flush retries them all
+            raise
+        self._held = ([], [])
+        self._pending = []
+        self._seq += 1
+        self._conn().execute("INSERT OR IGNORE INTO imported (name) VALUES (?)", (name,))
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            if self.session:
-                self.flush()
-            conn.close()
-            self._local.conn = None
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        try:
+            self.flush()
+        finally:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+
+
+def _legacy_answers(path: Path) -> Iterator[tuple[str, str]]:
+    """The answers of an old-style `cache.sqlite` (read-only; an unreadable one holds none)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error:
+        return
+    try:
+        yield from conn.execute("SELECT key, value FROM results")
+    except sqlite3.DatabaseError:
+        return
+    finally:
+        conn.close()
+
+
+LOCK_HEARTBEAT_S = 30.0  # a run on an object store rewrites its lock object this often
+LOCK_STALE_S = 180.0  # and a lock object not rewritten for this long belongs to a dead run
 
 
 class RunFolder:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.generations = self.path / GENERATIONS
+    """A run folder: a local path (`path` is a Path) or an fsspec URL (`path` is the URL string)."""
+
+    def __init__(self, path: Any):
+        self.path = run_path(path)
+        self.remote = is_url(self.path)
+        self.generations = join(self.path, GENERATIONS)
 
     # -- files
     @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST
+    def manifest_path(self) -> Any:
+        return join(self.path, MANIFEST)
 
     @property
-    def plan_path(self) -> Path:
-        return self.path / PLAN
+    def plan_path(self) -> Any:
+        return join(self.path, PLAN)
 
     def exists(self) -> bool:
-        return self.manifest_path.exists()
+        return storage.exists(self.manifest_path)
 
     def create(self) -> None:
+        if self.remote:  # object stores have no folders: only the bucket must exist
+            storage.check_writable(self.path)
+            return
         try:
             self.generations.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -239,7 +406,12 @@ class RunFolder:
         return read_manifest(self.path)
 
     def write_manifest(self, manifest: dict) -> None:
-        write_json_atomic(self.manifest_path, manifest)
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+        write_atomic(self.manifest_path, lambda tmp: tmp.write_text(text))
+
+    def write_text(self, name: str, text: str) -> None:
+        """A small file of the folder (dataset card, scores), written atomically."""
+        write_atomic(join(self.path, name), lambda tmp: tmp.write_text(text))
 
     def read_plan(self) -> pl.DataFrame | None:
         """The plan; columns added to `Record` since it was written are null (their default)."""
@@ -250,7 +422,7 @@ class RunFolder:
         return plan.with_columns(missing) if missing else plan
 
     def write_plan(self, frame: pl.DataFrame) -> None:
-        write_parquet_atomic(frame, self.plan_path)
+        write_atomic(self.plan_path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
 
     # -- the plan a chunk at a time (plans larger than memory)
     def write_plan_stream(self, frames: Iterable[pl.DataFrame]) -> int:
@@ -259,7 +431,9 @@ class RunFolder:
 
         columns = [*PLAN_SCHEMA, "shard"]
         rows = 0
-        with atomic_path(self.plan_path) as tmp:
+
+        def fill(tmp: Path) -> None:
+            nonlocal rows
             writer = None
             try:
                 for frame in frames:
@@ -273,6 +447,8 @@ class RunFolder:
                     writer.close()
             if writer is None:  # an empty plan still has its columns
                 pl.DataFrame(schema={**PLAN_SCHEMA, "shard": pl.Utf8}).write_parquet(tmp)
+
+        write_atomic(self.plan_path, fill)
         return rows
 
     def plan_batches(self, columns: list[str] | None = None, rows: int = 4096) -> Iterator[pl.DataFrame]:
@@ -280,23 +456,28 @@ class RunFolder:
         are null. Only one slice is held at a time."""
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(self.plan_path)
-        have = set(pf.schema_arrow.names)
-        want = [c for c in (columns or [*PLAN_SCHEMA, "shard"])]
-        for batch in pf.iter_batches(batch_size=rows, columns=[c for c in want if c in have]):
-            frame = pl.from_arrow(batch)
-            missing = [pl.lit(None, dtype=PLAN_SCHEMA.get(c, pl.Utf8)).alias(c) for c in want if c not in have]
-            yield frame.with_columns(missing).select(want) if missing else frame
+        with storage.open_read(self.plan_path) as fh:
+            pf = pq.ParquetFile(fh)
+            have = set(pf.schema_arrow.names)
+            want = [c for c in (columns or [*PLAN_SCHEMA, "shard"])]
+            for batch in pf.iter_batches(batch_size=rows, columns=[c for c in want if c in have]):
+                frame = pl.from_arrow(batch)
+                missing = [pl.lit(None, dtype=PLAN_SCHEMA.get(c, pl.Utf8)).alias(c) for c in want if c not in have]
+                yield frame.with_columns(missing).select(want) if missing else frame
 
     def plan_column(self, name: str) -> pl.Series:
-        return pl.read_parquet(self.plan_path, columns=[name])[name]
+        return read_parquet(self.plan_path, columns=[name])[name]
 
     def has_plan(self) -> bool:
-        return self.plan_path.exists()
+        return storage.exists(self.plan_path)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the folder for one run: a second run on it fails at once, naming the holder."""
+        if self.remote:
+            with self._object_lock():
+                yield
+            return
         from filelock import FileLock, Timeout
 
         self.create()
@@ -319,27 +500,92 @@ class RunFolder:
             owner.unlink(missing_ok=True)
             lock.release()
 
-    def cache(self, session: str | None = None) -> RequestCache:
-        """The request cache; with `session`, usage is counted under that session."""
+    @contextmanager
+    def _object_lock(self) -> Iterator[None]:
+        """The lock of a folder on an object store: a `.lock` object created only if absent (a
+        conditional PUT), rewritten every `LOCK_HEARTBEAT_S` while the run lives. One left by a dead
+        run is taken over: at once when its process is gone from this host, else once it is
+        `LOCK_STALE_S` old."""
         self.create()
-        return RequestCache(self.path / "cache.sqlite", session=session)
+        where = join(self.path, ".lock")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "token": os.urandom(8).hex()}
+
+        def body() -> bytes:
+            return json.dumps({**me, "heartbeat": time.time()}).encode()
+
+        if not storage.create_exclusive(where, body()):
+            try:
+                who = json.loads(storage.read_bytes(where))
+            except (FileNotFoundError, ValueError):
+                who = {}
+            taken = False
+            if _stale(who):
+                storage.remove(where)
+                taken = storage.create_exclusive(where, body())  # two takers: one wins
+            if not taken:
+                age = time.time() - float(who.get("heartbeat") or time.time())
+                raise RunFolderError(
+                    f"{self.path} is in use by another run (pid {who.get('pid')} on host {who.get('host')}, last "
+                    f"seen {age:.0f}s ago); wait for it to finish, or write this run elsewhere with --out NEW_DIR "
+                    f"(a dead run's lock is taken over {LOCK_STALE_S:.0f}s after its last heartbeat)")
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(LOCK_HEARTBEAT_S):
+                try:
+                    if json.loads(storage.read_bytes(where)).get("token") != me["token"]:
+                        return  # taken over: not ours to refresh
+                    storage.write_bytes_atomic(where, body())
+                except Exception:  # a missed heartbeat is retried; the run itself goes on
+                    continue
+
+        thread = threading.Thread(target=beat, name="run-lock-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            try:
+                if json.loads(storage.read_bytes(where)).get("token") == me["token"]:
+                    storage.remove(where)
+            except (FileNotFoundError, ValueError):
+                pass
+
+    def cache(self, session: str | None = None) -> RequestCache:
+        """The request cache (a local working copy that publishes into this folder); with
+        `session`, usage is counted under that session."""
+        self.create()
+        return RequestCache(session=session, run=self.path)
 
     # -- shards
-    def shard_path(self, name: str) -> Path:
-        return self.generations / name
+    def shard_path(self, name: str) -> Any:
+        return join(self.generations, name)
 
     def completed_shards(self) -> set[str]:
-        if not self.generations.exists():
-            return set()
-        return {p.name for p in generation_files(self.path)}
+        return {name_of(p) for p in generation_files(self.path)}
 
-    def write_shard(self, name: str, rows: list[dict], schema: dict | None = None) -> Path:
+    def write_shard(self, name: str, rows: list[dict], schema: dict | None = None) -> Any:
         """`schema`: a pipeline's wider row schema (default: a single-stage run's)."""
         frame = frame_of(rows, schema or GENERATION_SCHEMA)
         path = self.shard_path(name)
-        write_parquet_atomic(frame, path)
+        write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
         return path
 
     def read_generations(self) -> pl.DataFrame:
         frame = read_generation_files(self.path)
         return pl.DataFrame(schema=GENERATION_SCHEMA) if frame is None else frame
+
+
+def _stale(who: dict) -> bool:
+    """A lock object whose run is gone: its process is not alive on this host, or no heartbeat for long."""
+    if not who:
+        return True
+    if who.get("host") == socket.gethostname():
+        try:
+            os.kill(int(who.get("pid")), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, TypeError, ValueError):
+            pass
+    return time.time() - float(who.get("heartbeat") or 0) > LOCK_STALE_S

@@ -139,8 +139,13 @@ def plan_into(folder: RunFolder, records: Iterable[Record], shard_size: int) -> 
             if keep:
                 yield keep
 
-    tmp = RunFolder(folder.path / ".plan-new")  # the records the plan lacks, until they are appended
-    tmp.path.mkdir(exist_ok=True)
+    if folder.remote:  # the records the plan lacks, until they are appended (beside it when local)
+        import tempfile
+
+        tmp = RunFolder(tempfile.mkdtemp(prefix="synthgen-plan-new-"))
+    else:
+        tmp = RunFolder(folder.path / ".plan-new")
+        tmp.path.mkdir(exist_ok=True)
     try:
         tmp.write_plan_stream(_sharded(lacking(), shard_size, start))
         if old:
@@ -166,7 +171,7 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
     """The run's manifest (read back when the folder exists) updated with this spec's identity."""
     manifest = folder.read_manifest() or {"created_at": time.time()}
     manifest.update({
-        "session": new_session(),  # this invocation's: usage is kept per session (cache.sqlite)
+        "session": new_session(),  # this invocation's: usage is kept per session (answers/*.parquet)
         # URLs lose user:password and token parameters: a manifest is shared with the data
         "name": spec.name, "spec": scrub(spec.model_dump(mode="json")), "spec_hash": spec.hash(),
         "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
@@ -256,7 +261,7 @@ def record_counts(folder: RunFolder, manifest: dict, planned: int, stats: ExecSt
     status counts). Read column by column from the shards, never whole. For a pipeline a record
     counts once, by its final row (rejected attempts stay in the shards and are counted in the
     manifest's `pipeline` section)."""
-    from generator.core.run_layout import generation_files
+    from generator.core.run_layout import generation_files, scan_generation_files
 
     files = generation_files(folder.path)
     statuses: dict[str, int] = {}
@@ -264,7 +269,7 @@ def record_counts(folder: RunFolder, manifest: dict, planned: int, stats: ExecSt
     generated = 0
     if files:
         # shards of different versions may differ in columns: missing ones are null
-        lf = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
+        lf = scan_generation_files(folder.path)
         sums = lf.select(pl.col("prompt_tokens").sum(), pl.col("completion_tokens").sum()).collect()
         tokens = {"prompt": int(sums["prompt_tokens"][0] or 0), "completion": int(sums["completion_tokens"][0] or 0)}
         single = pipeline is None or pipeline.single

@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from generator.core import storage
 from generator.core.run_layout import SCORES
 
 SIZE_BOUNDS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -55,12 +56,10 @@ def _when(ts: Any) -> str:
 
 
 def scores_lines(run_dir: Path) -> list[str]:
-    path = Path(run_dir) / SCORES
-    if not path.exists():
-        return []
+    path = storage.join(run_dir, SCORES)
     try:
-        scores = json.loads(path.read_text())
-    except ValueError:
+        scores = json.loads(storage.read_bytes(path))
+    except (FileNotFoundError, ValueError):
         return []
     lines = ["| metric | value | per group |", "|---|---:|---|"]
     for entry in (scores.get("datasets") or {}).values():
@@ -151,13 +150,13 @@ def write_run_card(run_dir: Path, manifest: dict, personas: int | None = None) -
               ".filter(pl.col('status') == 'ok')",
               f"# or: datasets.load_dataset('parquet', data_files={json.dumps(str(run_dir) + '/generations/*.parquet')})",
               "```"]
-    name = manifest.get("name") or run_dir.name
+    name = manifest.get("name") or storage.name_of(run_dir)
     head = front_matter(data_files=None, license="other",
                         task_categories=["text-generation"], n_rows=int(counts.get("generated") or 0),
                         languages=["en"], tags=["synthetic", "synthgen"])
     text = head + "\n".join(body(manifest, run_dir, title=f"{name}: synthetic data generated with synthgen",
                                  about=about, frame=None, usage=compute_usage(run_dir))) + "\n"
-    (run_dir / "README.md").write_text(text)
+    storage.write_atomic(storage.join(run_dir, "README.md"), lambda tmp: tmp.write_text(text))
 
 
 def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFrame, opts: Any,
@@ -168,7 +167,7 @@ def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFram
     from generator.export.usage import compute_usage
 
     what, tasks, layout_tags = LAYOUT_ABOUT[opts.layout]
-    name = manifest.get("name") or run_dir.name
+    name = manifest.get("name") or storage.name_of(run_dir)
     filt = opts.filters.describe()
     about = ["## This dataset", "", f"Layout `{opts.layout}`. {what}", "",
              "| split | rows |", "|---|---:|", *[f"| {s} | {n:,} |" for s, n in splits.items()], "",
@@ -186,4 +185,4 @@ def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFram
                         tags=["synthetic", "synthgen", *layout_tags, *opts.tags])
     text = head + "\n".join(body(manifest, run_dir, title=name, about=about, frame=gens,
                                  usage=compute_usage(run_dir))) + "\n"
-    (to / "README.md").write_text(text)
+    storage.write_atomic(storage.join(to, "README.md"), lambda tmp: tmp.write_text(text))

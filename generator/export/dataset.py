@@ -14,11 +14,12 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from generator.core.files import atomic_path, write_parquet_atomic
-from generator.core.run_layout import is_run_folder, read_generation_files, read_manifest
+from generator.core import storage
+from generator.core.run_layout import is_run_folder, read_generation_files, read_manifest, run_path
 from generator.export.rows import (JSON_COLUMNS, LAYOUT_ABOUT, ExportError, Filters, Preference, layout_frame,
                                    select, split)
 
@@ -49,7 +50,15 @@ class ExportResult:
     columns: list[str]
 
 
-def _prepare(to: Path, overwrite: bool) -> None:
+def _prepare(to: Any, overwrite: bool) -> None:
+    if storage.is_url(to):  # an object store prefix: "not empty" is any object under it
+        storage.check_writable(to)
+        if storage.is_dir(to):
+            if not overwrite:
+                raise ExportError(f"{to}: not empty; choose another --to, or pass --overwrite to replace its "
+                                  f"data/ and README.md")
+            storage.remove_tree(storage.join(to, "data"))
+        return
     if to.exists() and any(to.iterdir()):
         if not overwrite:
             raise ExportError(f"{to}: folder exists and is not empty; choose another --to, or pass --overwrite "
@@ -73,17 +82,17 @@ def _write_split(frame: pl.DataFrame, to: Path, name: str, rows_per_file: int) -
     names = []
     for k in range(n_files):
         rel = f"data/{name}-{digest}-{k:05d}-of-{n_files:05d}.parquet"
-        _write_parquet(frame.slice(k * rows_per_file, rows_per_file), to / rel)
+        _write_parquet(frame.slice(k * rows_per_file, rows_per_file), storage.join(to, rel))
         names.append(rel)
     return names, f"data/{name}-{digest}-*.parquet"
 
 
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+def _write_parquet(frame: pl.DataFrame, path: Any) -> None:
     """Lists of JSON text (conversations, tools) are written as Parquet JSON, so each message
     loads as a dict whatever keys it has (a struct type would add every other row's keys as nulls)."""
     json_cols = [c for c in JSON_COLUMNS if frame.schema.get(c) == pl.List(pl.String)]
     if not json_cols:
-        write_parquet_atomic(frame, path)
+        storage.write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -92,13 +101,12 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
     for c in json_cols:
         i = table.schema.get_field_index(c)
         table = table.set_column(i, c, table.column(c).cast(pa.list_(pa.string())).cast(pa.list_(pa.json_())))
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    storage.write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None = None) -> ExportResult:
     opts = opts or ExportOptions()
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     if not is_run_folder(run_dir):
         raise ExportError(f"{run_dir}: not a run folder (no manifest.json); pass the folder `synthgen run` wrote")
     if not 0 <= opts.test_ratio < 1:
@@ -121,7 +129,7 @@ def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None =
     seed = opts.seed if opts.seed is not None else int(manifest.get("seed") or 0)
     labels = split(kept, opts.test_ratio, seed, opts.stratify_by)
     frame = frame.with_columns(labels.alias("__split"))
-    to = Path(to)
+    to = run_path(to)
     _prepare(to, opts.overwrite)
     files: list[str] = []
     splits: dict[str, int] = {}

@@ -2,16 +2,18 @@
 declares a price, cost; per model, per stage and per session, summed over resumes; and per
 server of a `backend: openai` fleet, for the latest session (from the manifest).
 
-Two records of it live in the request cache (`cache.sqlite`):
-- the usage ledger (tables `usage` and `busy`, written by the engine in the same transaction as
-  each answer, so a killed session is counted exactly up to its last answer): model calls,
-  errors, cache hits and tokens per session, model and stage, and each model's busy seconds;
+Two records of it are published into the run folder by every request cache, append-only
+(`answers/*.parquet`, one file per flush; see `generator.engine.run_folder`):
+- the usage ledger, in each file's metadata (written in the same file as the answers it counts,
+  so a killed session is counted exactly up to its last published answer): model calls, errors,
+  cache hits and tokens per session, model and stage, and each model's busy seconds;
 - the answers themselves (one per request, retries included, replays not counted twice), keyed
   back to the plan by request id, which give the per-template split.
-A run folder without a ledger (written before it existed) is counted from the answers; one without
-a cache from the generation rows, which carry each record's final attempt only. Cost is tokens x
-the model's `price` (per million tokens) from the spec in `manifest.json`; it is never guessed: a
-model without a price has no cost.
+A run written before answers were published keeps both in `cache.sqlite`, read here as well.
+A run folder without a ledger is counted from the answers; one without answers from the
+generation rows, which carry each record's final attempt only. Cost is tokens x the model's
+`price` (per million tokens) from the spec in `manifest.json`; it is never guessed: a model
+without a price has no cost.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from typing import Any
 
 import polars as pl
 
-from generator.core.run_layout import CACHE, generation_files, read_generation_files, read_manifest, read_plan
+from generator.core import storage
+from generator.core.run_layout import (CACHE, generation_files, published_usage, read_answers, read_generation_files,
+                                      read_manifest, read_plan)
 
 GROUP_COLUMNS = ("stage", "template")  # grouped by, besides model, when the run has them
 COUNTS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens")
@@ -38,10 +42,10 @@ def cost_of(prompt_tokens: int, completion_tokens: int, price: dict | None) -> f
     return prompt_tokens / 1e6 * float(price["input_per_mtok"]) + completion_tokens / 1e6 * float(price["output_per_mtok"])
 
 
-def _query(path: Path, sql: str, args: tuple = ()) -> list[tuple] | None:
-    """Rows of a read-only query on the cache (None: no cache, or no such table)."""
-    if not path.exists():
-        return None
+def _query(path: Any, sql: str, args: tuple = ()) -> list[tuple] | None:
+    """Rows of a read-only query on an old-style `cache.sqlite` (None: none, or no such table)."""
+    if storage.is_url(path) or not Path(path).exists():
+        return None  # runs on URLs were never written with one
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
     except sqlite3.Error:
@@ -59,21 +63,35 @@ def _record_id(request_id: str) -> str:
     return request_id.split("/", 1)[0].rsplit("#", 1)[0] if "/" in request_id else request_id.rsplit("#", 1)[0]
 
 
-def _cache_frame(path: Path) -> pl.DataFrame | None:
+_CALLS = {"id": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64}
+
+
+def _cache_frame(run_dir: Any) -> pl.DataFrame | None:
+    """One row per answer in the run folder (published files, and an old `cache.sqlite`), keyed by
+    record id: (id, prompt_tokens, completion_tokens). None when there are none of either."""
+    parts = []
     # SQLite reads the three fields out of each answer: the answers' texts never reach Python
-    rows = _query(path, "SELECT json_extract(value, '$.id'), json_extract(value, '$.prompt_tokens'), "
-                        "json_extract(value, '$.completion_tokens') FROM results")
-    if rows is None:
+    rows = _query(storage.join(run_dir, CACHE), "SELECT key, json_extract(value, '$.id'), "
+                  "json_extract(value, '$.prompt_tokens'), json_extract(value, '$.completion_tokens') FROM results")
+    if rows is not None:
+        parts.append(pl.DataFrame([(k, str(rid or ""), int(p or 0), int(c or 0)) for k, rid, p, c in rows],
+                                  schema={"key": pl.Utf8, **_CALLS}, orient="row"))
+    published = read_answers(run_dir, ["key", "id", "prompt_tokens", "completion_tokens"])
+    if published is not None:
+        parts.append(published.select(pl.col("key").cast(pl.Utf8), *(pl.col(c).cast(t) for c, t in _CALLS.items())))
+    if not parts:
         return None
-    recs = [(_record_id(str(rid or "")), int(p or 0), int(c or 0)) for rid, p, c in rows]
-    return pl.DataFrame(recs, schema={"id": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64},
-                        orient="row")
+    # an answer is published once per writer that paid for it; a replayed one is not published again
+    frame = pl.concat(parts, how="vertical").unique("key", keep="first", maintain_order=True)
+    ids = [_record_id(str(r or "")) for r in frame["id"].to_list()]
+    return frame.select(pl.Series("id", ids, pl.Utf8), pl.col("prompt_tokens").fill_null(0),
+                        pl.col("completion_tokens").fill_null(0))
 
 
-def calls_frame(run_dir: str | Path) -> tuple[pl.DataFrame, str]:
+def calls_frame(run_dir: Any) -> tuple[pl.DataFrame, str]:
     """One row per paid request with model and group columns; and where it came from."""
     plan = read_plan(run_dir, ["id", "model", *GROUP_COLUMNS])
-    cached = _cache_frame(Path(run_dir) / CACHE)
+    cached = _cache_frame(run_dir)
     if cached is not None and plan is not None and cached.height:
         keys = ["id", "model", *[c for c in GROUP_COLUMNS if c in plan.columns]]
         return cached.join(plan.select(keys), on="id", how="inner"), "cache"
@@ -85,19 +103,37 @@ def calls_frame(run_dir: str | Path) -> tuple[pl.DataFrame, str]:
                         pl.col("completion_tokens").cast(pl.Int64).fill_null(0)]), "generations"
 
 
-def ledger(run_dir: str | Path, session: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
-    """The usage ledger: (counts per session/model/stage, busy seconds per session/model), or None."""
-    path = Path(run_dir) / CACHE
+def _ledger_rows(run_dir: Any, session: str | None) -> tuple[list[tuple], list[tuple], dict[str, float]]:
+    """Usage and busy rows, and each session's start: published files and an old `cache.sqlite`."""
+    usage, busy, started = published_usage(run_dir, session)
+    path = storage.join(run_dir, CACHE)
     where, args = (" WHERE session = ?", (session,)) if session else ("", ())
-    usage = _query(path, f"SELECT session, model, stage, {', '.join(COUNTS)} FROM usage{where}", args)
-    busy = _query(path, f"SELECT session, model, seconds, first_at, last_at FROM busy{where}", args)
+    usage += _query(path, f"SELECT session, model, stage, {', '.join(COUNTS)} FROM usage{where}", args) or []
+    busy += _query(path, f"SELECT session, model, seconds, first_at, last_at FROM busy{where}", args) or []
+    for sid, at in _query(path, f"SELECT session, started FROM sessions{where}", args) or []:
+        started.setdefault(sid, at)
+    return usage, busy, started
+
+
+def ledger(run_dir: Any, session: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The usage ledger: (counts per session/model/stage, busy seconds per session/model), or None."""
+    book = _ledger(run_dir, session)
+    return None if book is None else book[:2]
+
+
+def _ledger(run_dir: Any, session: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict] | None:
+    usage, busy, started = _ledger_rows(run_dir, session)
     if not usage:
         return None
     counts = pl.DataFrame(usage, schema={"session": pl.Utf8, "model": pl.Utf8, "stage": pl.Utf8,
                                          **{c: pl.Int64 for c in COUNTS}}, orient="row")
+    counts = counts.group_by(["session", "model", "stage"], maintain_order=True).agg(pl.col(c).sum() for c in COUNTS)
     spans = pl.DataFrame(busy or [], schema={"session": pl.Utf8, "model": pl.Utf8, "busy_s": pl.Float64,
                                              "first_at": pl.Float64, "last_at": pl.Float64}, orient="row")
-    return counts, spans
+    if spans.height:
+        spans = spans.group_by(["session", "model"], maintain_order=True).agg(
+            pl.col("busy_s").sum(), pl.col("first_at").min(), pl.col("last_at").max())
+    return counts, spans, started
 
 
 def _with_cost(r: dict, price: dict[str, dict | None]) -> dict:
@@ -131,13 +167,13 @@ def _total(models: list[dict]) -> dict[str, Any]:
     return total
 
 
-def _progress(run_dir: str | Path, total: dict, answered: set[str]) -> dict[str, Any] | None:
+def _progress(run_dir: Any, total: dict, answered: set[str]) -> dict[str, Any] | None:
     """How far the run is, and its totals at this rate for the records still to come (None when
     every planned record is written). `answered`: ids of records with an answer in the cache."""
     plan = read_plan(run_dir, ["id", "shard"])
     if plan is None or plan.is_empty():
         return None
-    written = set(p.name for p in generation_files(run_dir))
+    written = set(storage.name_of(p) for p in generation_files(run_dir))
     pending = plan.filter(~pl.col("shard").is_in(list(written)))
     if pending.is_empty():
         return None
@@ -167,22 +203,21 @@ def endpoints(manifest: dict) -> list[dict]:
     return rows
 
 
-def compute_usage(run_dir: str | Path, manifest: dict | None = None) -> dict[str, Any]:
+def compute_usage(run_dir: Any, manifest: dict | None = None) -> dict[str, Any]:
     """Usage per model, per (model, stage or template) and per session, with the totals; while a
     run is unfinished, `progress` holds the totals projected to the whole plan at this rate.
     `manifest`: the run's, when it is newer than the one on disk (prices come from its spec)."""
     manifest = manifest if manifest is not None else read_manifest(run_dir)
     price = prices(manifest)
     calls, source = calls_frame(run_dir)
-    book = ledger(run_dir)
+    book = _ledger(run_dir)
     by: dict[str, list[dict]] = {}
     sessions: list[dict] = []
     if book is not None:
-        counts, spans = book
+        counts, spans, first = book
         source = "ledger"
         models = _models(counts, spans, price)
         by["stage"] = _sum_rows(counts, ["model", "stage"], price)
-        first = dict(_query(Path(run_dir) / CACHE, "SELECT session, started FROM sessions") or [])
         for (sid,), part in counts.group_by(["session"]):
             ms = _models(part, spans.filter(pl.col("session") == sid), price)
             sessions.append({"session": sid, "started_at": first.get(sid), "models": ms, "total": _total(ms)})
@@ -202,7 +237,7 @@ def compute_usage(run_dir: str | Path, manifest: dict | None = None) -> dict[str
             "total": total, "progress": _progress(run_dir, total, answered), "endpoints": endpoints(manifest)}
 
 
-def sessions_cost(run_dir: str | Path, price: dict[str, dict | None], but: str | None = None) -> float:
+def sessions_cost(run_dir: Any, price: dict[str, dict | None], but: str | None = None) -> float:
     """The cost of every session in the ledger except `but` (0 for models without a price)."""
     book = ledger(run_dir)
     if book is None:
@@ -211,7 +246,7 @@ def sessions_cost(run_dir: str | Path, price: dict[str, dict | None], but: str |
     return sum(r["cost"] or 0.0 for r in _sum_rows(counts, ["model"], price))
 
 
-def session_totals(run_dir: str | Path, session: str) -> dict[str, dict[str, int]]:
+def session_totals(run_dir: Any, session: str) -> dict[str, dict[str, int]]:
     """Per model, what one session has used so far (read while it runs: the ledger is live)."""
     book = ledger(run_dir, session)
     if book is None:
@@ -229,7 +264,7 @@ def usage_markdown(usage: dict) -> list[str]:
         lines.append(f"| {_md(m['model'])} | {m['requests']:,} | {m['prompt_tokens']:,} | "
                      f"{m['completion_tokens']:,} | {cost} |")
     note = {"ledger": "every model call, retries included, summed over the run's sessions (usage ledger)",
-            "cache": "every request paid for, retries included (request cache)"}.get(
+            "cache": "every request paid for, retries included (published answers)"}.get(
         usage["source"], "final attempts only (the run folder has no request cache)")
     lines += ["", f"Counted from: {note}. Cost is tokens x the price per million tokens declared in the "
               f"spec; models without a `price` show none."]

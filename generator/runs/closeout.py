@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from generator.config.spec import Spec
-from generator.core.files import write_json_atomic
 from generator.core.run_layout import SCORES
 from generator.engine.planner import Resolved, plan_stream
 from generator.engine.run_folder import RunFolder
@@ -64,7 +63,7 @@ def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved,
                      model_calls=stats.model_calls, statuses=statuses, scores=scores)
 
 
-def run_usage(run_dir: Path, manifest: dict) -> dict:
+def run_usage(run_dir: str | Path, manifest: dict) -> dict:
     """The manifest's `usage`: per model over every session (resumes summed), and this session's."""
     from generator.export.usage import compute_usage
 
@@ -98,5 +97,7 @@ def score_run(folder: RunFolder, spec: Spec) -> dict | None:
                 [folder.path], metrics=cfg.metrics, by=b, sample=cfg.sample, seed=spec.seed, embedder=cfg.embedder)
             scores["per_by"][b] = {p: {n: m.get("per_group") for n, m in ds["metrics"].items()}
                                    for p, ds in res["datasets"].items()}
-    write_json_atomic(folder.path / SCORES, scores)
+    import json
+
+    folder.write_text(SCORES, json.dumps(scores, indent=2, sort_keys=True, default=str) + "\n")
     return scores

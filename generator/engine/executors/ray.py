@@ -6,12 +6,17 @@ spec once and runs its batch on the same execution core as the local executor (t
 scheduler: every stage, retry and regeneration of a record stays on that actor), writes each shard
 file itself the moment its last record ends, and streams each shard's stats and rows back to the
 driver (a streaming actor method), which reports progress.
-The run folder must therefore be on a filesystem every node sees (local disk for a one-machine
-Ray; NFS/Lustre/... for a cluster); the request cache is SQLite in WAL mode inside it.
+The run folder must be one every node can write: a shared filesystem (local disk for a
+one-machine Ray, NFS/Lustre/... for a cluster) or an object store URL (`--out s3://bucket/prefix`;
+each node needs the store's credentials, e.g. the AWS_* variables, which are not forwarded). No
+file in it is opened as a database: each actor keeps its request cache in SQLite on its own disk
+and publishes its answers into the folder as append-only `answers/*.parquet` files (batched, and
+always before a shard is written; see `RequestCache`).
 
 An actor that dies (node lost, OOM, `ray.kill`) costs only the shards it had not written yet:
 a replacement actor is started and those shards are resubmitted, and the answers the dead actor
-had already cached are replayed, not regenerated. A shard is retried at most `max_shard_retries`
+had already published are replayed, not regenerated; only those it had not published yet (at
+most a few seconds' worth) are paid for again. A shard is retried at most `max_shard_retries`
 times. Errors a user can act on (`SynthgenError`: model fails to load, server unreachable, disk
 full) are raised as themselves, one line, not wrapped in a Ray traceback.
 """
@@ -25,6 +30,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from generator.core import storage
 from generator.core.errors import SynthgenError
 from generator.engine.requests import Shard, ShardStats
 from generator.engine.run_folder import RunFolder
@@ -307,7 +313,7 @@ class RayExecutor:
                 del running[stream]
                 # shards the dead actor wrote but did not report are final: take them from disk
                 for s in batch:
-                    if s.name not in landed and folder.shard_path(s.name).exists():
+                    if s.name not in landed and storage.exists(folder.shard_path(s.name)):
                         landed.add(s.name)
                         landed_shard(*self._from_disk(folder, s))
                 lost = [s for s in batch if s.name not in landed]
@@ -332,9 +338,9 @@ class RayExecutor:
 
     @staticmethod
     def _from_disk(folder, shard: Shard) -> tuple[ShardStats, list[dict]]:
-        import polars as pl
+        from generator.core.run_layout import read_parquet
 
-        rows = pl.read_parquet(folder.shard_path(shard.name)).to_dicts()
+        rows = read_parquet(folder.shard_path(shard.name)).to_dicts()
         final = [r for r in rows if r.get("final", True)]
         return ShardStats(name=shard.name, records=len(final)).count(final, time.time()), rows
 

@@ -3,7 +3,7 @@ here; every stage (one, for a single-stage spec) is scheduled until each record 
 each shard is written the moment its last record ends.
 
 A pipeline's run folder is a single-stage run's (plan.parquet, generations/*.parquet shards,
-cache.sqlite, manifest.json) with one row per attempt of each record (see `lineage`), and the
+answers/*.parquet, manifest.json) with one row per attempt of each record (see `lineage`), and the
 manifest gains a `pipeline` section with each stage's pass and rejection rates.
 """
 from __future__ import annotations
@@ -85,8 +85,10 @@ class ShardWriter:
     """Writes a shard once every record in it is final (all its rows, in plan order). Records
     arrive in plan order, so a shard's rows are ordered by arrival; only open shards are held."""
 
-    def __init__(self, folder: RunFolder, sizes: dict[str, int], schema: dict | None):
+    def __init__(self, folder: RunFolder, sizes: dict[str, int], schema: dict | None,
+                 before_write: Callable[[], None] = lambda: None):
         self.folder, self.sizes, self.schema = folder, sizes, schema
+        self.before_write = before_write
         self.seq: dict[str, int] = {}                       # record id -> arrival index
         self.owner: dict[str, str] = {}                     # record id -> shard (open records only)
         self.done: dict[str, list[tuple[int, list[dict]]]] = {}
@@ -107,6 +109,7 @@ class ShardWriter:
         if len(bucket) < self.sizes[name]:
             return None
         ordered = [r for _, rs in sorted(bucket, key=lambda x: x[0]) for r in rs]
+        self.before_write()
         self.folder.write_shard(name, ordered, schema=self.schema)
         del self.done[name]
         return ShardStats(name=name, records=len(bucket)).count([r for r in ordered if r.get("final", True)],
@@ -126,7 +129,9 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
     """Run every stage of the plan rows in `rows` (each with its `shard`; `sizes`: records per
     pending shard) on `backends`, writing each shard as its last record ends."""
     spec = resolved.spec
-    writer = ShardWriter(folder, sizes, None if pipeline.single else pipeline_schema(pipeline))
+    cache = folder.cache(session=session)
+    # a shard is written after its answers are published: every written shard's calls are counted
+    writer = ShardWriter(folder, sizes, None if pipeline.single else pipeline_schema(pipeline), cache.flush)
 
     def on_rows(plan_row: dict, out_rows: list[dict]) -> None:
         landed = writer.add(plan_row, out_rows)
@@ -135,7 +140,6 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
         if landed is not None:
             on_shard(landed)
 
-    cache = folder.cache(session=session)
     stall = spec.run.stall_timeout
     if any(getattr(b, "batch", False) for b in backends.values()):
         stall = None  # a batch job answers everything at once, hours later

@@ -187,15 +187,17 @@ class PipelineScheduler:
         if self.cache is None:
             return
         items = []
-        for res in results:
-            pend = self._pending.get(res.id)
-            if pend is None:
-                continue
-            failed = res.finish_reason == "error"  # counted, but not an answer worth replaying
-            self.cache.meter.answered(pend.model, pend.stage, res.prompt_tokens, res.completion_tokens, error=failed)
-            if not failed:
-                items.append((pend.key, res.__dict__))
-        self.cache.put_many(items)
+        with self.cache.lock:  # counted and stored together: a timed publish never splits them
+            for res in results:
+                pend = self._pending.get(res.id)
+                if pend is None:
+                    continue
+                failed = res.finish_reason == "error"  # counted, but not an answer worth replaying
+                self.cache.meter.answered(pend.model, pend.stage, res.prompt_tokens, res.completion_tokens,
+                                          error=failed)
+                if not failed:
+                    items.append((pend.key, res.__dict__))
+            self.cache.put_many(items)
 
     def _drain_ready(self) -> None:
         """Send what was submitted (cache hits answer at once) until nothing is left to settle."""

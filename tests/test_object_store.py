@@ -1,0 +1,187 @@
+"""Run folders on object storage: a real S3-compatible server (moto's, on 127.0.0.1) started for the
+session; `synthgen run --out s3://...` killed mid-run and resumed, usage and export read back
+from the bucket, and the one-line errors (no bucket, no credentials). The model is the fake backend
+(tests/fake_synthgen.py in CLI subprocesses): these tests are about the storage, not the text."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from helpers import importorskip_ci, small_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = ROOT / "tests" / "fake_synthgen.py"
+BUCKET = "synthgen-test-bucket"  # "bucket" in the name: a missing file is not a missing bucket
+
+pytestmark = pytest.mark.slow  # starts a server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A moto S3 server with one bucket; the AWS_* variables point this process (and the CLI
+    subprocesses, which inherit them) at it, with dummy credentials."""
+    importorskip_ci("s3fs")
+    importorskip_ci("moto")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_PROFILE", raising=False)
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "moto server did not start"
+                time.sleep(0.1)
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        try:
+            yield fs
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _cli(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(FAKE), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def _keys(url: str) -> set[str]:
+    from generator.core.run_layout import read_answers
+
+    frame = read_answers(url, ["key"])
+    return set() if frame is None else set(frame["key"].to_list())
+
+
+def test_run_killed_and_resumed_on_s3_pays_only_what_was_never_published(s3, tmp_path):
+    from generator.core.run_layout import generation_files, read_generation_files, read_manifest, read_plan
+    from generator.export.usage import compute_usage
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(small_spec("s3-resume", 5, max_tokens=32, run="{shard_size: 2, window: 2}"))
+    url = f"s3://{BUCKET}/runs/resume"
+    cmd = [sys.executable, str(FAKE), "run", str(spec), "--out", url]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYNTHGEN_TEST_FAKE_DELAY": "0.1",
+           "SYNTHGEN_PUBLISH_SECONDS": "0.3"}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            if generation_files(url) and len(_keys(url)) >= 5:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the run ended before it was killed:\n{(tmp_path / 'first.log').read_text()[-2000:]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    before = _keys(url)
+    shards_before = {f.rsplit("/", 1)[-1] for f in generation_files(url)}
+    assert 0 < len(shards_before) < 6 and s3.exists(f"{BUCKET}/runs/resume/.lock")  # a dead run's lock is left
+    first = compute_usage(url)
+    [killed] = first["sessions"]
+    # every published answer is counted, and nothing else: usage is written in the same file
+    assert killed["total"]["requests"] == len(before)
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming" in second.stderr  # the lock of the dead run (this host, pid gone) was taken over
+    gens = read_generation_files(url)
+    plan = read_plan(url)
+    ids = gens.filter(pl.col("final"))["id"].to_list() if "final" in gens.columns else gens["id"].to_list()
+    assert sorted(ids) == sorted(plan["id"].to_list()) and len(ids) == len(set(ids)) == 12
+    after = _keys(url)
+    manifest = read_manifest(url)
+    # the resume paid only for the requests never published before the kill, each once
+    assert before <= after and manifest["timings"][-1]["model_calls"] == len(after - before) > 0
+    u = compute_usage(url)
+    assert [s["total"]["requests"] for s in u["sessions"]] == [len(before), len(after - before)]
+    assert not s3.exists(f"{BUCKET}/runs/resume/.lock")  # released at the end
+    assert "AWS_SECRET" not in json.dumps(manifest) and "testing" not in json.dumps(manifest.get("spec"))
+
+    # `synthgen usage` reads the published files in the bucket
+    res = _cli("usage", url)
+    assert res.returncode == 0 and f"{len(after):,}" in res.stdout, res.stdout + res.stderr
+
+
+def _main(*args: str):
+    """The CLI in this process (no model is built: a run here fails before, or uses the fake)."""
+    from click.testing import CliRunner
+
+    from generator.cli.main import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_export_reads_and_writes_the_bucket(s3, tmp_path):
+    from generator.config.spec import load_spec
+    from generator.engine.executors.local import LocalExecutor
+    from generator.runs import run_spec
+    from generator.testing.fake import FakeBackend
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(small_spec("s3-export", 6, max_tokens=32, run="{shard_size: 4}"))
+    url = f"s3://{BUCKET}/runs/export"
+    res = run_spec(load_spec(spec), out=url, executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()),
+                   score=False)
+    assert res.generated == 12
+    assert s3.exists(f"{BUCKET}/runs/export/README.md") and s3.exists(f"{BUCKET}/runs/export/manifest.json")
+
+    to = f"s3://{BUCKET}/exports/one"
+    out = _main("export", url, "--to", to)
+    assert out.exit_code == 0, out.output
+    files = s3.glob(f"{BUCKET}/exports/one/**")
+    assert any(f.endswith("README.md") for f in files), files
+    data = [f for f in files if f.endswith(".parquet")]
+    assert data and sum(pl.read_parquet(s3.open(f, "rb")).height for f in data) == 12
+    again = _main("export", url, "--to", to)  # an export prefix that holds objects is not overwritten silently
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_storage_errors_are_one_line_with_the_fix(s3, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(small_spec("s3-errors", 7, max_tokens=32, run="{shard_size: 4}"))
+
+    def one_line(res, *words: str) -> None:
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and all(w in res.output for w in words), res.output
+
+    one_line(_main("run", str(spec), "--out", "s3://no-such-bucket-here/run"), "no-such-bucket-here", "create")
+    one_line(_main("run", str(spec), "--out", "nosuchproto://x/run"), "nosuchproto")
+    # a live run's lock object: a second run on the same URL fails at once, naming the holder
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time(), "token": "x"}
+    s3.pipe_file(f"{BUCKET}/runs/locked/.lock", json.dumps(lock).encode())
+    one_line(_main("run", str(spec), "--out", f"s3://{BUCKET}/runs/locked"), "in use by another run",
+             f"pid {os.getpid()}")
+    # no credentials at all (a fresh process: this one's S3 client already holds them)
+    bare = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    res = _cli("run", str(spec), "--out", f"s3://{BUCKET}/runs/nocreds",
+               env={**bare, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                    "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
+    assert res.returncode == 2 and "credentials" in res.stderr and "AWS_ACCESS_KEY_ID" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -1,0 +1,129 @@
+"""The request cache publishes what it answered into the run folder (answers/*.parquet, usage in
+each file's metadata) and replays every writer's files on open; usage reads the published files
+and an old-style cache.sqlite. Local folders, no model."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+
+from generator.core.run_layout import ANSWERS, answer_files, answer_usage, published_usage, read_answers
+from generator.engine.run_folder import RequestCache, RunFolder
+from generator.export.usage import ledger
+
+
+def _answer(i: int) -> dict:
+    return {"id": f"rec{i}#1", "text": f"answer {i}", "prompt_tokens": 10, "completion_tokens": i,
+            "finish_reason": "stop"}
+
+
+def _put(cache: RequestCache, *ids: int) -> None:
+    with cache.lock:  # counted and stored together, as the scheduler does
+        for i in ids:
+            cache.meter.answered("m", "generate", 10, i)
+        cache.put_many([(f"k{i}", _answer(i)) for i in ids])
+
+
+@pytest.fixture
+def slow_timer(monkeypatch):
+    monkeypatch.setenv("SYNTHGEN_PUBLISH_SECONDS", "3600")
+
+
+def test_answers_are_published_by_count_and_at_close_with_their_usage(tmp_path, monkeypatch, slow_timer):
+    monkeypatch.setenv("SYNTHGEN_PUBLISH_ANSWERS", "2")
+    run = tmp_path / "run"
+    cache = RunFolder(run).cache(session="s1")
+    _put(cache, 1)
+    assert answer_files(run) == []  # one answer: below the count, nothing published yet
+    _put(cache, 2, 3)
+    [first] = answer_files(run)
+    assert first.name.startswith("s1-") and first.name.endswith("-000000.parquet")
+    cache.meter.hit("m", "generate")
+    cache.close()
+    files = answer_files(run)
+    assert len(files) == 2 and not list((run / ANSWERS).glob(".*"))  # no temp file left behind
+    frame = read_answers(run, ["key", "value", "id", "prompt_tokens", "completion_tokens"])
+    assert sorted(frame["key"].to_list()) == ["k1", "k2", "k3"]
+    assert json.loads(frame.filter(frame["key"] == "k2")["value"][0])["text"] == "answer 2"
+    # each file counts exactly the answers it holds (and the hit, which came after them)
+    metas = [answer_usage(f) for f in files]
+    assert [m["usage"][0][2] for m in metas] == [3, 0] and metas[1]["usage"][0][3] == 1
+    usage, busy, started = published_usage(run)
+    assert sum(r[3] for r in usage) == 3 and sum(r[7] for r in usage) == 1 + 2 + 3 and set(started) == {"s1"}
+    assert busy and all(r[0] == "s1" and r[2] >= 0 for r in busy)
+
+
+def test_a_timed_publish_needs_no_further_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHGEN_PUBLISH_SECONDS", "0.2")
+    run = tmp_path / "run"
+    cache = RunFolder(run).cache(session="s1")
+    _put(cache, 1)
+    deadline = time.time() + 10
+    while not answer_files(run) and time.time() < deadline:
+        time.sleep(0.05)
+    assert read_answers(run, ["key"])["key"].to_list() == ["k1"]  # published by the timer alone
+    cache.close()
+    assert len(answer_files(run)) == 1  # nothing new to publish at close
+
+
+def test_a_new_cache_replays_every_writers_answers_once(tmp_path, slow_timer):
+    run = tmp_path / "run"
+    a = RunFolder(run).cache(session="s1")
+    _put(a, 1, 2)
+    a.close()
+    b = RunFolder(run).cache(session="s2")  # a resume, or a replacement worker
+    assert set(b.get_many(["k1", "k2", "k9"])) == {"k1", "k2"} and b.get("k2")["text"] == "answer 2"
+    c = RunFolder(run).cache(session="s3")  # another worker publishes while b is open
+    _put(c, 3)
+    c.close()
+    assert b.get("k3") is None and b.replay() == 1 and b.get("k3")["text"] == "answer 3"
+    assert b.replay() == 0  # files already imported are not read again
+    b.close()
+    assert len(answer_files(run)) == 2  # b answered nothing: replayed answers are not published again
+
+
+def test_a_failed_publish_keeps_answers_and_usage_for_the_next(tmp_path, monkeypatch, slow_timer):
+    import generator.engine.run_folder as rf
+
+    run = tmp_path / "run"
+    cache = RunFolder(run).cache(session="s1")
+    _put(cache, 1)
+    real = rf.write_atomic
+
+    def broken(loc, fill):
+        raise OSError("network down")
+
+    monkeypatch.setattr(rf, "write_atomic", broken)
+    with pytest.raises(OSError):
+        cache.flush()
+    monkeypatch.setattr(rf, "write_atomic", real)
+    _put(cache, 2)
+    cache.close()
+    [only] = answer_files(run)
+    assert sorted(read_answers(run, ["key"])["key"].to_list()) == ["k1", "k2"]
+    assert sum(row[2] for row in answer_usage(only)["usage"]) == 2  # both answers, counted once each
+
+
+def test_usage_and_replay_read_an_old_style_cache_sqlite(tmp_path, slow_timer):
+    run = tmp_path / "run"
+    run.mkdir()
+    db = sqlite3.connect(run / "cache.sqlite")
+    db.execute("CREATE TABLE results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO results VALUES ('old1', ?)", (json.dumps(_answer(7)),))
+    db.execute("CREATE TABLE usage (session TEXT, model TEXT, stage TEXT, requests INTEGER, cache_hits INTEGER, "
+               "errors INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER)")
+    db.execute("INSERT INTO usage VALUES ('old', 'm', 'generate', 1, 0, 0, 10, 7)")
+    db.execute("CREATE TABLE busy (session TEXT, model TEXT, seconds REAL, first_at REAL, last_at REAL)")
+    db.execute("CREATE TABLE sessions (session TEXT PRIMARY KEY, started REAL)")
+    db.execute("INSERT INTO sessions VALUES ('old', 1.0)")
+    db.commit()
+    db.close()
+    cache = RunFolder(run).cache(session="new")
+    assert cache.get("old1")["text"] == "answer 7"  # paid before the upgrade: not paid again
+    _put(cache, 1)
+    cache.close()
+    counts, _ = ledger(run)
+    by = {r["session"]: r["requests"] for r in counts.iter_rows(named=True)}
+    assert by == {"old": 1, "new": 1}
