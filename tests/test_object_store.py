@@ -117,10 +117,18 @@ def test_run_killed_and_resumed_on_s3_pays_only_what_was_never_published(s3, tmp
     assert sorted(ids) == sorted(plan["id"].to_list()) and len(ids) == len(set(ids)) == 12
     after = _keys(url)
     manifest = read_manifest(url)
-    # the resume paid only for the requests never published before the kill, each once
-    assert before <= after and manifest["timings"][-1]["model_calls"] == len(after - before) > 0
+    # what the killed run had answered but not yet published was salvaged from its local working
+    # copy by the resume (same machine), and counted under the killed session
+    from generator.core.run_layout import answer_files, read_answer_file
+
+    salvaged = {k for f in answer_files(url, killed["session"]) if "-salvage" in f.rsplit("/", 1)[-1]
+                for k in read_answer_file(f, ["key"])["key"].to_list()}
+    assert not salvaged & before
+    # the resume paid only for the requests the killed run never answered, each once
+    paid = after - before - salvaged
+    assert before <= after and manifest["timings"][-1]["model_calls"] == len(paid) > 0
     u = compute_usage(url)
-    assert [s["total"]["requests"] for s in u["sessions"]] == [len(before), len(after - before)]
+    assert [s["total"]["requests"] for s in u["sessions"]] == [len(before) + len(salvaged), len(paid)]
     assert not s3.exists(f"{BUCKET}/runs/resume/.lock")  # released at the end
     assert "AWS_SECRET" not in json.dumps(manifest) and "testing" not in json.dumps(manifest.get("spec"))
 

@@ -127,3 +127,58 @@ def test_usage_and_replay_read_an_old_style_cache_sqlite(tmp_path, slow_timer):
     counts, _ = ledger(run)
     by = {r["session"]: r["requests"] for r in counts.iter_rows(named=True)}
     assert by == {"old": 1, "new": 1}
+
+
+def test_answers_a_killed_process_never_published_are_salvaged_and_counted(tmp_path, monkeypatch):
+    """A process SIGKILLed between storing answers and publishing them leaves its local working
+    copy behind; the next process to open the run's cache on this machine publishes those answers
+    under the dead session, counted, so the resume pays only for what was in flight."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    local = tmp_path / "local"
+    monkeypatch.setenv("SYNTHGEN_LOCAL_CACHE", str(local))
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    child = f"""
+import os, signal, sys
+sys.path.insert(0, {str(root)!r}); sys.path.insert(0, {str(root / 'tests')!r})
+from generator.engine.run_folder import RunFolder
+cache = RunFolder({str(run)!r}).cache(session="dead-session")
+with cache.lock:
+    for i in (1, 2, 3):
+        cache.meter.answered("m", "generate", 10, i)
+    cache.put_many([(f"k{{i}}", {{"id": f"rec{{i}}#1", "text": "a", "prompt_tokens": 10, "completion_tokens": i}},
+                     "m", "generate") for i in (1, 2, 3)])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    env = {**os.environ, "SYNTHGEN_PUBLISH_SECONDS": "3600", "SYNTHGEN_PUBLISH_ANSWERS": "1000"}
+    proc = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert answer_files(run) == [] and len(list(local.glob("synthgen-answers/*.sqlite"))) == 1
+
+    cache = RunFolder(run).cache(session="resume")
+    assert cache.get_many(["k1", "k2", "k3"]).keys() == {"k1", "k2", "k3"}
+    [salvaged] = answer_files(run)
+    assert salvaged.name.startswith("dead-session-salvage")
+    usage, _, started = published_usage(run)
+    assert [(r[0], r[1], r[2], r[3], r[7]) for r in usage] == [("dead-session", "m", "generate", 3, 1 + 2 + 3)]
+    assert started["dead-session"] > 0
+    # the leftover is gone: a second opener salvages nothing more
+    assert not [p for p in (local / "synthgen-answers").glob("*.sqlite") if "dead-session" in p.name]
+    assert RunFolder(run).cache(session="again").salvage() == 0 and len(answer_files(run)) == 1
+    cache.close()
+
+
+def test_a_live_process_working_copy_is_never_salvaged(tmp_path, monkeypatch, slow_timer):
+    monkeypatch.setenv("SYNTHGEN_LOCAL_CACHE", str(tmp_path / "local"))
+    run = tmp_path / "run"
+    first = RunFolder(run).cache(session="s1")
+    with first.lock:
+        first.put_many([("k1", _answer(1), "m", "generate")])
+    second = RunFolder(run).cache(session="s2")  # this process is alive: s1's copy is its own
+    assert second.salvage() == 0 and answer_files(run) == []
+    first.close()
+    assert len(answer_files(run)) == 1

@@ -186,7 +186,11 @@ def published_usage(run_dir: Any, session: str | None = None) -> tuple[list[tupl
         sid = meta.get("session")
         if sid is None:
             continue
-        started[sid] = min(started.get(sid, meta.get("started") or 0), meta.get("started") or 0)
+        at = meta.get("started")
+        if at is not None:  # a salvaged file may not know when its session started
+            started[sid] = min(started.get(sid) or at, at)  # 0.0: only salvaged files so far
+        elif sid not in started:
+            started[sid] = 0.0
         usage += [(sid, *row) for row in meta.get("usage", [])]
         busy += [(sid, *row) for row in meta.get("busy", [])]
     return usage, busy, started

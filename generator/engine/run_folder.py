@@ -149,13 +149,10 @@ def _working_copy(run: Any, session: str | None) -> Path:
     key = (str(run), session or "")
     if key not in _WORKING:
         import atexit
-        import hashlib
-        import tempfile
 
-        root = Path(os.environ.get("SYNTHGEN_LOCAL_CACHE") or tempfile.gettempdir()) / "synthgen-answers"
+        root = _local_root()
         root.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(str(run).encode()).hexdigest()[:12]
-        path = root / f"{digest}-{session or 'nosession'}-{os.getpid()}-{os.urandom(3).hex()}.sqlite"
+        path = root / f"{_digest(run)}-{session or 'nosession'}-{os.getpid()}-{os.urandom(3).hex()}.sqlite"
         _WORKING[key] = path
 
         def drop(p: Path = path) -> None:
@@ -164,6 +161,42 @@ def _working_copy(run: Any, session: str | None) -> Path:
 
         atexit.register(drop)
     return _WORKING[key]
+
+
+def _local_root() -> Path:
+    import tempfile
+
+    return Path(os.environ.get("SYNTHGEN_LOCAL_CACHE") or tempfile.gettempdir()) / "synthgen-answers"
+
+
+def _digest(run: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(run).encode()).hexdigest()[:12]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _leftovers(run: Any) -> Iterator[tuple[Path, str]]:
+    """Working copies of `run` left on this machine by processes that died before publishing
+    everything (a SIGKILL, an OOM kill, a lost Ray actor), with the session each belonged to."""
+    root = _local_root()
+    if not root.is_dir():
+        return
+    for path in root.glob(f"{_digest(run)}-*.sqlite"):
+        stem = path.name[len(_digest(run)) + 1:-len(".sqlite")]
+        session, _, rest = stem.rpartition("-")[0].rpartition("-")  # SESSION-PID-RAND
+        pid = stem.rpartition("-")[0].rpartition("-")[2]
+        if session and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            yield path, session
 
 
 def _publish_every() -> tuple[int, float]:
@@ -207,8 +240,14 @@ class RequestCache:
         db = self._conn()
         db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         db.execute("CREATE TABLE IF NOT EXISTS imported (name TEXT PRIMARY KEY)")
+        # answers stored here and not yet published, with what a salvage needs to count them
+        db.execute("CREATE TABLE IF NOT EXISTS unpublished (key TEXT PRIMARY KEY, model TEXT, stage TEXT)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+        db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('started', ?)", (str(self.meter.created),))
         if run is not None:
             self.replay()
+            if session is not None:
+                self.salvage()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -249,6 +288,61 @@ class RequestCache:
         db.execute("INSERT OR IGNORE INTO imported (name) VALUES (?)", (name,))
         db.execute("COMMIT")
 
+    def salvage(self) -> int:
+        """Publish the answers that processes which died on this machine had stored but not yet
+        published (their working copies outlive them), counted under their own sessions: a killed
+        run or Ray actor then costs only its requests in flight. Each leftover is claimed by a
+        rename, so of several processes opening at once one salvages it. Returns answers salvaged."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        total = 0
+        for path, session in _leftovers(self.run):
+            claimed = path.with_name(f".{path.name}.salvage-{os.getpid()}")
+            try:
+                os.rename(path, claimed)
+            except OSError:  # another process claimed it first
+                continue
+            for suffix in ("-wal", "-shm"):  # the WAL holds the dead process's last commits
+                if Path(f"{path}{suffix}").exists():
+                    os.rename(f"{path}{suffix}", f"{claimed}{suffix}")
+            try:
+                conn = sqlite3.connect(claimed, timeout=60)
+                try:
+                    rows = conn.execute("SELECT u.key, r.value, u.model, u.stage FROM unpublished u "
+                                        "JOIN results r ON r.key = u.key").fetchall()
+                    started = float((conn.execute("SELECT v FROM meta WHERE k = 'started'").fetchone() or [0])[0])
+                except (sqlite3.DatabaseError, ValueError):
+                    rows, started = [], 0.0
+                finally:
+                    conn.close()
+                if rows:
+                    values = [json.loads(v) for _, v, _, _ in rows]
+                    counts: dict[tuple[str, str], list[int]] = {}
+                    for (_, _, model, stage), v in zip(rows, values):
+                        c = counts.setdefault((model, stage), [0, 0, 0, 0, 0])
+                        c[0] += 1
+                        c[3] += int(v.get("prompt_tokens") or 0)
+                        c[4] += int(v.get("completion_tokens") or 0)
+                    meta = {"session": session, "started": started or None, "salvaged": True,
+                            "usage": [[m, st, *c] for (m, st), c in counts.items()], "busy": []}
+                    table = pa.table({"key": pa.array([r[0] for r in rows], pa.string()),
+                                      "value": pa.array([r[1] for r in rows], pa.string()),
+                                      "id": pa.array([v.get("id") for v in values], pa.string()),
+                                      "prompt_tokens": pa.array([v.get("prompt_tokens") for v in values], pa.int64()),
+                                      "completion_tokens": pa.array([v.get("completion_tokens") for v in values],
+                                                                    pa.int64())})
+                    table = table.replace_schema_metadata({ANSWER_META: json.dumps(meta).encode()})
+                    name = f"{session}-salvage{os.urandom(3).hex()}-000000.parquet"
+                    write_atomic(join(self.run, ANSWERS, name),
+                                 lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+                    self._import(name, [(r[0], r[1]) for r in rows])
+                    total += len(rows)
+            finally:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{claimed}{suffix}").unlink(missing_ok=True)
+        return total
+
     # -- the cache
     def get(self, key: str) -> dict | None:
         row = self._conn().execute("SELECT value FROM results WHERE key=?", (key,)).fetchone()
@@ -265,22 +359,27 @@ class RequestCache:
                 found[key] = json.loads(value)
         return found
 
-    def put_many(self, items: Iterable[tuple[str, dict]]) -> None:
-        """Store answers here; publish them (with the usage counted since the last publish) when a
-        flush is due."""
+    def put_many(self, items: Iterable[tuple]) -> None:
+        """Store answers, each `(key, value)` or `(key, value, model, stage)`, here; publish them
+        (with the usage counted since the last publish) when a flush is due. With model and stage,
+        an answer this process dies before publishing is salvaged, counted, by the next process
+        that opens the run's cache on this machine (`salvage`)."""
         items = list(items)
-        rows = [(k, json.dumps(v)) for k, v in items]
+        rows = [(it[0], json.dumps(it[1])) for it in items]
         with self.lock:
             self._raise_failed()
             if rows:
                 db = self._conn()
                 db.execute("BEGIN")
                 db.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
+                if self.run is not None:
+                    db.executemany("INSERT OR REPLACE INTO unpublished (key, model, stage) VALUES (?, ?, ?)",
+                                   [(it[0], it[2], it[3]) for it in items if len(it) == 4])
                 db.execute("COMMIT")
             if self.run is None:
                 return
-            self._pending += [(k, s, v.get("id"), v.get("prompt_tokens"), v.get("completion_tokens"))
-                              for (k, v), (_, s) in zip(items, rows)]
+            self._pending += [(it[0], s, it[1].get("id"), it[1].get("prompt_tokens"), it[1].get("completion_tokens"))
+                              for it, (_, s) in zip(items, rows)]
             if len(self._pending) >= self._every or time.time() - self._last >= self._seconds:
                 self._publish()
             elif self._timer is None:
@@ -334,9 +433,13 @@ class RequestCache:
             self._held = (usage, busy)  # answers stay pending: the next flush retries them all
             raise
         self._held = ([], [])
+        db = self._conn()
+        db.execute("BEGIN")
+        db.executemany("DELETE FROM unpublished WHERE key = ?", [(a[0],) for a in answers])
+        db.execute("INSERT OR IGNORE INTO imported (name) VALUES (?)", (name,))
+        db.execute("COMMIT")
         self._pending = []
         self._seq += 1
-        self._conn().execute("INSERT OR IGNORE INTO imported (name) VALUES (?)", (name,))
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]

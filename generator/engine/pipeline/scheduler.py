@@ -196,7 +196,7 @@ class PipelineScheduler:
                 self.cache.meter.answered(pend.model, pend.stage, res.prompt_tokens, res.completion_tokens,
                                           error=failed)
                 if not failed:
-                    items.append((pend.key, res.__dict__))
+                    items.append((pend.key, res.__dict__, pend.model, pend.stage))
             self.cache.put_many(items)
 
     def _drain_ready(self) -> None:
