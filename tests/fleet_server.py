@@ -85,11 +85,18 @@ class Fleet:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
-    def kill(self, i: int) -> None:
-        """Server `i` dies: it stops listening and every open connection is cut."""
+    def kill(self, i: int, busy: bool = False) -> int:
+        """Server `i` dies: it stops listening and every open connection is cut; with `busy`, at
+        the first moment it is serving a request. Returns how many it was serving at that instant
+        (checked and counted in the servers' loop, so exact)."""
         done = threading.Event()
+        held = []
 
         def cut() -> None:
+            if busy and self.sims[i].stats["live"] == 0:
+                self._loop.call_later(0.0005, cut)
+                return
+            held.append(self.sims[i].stats["live"])
             self.sims[i].killed = True
             self._sites[i]._server.close()
             for transport in list(self._conns[i]):
@@ -97,7 +104,8 @@ class Fleet:
             done.set()
 
         self._loop.call_soon_threadsafe(cut)
-        assert done.wait(10)
+        assert done.wait(30)
+        return held[0]
 
     def _app(self, i: int):
         from aiohttp import web
@@ -114,7 +122,8 @@ class Fleet:
             st["max_live"] = max(st["max_live"], st["live"])
 
         def abort(request) -> web.Response:
-            request.transport.abort()
+            if request.transport is not None:  # None: the kill already cut this connection
+                request.transport.abort()
             return web.Response(status=500)  # never reaches the client: the connection is gone
 
         async def chat(request: web.Request) -> web.Response:
