@@ -2,7 +2,8 @@
 
 Each server answers `POST /v1/chat/completions` and `GET /v1/models`, with injectable faults:
 - `step_s`, `batch`: a simulated GPU: a request of T completion tokens takes T decode steps of
-  `step_s` (flat in the number of sequences, as on a GPU, up to `batch` at once; the rest queue);
+  `step_s` (flat in the number of sequences, as on a GPU, up to `batch` at once; the rest queue),
+  timed on the wall clock (a late-running server loop answers late but does not slow the GPU);
 - `latency`: a fixed delay per request on top;
 - `limit`: answer 429 to a request arriving while `limit` are already being served;
 - `fail_503`, `drop`: the next N requests get a 503, or have their connection closed unanswered;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import heapq
 import json
 import sys
 import threading
@@ -111,7 +113,11 @@ class Fleet:
         from aiohttp import web
 
         sim, conns = self.sims[i], self._conns[i]
-        gate = asyncio.Semaphore(sim.batch) if sim.batch else None
+        # a GPU's batch slots on the wall clock: each holds the time it frees up. A request takes
+        # the earliest-free slot when it arrives and finishes a fixed time after that slot frees
+        # (or after it arrives, if later), however late this loop gets to run: on a loaded
+        # machine the simulation's own CPU must not slow the simulated GPU.
+        slots = [0.0] * sim.batch
         loop = asyncio.get_running_loop()
 
         def occupy(st: dict, step: int) -> None:  # live count, and its integral over time
@@ -152,9 +158,11 @@ class Fleet:
                     h = _digest(prompt)
                     cap = int(body.get("max_tokens") or 16)
                     tokens = max(1, cap // 8 + h % max(cap - cap // 8, 1)) if sim.vary else cap
-                    if gate is not None:
-                        async with gate:
-                            await asyncio.sleep(sim.latency + tokens * sim.step_s)
+                    if slots:
+                        now = loop.time()
+                        end = max(now, heapq.heappop(slots)) + sim.latency + tokens * sim.step_s
+                        heapq.heappush(slots, end)
+                        await asyncio.sleep(end - now)
                     elif sim.latency or sim.step_s:
                         await asyncio.sleep(sim.latency + tokens * sim.step_s)
                 finally:

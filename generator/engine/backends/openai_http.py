@@ -16,6 +16,7 @@ only in the request headers: it is never logged, never in `describe()`, never in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import json
@@ -165,10 +166,10 @@ class OpenAIBackend:
     def __repr__(self) -> str:  # never show headers (they hold the key)
         return f"OpenAIBackend(model={self.model!r}, base_url={self.public_url!r})"
 
-    def _client(self):
+    def _client(self, connections: int | None = None):
         import httpx
 
-        n = sum(e.ceiling for e in self.endpoints)
+        n = connections or sum(e.ceiling for e in self.endpoints)
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         return httpx.AsyncClient(headers=self._headers, limits=limits, transport=self._transport,
                                  timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout))
@@ -310,7 +311,7 @@ class OpenAIBackend:
             job.sent = True
             self.stats["requests"] += 1
         e.sent()
-        task = asyncio.ensure_future(self._http.post(e.chat_url, json=self.payload(job.request)))
+        task = asyncio.ensure_future(self._http[e].post(e.chat_url, json=self.payload(job.request)))
         e.tasks.add(task)
         self._tasks.add(task)
         # Bookkeeping lives in the completion callback, not in a coroutine's `finally`: a task
@@ -448,8 +449,11 @@ class OpenAIBackend:
         self._changed = asyncio.Event()
         self._out = out
         self._closing = False
-        async with self._client() as client:
-            self._http = client
+        # One connection pool per endpoint: httpx's pool scans every connection it holds for each
+        # request it places, so one pool shared by K endpoints costs O(K x window) per request
+        # (at K = 64 that scan, not the network, was what bounded the fleet's throughput).
+        async with contextlib.AsyncExitStack() as stack:
+            self._http = {e: await stack.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
             try:
                 while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout
