@@ -52,9 +52,9 @@ allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR
               help="Where shards run: this process, or Ray actors (one vLLM engine each).")
 @click.option("--address", help="Ray cluster address for --executor ray (default: start a local Ray).")
 @click.option("--actors", type=int, default=None,
-              help="Ray actors (default: as many as the cluster holds: its GPUs // the GPUs one actor needs "
-                   "(the most any model's `num_gpus` asks), or with no GPU its CPUs, or one per node for vLLM "
-                   "on CPU; at most one per shard).")
+              help="Ray actors (default: as many as the cluster holds, at most one per shard: its GPUs // "
+                   "the GPUs one actor needs, else its CPUs, or one per node for vLLM on CPU; see "
+                   "docs/scale-out.md).")
 @click.option("--verbose", is_flag=True, help="Show vLLM's own logs.")
 @allow_option
 def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):

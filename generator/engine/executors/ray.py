@@ -125,7 +125,7 @@ def size_actors(models: Iterable[Any], resources: Mapping[str, float], shards: i
         fit = int(gpus // per + 1e-9)
         if fit < 1:
             what = f"model {widest} needs {per:g} GPUs per actor" if widest else f"an actor needs {per:g} GPUs"
-            raise SynthgenError(f"{what} but the Ray cluster has {gpus:g}; lower its `num_gpus` (or the engine's "
+            raise SynthgenError(f"{what} but the Ray cluster has {gpus:g}; lower its num_gpus (or the engine's "
                                 f"tensor_parallel_size) or add GPUs to the cluster")
         held = f"the cluster's {gpus:g} GPUs hold {fit}"
     elif any(m.backend == "vllm" or (m.backend == "openai_batch" and m.batch_runner == "local") for m in models):
