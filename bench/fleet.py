@@ -4,14 +4,16 @@ pipeline run continuously against stage by stage on the same fleet.
 The servers (tests/fleet_server.py, one separate process serving K ports from one asyncio loop)
 model a GPU server's decode: a request of T completion tokens takes T steps of `--step-ms`, and a
 step costs the same for 1 to `--batch` sequences (a GPU's step time is flat up to its batch
-limit); requests above the batch limit queue. Capacity is K x batch / step tokens/s. The figures
-are scaled down from a real GPU server (about 256 sequences, 20-40 ms a step) so that the client
+limit); requests above the batch limit queue. Steps are timed on the wall clock, so the
+simulation's own CPU (it shares the machine with the driver) delays answers but not the GPU.
+Capacity is K x batch / step tokens/s. The figures are scaled down from a real GPU server (about 256 sequences, 20-40 ms a step) so that the client
 side fits this machine's CPUs: the request rate, not the token rate, is what costs the client.
 
 (1) For K = 8 and K = 64: a plain spec on `backend: openai` with the fleet's URLs in `base_url`
     (default `concurrency`: no hand tuning), sized to `--waves` full batches per server, run with
     `generator.run`. Share = tokens the servers produced / (capacity x the servers' busy span,
-    first request in to last answer out); also against the whole run's wall time.
+    first request in to last answer out); also against the whole run's wall time. Printed beside
+    it: the CPU seconds the driver (this process) and the simulated servers used, and the load.
 (2) A problem -> solution -> review pipeline (answers of unequal length: T drawn from the prompt
     in [max/8, max]) on K servers: the continuous arm is `generator.run` (each record's next stage
     is sent the moment its answer lands); the stage-by-stage arm replays exactly the requests the
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -119,6 +123,7 @@ def capacity_share(k: int, args, work: Path) -> dict:
     from generator import load_spec, run
 
     fleet = SimFleet(k, args.step_ms, args.batch)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     try:
         records = args.waves * k * args.batch
         topics = max(1, records // 16)
@@ -128,13 +133,21 @@ def capacity_share(k: int, args, work: Path) -> dict:
         t0 = time.perf_counter()
         res = run(load_spec(path), out=work / f"plain{k}", limit=records, score=False)
         wall = time.perf_counter() - t0
-        tokens, span = served(fleet.stats())
+        stats = fleet.stats()
+        tokens, span = served(stats)
+        answers = [x["answered"] for x in stats]
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
-        fleet.close()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        fleet.close()  # waited for: its CPU time is in RUSAGE_CHILDREN from here
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cap = k * args.batch * 1000 / args.step_ms
     gen_s = res.manifest["timings"][-1]["generate_s"]
     return {"k": k, "records": res.generated, "tokens": tokens, "span": span, "wall": wall, "gen_s": gen_s,
-            "capacity": cap, "share": tokens / span / cap, "share_gen": tokens / gen_s / cap}
+            "capacity": cap, "share": tokens / span / cap, "share_gen": tokens / gen_s / cap,
+            "driver_cpu": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
+            "servers_cpu": children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime,
+            "load": os.getloadavg()[0], "answers": (min(answers), max(answers))}
 
 
 def pipeline(args, work: Path) -> dict:
@@ -205,7 +218,11 @@ def main() -> None:
         print(f"(1) K = {k:3d}: {r['records']} records, {r['tokens']:,} tokens in {r['span']:.1f}s of server busy "
               f"span = {r['tokens'] / r['span']:,.0f} tok/s of {r['capacity']:,.0f} capacity -> share "
               f"{r['share']:.3f} (target >= 0.9); over the run's generate time {r['gen_s']:.1f}s: "
-              f"{r['share_gen']:.3f}; whole run {r['wall']:.1f}s")
+              f"{r['share_gen']:.3f}; whole run {r['wall']:.1f}s; answers per server "
+              f"{r['answers'][0]}-{r['answers'][1]} (even: {args.waves * args.batch})")
+        print(f"    CPU: driver {r['driver_cpu']:.1f}s ({r['driver_cpu'] / r['records'] * 1000:.1f} ms a record), "
+              f"simulated servers {r['servers_cpu']:.1f}s, in {r['wall']:.1f}s of wall time; machine load "
+              f"average {r['load']:.1f} on {os.cpu_count()} CPUs")
     if args.skip_pipeline:
         return
     p = pipeline(args, work)

@@ -2,7 +2,8 @@
 
 Each server answers `POST /v1/chat/completions` and `GET /v1/models`, with injectable faults:
 - `step_s`, `batch`: a simulated GPU: a request of T completion tokens takes T decode steps of
-  `step_s` (flat in the number of sequences, as on a GPU, up to `batch` at once; the rest queue);
+  `step_s` (flat in the number of sequences, as on a GPU, up to `batch` at once; the rest queue),
+  timed on the wall clock (a late-running server loop answers late but does not slow the GPU);
 - `latency`: a fixed delay per request on top;
 - `limit`: answer 429 to a request arriving while `limit` are already being served;
 - `fail_503`, `drop`: the next N requests get a 503, or have their connection closed unanswered;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import heapq
 import json
 import sys
 import threading
@@ -85,11 +87,18 @@ class Fleet:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
-    def kill(self, i: int) -> None:
-        """Server `i` dies: it stops listening and every open connection is cut."""
+    def kill(self, i: int, busy: bool = False) -> int:
+        """Server `i` dies: it stops listening and every open connection is cut; with `busy`, at
+        the first moment it is serving a request. Returns how many it was serving at that instant
+        (checked and counted in the servers' loop, so exact)."""
         done = threading.Event()
+        held = []
 
         def cut() -> None:
+            if busy and self.sims[i].stats["live"] == 0:
+                self._loop.call_later(0.0005, cut)
+                return
+            held.append(self.sims[i].stats["live"])
             self.sims[i].killed = True
             self._sites[i]._server.close()
             for transport in list(self._conns[i]):
@@ -97,13 +106,18 @@ class Fleet:
             done.set()
 
         self._loop.call_soon_threadsafe(cut)
-        assert done.wait(10)
+        assert done.wait(30)
+        return held[0]
 
     def _app(self, i: int):
         from aiohttp import web
 
         sim, conns = self.sims[i], self._conns[i]
-        gate = asyncio.Semaphore(sim.batch) if sim.batch else None
+        # a GPU's batch slots on the wall clock: each holds the time it frees up. A request takes
+        # the earliest-free slot when it arrives and finishes a fixed time after that slot frees
+        # (or after it arrives, if later), however late this loop gets to run: on a loaded
+        # machine the simulation's own CPU must not slow the simulated GPU.
+        slots = [0.0] * sim.batch
         loop = asyncio.get_running_loop()
 
         def occupy(st: dict, step: int) -> None:  # live count, and its integral over time
@@ -114,7 +128,8 @@ class Fleet:
             st["max_live"] = max(st["max_live"], st["live"])
 
         def abort(request) -> web.Response:
-            request.transport.abort()
+            if request.transport is not None:  # None: the kill already cut this connection
+                request.transport.abort()
             return web.Response(status=500)  # never reaches the client: the connection is gone
 
         async def chat(request: web.Request) -> web.Response:
@@ -143,9 +158,11 @@ class Fleet:
                     h = _digest(prompt)
                     cap = int(body.get("max_tokens") or 16)
                     tokens = max(1, cap // 8 + h % max(cap - cap // 8, 1)) if sim.vary else cap
-                    if gate is not None:
-                        async with gate:
-                            await asyncio.sleep(sim.latency + tokens * sim.step_s)
+                    if slots:
+                        now = loop.time()
+                        end = max(now, heapq.heappop(slots)) + sim.latency + tokens * sim.step_s
+                        heapq.heappush(slots, end)
+                        await asyncio.sleep(end - now)
                     elif sim.latency or sim.step_s:
                         await asyncio.sleep(sim.latency + tokens * sim.step_s)
                 finally:

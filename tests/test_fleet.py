@@ -86,8 +86,46 @@ def test_503s_and_dropped_connections_are_retried_elsewhere():
     assert b.stats["retries"] == 8
 
 
-@pytest.mark.skip(reason="known race: under load a server killed mid-run can leave a request that is never "
-                         "re-sent, and the stream waits forever (issue: past one machine)")
+def test_requests_relaunched_on_an_endpoint_that_goes_down_before_they_start_are_resent():
+    """The kill race, made deterministic on a mock transport: endpoint A's three requests fail
+    together (connection reset). The first two failures put their requests straight back on A
+    (still up, now least loaded) as tasks not yet started; the third failure takes A down and
+    cancels those tasks. A task cancelled before its first step never runs its body, so the
+    two requests must be re-sent from the task's completion, not from inside the coroutine."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    state = {"a": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a":
+            if "gate" not in state:  # created in the backend's loop, on first use
+                state["gate"] = asyncio.Event()
+            state["a"] += 1
+            if state["a"] == 3:
+                state["gate"].set()
+            await state["gate"].wait()  # the first three land together, then every call fails
+            raise httpx.ReadError("connection reset by peer", request=request)
+        await asyncio.sleep(0.05)  # B stays full while A fails
+        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    b = OpenAIBackend("sim", ["http://a/v1", "http://b/v1"], check=False, concurrency=3, backoff=0.02,
+                      transport=httpx.MockTransport(handler))
+    out: list = []
+    worker = threading.Thread(target=lambda: out.extend(b.generate(_reqs(6))), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), f"stream stalled with {len(out)} of 6 results: a request was never re-sent"
+    _exactly_once(out, 6)
+    assert all(r.error is None for r in out)
+    a, bb = b.describe()["endpoints"]
+    assert a["state"] == "down" and a["times_down"] == 1 and a["answered"] == 0 and bb["answered"] == 6
+    assert a["redispatched"] >= 2  # the two cancelled before they started, re-sent to B
+
+
 def test_a_server_killed_mid_run_loses_and_duplicates_nothing():
     with Fleet(3, latency=0.05) as fleet:
         b = _backend(fleet)
@@ -96,8 +134,8 @@ def test_a_server_killed_mid_run_loses_and_duplicates_nothing():
         for res in b.stream(feed):
             out.append(res)
             if len(out) == 30:
-                fleet.kill(0)
-                in_flight_on_dead = fleet.sims[0].stats["live"]
+                # killed while it holds requests (under load it may briefly hold none)
+                in_flight_on_dead = fleet.kill(0, busy=True)
                 # the stream keeps taking new requests while others are in flight
                 feed.put_many([Request(id=f"r{i}#1", messages=({"role": "user", "content": f"q {i}"},),
                                        sampling=Sampling(max_tokens=4)) for i in range(200, 260)])

@@ -230,6 +230,26 @@ def test_ray_real_model_two_actors(tmp_path, monkeypatch):
 SMALL_SPEC = small_spec("ray-small", 5, max_tokens=32, run="{shard_size: 2, window: 4}")
 
 
+def test_default_actor_count_comes_from_the_cluster_and_is_printed_first(proj, tmp_path):
+    """No --actors: the spec's model runs vLLM (here faked) on a CPU-only local Ray, which takes a
+    node's cores and memory, so one actor per node; the line saying so comes before any record."""
+    from generator.engine.executors.ray import RayExecutor
+
+    spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2"})
+    said: list[str] = []
+    ex = RayExecutor(backend_factory=fake_factory, say=said.append)
+    try:
+        res = run_spec(spec, out=tmp_path / "ray", executor=ex,
+                       progress=lambda ev, d: said.append(ev) if ev == "record" else None)
+        assert ray.cluster_resources().get("GPU", 0) == 0
+    finally:
+        ex.close()
+    assert said[0].startswith("ray: 1 actor, no GPU (vLLM on CPU: one per node, 1 node)"), said[:2]
+    assert said.count("record") == res.generated == 10
+    info = json.loads((tmp_path / "ray" / "manifest.json").read_text())["models"]["smollm2-135m"]
+    assert info["actors"] == 1 and info["num_gpus_per_actor"] == 0
+
+
 def test_ray_runs_a_pipeline_with_the_same_rows_as_local(tmp_path):
     """specs/math_verified.yaml (4 stages, rejection sampling) on 2 actors: every stage of a record
     runs on one actor, and the rows (every attempt, sorted) equal the local executor's."""

@@ -52,7 +52,10 @@ allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where shards run: this process, or Ray actors (one vLLM engine each).")
 @click.option("--address", help="Ray cluster address for --executor ray (default: start a local Ray).")
-@click.option("--actors", type=int, default=None, help="Ray actors (default: one per GPU, or 1 on CPU).")
+@click.option("--actors", type=int, default=None,
+              help="Ray actors (default: as many as the cluster holds, at most one per shard: its GPUs // "
+                   "the GPUs one actor needs, else its CPUs, or one per node for vLLM on CPU; see "
+                   "docs/scale-out.md).")
 @click.option("--verbose", is_flag=True, help="Show vLLM's own logs.")
 @allow_option
 def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
@@ -70,7 +73,8 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
     if executor == "ray":
         from generator.engine.executors.ray import RayExecutor
 
-        ex = RayExecutor(address=address, actors=actors)
+        ex = RayExecutor(address=address, actors=actors,
+                         say=lambda line: console.print(line, markup=False, highlight=False))
     from generator.cli.progress import RunDisplay
 
     display = RunDisplay(console, {m.name: m.price.model_dump() if m.price else None for m in spec.models})

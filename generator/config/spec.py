@@ -95,6 +95,10 @@ class ModelConfig(Strict):
         "auto", description="How agent stages give this model tools (a stage's own `tool_calling` wins). auto: "
         "native where the chat template the backend can read renders `tools` (offline vLLM), else constrained; "
         "say native for a server started with a tool-call parser.")
+    num_gpus: float | None = Field(
+        None, description="--executor ray: GPUs one actor needs for this model (default: the engine's "
+        "tensor_parallel_size x pipeline_parallel_size for offline vLLM on a cluster with GPUs, else 0). "
+        "A fraction below 1 packs several actors on a GPU.")
 
     @field_validator("api_key_env")
     @classmethod
@@ -105,6 +109,19 @@ class ModelConfig(Strict):
             raise ValueError("this looks like a key, not an environment variable's name; put the key in "
                              "a variable (export MY_API_KEY=...) and write its name here (api_key_env: "
                              "MY_API_KEY)")
+        return v
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _ray_gpus(cls, v: float | None):
+        if v is None:
+            return v
+        if v < 0:
+            raise ValueError(f"{v:g} is negative; give the GPUs one Ray actor needs for this model "
+                             f"(e.g. its tensor_parallel_size), or 0 for a model served over HTTP")
+        if v > 1 and v != int(v):
+            raise ValueError(f"{v:g}: Ray takes a fraction below 1 or a whole number of GPUs; write "
+                             f"{int(v)} or {int(v) + 1}")
         return v
 
     @field_validator("base_url")

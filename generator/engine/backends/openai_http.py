@@ -16,7 +16,9 @@ only in the request headers: it is never logged, never in `describe()`, never in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import functools
 import json
 import os
 import queue
@@ -180,10 +182,10 @@ class OpenAIBackend:
     def __repr__(self) -> str:  # never show headers (they hold the key)
         return f"OpenAIBackend(model={self.model!r}, base_url={self.public_url!r})"
 
-    def _client(self):
+    def _client(self, connections: int | None = None):
         import httpx
 
-        n = sum(e.ceiling for e in self.endpoints)
+        n = connections or sum(e.ceiling for e in self.endpoints)
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         return httpx.AsyncClient(headers=self._headers, limits=limits, transport=self._transport,
                                  timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout))
@@ -325,9 +327,13 @@ class OpenAIBackend:
             job.sent = True
             self.stats["requests"] += 1
         e.sent()
-        task = asyncio.ensure_future(self._attempt(e, job, e.epoch))
+        task = asyncio.ensure_future(self._http[e].post(e.chat_url, json=self.payload(job.request)))
         e.tasks.add(task)
         self._tasks.add(task)
+        # Bookkeeping lives in the completion callback, not in a coroutine's `finally`: a task
+        # cancelled before its first step (an endpoint drained right after a request was put on
+        # it) never runs its body, and its request would be lost. The callback always runs.
+        task.add_done_callback(functools.partial(self._landed, e, job, e.epoch))
 
     def _requeue(self, job: _Job, front: bool = False) -> None:
         (self._pending.appendleft if front else self._pending.append)(job)
@@ -348,27 +354,32 @@ class OpenAIBackend:
         for task in list(e.tasks):
             task.cancel()
 
-    async def _attempt(self, e: Endpoint, job: _Job, epoch: int) -> None:
+    def _landed(self, e: Endpoint, job: _Job, epoch: int, task: asyncio.Task) -> None:
+        """An attempt ended (answered, failed, or cancelled because `e` was drained)."""
         import httpx
 
-        r = job.request
+        e.in_flight -= 1
+        e.tasks.discard(task)
+        self._tasks.discard(task)
+        if self._closing:
+            return
         resp = error = None
-        try:
-            resp = await self._http.post(e.chat_url, json=self.payload(r))
-        except asyncio.CancelledError:
-            if self._closing:
-                raise
+        if task.cancelled():
             error = "drained"
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            error = exc
-        finally:
-            e.in_flight -= 1
-            task = asyncio.current_task()
-            e.tasks.discard(task)
-            self._tasks.discard(task)
+        elif isinstance(task.exception(), (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+            error = task.exception()
+        elif isinstance(task.exception(), httpx.HTTPError):  # not the endpoint's health: retrying won't help
+            self._fail(BackendError(f"backend openai: a request to {e.public_url} failed "
+                                    f"({self._reason(task.exception())})"))
+            return
+        elif task.exception() is not None:
+            self._fail(task.exception())
+            return
+        else:
+            resp = task.result()
         try:
             self._settle(e, job, epoch, resp, error)
-        except BackendError as exc:
+        except Exception as exc:  # raised in the consumer: left in a callback, it would only be logged
             self._fail(exc)
         self._pump()
 
@@ -449,8 +460,11 @@ class OpenAIBackend:
         self._changed = asyncio.Event()
         self._out = out
         self._closing = False
-        async with self._client() as client:
-            self._http = client
+        # One connection pool per endpoint: httpx's pool scans every connection it holds for each
+        # request it places, so one pool shared by K endpoints costs O(K x window) per request
+        # (at K = 64 that scan, not the network, was what bounded the fleet's throughput).
+        async with contextlib.AsyncExitStack() as stack:
+            self._http = {e: await stack.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
             try:
                 while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout

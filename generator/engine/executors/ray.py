@@ -1,5 +1,5 @@
 """Runs every spec, single-stage or pipeline, on Ray actors, each with its own backends (one vLLM
-engine per model per actor, one actor per GPU).
+engine per model per actor; as many actors as the cluster's GPUs or CPUs hold, see `size_actors`).
 
 The driver only reads the plan and deals batches of whole shards to actors; an actor resolves the
 spec once and runs its batch on the same execution core as the local executor (the continuous
@@ -28,6 +28,7 @@ import os
 import re
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from generator.core import storage
@@ -87,6 +88,62 @@ def _cause(exc: BaseException) -> BaseException:
     while cause is not None and getattr(cause, "cause", None) is not None:
         cause = cause.cause
     return cause if isinstance(cause, SynthgenError) else exc
+
+
+def model_gpus(model, gpu_cluster: bool) -> float:
+    """GPUs one actor needs for `model` (a spec's model entry): its `num_gpus`, else, for an
+    offline vLLM engine on a cluster with GPUs, the engine's tensor x pipeline parallel size, else 0
+    (a model served over HTTP, or vLLM on CPU)."""
+    if getattr(model, "num_gpus", None) is not None:
+        return float(model.num_gpus)
+    local_engine = model.backend == "vllm" or (model.backend == "openai_batch" and model.batch_runner == "local")
+    if not (gpu_cluster and local_engine):
+        return 0.0
+    engine = model.engine or {}
+    return float(int(engine.get("tensor_parallel_size", 1)) * int(engine.get("pipeline_parallel_size", 1)))
+
+
+@dataclass(frozen=True)
+class ActorSizing:
+    actors: int
+    num_gpus: float  # per actor
+    num_cpus: float  # per actor
+    reason: str  # one line for the run's first lines
+
+
+def size_actors(models: Iterable[Any], resources: Mapping[str, float], shards: int, actors: int | None = None,
+                num_cpus: float = 1, num_gpus: float | None = None, nodes: int = 1) -> ActorSizing:
+    """How many actors a run starts and what each asks Ray for. Every actor hosts every model of
+    the spec, side by side on the same GPUs (`build_backends` splits their memory), so an actor
+    needs the most any one model needs. Without `actors`: as many as the cluster holds (its GPUs
+    // GPUs per actor; with no GPU per actor, its CPUs // `num_cpus`, or one per node when a model
+    runs vLLM on CPU, which takes a node's cores and memory), at most one per shard."""
+    models = list(models)
+    gpu_cluster = resources.get("GPU", 0) > 0
+    need = {m.name: model_gpus(m, gpu_cluster) for m in models}
+    per = float(num_gpus) if num_gpus is not None else max(need.values(), default=0.0)
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    widest = max(need, key=need.get) if need and num_gpus is None else None
+    each = f"{per:g} GPU{'' if per == 1 else 's'} each" if per else "no GPU"
+    if actors:
+        return ActorSizing(int(actors), per, num_cpus, f"ray: {int(actors)} actors (--actors), {each}")
+    if per:
+        fit = int(gpus // per + 1e-9)
+        if fit < 1:
+            what = f"model {widest} needs {per:g} GPUs per actor" if widest else f"an actor needs {per:g} GPUs"
+            raise SynthgenError(f"{what} but the Ray cluster has {gpus:g}; lower its num_gpus (or the engine's "
+                                f"tensor_parallel_size) or add GPUs to the cluster")
+        held = f"the cluster's {gpus:g} GPUs hold {fit}"
+    elif any(m.backend == "vllm" or (m.backend == "openai_batch" and m.batch_runner == "local") for m in models):
+        fit = max(int(nodes), 1)
+        held = f"vLLM on CPU: one per node, {fit} node{'' if fit == 1 else 's'}"
+    else:
+        fit = max(int(cpus // max(num_cpus, 1e-9)), 1)
+        held = f"the cluster's {cpus:g} CPUs hold {fit}"
+    n = max(min(fit, int(shards)), 1)
+    capped = f", one per shard ({shards})" if n < fit else ""
+    return ActorSizing(n, per, num_cpus, f"ray: {n} actor{'' if n == 1 else 's'}, {each} ({held}{capped}); "
+                                        f"set --actors to change")
 
 
 class ShardWorker:
@@ -161,7 +218,8 @@ class ShardWorker:
 class RayExecutor:
     def __init__(self, address: str | None = None, actors: int | None = None, num_cpus_per_actor: float = 1,
                  max_shard_retries: int = 2, backend_factory: Callable | str | None = None,
-                 num_gpus_per_actor: float | None = None, batch_records: int | None = None):
+                 num_gpus_per_actor: float | None = None, batch_records: int | None = None,
+                 say: Callable[[str], None] | None = None):
         self.address = address
         self.n_actors = actors
         self.num_cpus_per_actor = num_cpus_per_actor
@@ -169,6 +227,8 @@ class RayExecutor:
         self.max_shard_retries = max_shard_retries
         self.backend_factory = backend_factory
         self.batch_records = batch_records
+        self.say = say  # prints the actor sizing line at the start of a run
+        self.sizing: ActorSizing | None = None
         self.backends: dict[str, Any] = {}
         self.model_calls = 0
         self._report = ExecReport()
@@ -198,24 +258,25 @@ class RayExecutor:
             self._actor_cls = ray.remote(ShardWorker)
         return ray
 
-    def _actor_options(self, ray) -> dict[str, Any]:
-        gpus = self.num_gpus_per_actor
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        opts: dict[str, Any] = {"num_cpus": self.num_cpus_per_actor, "max_restarts": 0,
-                                "max_task_retries": 0}
-        if gpus:
-            opts["num_gpus"] = gpus
+    def _size(self, ray, job: Job) -> ActorSizing:
+        try:
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        except Exception:  # not every client mode lists nodes: one per node then means one
+            nodes = 1
+        self.sizing = size_actors(job.resolved.spec.models, ray.cluster_resources(), len(job.sizes), self.n_actors,
+                                  self.num_cpus_per_actor, self.num_gpus_per_actor, nodes)
+        if self.say is not None:
+            self.say(self.sizing.reason)
+        return self.sizing
+
+    def _actor_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.sizing.num_cpus, "max_restarts": 0, "max_task_retries": 0}
+        if self.sizing.num_gpus:
+            opts["num_gpus"] = self.sizing.num_gpus
         return opts
 
-    def _default_actors(self, ray) -> int:
-        if self.n_actors:
-            return max(int(self.n_actors), 1)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        return max(gpus, 1)
-
     def _new_actor(self, ray, job: Job):
-        return self._actor_cls.options(**self._actor_options(ray)).remote(
+        return self._actor_cls.options(**self._actor_options()).remote(
             str(job.run_dir), {m.name: m for m in job.resolved.spec.models},
             _picklable_kwargs(job.backend_kwargs), self.backend_factory, job.session)
 
@@ -252,7 +313,7 @@ class RayExecutor:
         if self.actors and key != self._models_key:
             self._kill_actors(ray)
         if not self.actors:
-            self.actors = [self._new_actor(ray, job) for _ in range(self._default_actors(ray))]
+            self.actors = [self._new_actor(ray, job) for _ in range(self._size(ray, job).actors)]
             self._models_key = key
         else:
             ray.get([a.configure.remote(str(job.run_dir), job.session) for a in self.actors])
@@ -360,6 +421,7 @@ class RayExecutor:
         if not infos:
             return
         n = len(self.actors)
+        gpus = self.sizing.num_gpus if self.sizing else 0
 
         class _Described:
             def __init__(self, info: dict):
@@ -368,7 +430,7 @@ class RayExecutor:
 
             def describe(self) -> dict:
                 return {**{k: v for k, v in self.info.items() if k != "load_seconds"},
-                        "executor": "ray", "actors": n}
+                        "executor": "ray", "actors": n, "num_gpus_per_actor": gpus}
 
         first = infos[0]
         self.backends = {name: _Described(info) for name, info in first.items()}
