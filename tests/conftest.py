@@ -59,9 +59,9 @@ def shared_backend_factory(vllm_backend):
 def ray_session():
     """One local Ray cluster for the session's Ray tests (each start costs 10-20 s on 2 cores).
 
-    A RayExecutor finds it initialized and leaves it running. Workers get the environment forwarded
-    when the cluster starts, so a test that needs other variables in its actors sets them before the
-    first use of this fixture, or passes them through the executor."""
+    A RayExecutor finds it initialized and leaves it running. Each actor it starts gets the
+    forwarded environment (SYNTHGEN_*, VLLM_*, ...) as it is when the actor starts, so a test may
+    set variables for its actors after the cluster is up."""
     ray = importorskip_ci("ray")
     from generator.engine.executors.ray import forwarded_env
 

@@ -56,6 +56,8 @@ def _ids(run) -> list[str]:
 def test_ray_fake_backend_matches_local(proj, tmp_path):
     from generator.engine.executors.ray import RayExecutor
 
+    was_running = ray.is_initialized()
+
     spec = load_spec(proj / "spec.yaml", {"run.shard_size": "2"})
     run_spec(spec, out=tmp_path / "local", executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()))
     seen: list[str] = []
@@ -67,7 +69,8 @@ def test_ray_fake_backend_matches_local(proj, tmp_path):
         assert "engine_ready" in spec_events
     finally:
         ex.close()
-    assert not ray.is_initialized()  # it started Ray, so it shut it down
+    # it started Ray, so it shut it down (when a session cluster ran first, it left that running)
+    assert ray.is_initialized() == was_running
     ray_ids = _ids(tmp_path / "ray")
     assert sorted(ray_ids) == sorted(_ids(tmp_path / "local")) and len(set(ray_ids)) == 10
     assert sorted(seen) == sorted(ray_ids)  # progress reported in the driver, once per row
@@ -80,7 +83,7 @@ def test_ray_fake_backend_matches_local(proj, tmp_path):
     assert manifest["timings"][-1]["model_calls"] == 10
 
 
-def test_ray_replaces_a_killed_actor(proj, tmp_path):
+def test_ray_replaces_a_killed_actor(proj, tmp_path, ray_session):
     """Kill an actor while it works: its unwritten shards go to a fresh actor, nothing lost or doubled."""
     from generator.engine.executors.ray import RayExecutor
 
@@ -149,7 +152,7 @@ def dying_factory(model_cfg, marker=None, when="after", run=None, **_):
     return _Dies(model_cfg.name, marker, when, run)
 
 
-def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path, monkeypatch):
+def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path, monkeypatch, ray_session):
     import functools
 
     monkeypatch.setenv("SYNTHGEN_PUBLISH_SECONDS", "0.2")  # the third answer is published while the 4th waits
@@ -179,7 +182,7 @@ def test_ray_resubmits_the_shards_of_a_dead_actor(proj, tmp_path, monkeypatch):
     assert published.height == published["key"].n_unique() == 10
 
 
-def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path):
+def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path, ray_session):
     import functools
 
     from generator.engine.executors.ray import RayExecutor
@@ -199,7 +202,7 @@ def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path):
     assert res.model_calls == 6  # the dead actor's 4 answers were not counted by it: 10 - 4
 
 
-def test_ray_real_model_two_actors(tmp_path, monkeypatch):
+def test_ray_real_model_two_actors(tmp_path, monkeypatch, ray_session):
     """The real path once: two actors, each its own vLLM engine on the embedded model, write every
     record once with its lineage (kills are tested on the fake backend above, at known points)."""
     importorskip_ci("vllm")
@@ -230,7 +233,7 @@ def test_ray_real_model_two_actors(tmp_path, monkeypatch):
 SMALL_SPEC = small_spec("ray-small", 5, max_tokens=32, run="{shard_size: 2, window: 4}")
 
 
-def test_default_actor_count_comes_from_the_cluster_and_is_printed_first(proj, tmp_path):
+def test_default_actor_count_comes_from_the_cluster_and_is_printed_first(proj, tmp_path, ray_session):
     """No --actors: the spec's model runs vLLM (here faked) on a CPU-only local Ray, which takes a
     node's cores and memory, so one actor per node; the line saying so comes before any record."""
     from generator.engine.executors.ray import RayExecutor
@@ -250,7 +253,7 @@ def test_default_actor_count_comes_from_the_cluster_and_is_printed_first(proj, t
     assert info["actors"] == 1 and info["num_gpus_per_actor"] == 0
 
 
-def test_ray_runs_a_pipeline_with_the_same_rows_as_local(tmp_path):
+def test_ray_runs_a_pipeline_with_the_same_rows_as_local(tmp_path, ray_session):
     """specs/math_verified.yaml (4 stages, rejection sampling) on 2 actors: every stage of a record
     runs on one actor, and the rows (every attempt, sorted) equal the local executor's."""
     from pathlib import Path

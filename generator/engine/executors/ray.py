@@ -271,6 +271,9 @@ class RayExecutor:
 
     def _actor_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_cpus": self.sizing.num_cpus, "max_restarts": 0, "max_task_retries": 0}
+        env = forwarded_env()
+        if env:  # the driver's settings now, also on a cluster started before they were set
+            opts["runtime_env"] = {"env_vars": env}
         if self.sizing.num_gpus:
             opts["num_gpus"] = self.sizing.num_gpus
         return opts
