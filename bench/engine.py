@@ -84,7 +84,11 @@ def use_long_tail(records, low: int, high: int) -> dict[str, int]:
 def run_arm(spec: str, out: Path, limit: int | None, model: str | None = None) -> dict:
     """The synthgen arm: `synthgen run SPEC` in its own process, as a user runs it."""
     cmd = [sys.executable, "-m", "generator", "run", spec, "--out", str(out)] + (["--limit", str(limit)] if limit else [])
-    cmd += ["--set", f"models.0.name={model}"] if model else []
+    if model:  # in place of the first model (its engine settings kept), or as the only one
+        import yaml
+
+        declared = "models" in (yaml.safe_load(Path(spec).read_text()) or {})
+        cmd += ["--set", f"models.0.name={model}" if declared else f"models=[{{name: {json.dumps(model)}}}]"]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     wall = time.perf_counter() - t

@@ -12,13 +12,13 @@
 # --model   Hugging Face name or local folder for the three runs (default Qwen/Qwen2.5-1.5B-Instruct;
 #           a name is downloaded on first use, a folder works offline).
 # --venv    where the gpu extra goes (default .venv-gpu; reused while pyproject.toml is unchanged).
-# --cpu     no GPU: the plumbing only, with the current python's vLLM, small sizes and the embedded
-#           model (implies --no-install; for checking this script on a CPU machine).
+# --cpu     no GPU: the plumbing only, with $PYTHON's vLLM, small sizes, the embedded model and twice
+#           the time (implies --no-install; for checking this script on a CPU machine).
 # Exit status: 0 every step passed, 1 a step failed or ran out of time, 2 bad usage or no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-MODEL="" VENV=".venv-gpu" OUT="" BUDGET=570 INSTALL=1 CPU=0
+MODEL="" VENV=".venv-gpu" OUT="" BUDGET="" INSTALL=1 CPU=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL="${2:?--model needs a name or folder}"; shift 2 ;;
@@ -27,10 +27,13 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET="${2:?--budget needs seconds}"; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --cpu) CPU=1; INSTALL=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/gpu_check.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
   esac
 done
+SCALE=1  # step limits are sized for a GPU; --cpu doubles them (and the budget)
+[ "$CPU" = 1 ] && SCALE=2
+BUDGET="${BUDGET:-$((570 * SCALE))}"
 case "$BUDGET" in ''|*[!0-9]*) echo "bench/gpu_check.sh: --budget $BUDGET: give whole seconds" >&2; exit 2 ;; esac
 
 START=$(date +%s)
@@ -47,7 +50,7 @@ python3 bench/machine.py | tee "$OUT/machine.txt"
 if [ "$CPU" = 1 ]; then
   PY="$PYTHON"
   MODEL="${MODEL:-smollm2-135m}"
-  SIZES_A=(--limit 8) SIZES_B=(--records 8 --max-tokens 48 --max-in-flight 4)
+  SIZES_A=(--spec specs/tiny.yaml --limit 4) SIZES_B=(--records 8 --max-tokens 48 --max-in-flight 4)
   SIZES_RUN=(--limit 4)
   ARGS_TESTS="not gpu_args"  # the CPU build's half of tests/test_gpu_args.py
 else
@@ -68,7 +71,7 @@ echo "model: $MODEL; logs: $OUT; budget: ${BUDGET}s"
 # for it: `timeout` runs programs) under the smaller of LIMIT and the time left, its output to the
 # console and to OUT/NAME.log, and records ok / failed / timed out with the seconds it took
 step() {
-  local name="$1" limit="$2" left rc t0
+  local name="$1" limit=$(($2 * SCALE)) left rc t0
   shift 2
   left=$((DEADLINE - $(date +%s)))
   [ "$left" -lt "$limit" ] && limit="$left"
