@@ -7,8 +7,12 @@ BIN := $(VENV)/bin
 EXTRAS ?= cpu,scoring,ray,hub,probe,tools,cloud,dev
 SPEC ?= specs/math.yaml
 PYTEST_ARGS ?=
+# `make gpu-env`: upstream vLLM (the release the `gpu` extra pins) without its CUDA kernels, beside
+# .venv/, so tests/test_gpu_args.py can check what synthgen hands vLLM on CUDA on a machine without one
+GPU_ENV ?= .gpuenv
+VLLM_GPU := $(shell sed -n 's/.*"\(vllm==[^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast test-gpu-args gpu-env bench clean
 
 install: $(VENV)/.installed
 
@@ -25,14 +29,28 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: install
 	$(BIN)/synthgen run $(SPEC)
 
+# gpu_args tests need `make gpu-env` (a 300 MB download, 3 GB on disk): `make test-gpu-args` runs them
 test: install
-	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 -m "not gpu_args" $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu_args" $(PYTEST_ARGS)
+
+test-gpu-args: install gpu-env
+	SYNTHGEN_GPU_PYTHON=$(abspath $(GPU_ENV))/bin/python $(BIN)/python -m pytest -q tests/test_gpu_args.py $(PYTEST_ARGS)
+
+gpu-env: $(GPU_ENV)/.installed
+
+$(GPU_ENV)/.installed: pyproject.toml tests/gpu_env_requirements.py
+	test -x $(GPU_ENV)/bin/python || $(PYTHON) -m venv $(GPU_ENV)
+	$(GPU_ENV)/bin/pip install -q --upgrade pip
+	$(GPU_ENV)/bin/pip install -q --no-deps "$(VLLM_GPU)"
+	$(GPU_ENV)/bin/python tests/gpu_env_requirements.py > $(GPU_ENV)/requirements.txt
+	$(GPU_ENV)/bin/pip install -q -r $(GPU_ENV)/requirements.txt
+	touch $@
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(GPU_ENV) runs .pytest_cache

@@ -19,13 +19,14 @@ Lost = requests handed to the engine whose answers are not in the cache (the res
 them again); in flight = requests handed to the engine and not finished at the kill.
 
     python bench/engine.py [--only a|c] [--spec specs/math.yaml] [--limit N] [--repeats 1]
-                           [--records 256] [--min-tokens 16] [--kill-tokens 64]
+                           [--records 256] [--min-tokens 16] [--kill-tokens 64] [--model NAME]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -43,7 +44,7 @@ TOPICS = ("fractions", "volcanoes", "rainbows", "magnets", "tides", "bridges", "
           "batteries", "comets", "deserts", "vaccines", "rivers", "telescopes", "forests", "clocks")
 
 
-def short_spec(folder: Path, records: int, max_tokens: int) -> Path:
+def short_spec(folder: Path, records: int, max_tokens: int, model: str | None = None) -> Path:
     """A spec with one-line prompts, so decoding (where a drained engine idles) dominates."""
     (folder / "short.j2").write_text(
         "---\nname: short\ndescription: One short answer, for the engine benchmark.\npurpose: general\n"
@@ -53,6 +54,7 @@ def short_spec(folder: Path, records: int, max_tokens: int) -> Path:
     spec.write_text(f"name: engine-bench\nseed: 5\ntopics:\n  - items:\n{items}\n"
                     f"generations_per_topic: {-(-records // len(TOPICS))}\n"
                     f"templates:\n  - template: {folder / 'short.j2'}\n"
+                    + (f"models:\n  - name: {json.dumps(model)}\n" if model else "") +
                     f"sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {max_tokens}}}\n"
                     f"run: {{shard_size: 16}}\n")
     return spec
@@ -79,9 +81,14 @@ def use_long_tail(records, low: int, high: int) -> dict[str, int]:
     return {r.id: long_tail(r.id, low, high) for r in records}
 
 
-def run_arm(spec: str, out: Path, limit: int | None) -> dict:
+def run_arm(spec: str, out: Path, limit: int | None, model: str | None = None) -> dict:
     """The synthgen arm: `synthgen run SPEC` in its own process, as a user runs it."""
     cmd = [sys.executable, "-m", "generator", "run", spec, "--out", str(out)] + (["--limit", str(limit)] if limit else [])
+    if model:  # in place of the first model (its engine settings kept), or as the only one
+        import yaml
+
+        declared = "models" in (yaml.safe_load(Path(spec).read_text()) or {})
+        cmd += ["--set", f"models.0.name={model}" if declared else f"models=[{{name: {json.dumps(model)}}}]"]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -98,7 +105,7 @@ def run_arm(spec: str, out: Path, limit: int | None) -> dict:
             "tokens": usage["total"]["completion_tokens"]}
 
 
-def bare_arm(run_dir: str) -> None:
+def bare_arm(run_dir: str, model: str | None = None) -> None:
     """The bare arm, in its own process: one `LLM.chat` of the first try of every record the
     synthgen arm planned (its plan.parquet), with the same messages, seeds, sampling and schemas,
     on an engine built with the same settings (`VLLMOfflineBackend`). Prints one JSON line."""
@@ -116,7 +123,7 @@ def bare_arm(run_dir: str) -> None:
     rows = read_plan(run_dir).to_dicts()
     requests = [make_request(r, 1, schemas) for r in rows]
     t = time.perf_counter()
-    backend = VLLMOfflineBackend(spec.models[0].name, engine=spec.models[0].engine)
+    backend = VLLMOfflineBackend(model or spec.models[0].name, engine=spec.models[0].engine)
     load = time.perf_counter() - t
     t = time.perf_counter()
     results = backend.chat(requests)
@@ -135,8 +142,9 @@ def bench_decode(args) -> None:
     ours, bare = [], []
     for i in range(args.repeats):
         out = Path(tempfile.mkdtemp(prefix="synthgen-bench-")) / "run"
-        s = run_arm(args.spec, out, args.limit)
-        proc = subprocess.run([sys.executable, __file__, "--bare", str(out)], cwd=ROOT, capture_output=True,
+        s = run_arm(args.spec, out, args.limit, args.model)
+        proc = subprocess.run([sys.executable, __file__, "--bare", str(out), *([args.model] if args.model else [])],
+                              cwd=ROOT, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if proc.returncode != 0:
             raise SystemExit(f"(a) the bare arm failed: {proc.stderr.strip()[-2000:]}")
@@ -205,7 +213,7 @@ def cache_count(run: Path) -> int:
 def bench_kill(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="synthgen-kill-"))
     run, log = work / "run", work / "engine.log"
-    spec = short_spec(work, args.records, args.kill_tokens)
+    spec = short_spec(work, args.records, args.kill_tokens, args.model)
     argv = ["run", str(spec), "--out", str(run), "--limit", str(args.records)]
     cmd = [sys.executable, __file__, "--child", str(log), str(args.min_tokens), str(args.kill_tokens), "--",
            *argv]
@@ -237,7 +245,7 @@ def bench_kill(args) -> None:
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--bare":
-        return bare_arm(sys.argv[2])
+        return bare_arm(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[sys.argv.index("--") + 1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -248,6 +256,7 @@ def main() -> None:
     ap.add_argument("--kill-tokens", type=int, default=64, help="the (c) run's long-tail cap on max_tokens")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--only", choices=["a", "c"], help="run one of the two measurements")
+    ap.add_argument("--model", help="model alias, Hugging Face name or folder, in place of the spec's first model")
     args = ap.parse_args()
     print(describe(), flush=True)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")

@@ -22,11 +22,12 @@ model that rambles on its own rambling problem does that) there is nothing to ga
 records than the engine holds at once (`--max-in-flight`, as any engine's batch limit does at
 scale) stage-by-stage pays a draining tail at every stage boundary, continuous only at the end.
 
-    python bench/pipeline.py [--records 64] [--max-in-flight 16] [--max-tokens 192] [--repeats 1]
+    python bench/pipeline.py [--records 64] [--max-in-flight 16] [--max-tokens 192] [--repeats 1] [--model NAME]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -45,6 +46,7 @@ topics:
     under: [Arithmetic, Fractions, Ratios Rates and Percentages]
 generations_per_topic: 4
 personas: {{file: core, sample: 40}}
+models: [{{name: {model}}}]
 sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {max_tokens}}}
 run: {{shard_size: 64, retries: 0}}
 stages:
@@ -112,6 +114,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=64, help="window of the fallback stream (no native stream)")
     ap.add_argument("--max-in-flight", type=int, default=16,
                     help="requests in the engine at once, in both arms (run.window; 0: no cap)")
+    ap.add_argument("--model", default="smollm2-135m", help="model alias, Hugging Face name or folder")
     args = ap.parse_args()
     print(describe(), flush=True)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -121,7 +124,7 @@ def main() -> None:
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
     from generator.engine.executors.local import LocalExecutor
 
-    backend = VLLMOfflineBackend("smollm2-135m", engine={"max_model_len": 2048, "enable_prefix_caching": False},
+    backend = VLLMOfflineBackend(args.model, engine={"max_model_len": 2048, "enable_prefix_caching": False},
                                  window=args.max_in_flight or None)
     native = hasattr(backend.llm, "enqueue_chat")
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -132,7 +135,7 @@ def main() -> None:
     rows = []
     for i in range(args.repeats):
         spec_path = work / f"spec{i}.yaml"
-        spec_path.write_text(SPEC.format(seed=100 + i, max_tokens=args.max_tokens))
+        spec_path.write_text(SPEC.format(seed=100 + i, max_tokens=args.max_tokens, model=json.dumps(args.model)))
         spec = load_spec(spec_path)
         rec = Recording(backend, args.window)
         t = time.perf_counter()

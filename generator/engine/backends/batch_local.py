@@ -7,7 +7,6 @@ requests are safe; compact JSON for structured output), so a run matches the off
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,34 +15,22 @@ from typing import Any
 
 from generator.core.errors import BackendError
 from generator.core.model_aliases import resolve_model
+from generator.engine.backends.vllm_args import ENGINE_SEED
 
 
 def engine_args(engine: dict[str, Any]) -> list[str]:
     """vLLM CLI flags for the offline backend's engine keyword arguments."""
-    from generator.engine.backends.vllm_offline import engine_defaults, on_gpu, seed_safe
+    from generator.engine.backends.vllm_args import cli_flags, engine_kwargs
+    from generator.engine.backends.vllm_offline import cpu_dtype, on_gpu
 
     gpu = on_gpu()
-    kwargs = engine_defaults(gpu)
-    kwargs.update(engine)
-    kwargs = seed_safe(kwargs, gpu)
-    args: list[str] = []
-    for key, value in kwargs.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is False:
-            args.append("--no-" + key.replace("_", "-"))
-        elif isinstance(value, (dict, list)):
-            args += [flag, json.dumps(value)]
-        elif value is not None:
-            args += [flag, str(value)]
-    return args
+    return cli_flags(engine_kwargs(engine, gpu, "auto" if gpu else cpu_dtype()))
 
 
 def command(model: str, engine: dict[str, Any], inp: Path, out: Path) -> list[str]:
     path = resolve_model(model)
     return [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(inp), "-o", str(out),
-            "--model", path, "--served-model-name", model, "--seed", "0", *engine_args(engine)]
+            "--model", path, "--served-model-name", model, "--seed", str(ENGINE_SEED), *engine_args(engine)]
 
 
 def run_local(model: str, engine: dict[str, Any], inp: Path, out: Path) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from generator.core.errors import ModelError
-from generator.engine.backends.vllm_offline import memory_budget, memory_key, on_gpu
+from generator.engine.backends.vllm_args import memory_budget, memory_key
+from generator.engine.backends.vllm_offline import on_gpu
 
 
 def split_memory(models: Iterable[Any], gpu: bool, budget: float | int) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,6 @@ and a caller that caches each answer as it lands loses only the requests in flig
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 from typing import Any, Iterable, Iterator
@@ -15,6 +14,9 @@ from typing import Any, Iterable, Iterator
 from generator.core.errors import ModelError
 from generator.core.model_aliases import describe_model, resolve_model
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
+from generator.engine.backends import vllm_args
+from generator.engine.backends.vllm_args import ENGINE_SEED, sampling_kwargs, sampling_params
+from generator.engine.backends.vllm_args import seed_safe  # noqa: F401 - callers import it from here
 from generator.engine.backends.vllm_stream import StreamStats, by_tools, stream_engine
 
 
@@ -25,23 +27,6 @@ def on_gpu() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:
         return False
-
-
-# Structured answers as compact JSON: with the grammar's default "any whitespace" a small model
-# can spend its whole max_tokens on newlines and indentation between JSON tokens.
-COMPACT_JSON = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
-
-
-def memory_key(gpu: bool) -> str:
-    """The engine setting that sizes a model's memory: a GPU fraction, or KV-cache bytes on CPU."""
-    return "gpu_memory_utilization" if gpu else "kv_cache_memory_bytes"
-
-
-def memory_budget(gpu: bool) -> float | int:
-    """What one run may give its offline engines (all of it to one model, split among several)."""
-    if gpu:
-        return float(os.environ.get("SYNTHGEN_GPU_MEMORY", 0.9))
-    return int(float(os.environ.get("SYNTHGEN_KV_CACHE_GB", 2)) * (1 << 30))
 
 
 def cpu_dtype() -> str:
@@ -61,27 +46,8 @@ def cpu_dtype() -> str:
 
 
 def engine_defaults(gpu: bool) -> dict[str, Any]:
-    if gpu:
-        return {memory_key(gpu): memory_budget(gpu), **COMPACT_JSON}
-    # The CPU build's default memory-fraction check fails on small machines: give the KV cache
-    # explicit bytes instead, and skip graph capture that only pays off on GPUs.
-    return {memory_key(gpu): memory_budget(gpu), "enforce_eager": True, "max_model_len": 4096,
-            "dtype": cpu_dtype(), **CPU_SEED_SAFE, **COMPACT_JSON}
-
-
-# Per-request seeds crash the CPU build when a prompt is prefilled in chunks: vLLM discards the
-# token sampled after a partial chunk and rewinds the request's torch.Generator with
-# set_offset(), which CPU generators do not support ("CPU Generator does not use offset",
-# gpu_model_runner._bookkeeping_sync). With chunked prefill off and a token budget of at least
-# max_model_len, no prompt is ever split, so seeded sampling is safe.
-CPU_SEED_SAFE = {"enable_chunked_prefill": False}
-
-
-def seed_safe(kwargs: dict[str, Any], gpu: bool) -> dict[str, Any]:
-    if not gpu and not kwargs.get("enable_chunked_prefill", False):
-        kwargs["max_num_batched_tokens"] = max(int(kwargs.get("max_num_batched_tokens") or 0),
-                                               int(kwargs.get("max_model_len") or 4096))
-    return kwargs
+    """`vllm_args.engine_defaults` on this machine: on a CPU, with the type it computes fast."""
+    return vllm_args.engine_defaults(gpu, "auto" if gpu else cpu_dtype())
 
 
 class VLLMOfflineBackend:
@@ -101,13 +67,14 @@ class VLLMOfflineBackend:
         except ImportError as exc:
             raise ModelError(f"vLLM is not installed ({exc}); run `make install` (CPU) or "
                              f"`pip install -e .[gpu]` (GPU)") from None
-        kwargs = engine_defaults(self.gpu)
-        kwargs.update(engine or {})
-        self.engine_kwargs = seed_safe(kwargs, self.gpu)
+        # what vLLM gets is a pure function of the device: tests/test_gpu_args.py checks it against
+        # the CPU build and upstream (CUDA) vLLM
+        self.engine_kwargs = kwargs = vllm_args.engine_kwargs(engine, self.gpu,
+                                                              "auto" if self.gpu else cpu_dtype())
         path = resolve_model(model)
         t0 = time.time()
         try:
-            self.llm = LLM(model=path, seed=0, **kwargs)
+            self.llm = LLM(model=path, seed=ENGINE_SEED, **kwargs)
         except Exception as exc:  # vLLM raises many types; the message is what the user needs
             raise ModelError(f"model '{model}' failed to load in vLLM: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -119,22 +86,7 @@ class VLLMOfflineBackend:
                              f"`pip install -e .[gpu]`)")
 
     def _params(self, r: Request):
-        from vllm import SamplingParams
-
-        extra: dict[str, Any] = {}
-        if r.json_schema is not None:
-            from vllm.sampling_params import StructuredOutputsParams
-
-            extra["structured_outputs"] = StructuredOutputsParams(json=r.json_schema)
-        s = r.sampling
-        if s.repetition_penalty is not None:
-            extra["repetition_penalty"] = s.repetition_penalty
-        if r.tools is not None:
-            # some templates mark <tool_call> as a special token: keep it in the text, where the
-            # tool calls are read from (as vLLM's own Hermes parser asks of the server)
-            extra["skip_special_tokens"] = False
-        return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                              seed=s.seed, **extra)
+        return sampling_params(sampling_kwargs(r.sampling, r.json_schema, r.tools))
 
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
         return self.stream(RequestFeed(requests, close=True), on_result)
