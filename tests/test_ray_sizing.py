@@ -80,3 +80,19 @@ def test_bad_num_gpus_is_one_line(tmp_path, value, fix):
         load_spec(tmp_path / "s.yaml")
     msg = str(err.value)
     assert "num_gpus" in msg and fix in msg and "s.yaml:8" in msg and "\n" not in msg
+
+
+def test_actors_sharing_a_gpu_get_their_share_of_its_memory(monkeypatch):
+    """num_gpus 0.5: each actor's engines take 0.45 of the GPU (the 0.9 budget halved), or the
+    second engine to start on that GPU finds too little free memory and vLLM refuses it."""
+    from generator.engine.executors.ray import ActorSizing, RayExecutor
+
+    monkeypatch.delenv("SYNTHGEN_GPU_MEMORY", raising=False)
+    ex = RayExecutor(actors=2)
+    ex.sizing = ActorSizing(actors=2, num_cpus=1, num_gpus=0.5, reason="")
+    assert ex._actor_options()["runtime_env"]["env_vars"]["SYNTHGEN_GPU_MEMORY"] == "0.4500"
+    monkeypatch.setenv("SYNTHGEN_GPU_MEMORY", "0.3")  # the user's own budget wins
+    assert ex._actor_options()["runtime_env"]["env_vars"]["SYNTHGEN_GPU_MEMORY"] == "0.3"
+    monkeypatch.delenv("SYNTHGEN_GPU_MEMORY")
+    ex.sizing = ActorSizing(actors=2, num_cpus=1, num_gpus=1, reason="")  # a whole GPU: the default budget
+    assert "SYNTHGEN_GPU_MEMORY" not in ex._actor_options().get("runtime_env", {}).get("env_vars", {})

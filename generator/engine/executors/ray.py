@@ -272,6 +272,10 @@ class RayExecutor:
     def _actor_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_cpus": self.sizing.num_cpus, "max_restarts": 0, "max_task_retries": 0}
         env = forwarded_env()
+        if 0 < self.sizing.num_gpus < 1 and "SYNTHGEN_GPU_MEMORY" not in env:
+            # actors sharing a GPU: each engine takes its share of the memory budget, or the second
+            # one to start finds too little free ("less than desired GPU memory utilization")
+            env["SYNTHGEN_GPU_MEMORY"] = f"{0.9 * self.sizing.num_gpus:.4f}"
         if env:  # the driver's settings now, also on a cluster started before they were set
             opts["runtime_env"] = {"env_vars": env}
         if self.sizing.num_gpus:
