@@ -21,9 +21,9 @@ while nothing waits to be sent, every `HEDGE_TICK_S` the backend looks for an en
 in its window and re-sends to it (a hedge) the newest request of the endpoint holding the most
 requests nobody else is working on, when that endpoint holds at least `HEDGE_GAP` more than the
 one with room has in flight; or, to an idle endpoint, the oldest request that has waited over
-`HEDGE_SLOW` times the median answer time (a stuck or slow server). A candidate is hedged only when
-two looks in a row choose it (counts taken while a burst of answers is still landing overstate a
-server's queue). Each request is hedged at most once; the first good answer is its Result and the
+`HEDGE_SLOW` times the median answer time (a stuck or slow server). A candidate is hedged only once
+every look over `HEDGE_SETTLE_S` has chosen it: counts taken while a burst of answers is still
+landing (a batch finishing on many servers at once) overstate a server's queue. Each request is hedged at most once; the first good answer is its Result and the
 other attempt is cancelled (its connection closed; vLLM then drops the request). A failed attempt
 whose twin is still in flight is dropped; when both fail, the request is retried as any other.
 Usage counts the answer that won; each endpoint counts the hedges sent to it and how many answered
@@ -54,7 +54,8 @@ from generator.engine.backends.fleet import SHRINK_STATUSES, Endpoint
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
-HEDGE_TICK_S = 0.2   # how often the tail is looked at for requests to hedge (module docstring)
+HEDGE_TICK_S = 0.25  # how often the tail is looked at for requests to hedge (module docstring)
+HEDGE_SETTLE_S = 1.5  # a request is hedged once every look over this long has chosen it
 HEDGE_GAP = 2        # hedge when a queue holds this many more requests than the endpoint with room
 HEDGE_SLOW = 3.0     # ...or, to an idle endpoint, a request waiting this many times the median answer time
 HEDGE_MIN_ANSWERS = 8  # answers needed before a median answer time means anything
@@ -357,11 +358,22 @@ class OpenAIBackend:
             job.hedged = True
             self.stats["hedges"] += 1
             e.stats["hedges"] += 1
-        task = asyncio.ensure_future(self._http[e].post(e.chat_url, json=self.payload(job.request)))
+        wire = [float("inf")]  # when the request was written to its connection: not yet
+
+        async def trace(event: str, info: dict) -> None:
+            if event == "http11.send_request_body.complete":
+                wire[0] = time.monotonic()
+
+        # a hedge takes the request last in an endpoint's queue: the one written last, which is not
+        # always the one created last (a request waiting for a fresh connection goes out after one
+        # created later that found an idle connection)
+        task = asyncio.ensure_future(self._http[e].post(e.chat_url, json=self.payload(job.request),
+                                                        extensions={"trace": trace} if self.hedge else None))
         e.tasks.add(task)
         self._tasks.add(task)
         job.live[task] = time.monotonic()
         self._job_of[task] = job
+        self._wire[task] = wire
         # Bookkeeping lives in the completion callback, not in a coroutine's `finally`: a task
         # cancelled before its first step (an endpoint drained right after a request was put on
         # it) never runs its body, and its request would be lost. The callback always runs.
@@ -394,6 +406,7 @@ class OpenAIBackend:
         e.tasks.discard(task)
         self._tasks.discard(task)
         self._job_of.pop(task, None)
+        self._wire.pop(task, None)
         sent_at = job.live.pop(task, None)
         if self._closing or job.done:  # job.done: the other attempt answered first; this one lost
             return
@@ -504,12 +517,12 @@ class OpenAIBackend:
         self._finish(result)
 
     # -- the hedged tail (module docstring)
-    def _hedge(self, seen: set) -> set:
-        """One look at the tail: plan the hedges, and send those the previous look (`seen`) also
-        planned. Returns this look's plan."""
+    def _hedge(self, seen: dict) -> dict:
+        """One look at the tail: plan the hedges, and send those every look since `HEDGE_SETTLE_S`
+        ago planned (`seen`: candidate -> when first planned). Returns this look's plan."""
         if (not self.hedge or len(self.endpoints) < 2 or self._pending or len(self._feed)
                 or self._fatal is not None or self._closing):
-            return set()
+            return {}
         now = time.monotonic()
         # per endpoint, its attempts that are the only one of their request (never hedged)
         sole = {e: [t for t in e.tasks if t in self._job_of and not self._job_of[t].hedged] for e in self.endpoints}
@@ -518,7 +531,7 @@ class OpenAIBackend:
         if len(self._latencies) >= HEDGE_MIN_ANSWERS:
             times = sorted(self._latencies)
             slow = HEDGE_SLOW * times[len(times) // 2]
-        plan: set = set()
+        plan: dict = {}
         while True:
             room = [e for e in self.endpoints if e.up and load[e] < max(int(e.window), 1)]
             if not room:
@@ -529,7 +542,7 @@ class OpenAIBackend:
                 break
             x = max(busy, key=lambda e: len(sole[e]))
             if len(sole[x]) >= load[y] + HEDGE_GAP:  # the last in x's queue would start sooner on y
-                pick = max(sole[x], key=lambda t: self._job_of[t].live[t])
+                pick = max(sole[x], key=lambda t: self._wire[t][0])
             elif load[y] == 0 and slow is not None:  # y is idle: the longest wait, if far past typical
                 x, pick = min(((e, t) for e in busy for t in sole[e]), key=lambda et: self._job_of[et[1]].live[et[1]])
                 if now - self._job_of[pick].live[pick] <= slow:
@@ -538,13 +551,13 @@ class OpenAIBackend:
                 break
             sole[x].remove(pick)
             load[y] += 1
-            plan.add(pick)
-            if pick in seen and y.can_take(now):
+            plan[pick] = seen.get(pick, now)
+            if now - plan[pick] >= HEDGE_SETTLE_S and y.can_take(now):
                 self._launch(y, self._job_of[pick], hedge=True)
         return plan
 
     async def _hedger(self) -> None:
-        seen: set = set()
+        seen: dict = {}
         while True:
             await asyncio.sleep(HEDGE_TICK_S)
             try:
@@ -560,6 +573,7 @@ class OpenAIBackend:
         self._pending: deque[_Job] = deque()
         self._tasks: set[asyncio.Task] = set()
         self._job_of: dict[asyncio.Task, _Job] = {}
+        self._wire: dict[asyncio.Task, list[float]] = {}  # attempt -> when it went out on the wire
         self._latencies: deque[float] = deque(maxlen=256)  # recent answer times (sent to answered)
         self._feed = feed
         self._outstanding = 0
@@ -604,7 +618,7 @@ class OpenAIBackend:
                 await asyncio.gather(hedger, return_exceptions=True)
                 for e in self.endpoints:
                     e.in_flight, e.tasks = 0, set()
-                self._job_of = {}
+                self._job_of, self._wire = {}, {}
 
     # -- Backend interface
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
