@@ -18,8 +18,8 @@ Hedged tail. Requests are committed to an endpoint's queue when sent, so at the 
 (nothing left to send) one server can still hold a request or two more than the others: on a
 server that decodes in batches, those cost it a whole extra batch while the others sit idle. So
 while nothing waits to be sent, every `HEDGE_TICK_S` the backend looks for an endpoint with room
-in its window and re-sends to it (a hedge) the newest request of the endpoint holding the most
-requests nobody else is working on, when that endpoint holds at least `HEDGE_GAP` more than the
+in its window and re-sends to it (a hedge) the request written last to the endpoint holding the
+most requests nobody else is working on, when that endpoint holds at least `HEDGE_GAP` more than the
 one with room has in flight; or, to an idle endpoint, the oldest request that has waited over
 `HEDGE_SLOW` times the median answer time (a stuck or slow server). A candidate is hedged only once
 every look over `HEDGE_SETTLE_S` has chosen it: counts taken while a burst of answers is still
