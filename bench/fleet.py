@@ -13,7 +13,9 @@ side fits this machine's CPUs: the request rate, not the token rate, is what cos
     (default `concurrency`: no hand tuning), sized to `--waves` full batches per server, run with
     `generator.run`. Share = tokens the servers produced / (capacity x the servers' busy span,
     first request in to last answer out); also against the whole run's wall time. Printed beside
-    it: the CPU seconds the driver (this process) and the simulated servers used, and the load.
+    it: the CPU seconds the driver (this process) and the simulated servers used, and the load;
+    how many requests each server was first sent, and the hedges (tail requests re-sent to a
+    server with room; `--no-hedge` turns them off).
 (2) A problem -> solution -> review pipeline (answers of unequal length: T drawn from the prompt
     in [max/8, max]) on K servers: the continuous arm is `generator.run` (each record's next stage
     is sent the moment its answer lands); the stage-by-stage arm replays exactly the requests the
@@ -21,7 +23,7 @@ side fits this machine's CPUs: the request rate, not the token rate, is what cos
     (stage k+1 starts when the last answer of stage k is in). Compared: the servers' busy spans.
 
     python bench/fleet.py [--sizes 8 64] [--step-ms 40] [--batch 8] [--tokens 128] [--waves 4]
-                          [--pipeline-k 8] [--pipeline-records 128]
+                          [--pipeline-k 8] [--pipeline-records 128] [--skip-pipeline] [--no-hedge]
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ models:
   - name: sim
     backend: openai
     base_url: {urls}
+    hedge: {hedge}
 sampling: {{temperature: 0.8, top_p: 0.95, max_tokens: {tokens}}}
 run: {{shard_size: 256, retries: 0}}
 """
@@ -129,7 +132,7 @@ def capacity_share(k: int, args, work: Path) -> dict:
         topics = max(1, records // 16)
         path = work / f"plain{k}.yaml"
         path.write_text(PLAIN.format(items=items(topics), per_topic=-(-records // topics), tokens=args.tokens,
-                                     urls=json.dumps(fleet.urls)))
+                                     urls=json.dumps(fleet.urls), hedge=str(not args.no_hedge).lower()))
         t0 = time.perf_counter()
         res = run(load_spec(path), out=work / f"plain{k}", limit=records, score=False)
         wall = time.perf_counter() - t0
@@ -143,11 +146,14 @@ def capacity_share(k: int, args, work: Path) -> dict:
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cap = k * args.batch * 1000 / args.step_ms
     gen_s = res.manifest["timings"][-1]["generate_s"]
+    model = res.manifest["models"]["sim"]
+    sent = [e["requests"] - e["hedges"] for e in model["endpoints"]]  # requests first sent to each
     return {"k": k, "records": res.generated, "tokens": tokens, "span": span, "wall": wall, "gen_s": gen_s,
             "capacity": cap, "share": tokens / span / cap, "share_gen": tokens / gen_s / cap,
             "driver_cpu": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
             "servers_cpu": children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime,
-            "load": os.getloadavg()[0], "answers": (min(answers), max(answers))}
+            "load": os.getloadavg()[0], "answers": (min(answers), max(answers)), "sent": (min(sent), max(sent)),
+            "hedges": model["stats"]["hedges"], "hedges_won": model["stats"]["hedges_won"]}
 
 
 def pipeline(args, work: Path) -> dict:
@@ -205,6 +211,7 @@ def main() -> None:
     ap.add_argument("--pipeline-k", type=int, default=8)
     ap.add_argument("--pipeline-records", type=int, default=128)
     ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--no-hedge", action="store_true", help="(1) with `hedge: false` (no re-sent tail requests)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     print(describe())
@@ -219,7 +226,8 @@ def main() -> None:
               f"span = {r['tokens'] / r['span']:,.0f} tok/s of {r['capacity']:,.0f} capacity -> share "
               f"{r['share']:.3f} (target >= 0.9); over the run's generate time {r['gen_s']:.1f}s: "
               f"{r['share_gen']:.3f}; whole run {r['wall']:.1f}s; answers per server "
-              f"{r['answers'][0]}-{r['answers'][1]} (even: {args.waves * args.batch})")
+              f"{r['answers'][0]}-{r['answers'][1]} (even: {args.waves * args.batch}; first sent "
+              f"{r['sent'][0]}-{r['sent'][1]}); hedges {r['hedges']}, {r['hedges_won']} answered first")
         print(f"    CPU: driver {r['driver_cpu']:.1f}s ({r['driver_cpu'] / r['records'] * 1000:.1f} ms a record), "
               f"simulated servers {r['servers_cpu']:.1f}s, in {r['wall']:.1f}s of wall time; machine load "
               f"average {r['load']:.1f} on {os.cpu_count()} CPUs")

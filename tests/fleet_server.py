@@ -8,6 +8,8 @@ Each server answers `POST /v1/chat/completions` and `GET /v1/models`, with injec
 - `limit`: answer 429 to a request arriving while `limit` are already being served;
 - `fail_503`, `drop`: the next N requests get a 503, or have their connection closed unanswered;
 - `kill()`: stop listening and cut every open connection (a crashed server).
+A request whose client hangs up is cancelled: its batch slot frees at once and it is not answered
+(counted in `cancelled`), as a vLLM server aborts a request whose connection closed.
 T is `max_tokens`, or with `vary` a length in [max_tokens/8, max_tokens] drawn from a hash of the
 prompt. The text is deterministic in the last user message (same prompt, same answer), ending
 with `Final answer: N`. `GET /stats` (and `.stats`) counts what each server did; `GET /requests`
@@ -40,7 +42,7 @@ class Sim:
     vary: bool = False
     model: str = "sim"
     stats: dict[str, Any] = field(default_factory=lambda: {
-        "received": 0, "answered": 0, "status_429": 0, "status_503": 0, "dropped": 0, "live": 0,
+        "received": 0, "answered": 0, "cancelled": 0, "status_429": 0, "status_503": 0, "dropped": 0, "live": 0,
         "max_live": 0, "live_s": 0.0, "live_at": 0.0, "completion_tokens": 0, "first_at": None, "last_at": None})
     ids: list = field(default_factory=list)  # the user message of every answered request
     bodies: list = field(default_factory=list)  # every request answered (messages and sampling)
@@ -160,11 +162,21 @@ class Fleet:
                     tokens = max(1, cap // 8 + h % max(cap - cap // 8, 1)) if sim.vary else cap
                     if slots:
                         now = loop.time()
-                        end = max(now, heapq.heappop(slots)) + sim.latency + tokens * sim.step_s
+                        start = max(now, heapq.heappop(slots))
+                        end = start + sim.latency + tokens * sim.step_s
                         heapq.heappush(slots, end)
-                        await asyncio.sleep(end - now)
+                        try:
+                            await asyncio.sleep(end - now)
+                        except asyncio.CancelledError:  # the client hung up: the slot frees now
+                            slots.remove(end)
+                            slots.append(max(loop.time(), start))
+                            heapq.heapify(slots)
+                            raise
                     elif sim.latency or sim.step_s:
                         await asyncio.sleep(sim.latency + tokens * sim.step_s)
+                except asyncio.CancelledError:
+                    st["cancelled"] += 1
+                    raise
                 finally:
                     occupy(st, -1)
                 if sim.killed:
@@ -212,7 +224,10 @@ class Fleet:
             self._stop = asyncio.Event()
             runners = []
             for i in range(len(self.sims)):
-                runner = web.AppRunner(self._app(i), access_log=None, shutdown_timeout=0.5)
+                # handler_cancellation: a client that hangs up cancels its request, as vLLM's server
+                # aborts a request whose connection closed (a hedge's loser frees its batch slot)
+                runner = web.AppRunner(self._app(i), access_log=None, shutdown_timeout=0.5,
+                                       handler_cancellation=True)
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
                 await site.start()

@@ -257,3 +257,182 @@ def test_bad_fleet_urls_are_one_line(tmp_path, value, msg):
     with pytest.raises(SpecError) as err:
         load_spec(tmp_path / "s.yaml")
     assert msg in str(err.value) and "base_url" in str(err.value) and "\n" not in str(err.value)
+
+
+# -- the hedged tail, on a mock transport: endpoint a holds request r0 (the tail), b is idle
+
+def _answer(host: str) -> "httpx.Response":
+    import httpx
+
+    return httpx.Response(200, json={"choices": [{"message": {"content": f"ok from {host}"}, "finish_reason": "stop"}],
+                                     "usage": {"prompt_tokens": 1, "completion_tokens": 3}})
+
+
+def _hedged(monkeypatch, r0, n: int = 12, **kw):
+    """Run `n` requests on endpoints a and b; `r0(host, state)` serves request r0 (the others take
+    10 ms), state["seen"] lists each attempt of r0 as (host, outcome). Looks every 50 ms, settles in
+    0.1 s, so a hedge goes out within about 0.2 s."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    import generator.engine.backends.openai_http as oh
+
+    monkeypatch.setattr(oh, "HEDGE_TICK_S", 0.05)
+    monkeypatch.setattr(oh, "HEDGE_SETTLE_S", 0.1)
+    state: dict = {"seen": []}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if json.loads(request.content)["messages"][0]["content"] != "question 0":
+            await asyncio.sleep(0.01)
+            return _answer(host)
+        try:
+            resp = await r0(host, state)
+        except asyncio.CancelledError:
+            state["seen"].append((host, "cancelled"))
+            raise
+        except httpx.HTTPError:
+            state["seen"].append((host, "failed"))
+            raise
+        state["seen"].append((host, resp.status_code))
+        return resp
+
+    kw.setdefault("backoff", 0.02)
+    b = OpenAIBackend("sim", ["http://a/v1", "http://b/v1"], check=False, transport=httpx.MockTransport(handler), **kw)
+    out: list = []
+    t0 = time.monotonic()
+    worker = threading.Thread(target=lambda: out.extend(b.generate(_reqs(n))), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), f"stream stalled with {len(out)} of {n} results"
+    _exactly_once(out, n)
+    a, bb = b.describe()["endpoints"]
+    return out, state, a, bb, b, time.monotonic() - t0
+
+
+def _r0(out):
+    return next(r for r in out if r.id == "r0#1")
+
+
+async def _hang(host, state):
+    import asyncio
+
+    await asyncio.sleep(60)
+
+
+def test_a_request_stuck_on_one_server_is_answered_by_a_hedge(monkeypatch):
+    out, state, a, bb, b, took = _hedged(monkeypatch, lambda host, st: _hang(host, st) if host == "a" else _ok(host))
+    assert _r0(out).text == "ok from b" and all(r.error is None for r in out)
+    assert b.stats["hedges"] == 1 and b.stats["hedges_won"] == 1
+    assert (bb["hedges"], bb["hedges_won"], a["hedges"]) == (1, 1, 0)
+    assert state["seen"] == [("b", 200), ("a", "cancelled")]  # the stuck original is closed, not waited for
+    assert took < 10  # not the 60 s the stuck server would take
+    # usage counts the request once: the winner's answer
+    assert a["answered"] + bb["answered"] == 12 and a["completion_tokens"] + bb["completion_tokens"] == 36
+    assert b.stats["requests"] == 12 and a["requests"] + bb["requests"] == 13  # 12 requests, one hedge
+
+
+async def _ok(host, delay: float = 0.0):
+    import asyncio
+
+    await asyncio.sleep(delay)
+    return _answer(host)
+
+
+def test_the_original_answering_first_cancels_the_hedge_which_is_not_counted(monkeypatch):
+    # also the stream's last answer arrives with the hedge still in flight: it ends at once
+    out, state, a, bb, b, took = _hedged(monkeypatch, lambda host, st: _ok(host, 0.8) if host == "a" else _hang(host, st))
+    assert _r0(out).text == "ok from a"
+    assert b.stats["hedges"] == 1 and b.stats["hedges_won"] == 0 and bb["hedges"] == 1 and bb["hedges_won"] == 0
+    assert state["seen"] == [("a", 200), ("b", "cancelled")]
+    assert a["answered"] + bb["answered"] == 12 and a["completion_tokens"] + bb["completion_tokens"] == 36
+    assert bb["errors"] == 0 and took < 10
+
+
+def test_hedge_and_original_both_failing_give_one_error_after_the_usual_retries(monkeypatch):
+    import httpx
+
+    async def fail(host, state):
+        import asyncio
+
+        await asyncio.sleep(0.8 if host == "a" else 0.0)
+        return httpx.Response(500, json={"error": {"message": "engine died"}})
+
+    out, state, a, bb, b, _ = _hedged(monkeypatch, fail, max_retries=1)
+    r0 = _r0(out)
+    assert r0.finish_reason == "error" and "HTTP 500 after 1 retries" in r0.error and "engine died" in r0.error
+    assert all(r.error is None for r in out if r.id != "r0#1")
+    # the hedge's failure is dropped while the original runs; the original's failure is retried
+    # once (max_retries), unhedged, and that failure is the result
+    assert b.stats["hedges"] == 1 and b.stats["retries"] == 1 and b.stats["status_5xx"] == 3
+    assert len(state["seen"]) == 3 and all(outcome == 500 for _, outcome in state["seen"])
+
+
+def test_an_endpoint_dying_with_a_hedge_in_flight_loses_and_duplicates_nothing(monkeypatch):
+    import asyncio
+
+    import httpx
+
+    async def serve(host, state):
+        if host == "a":  # the original's server dies while the hedge runs on b
+            await asyncio.sleep(0.5)
+            raise httpx.ConnectError("connection refused")
+        await asyncio.sleep(1.0)
+        return _answer(host)
+
+    out, state, a, bb, b, _ = _hedged(monkeypatch, serve)
+    assert _r0(out).text == "ok from b" and all(r.error is None for r in out)
+    assert a["state"] == "down" and a["times_down"] == 1
+    assert a["redispatched"] == 0  # its twin carried the request on: nothing re-sent
+    assert state["seen"] == [("a", "failed"), ("b", 200)]
+    assert b.stats["hedges"] == 1 and b.stats["hedges_won"] == 1
+
+
+def test_a_consumer_stopping_with_a_hedge_in_flight_cancels_both_and_the_backend_runs_again(monkeypatch):
+    import asyncio
+    import threading
+
+    import httpx
+
+    import generator.engine.backends.openai_http as oh
+
+    monkeypatch.setattr(oh, "HEDGE_TICK_S", 0.05)
+    monkeypatch.setattr(oh, "HEDGE_SETTLE_S", 0.1)
+    seen: list = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["messages"][0]["content"] != "question 0":
+            await asyncio.sleep(0.01)
+            return _answer(request.url.host)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append(request.url.host)
+            raise
+
+    b = OpenAIBackend("sim", ["http://a/v1", "http://b/v1"], check=False, transport=httpx.MockTransport(handler))
+    stream = b.generate(_reqs(12))
+    got = [next(stream) for _ in range(11)]
+    deadline = time.monotonic() + 10
+    while b.stats["hedges"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.stats["hedges"] == 1
+    closer = threading.Thread(target=stream.close, daemon=True)
+    t0 = time.monotonic()
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive() and time.monotonic() - t0 < 5
+    assert sorted(seen) == ["a", "b"]  # both attempts of r0 closed
+    assert "r0#1" not in {r.id for r in got}
+    assert all(e.in_flight == 0 and not e.tasks for e in b.endpoints)
+    again = list(b.generate(_reqs(4)[1:]))
+    assert sorted(r.id for r in again) == ["r1#1", "r2#1", "r3#1"] and all(r.error is None for r in again)
+
+
+def test_hedge_off_waits_for_the_stuck_original(monkeypatch):
+    out, state, a, bb, b, took = _hedged(
+        monkeypatch, lambda host, st: _ok(host, 1.0) if host == "a" else _hang(host, st), hedge=False)
+    assert _r0(out).text == "ok from a" and took >= 1.0
+    assert b.stats["hedges"] == 0 and state["seen"] == [("a", 200)] and b.describe()["hedge"] is False

@@ -149,14 +149,15 @@ def usage_table(u: dict) -> Table:
 def endpoints_table(rows: list[dict]) -> Table:
     """Per server of a `backend: openai` model (latest session): the fleet's split of the work."""
     t = Table(title="endpoints (latest session)")
-    for col in ("model", "endpoint", "requests", "answered", "errors", "re-sent", "completion tokens",
+    for col in ("model", "endpoint", "requests", "answered", "errors", "re-sent", "hedges", "completion tokens",
                 "tok/s", "window", "state"):
         text_col = col in ("model", "endpoint", "state")
         t.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
     for e in rows:
         tps = e.get("completion_tokens_per_s")
         t.add_row(Text(str(e["model"])), Text(str(e["url"])), f"{e['requests']:,}", f"{e['answered']:,}",
-                  f"{e['errors']:,}", f"{e['redispatched']:,}", f"{e['completion_tokens']:,}",
+                  f"{e['errors']:,}", f"{e['redispatched']:,}",
+                  f"{e['hedges']:,} ({e['hedges_won']:,} won)" if e["hedges"] else "0", f"{e['completion_tokens']:,}",
                   f"{tps:,.1f}" if tps else "", f"{e['window']:g}" if e.get("window") is not None else "",
                   str(e.get("state") or ""))
     return t

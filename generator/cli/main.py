@@ -109,7 +109,8 @@ def _endpoint_rows(t, manifest: dict) -> None:
     for e in endpoints(manifest):
         tps = f", {e['completion_tokens_per_s']:,.1f} completion tok/s" if e.get("completion_tokens_per_s") else ""
         down = "" if e.get("state") != "down" else ", down"
-        t.add_row(Text(f"  {e['url']}"), f"{e['requests']:,} requests, {e['errors']:,} errors{tps}{down}")
+        hedges = f", {e['hedges']:,} hedges ({e['hedges_won']:,} answered first)" if e["hedges"] else ""
+        t.add_row(Text(f"  {e['url']}"), f"{e['requests']:,} requests, {e['errors']:,} errors{hedges}{tps}{down}")
 
 
 def _summary(result) -> None:

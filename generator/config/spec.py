@@ -83,6 +83,9 @@ class ModelConfig(Strict):
                              "each endpoint's window adapts below it (grows while answers come back, "
                              "shrinks on 429/503/timeouts).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    hedge: bool = Field(True, description="backend: openai with several base_urls: at the end of a run, re-send "
+                        "a request queued behind others on one server to a server with room, and keep the first "
+                        "answer (the other is cancelled). Off for a hosted API that bills cancelled requests.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
     engine: dict[str, Any] = Field(default_factory=dict,
                                    description="Extra keyword arguments for vllm.LLM (e.g. max_model_len).")

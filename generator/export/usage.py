@@ -190,13 +190,14 @@ def _progress(run_dir: Any, total: dict, answered: set[str]) -> dict[str, Any] |
 def endpoints(manifest: dict) -> list[dict]:
     """Per server of each `backend: openai` model, as its backend described it at the end of the
     latest session (`manifest.json` -> models -> endpoints): requests sent, answers, errors,
-    completion tokens and their rate over the endpoint's busy span, state."""
+    hedges sent to it and how many answered first, completion tokens and their rate over the endpoint's busy span, state."""
     rows = []
     for model, desc in (manifest.get("models") or {}).items():
         for e in (desc.get("endpoints") or []) if isinstance(desc, dict) else []:
             rows.append({"model": model, "url": e.get("url"), "requests": int(e.get("requests") or 0),
                          "answered": int(e.get("answered") or 0), "errors": int(e.get("errors") or 0),
-                         "redispatched": int(e.get("redispatched") or 0),
+                         "redispatched": int(e.get("redispatched") or 0), "hedges": int(e.get("hedges") or 0),
+                         "hedges_won": int(e.get("hedges_won") or 0),
                          "completion_tokens": int(e.get("completion_tokens") or 0),
                          "busy_s": e.get("busy_s"), "completion_tokens_per_s": e.get("completion_tokens_per_s"),
                          "window": e.get("window"), "state": e.get("state")})

@@ -39,7 +39,7 @@ class Endpoint:
         self.max_window = self.window
         self.stats = {"requests": 0, "answered": 0, "errors": 0, "status_429": 0, "status_5xx": 0,
                       "timeouts": 0, "connection_errors": 0, "redispatched": 0, "times_down": 0,
-                      "prompt_tokens": 0, "completion_tokens": 0}
+                      "hedges": 0, "hedges_won": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     # -- dispatch
     def can_take(self, now: float) -> bool:
@@ -50,7 +50,7 @@ class Endpoint:
     def load(self) -> float:
         return self.in_flight / max(self.window, 1.0)
 
-    def sent(self) -> None:
+    def sent(self) -> None:  # an attempt: the request's first, a retry, or a hedge
         self.in_flight += 1
         self.stats["requests"] += 1
         self.first_at = self.first_at or time.monotonic()

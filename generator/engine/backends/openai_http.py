@@ -10,8 +10,26 @@ endpoint's window of requests in flight adapts by itself (AIMD, ceiling `concurr
 `Retry-After` wins). An endpoint that refuses connections or keeps failing is drained: its
 requests in flight are re-sent elsewhere (each request still yields exactly one Result) and it is
 probed again after a back-off. Other 4xx raise `BackendError` with the status and the server's
-message, as does a fleet whose every endpoint is still unreachable after the retries. The API key is read from the environment variable named by `api_key_env` and lives
-only in the request headers: it is never logged, never in `describe()`, never in the run folder.
+message, as does a fleet whose every endpoint is still unreachable after the retries. The API key
+is read from the environment variable named by `api_key_env` and lives only in the request
+headers: it is never logged, never in `describe()`, never in the run folder.
+
+Hedged tail. Requests are committed to an endpoint's queue when sent, so at the end of a run
+(nothing left to send) one server can still hold a request or two more than the others: on a
+server that decodes in batches, those cost it a whole extra batch while the others sit idle. So
+while nothing waits to be sent, every `HEDGE_TICK_S` the backend looks for an endpoint with room
+in its window and re-sends to it (a hedge) the request written last to the endpoint holding the
+most requests nobody else is working on, when that endpoint holds at least `HEDGE_GAP` more than the
+one with room has in flight; or, to an idle endpoint, the oldest request that has waited over
+`HEDGE_SLOW` times the median answer time (a stuck or slow server). A candidate is hedged only once
+every look over `HEDGE_SETTLE_S` has chosen it: counts taken while a burst of answers is still
+landing (a batch finishing on many servers at once) overstate a server's queue. Each request is hedged at most once; the first good answer is its Result and the
+other attempt is cancelled (its connection closed; vLLM then drops the request). A failed attempt
+whose twin is still in flight is dropped; when both fail, the request is retried as any other.
+Usage counts the answer that won; each endpoint counts the hedges sent to it and how many answered
+first. A seeded request to identical servers gets the same answer either way; otherwise (no seed,
+or servers that differ) a hedge may return another server's answer. `hedge=False` turns it off
+(a hosted API may bill the cancelled attempt).
 """
 from __future__ import annotations
 
@@ -26,7 +44,7 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,6 +54,11 @@ from generator.engine.backends.fleet import SHRINK_STATUSES, Endpoint
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
+HEDGE_TICK_S = 0.25  # how often the tail is looked at for requests to hedge (module docstring)
+HEDGE_SETTLE_S = 1.5  # a request is hedged once every look over this long has chosen it
+HEDGE_GAP = 2        # hedge when a queue holds this many more requests than the endpoint with room
+HEDGE_SLOW = 3.0     # ...or, to an idle endpoint, a request waiting this many times the median answer time
+HEDGE_MIN_ANSWERS = 8  # answers needed before a median answer time means anything
 
 
 def redacted_url(url: str) -> str:
@@ -122,6 +145,9 @@ class _Job:
     attempts: int = 0  # answered 429/5xx or timed out (bounded by max_retries)
     hops: int = 0  # moved off an endpoint that failed or went down
     sent: bool = False
+    live: dict = field(default_factory=dict)  # attempt task in flight -> when it was sent (2 while hedged)
+    hedged: bool = False  # a hedge was sent (at most once per request)
+    done: bool = False  # its Result is out: an attempt still landing lost the race
 
 
 class OpenAIBackend:
@@ -129,7 +155,7 @@ class OpenAIBackend:
                  concurrency: int = 256, timeout: float = 300.0, connect_timeout: float = 10.0,
                  max_retries: int | None = None, backoff: float = 0.5, max_backoff: float = 30.0,
                  send_seed: bool | None = None, window: int | None = None, on_finished=None,
-                 check: bool = True, transport=None, **_: Any):
+                 hedge: bool = True, check: bool = True, transport=None, **_: Any):
         import httpx  # noqa: F401  (fail early, with the import error, if it is missing)
 
         urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
@@ -166,9 +192,10 @@ class OpenAIBackend:
             env_seed.strip().lower() in ("1", "true", "yes", "on"))
         self.window = window  # only sizes the caller's cache flushes: requests stream individually
         self.on_finished = on_finished
+        self.hedge = bool(hedge)  # re-send the tail's stuck requests to idle endpoints (module docstring)
         self._transport = transport  # an httpx transport (tests use httpx.MockTransport)
         self.stats = {"requests": 0, "retries": 0, "status_429": 0, "status_5xx": 0, "timeouts": 0,
-                      "connection_errors": 0}
+                      "connection_errors": 0, "hedges": 0, "hedges_won": 0}
         self._headers = {"Content-Type": "application/json",
                          **auth_headers(api_key_env, f"backend openai ({self.public_url})")}
         self._closing = False
@@ -322,18 +349,35 @@ class OpenAIBackend:
         self._timer = None
         self._pump()
 
-    def _launch(self, e: Endpoint, job: _Job) -> None:
+    def _launch(self, e: Endpoint, job: _Job, hedge: bool = False) -> None:
         if not job.sent:
             job.sent = True
             self.stats["requests"] += 1
         e.sent()
-        task = asyncio.ensure_future(self._http[e].post(e.chat_url, json=self.payload(job.request)))
+        if hedge:
+            job.hedged = True
+            self.stats["hedges"] += 1
+            e.stats["hedges"] += 1
+        wire = [float("inf")]  # when the request was written to its connection: not yet
+
+        async def trace(event: str, info: dict) -> None:
+            if event == "http11.send_request_body.complete":
+                wire[0] = time.monotonic()
+
+        # a hedge takes the request last in an endpoint's queue: the one written last, which is not
+        # always the one created last (a request waiting for a fresh connection goes out after one
+        # created later that found an idle connection)
+        task = asyncio.ensure_future(self._http[e].post(e.chat_url, json=self.payload(job.request),
+                                                        extensions={"trace": trace} if self.hedge else None))
         e.tasks.add(task)
         self._tasks.add(task)
+        job.live[task] = time.monotonic()
+        self._job_of[task] = job
+        self._wire[task] = wire
         # Bookkeeping lives in the completion callback, not in a coroutine's `finally`: a task
         # cancelled before its first step (an endpoint drained right after a request was put on
         # it) never runs its body, and its request would be lost. The callback always runs.
-        task.add_done_callback(functools.partial(self._landed, e, job, e.epoch))
+        task.add_done_callback(functools.partial(self._landed, e, job, e.epoch, hedge))
 
     def _requeue(self, job: _Job, front: bool = False) -> None:
         (self._pending.appendleft if front else self._pending.append)(job)
@@ -354,14 +398,17 @@ class OpenAIBackend:
         for task in list(e.tasks):
             task.cancel()
 
-    def _landed(self, e: Endpoint, job: _Job, epoch: int, task: asyncio.Task) -> None:
-        """An attempt ended (answered, failed, or cancelled because `e` was drained)."""
+    def _landed(self, e: Endpoint, job: _Job, epoch: int, hedge: bool, task: asyncio.Task) -> None:
+        """An attempt ended (answered, failed, cancelled because `e` was drained or its twin won)."""
         import httpx
 
         e.in_flight -= 1
         e.tasks.discard(task)
         self._tasks.discard(task)
-        if self._closing:
+        self._job_of.pop(task, None)
+        self._wire.pop(task, None)
+        sent_at = job.live.pop(task, None)
+        if self._closing or job.done:  # job.done: the other attempt answered first; this one lost
             return
         resp = error = None
         if task.cancelled():
@@ -378,17 +425,22 @@ class OpenAIBackend:
         else:
             resp = task.result()
         try:
-            self._settle(e, job, epoch, resp, error)
+            self._settle(e, job, epoch, resp, error, hedge, sent_at)
         except Exception as exc:  # raised in the consumer: left in a callback, it would only be logged
             self._fail(exc)
         self._pump()
 
-    def _settle(self, e: Endpoint, job: _Job, epoch: int, resp, error) -> None:
+    def _settle(self, e: Endpoint, job: _Job, epoch: int, resp, error, hedge: bool, sent_at: float | None) -> None:
         import httpx
 
         r = job.request
         now = time.monotonic()
+        # the request's other attempt (its original, or its hedge) is still in flight: a failure
+        # here counts against this endpoint, and the twin carries the request on
+        twin = bool(job.live)
         if error == "drained":
+            if twin:
+                return
             e.stats["redispatched"] += 1
             job.hops += 1
             self._requeue(job, front=True)
@@ -399,13 +451,16 @@ class OpenAIBackend:
             e.stats["timeouts" if timed_out else "connection_errors"] += 1
             if timed_out:
                 e.shrink(epoch)
-                job.attempts += 1
-            else:
-                job.hops += 1
             if e.failed(self._reason(error), now, isinstance(error, httpx.ConnectError), self._delay(e.strikes)):
                 self._drain(e)
             if all(not x.up and x.strikes > self.max_retries for x in self.endpoints):
                 raise self._all_down()
+            if twin:
+                return
+            if timed_out:
+                job.attempts += 1
+            else:
+                job.hops += 1
             if job.attempts > self.max_retries or job.hops > 4 * (self.max_retries + 1) + len(self.endpoints):
                 self._finish(Result(id=r.id, text="", finish_reason="error",
                                     error=f"no answer after {job.attempts + job.hops} attempts "
@@ -429,6 +484,8 @@ class OpenAIBackend:
             e.failures = 0  # it answered: alive, if busy
             if status in SHRINK_STATUSES:
                 e.shrink(epoch)
+            if twin:
+                return
             job.attempts += 1
             if job.attempts > self.max_retries:  # still failing after every retry: record, move on
                 self._finish(Result(id=r.id, text="", finish_reason="error",
@@ -443,10 +500,71 @@ class OpenAIBackend:
             data = resp.json()
             result = choice_result(r.id, data["choices"][0], data.get("usage") or {})
         except (ValueError, KeyError, IndexError, TypeError) as exc:
+            if twin:  # the other attempt may still answer properly
+                e.stats["errors"] += 1
+                return
             result = Result(id=r.id, text="", finish_reason="error",
                             error=f"unexpected response from {e.public_url}: {type(exc).__name__}")
         e.answered(result.prompt_tokens, result.completion_tokens)
+        if sent_at is not None:
+            self._latencies.append(now - sent_at)
+        job.done = True
+        if hedge:
+            self.stats["hedges_won"] += 1
+            e.stats["hedges_won"] += 1
+        for other in list(job.live):  # the loser: closing its connection lets the server drop it
+            other.cancel()
         self._finish(result)
+
+    # -- the hedged tail (module docstring)
+    def _hedge(self, seen: dict) -> dict:
+        """One look at the tail: plan the hedges, and send those every look since `HEDGE_SETTLE_S`
+        ago planned (`seen`: candidate -> when first planned). Returns this look's plan."""
+        if (not self.hedge or len(self.endpoints) < 2 or self._pending or len(self._feed)
+                or self._fatal is not None or self._closing):
+            return {}
+        now = time.monotonic()
+        # per endpoint, its attempts that are the only one of their request (never hedged)
+        sole = {e: [t for t in e.tasks if t in self._job_of and not self._job_of[t].hedged] for e in self.endpoints}
+        load = {e: e.in_flight for e in self.endpoints}
+        slow = None
+        if len(self._latencies) >= HEDGE_MIN_ANSWERS:
+            times = sorted(self._latencies)
+            slow = HEDGE_SLOW * times[len(times) // 2]
+        plan: dict = {}
+        while True:
+            room = [e for e in self.endpoints if e.up and load[e] < max(int(e.window), 1)]
+            if not room:
+                break
+            y = min(room, key=lambda x: load[x])
+            busy = [e for e in self.endpoints if e is not y and sole[e]]
+            if not busy:
+                break
+            x = max(busy, key=lambda e: len(sole[e]))
+            if len(sole[x]) >= load[y] + HEDGE_GAP:  # the last in x's queue would start sooner on y
+                pick = max(sole[x], key=lambda t: self._wire[t][0])
+            elif load[y] == 0 and slow is not None:  # y is idle: the longest wait, if far past typical
+                x, pick = min(((e, t) for e in busy for t in sole[e]), key=lambda et: self._job_of[et[1]].live[et[1]])
+                if now - self._job_of[pick].live[pick] <= slow:
+                    break
+            else:
+                break
+            sole[x].remove(pick)
+            load[y] += 1
+            plan[pick] = seen.get(pick, now)
+            if now - plan[pick] >= HEDGE_SETTLE_S and y.can_take(now):
+                self._launch(y, self._job_of[pick], hedge=True)
+        return plan
+
+    async def _hedger(self) -> None:
+        seen: dict = {}
+        while True:
+            await asyncio.sleep(HEDGE_TICK_S)
+            try:
+                seen = self._hedge(seen)
+            except Exception as exc:  # a bug here must stop the stream, not die silently in a task
+                self._fail(exc)
+                return
 
     async def _run_feed(self, feed: RequestFeed, out: queue.Queue, stop: threading.Event) -> None:
         """Queue each request the moment it is in the feed; put each result (or the error to
@@ -454,6 +572,10 @@ class OpenAIBackend:
         self._loop = asyncio.get_running_loop()
         self._pending: deque[_Job] = deque()
         self._tasks: set[asyncio.Task] = set()
+        self._job_of: dict[asyncio.Task, _Job] = {}
+        self._wire: dict[asyncio.Task, list[float]] = {}  # attempt -> when it went out on the wire
+        self._latencies: deque[float] = deque(maxlen=256)  # recent answer times (sent to answered)
+        self._feed = feed
         self._outstanding = 0
         self._fatal: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -465,6 +587,7 @@ class OpenAIBackend:
         # (at K = 64 that scan, not the network, was what bounded the fleet's throughput).
         async with contextlib.AsyncExitStack() as stack:
             self._http = {e: await stack.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
+            hedger = asyncio.ensure_future(self._hedger())
             try:
                 while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout
@@ -486,13 +609,16 @@ class OpenAIBackend:
                     raise self._fatal
             finally:
                 self._closing = True
+                hedger.cancel()
                 if self._timer is not None:
                     self._timer.cancel()
                 for t in self._tasks:
                     t.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+                await asyncio.gather(hedger, return_exceptions=True)
                 for e in self.endpoints:
                     e.in_flight, e.tasks = 0, set()
+                self._job_of, self._wire = {}, {}
 
     # -- Backend interface
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
@@ -534,7 +660,7 @@ class OpenAIBackend:
 
         urls = [e.public_url for e in self.endpoints]
         return scrub({"backend": "openai", "name": self.model, "base_url": urls[0] if len(urls) == 1 else urls,
-                      "api_key_env": self.api_key_env, "concurrency": self.concurrency,
+                      "api_key_env": self.api_key_env, "concurrency": self.concurrency, "hedge": self.hedge,
                       "max_retries": self.max_retries, "send_seed": self.send_seed, "stats": dict(self.stats),
                       "endpoints": [e.describe() for e in self.endpoints]})
 
