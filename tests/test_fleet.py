@@ -436,3 +436,34 @@ def test_hedge_off_waits_for_the_stuck_original(monkeypatch):
         monkeypatch, lambda host, st: _ok(host, 1.0) if host == "a" else _hang(host, st), hedge=False)
     assert _r0(out).text == "ok from a" and took >= 1.0
     assert b.stats["hedges"] == 0 and state["seen"] == [("a", 200)] and b.describe()["hedge"] is False
+
+
+def test_hedge_counts_show_in_the_summary_and_the_usage_table():
+    """A manifest's per-endpoint hedges reach `synthgen run`'s summary line and `synthgen usage`'s
+    table; an endpoint without hedges shows none."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from generator.cli.export import endpoints_table
+    from generator.cli.main import _endpoint_rows
+    from generator.export.usage import endpoints
+
+    manifest = {"models": {"sim": {"endpoints": [
+        {"url": "http://127.0.0.1:1/v1", "requests": 40, "answered": 38, "errors": 0, "hedges": 5, "hedges_won": 3},
+        {"url": "http://127.0.0.1:2/v1", "requests": 30, "answered": 30, "errors": 1}]}}}
+    rows = endpoints(manifest)
+    assert [(r["hedges"], r["hedges_won"]) for r in rows] == [(5, 3), (0, 0)]
+
+    def text(table) -> str:
+        console = Console(width=250, record=True)
+        console.print(table)
+        return console.export_text()
+
+    summary = Table()
+    summary.add_column("k")
+    summary.add_column("v")
+    _endpoint_rows(summary, manifest)
+    lines = [ln for ln in text(summary).splitlines() if "127.0.0.1" in ln]
+    assert "5 hedges (3 answered first)" in lines[0] and "hedges" not in lines[1]
+    usage = [ln for ln in text(endpoints_table(rows)).splitlines() if "127.0.0.1" in ln]
+    assert "5 (3 won)" in usage[0] and "won" not in usage[1]
