@@ -193,3 +193,90 @@ def test_storage_errors_are_one_line_with_the_fix(s3, tmp_path):
                     "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
     assert res.returncode == 2 and "credentials" in res.stderr and "AWS_ACCESS_KEY_ID" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def _tokenizer(folder: Path, texts: list[str]) -> Path:
+    """A small BPE tokenizer trained here in a second (offline; the counts only need to be exact)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=800, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_mix_reads_a_run_in_the_bucket_and_uploads_the_mix(s3, tmp_path, shared_data, monkeypatch):
+    from generator.config.spec import load_spec
+    from generator.engine.executors.local import LocalExecutor
+    from generator.runs import run_spec
+    from generator.testing.fake import FakeBackend
+
+    import tempfile
+
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the mix builds before it uploads
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(small_spec("s3-mix", 8, max_tokens=32, run="{shard_size: 5}"))
+    run_url = f"s3://{BUCKET}/runs/mixsrc"
+    res = run_spec(load_spec(spec), out=run_url, executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()),
+                   score=False)
+    assert res.generated == 12 and len(s3.glob(f"{BUCKET}/runs/mixsrc/generations/part-*.parquet")) == 3
+
+    rows = [json.loads(x) for x in (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:300]]
+    real = tmp_path / "gsm8k-300.jsonl"
+    real.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = _tokenizer(tmp_path / "tok", [r["question"] + "\n" + r["answer"] for r in rows])
+
+    def mix_file(name: str, out: str, run: str = run_url) -> Path:
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(f"real:\n  - path: {real}\n    text_template: \"{{question}}\\n{{answer}}\"\n"
+                       f"synthetic:\n  - run: {run}\n    name: syn\nratios: ['4:1', '1:1']\ntokenizer: {tok}\n"
+                       f"seed: 3\nformat: jsonl\nshard_tokens: 2000\nout: {out}\n")
+        return cfg
+
+    # preflight: a run URL with nothing under it is one line naming it, before any token is counted
+    missing = mix_file("missing", str(tmp_path / "never"), run=f"s3://{BUCKET}/runs/nothing-here")
+    for cmd in (["validate", str(missing)], ["mix", str(missing)]):
+        bad = _main(*cmd)
+        assert bad.exit_code == 2 and "runs/nothing-here does not exist" in bad.output, bad.output
+        assert len(bad.output.strip().splitlines()) == 1 and "Traceback" not in bad.output
+    assert not (tmp_path / "never").exists()
+    ok = _main("validate", str(mix_file("good", f"s3://{BUCKET}/mixes/one")))
+    assert ok.exit_code == 0, ok.output
+
+    local = _main("mix", str(mix_file("local", str(tmp_path / "local-mix"))), "-q")
+    assert local.exit_code == 0, local.output
+    remote = _main("mix", str(tmp_path / "good.yaml"), "-q")
+    assert remote.exit_code == 0, remote.output
+    assert f"wrote s3://{BUCKET}/mixes/one/mix_manifest.json" in remote.output
+
+    want = json.loads((tmp_path / "local-mix" / "mix_manifest.json").read_text())
+    got = json.loads(s3.cat_file(f"{BUCKET}/mixes/one/mix_manifest.json"))
+    # the same documents and token counts as the local build, from the shards read out of the bucket
+    for w, g in zip(want["mixes"], got["mixes"], strict=True):
+        assert g["tokens"] == w["tokens"] and g["achieved_ratio"] == w["achieved_ratio"]
+        assert g["tokens"]["synthetic"] > 0 and g["tokens"]["real"] > 0
+        for shard in g["shards"]:
+            for f in shard["files"]:
+                assert s3.cat_file(f"{BUCKET}/mixes/one/{f}") == (tmp_path / "local-mix" / f).read_bytes()
+    # whole documents (a dozen short synthetic ones here) bound how close each ratio gets
+    assert got["mixes"][0]["achieved_ratio"] > 3 * got["mixes"][1]["achieved_ratio"] > 0
+    [syn] = [s for s in got["sources"] if s["kind"] == "synthetic"]
+    assert [f["path"] for f in syn["files"]] == [f"s3://{p}" for p in
+                                                 sorted(s3.glob(f"{BUCKET}/runs/mixsrc/generations/part-*.parquet"))]
+    uploaded = {p.split("/mixes/one/", 1)[1] for p in s3.find(f"{BUCKET}/mixes/one")}
+    assert uploaded == {p.relative_to(tmp_path / "local-mix").as_posix()
+                        for p in (tmp_path / "local-mix").rglob("*") if p.is_file()}
+    assert not list(scratch.glob("synthgen-mix-*"))  # the local build folder (and the downloaded shards) are removed
+
+    again = _main("mix", str(tmp_path / "good.yaml"), "-q")  # a prefix holding a mix is kept without overwrite
+    assert again.exit_code == 2 and "overwrite" in again.output and len(again.output.strip().splitlines()) == 1
+    over = _main("mix", str(tmp_path / "good.yaml"), "-q", "--overwrite")
+    assert over.exit_code == 0, over.output
+    assert json.loads(s3.cat_file(f"{BUCKET}/mixes/one/mix_manifest.json"))["mixes"] == got["mixes"]

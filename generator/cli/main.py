@@ -191,8 +191,12 @@ def _validate_mix(shown: str, doc, data: dict, prefix: tuple = (), own_run=None)
 
     cfg = mix_config_from_dict(data, doc.file.parent, doc, prefix)
     if own_run is not None:
-        own = {Path(own_run).absolute(), (doc.file.parent / own_run).absolute()}
-        waiting = [s for s in cfg.synthetic if s.run.absolute() in own and not s.run.exists()]
+        from generator.core import storage
+
+        own = {str(own_run).rstrip("/")} if storage.is_url(own_run) else {
+            Path(own_run).absolute(), (doc.file.parent / own_run).absolute()}
+        waiting = [s for s in cfg.synthetic if (str(s.run).rstrip("/") if storage.is_url(s.run)
+                                                else s.run.absolute()) in own and not storage.exists(s.run)]
         for s in waiting:
             click.echo(f"note: mix source {s.run} does not exist yet; `synthgen run` writes it", err=True)
         cfg = cfg.model_copy(update={"synthetic": [s for s in cfg.synthetic if s not in waiting]})

@@ -37,7 +37,8 @@ def _preference(synthetics: tuple[str, ...], out: Path | None, fmt: str | None) 
 @click.option("--text-field", default=None, help="Column with the text of --real sources (default: text).")
 @click.option("--text-template", default=None, help="Build the text of --real rows, e.g. '{question}\\n{answer}'.")
 @click.option("--messages-field", default=None, help="Column with a chat (list of {role, content}) in --real sources.")
-@click.option("--synthetic", "synthetics", multiple=True, metavar="RUN", help="A synthgen run folder (repeatable).")
+@click.option("--synthetic", "synthetics", multiple=True, metavar="RUN",
+              help="A synthgen run folder, local or an fsspec URL such as s3://bucket/runs/NAME (repeatable).")
 @click.option("--ratio", "ratio_opts", multiple=True, metavar="R:S",
               help="real:synthetic by tokens, e.g. 4:1; repeat for several mixes in one pass.")
 @click.option("--total-tokens", default=None, help="Token budget per mix (e.g. 2000000 or 2M).")
@@ -49,7 +50,8 @@ def _preference(synthetics: tuple[str, ...], out: Path | None, fmt: str | None) 
               help="preference: prompt/chosen/rejected rows from --synthetic pipeline runs with a compare judge.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "jsonl.zst", "parquet", "megatron"]), default=None)
 @click.option("--shard-tokens", default=None, help="Tokens per shard (e.g. 50M).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder.")
+@click.option("--out", default=None, metavar="FOLDER",
+              help="Output folder, local or an fsspec URL (built in a local temporary folder, then uploaded).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an earlier mix in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print errors and the summary.")
 def mix(config, reals, text_field, text_template, messages_field, synthetics, ratio_opts, total_tokens, tokenizer,
@@ -67,7 +69,13 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
     from generator.mix import RepetitionWarning, build_mix, ratio_text
     from generator.mix.preflight import check_sources
 
+    from generator.core import storage
+
+    if out is not None and not storage.is_url(out):
+        out = Path(out).absolute()
     if layout == "preference":
+        if out is not None and storage.is_url(out):
+            raise click.UsageError("--layout preference writes to a local --out folder")
         _preference(synthetics, out, fmt)
         return
     try:
@@ -76,8 +84,6 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
         if config is not None:  # paths inside resolve against the file's folder, options against the cwd
             file_cfg, located, prefix = load_mix_file(config)
             data = file_cfg.model_dump(exclude_unset=True)
-        if out is not None:
-            out = out.absolute()
         fields = {k: v for k, v in (("text_field", text_field),
                                     ("text_template", text_template.replace("\\n", "\n") if text_template else None),
                                     ("messages_field", messages_field)) if v}
@@ -90,7 +96,7 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
             for r in data["real"]:
                 r.update(fields)
         if synthetics:
-            data["synthetic"] = [{"run": Path(p).absolute()} for p in synthetics]
+            data["synthetic"] = [{"run": p if storage.is_url(p) else Path(p).absolute()} for p in synthetics]
         if ratio_opts:
             data.pop("ratio", None)
             data.pop("ratios", None)

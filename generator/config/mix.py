@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from generator.config.base import data_path, format_error
 from generator.config.mix_parsing import parse_ratio, parse_token_count, ratio_text, template_fields
+from generator.core import storage
 from generator.core.errors import SpecError
 from generator.core.yaml_loader import Located, load_yaml
 
@@ -27,6 +28,11 @@ REAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.zst", ".json.
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _location(v: Any) -> Any:
+    """A folder that may be an fsspec URL: URLs stay strings (a Path folds `s3://` into `s3:/`)."""
+    return v if v is None or isinstance(v, Path) or storage.is_url(v) else storage.local_path(v)
 
 
 class RealSource(_Strict):
@@ -71,12 +77,17 @@ class SyntheticFilters(_Strict):
 class SyntheticSource(_Strict):
     """A synthgen run folder (RUN/generations/part-*.parquet)."""
 
-    run: Path
+    run: Path | str = Field(description="the run folder: a local path or an fsspec URL (s3://bucket/runs/NAME)")
     name: str | None = None
     filters: SyntheticFilters = Field(default_factory=SyntheticFilters)
 
+    @field_validator("run", mode="before")
+    @classmethod
+    def _run(cls, v: Any) -> Any:
+        return _location(v)
+
     def display_name(self) -> str:
-        return self.name or self.run.name
+        return self.name or storage.name_of(self.run)
 
 
 class MixConfig(_Strict):
@@ -97,9 +108,15 @@ class MixConfig(_Strict):
     layout: Literal["text", "messages"] = "text"
     format: Literal["jsonl", "jsonl.zst", "parquet", "megatron"] = "parquet"
     shard_tokens: int = Field(DEFAULT_SHARD_TOKENS, description="tokens per shard (documents are never split)")
-    out: Path | None = None
+    out: Path | str | None = Field(None, description="the output folder: a local path or an fsspec URL (built "
+                                   "locally, then uploaded)")
     overwrite: bool = Field(False, description="replace the files of an earlier mix in `out`")
     cache_dir: Path | None = Field(None, description="where .tokcache files go; default $SYNTHGEN_CACHE/tokcache")
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out(cls, v: Any) -> Any:
+        return _location(v)
 
     @field_validator("ratio", mode="before")
     @classmethod
@@ -155,8 +172,10 @@ class MixConfig(_Strict):
         """A copy with relative paths made absolute against `base_dir` (the config file's folder)."""
         base = Path(base_dir)
 
-        def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.expanduser().is_absolute() else base / p).expanduser()
+        def fix(p: Path | str | None) -> Path | str | None:
+            if p is None or storage.is_url(p):
+                return p
+            return (p if p.expanduser().is_absolute() else base / p).expanduser()
 
         data = self.model_copy(deep=True)
         for s in data.real:

@@ -161,6 +161,49 @@ def open_read(loc: Any) -> Iterator[Any]:
             yield fh
 
 
+def download(loc: Any, dest: Path) -> None:
+    """Copy a file to the local path `dest` (streamed, not held in memory; whole or not at all)."""
+    from generator.core.files import atomic_path
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        if not is_url(loc):
+            import shutil
+
+            shutil.copyfile(local_path(loc), tmp)
+            return
+        with errors(loc):
+            fs, path = filesystem(str(loc))
+            fs.get_file(path, str(tmp))
+
+
+def upload_tree(folder: Path, loc: Any, last: str | None = None) -> list[Any]:
+    """Upload every file under the local `folder` to the same relative names under `loc`, each one
+    atomically (`write_atomic`), the file named `last` (relative) after all the others: a reader
+    that sees it sees the whole tree. Returns the locations written."""
+    import shutil
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    rel = [p.relative_to(folder).as_posix() for p in files]
+    order = sorted(range(len(files)), key=lambda i: rel[i] == last)  # stable: `last` moves to the end
+    written = []
+    for i in order:
+        target = join(loc, *rel[i].split("/"))
+        src = files[i]
+        if is_url(loc):
+            with errors(loc):
+                fs, path = filesystem(str(target))
+                protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+                if set(protocols) & OBJECT_STORES:  # one PUT: whole or absent, no temporary copy needed
+                    fs.put_file(str(src), path)
+                    fs.invalidate_cache(path)
+                    written.append(target)
+                    continue
+        write_atomic(target, lambda tmp, s=src: shutil.copyfile(s, tmp))
+        written.append(target)
+    return written
+
+
 def remove(loc: Any) -> None:
     if not is_url(loc):
         local_path(loc).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -9,6 +10,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from generator.core import storage
 from generator.core.errors import SynthgenError
 from generator.mix.apportion import hamilton
 from generator.mix.chat import ChatRenderer
@@ -17,7 +19,8 @@ from generator.mix.counting import TokenCounter
 from generator.mix.digest import file_sha256
 from generator.mix.gather import MixPlan, Spill, shard_tables, spill_selected
 from generator.mix.index import IndexContext
-from generator.mix.manifest import MixResult, mix_record, prepare_out, run_manifest, source_accounting, write_manifest
+from generator.mix.manifest import (MANIFEST_NAME, MixResult, mix_record, prepare_out, prepare_remote_out, run_manifest,
+                                    source_accounting, write_manifest)
 from generator.mix.output_shards import shard_bounds, write_shard
 from generator.config.mix_parsing import parse_ratio, ratio_folder
 from generator.mix.preflight import check_sources
@@ -46,16 +49,29 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
         config = config.resolved(base_dir)
     cfg = config
     say = log or (lambda _msg: None)
-    out_dir = Path(out) if out is not None else cfg.out
+    out_dir = out if out is not None else cfg.out
     if out_dir is None:
         raise SynthgenError("set out: the folder the mix is written to (--out)")
-    out_dir = out_dir.expanduser()
+    remote = storage.is_url(out_dir)
+    out_dir = out_dir if remote else Path(out_dir).expanduser()
     check_sources(cfg)  # every source, before the tokenizer loads or a row is read
+    # remote shards are downloaded here, and a remote mix is built here first: the token cache, the
+    # spill file and memory-mapped token files need a local disk (TMPDIR chooses which)
+    with tempfile.TemporaryDirectory(prefix="synthgen-mix-") as tmp:
+        local_out = Path(tmp) / "out" if remote else out_dir
+        manifest = _build(cfg, out_dir, local_out, Path(tmp) / "sources", say)
+        if remote:
+            say(f"uploading the mix to {out_dir}")
+            storage.upload_tree(local_out, out_dir, last=MANIFEST_NAME)  # the manifest last: it marks a whole mix
+    return MixResult(out=out_dir, manifest=manifest)
 
+
+def _build(cfg: MixConfig, out_dir: Path | str, local_out: Path, stage: Path, say: Callable[[str], None]) -> dict:
+    """The mix written into the local folder `local_out` (`out_dir` itself, unless that is a URL)."""
     tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
     chat = ChatRenderer(tok)
     stats = {"cache_hits": 0, "cache_misses": 0, "tokens_counted": 0}
-    sources = _index_sources(cfg, tok, chat, stats, say)
+    sources = _index_sources(cfg, tok, chat, stats, say, stage)
     pool = Pool(sources)
     avail = {"real": pool.available("real"), "synthetic": pool.available("synthetic")}
     say(f"available: {avail['real']:,} real tokens, {avail['synthetic']:,} synthetic tokens "
@@ -71,7 +87,12 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
                                 f"sources {avail['synthetic']:,} after filters")
     warn_msgs = _check_ratios(cfg, pool, budget, say)  # every ratio, before anything is written
 
-    prepare_out(out_dir, cfg.overwrite)
+    if local_out == out_dir:
+        prepare_out(out_dir, cfg.overwrite)
+    else:
+        prepare_remote_out(out_dir, cfg.overwrite)
+        local_out.mkdir(parents=True)
+    final, out_dir = out_dir, local_out
     plans = [_plan(cfg, pool, budget, r, out_dir, say) for r in ratios]
     say("reading the selected documents")
     spill = Spill(out_dir / f".mix-spill-{os.getpid()}.arrows", pa.large_string() if cfg.layout == "text"
@@ -84,9 +105,10 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
             plan.folder.mkdir(parents=True, exist_ok=True)
             shards = [_write_one(plan, k, table_of(plan, k), sources, pool, cfg, tok, out_dir)
                       for k in range(len(plan.bounds))]
-            say(f"ratio {plan.ratio}: wrote {len(shards)} shard(s) to {plan.folder}")
-            per_source = source_accounting(pool, plan.sel, plan.lengths, targets)
             folder = str(plan.folder.relative_to(out_dir)) if plan.folder != out_dir else "."
+            where = final if folder == "." else storage.join(final, folder)
+            say(f"ratio {plan.ratio}: wrote {len(shards)} shard(s) for {where}")
+            per_source = source_accounting(pool, plan.sel, plan.lengths, targets)
             mixes.append(mix_record(plan.ratio, folder, budget, kind_budget, plan.sel, per_source, shards,
                                     cfg.format))
     finally:
@@ -94,15 +116,15 @@ def build_mix(config: MixConfig | dict, *, out: str | Path | None = None, base_d
 
     manifest = run_manifest(cfg, budget, tok, chat, sources, stats, mixes, warn_msgs)
     write_manifest(out_dir, manifest)
-    return MixResult(out=out_dir, manifest=manifest)
+    return manifest
 
 
 def _index_sources(cfg: MixConfig, tok: TokenizerInfo, chat: ChatRenderer, stats: dict,
-                   say: Callable[[str], None]) -> list[SourceIndex]:
+                   say: Callable[[str], None], stage: Path | None = None) -> list[SourceIndex]:
     """Read every source once: rows kept, tokens per row (counted, or from the token cache)."""
     counter = TokenCounter(tok)
     ctx = IndexContext(tok=tok, chat=chat, counter=counter, stats=stats, layout=cfg.layout,
-                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser(), say=say)
+                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser(), say=say, stage_dir=stage)
     say(f"counting tokens with {counter.method}")
     sources: list[SourceIndex] = []
     try:
@@ -137,7 +159,7 @@ def _check_ratios(cfg: MixConfig, pool: Pool, budget: int, say: Callable[[str], 
                 msg = (f"ratio {r}: {kind} tokens repeated {factor:.3f}x ({need[kind]:,} needed, "
                        f"{avail[kind]:,} unique) because allow_repetition is true")
                 warn_msgs.append(msg)
-                warnings.warn(msg, RepetitionWarning, stacklevel=3)  # the caller of build_mix
+                warnings.warn(msg, RepetitionWarning, stacklevel=4)  # the caller of build_mix (via _build)
                 say("warning: " + msg)
     return warn_msgs
 

@@ -30,6 +30,7 @@ class IndexContext:
     stats: dict
     layout: str
     say: Callable[[str], None] = lambda _msg: None
+    stage_dir: Path | None = None  # where shards of remote run folders are downloaded for this build
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from generator.core import storage
 from generator.core.errors import SynthgenError
 from generator.core.files import write_json_atomic
 from generator.mix.chat import ChatRenderer
@@ -48,21 +49,45 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def prepare_remote_out(out: str, overwrite: bool) -> None:
+    """`prepare_out` for a URL: a prefix holding objects is replaced only with overwrite, and then only
+    an earlier mix's files (its manifest first: a mix without one is incomplete)."""
+    manifest = storage.join(out, MANIFEST_NAME)
+    storage.check_writable(out)
+    if not storage.is_dir(out):
+        return
+    if not overwrite:
+        raise SynthgenError(f"out {out} already holds files; choose another out, or set overwrite: true "
+                            f"(--overwrite) to replace an earlier mix there")
+    try:
+        old = json.loads(storage.read_bytes(manifest).decode("utf-8"))
+    except (FileNotFoundError, ValueError):
+        raise SynthgenError(f"out {out} holds files but no readable {MANIFEST_NAME}, so it is not an earlier "
+                            f"mix that overwrite may replace; choose another out") from None
+    storage.remove(manifest)
+    for mix in old.get("mixes", []):
+        for shard in mix.get("shards", []):
+            for f in shard.get("files", []):
+                if ".." not in f.split("/"):  # only files inside out
+                    storage.remove(storage.join(out, f))  # files are relative to out
+
+
 @dataclass
 class MixResult:
-    out: Path
+    out: Path | str  # a local folder, or the URL the mix was uploaded to
     manifest: dict
 
     @property
-    def manifest_path(self) -> Path:
-        return self.out / MANIFEST_NAME
+    def manifest_path(self) -> Path | str:
+        return storage.join(self.out, MANIFEST_NAME)
 
     def folder(self, ratio: str) -> Path:
         """The folder holding the shards of one ratio."""
         want = ratio_text(ratio)
         for m in self.manifest["mixes"]:
             if m["ratio"] == want:
-                return self.out / m["folder"]
+                return self.out / m["folder"] if not storage.is_url(self.out) else (
+                    storage.join(self.out, m["folder"]) if m["folder"] != "." else self.out)
         raise KeyError(ratio)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 from generator.config.mix import REAL_SUFFIXES, MixConfig, RealSource, template_fields
-from generator.core.errors import SpecError
+from generator.core import storage
+from generator.core.errors import RunFolderError, SpecError
 from generator.core.run_layout import GENERATIONS, generation_files
 from generator.core.yaml_loader import Located
 
@@ -115,22 +116,48 @@ def problems(cfg: MixConfig) -> list[Problem]:
     for i, src in enumerate(cfg.real):
         out.extend(_real(i, src, cfg.layout))
     for i, syn in enumerate(cfg.synthetic):
-        at, run, name = ("synthetic", i, "run"), syn.run, syn.display_name()
-        if not run.is_dir():
-            what = "is not a folder" if run.exists() else "does not exist"
-            out.append((at, f"synthetic source '{name}': {run} {what}; point run at a synthgen run folder "
-                            f"(runs/NAME, written by `synthgen run`)"))
-        elif not os.access(run, os.R_OK | os.X_OK):
-            out.append((at, f"synthetic source '{name}': {run} is not readable; check its permissions"))
-        elif not generation_files(run):
-            out.append((at, f"synthetic source '{name}': {run} has no {GENERATIONS}/part-*.parquet shards; "
-                            f"run `synthgen run SPEC` into it first, or point run at a finished run folder"))
+        problem = _remote_run(syn.run) if storage.is_url(syn.run) else _local_run(syn.run)
+        if problem:
+            out.append((("synthetic", i, "run"), f"synthetic source '{syn.display_name()}': {problem}"))
     if cfg.tokenizer and not _alias(cfg.tokenizer) and not Path(cfg.tokenizer).expanduser().exists():
         out.append((("tokenizer",), f"tokenizer {cfg.tokenizer} is neither a model alias nor an existing "
                                     f"folder or tokenizer.json; fix the path or name a model alias"))
-    if cfg.out is not None and cfg.out.exists() and not cfg.out.is_dir():
+    if storage.is_url(cfg.out):
+        try:
+            storage.check_writable(cfg.out)  # the bucket exists and can be read: before any token is counted
+        except RunFolderError as exc:
+            out.append((("out",), f"out: {exc}"))
+    elif cfg.out is not None and cfg.out.exists() and not cfg.out.is_dir():
         out.append((("out",), f"out: {cfg.out} is a file; give a folder for the mix"))
     return out
+
+
+_NO_SHARDS = (f"has no {GENERATIONS}/part-*.parquet shards; run `synthgen run SPEC` into it first, or point run "
+              f"at a finished run folder")
+
+
+def _local_run(run: Path) -> str | None:
+    if not run.is_dir():
+        what = "is not a folder" if run.exists() else "does not exist"
+        return f"{run} {what}; point run at a synthgen run folder (runs/NAME, written by `synthgen run`)"
+    if not os.access(run, os.R_OK | os.X_OK):
+        return f"{run} is not readable; check its permissions"
+    if not generation_files(run):
+        return f"{run} {_NO_SHARDS}"
+    return None
+
+
+def _remote_run(run: str) -> str | None:
+    """The same checks on a URL: one listing of the run's prefix and one of its shards."""
+    try:
+        if not storage.is_dir(run):
+            return (f"{run} does not exist (no object under that prefix); point run at a run folder that "
+                    f"`synthgen run SPEC --out {run}` wrote")
+        if not generation_files(run):
+            return f"{run} {_NO_SHARDS}"
+    except RunFolderError as exc:  # no bucket, no credentials, endpoint down: already one line with the fix
+        return str(exc)
+    return None
 
 
 def _alias(name: str) -> bool:

@@ -2,21 +2,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from generator.core import storage
 from generator.core.errors import SynthgenError
 from generator.core.run_layout import require_generation_files
 from generator.config.mix import SyntheticSource
+from generator.mix.digest import text_sha256
 from generator.mix.index import ChunkRows, IndexContext, index_file
 from generator.mix.reader import Chunk
 from generator.mix.sources import SourceFile, SourceIndex, fields_error, is_empty, normalize_messages, skip_reason
 
 
-def run_files(src: SyntheticSource) -> list[Path]:
+def run_files(src: SyntheticSource) -> list[Any]:
     return require_generation_files(src.run, f" (synthetic source '{src.display_name()}')")
+
+
+def local_shard(file: Any, stage: Path | None) -> Path:
+    """A shard to read: a local one as it is; a remote one downloaded into `stage` (chunks are read
+    again by position when the mix is written, so the bytes must stay put for the whole build)."""
+    if not storage.is_url(file):
+        return Path(file)
+    if stage is None:
+        raise SynthgenError(f"{file}: a remote shard needs a staging folder; build the mix with build_mix")
+    dest = stage / text_sha256(str(file))[:16] / storage.name_of(file)  # two runs may share shard names
+    if not dest.is_file():
+        storage.download(file, dest)
+    return dest
 
 
 class SyntheticRows:
@@ -110,7 +126,8 @@ def index_synthetic(src: SyntheticSource, ctx: IndexContext) -> SourceIndex:
     parts: list[SourceFile] = []
     skipped: dict[str, int] = {}
     row_offset = 0
-    for file in run_files(src):
+    for remote in run_files(src):
+        file = local_shard(remote, ctx.stage_dir)
         columns, topic_col = how.columns(file)
         scan = index_file(file, columns, how.extractor(topic_col), how.key, ctx, cache_empty=True)
         keep = np.concatenate([info[1] for info in scan.infos]) if scan.infos else np.zeros(0, dtype=bool)
@@ -121,7 +138,7 @@ def index_synthetic(src: SyntheticSource, ctx: IndexContext) -> SourceIndex:
         local = np.flatnonzero(keep)
         rows_kept.append(local + row_offset)
         counts.append(scan.n_tokens[keep] if scan.rows else np.zeros(0, dtype=np.int64))
-        files_info.append({"path": str(file), "sha256": scan.sha256, "rows": scan.rows, "docs": int(len(local))})
+        files_info.append({"path": str(remote), "sha256": scan.sha256, "rows": scan.rows, "docs": int(len(local))})
         parts.append(SourceFile(path=file, first_row=row_offset, rows=scan.rows, chunks=scan.chunks))
         row_offset += scan.rows
     topics = sorted(set(topic_vals), key=_natural_key)
