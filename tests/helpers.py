@@ -51,6 +51,16 @@ def importorskip_ci(name: str):
     return pytest.importorskip(name)
 
 
+def salvaged_keys(run_dir) -> set[str]:
+    """Keys a resume salvaged from a killed process's local copy (answered before the kill, but
+    not yet published then): `answers/*-salvage*.parquet`, published by the next opener."""
+    from generator.core.run_layout import answer_files, read_answer_file
+    from generator.core.storage import name_of
+
+    return {k for f in answer_files(run_dir) if "-salvage" in name_of(f)
+            for k in read_answer_file(f, ["key"])["key"].to_list()}
+
+
 def cache_keys(run_dir) -> set[str]:
     """Keys of the answers published into a run folder (empty before the first publish)."""
     from generator.core.run_layout import read_answers

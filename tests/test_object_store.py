@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from helpers import importorskip_ci, small_spec
+from helpers import importorskip_ci, salvaged_keys, small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_synthgen.py"
@@ -119,10 +119,7 @@ def test_run_killed_and_resumed_on_s3_pays_only_what_was_never_published(s3, tmp
     manifest = read_manifest(url)
     # what the killed run had answered but not yet published was salvaged from its local working
     # copy by the resume (same machine), and counted under the killed session
-    from generator.core.run_layout import answer_files, read_answer_file
-
-    salvaged = {k for f in answer_files(url, killed["session"]) if "-salvage" in f.rsplit("/", 1)[-1]
-                for k in read_answer_file(f, ["key"])["key"].to_list()}
+    salvaged = salvaged_keys(url)
     assert not salvaged & before
     # the resume paid only for the requests the killed run never answered, each once
     paid = after - before - salvaged

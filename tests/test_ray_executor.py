@@ -125,13 +125,18 @@ class _Dies(FakeBackend):
         thread's whim."""
         from generator.core.run_layout import read_answers
 
-        deadline = time.time() + 30
+        # this actor's own: the other actor writes shards and publishes answers too
+        records = {r.id.split("#")[0] for r in self.calls[:2]}
+        keys = {r.payload_hash(self.model) for r in self.calls[:answers]}
+        deadline = time.time() + 60
         while time.time() < deadline:
-            if list((self.run / "generations").glob("*.parquet")):
-                published = read_answers(self.run, ["key"])
-                if published is not None and published.height >= answers:
-                    return
+            files = list((self.run / "generations").glob("*.parquet"))
+            written = set(pl.concat([pl.read_parquet(f, columns=["id"]) for f in files])["id"]) if files else set()
+            published = read_answers(self.run, ["key"])
+            if records <= written and published is not None and keys <= set(published["key"]):
+                return
             time.sleep(0.05)
+        raise AssertionError("the actor's first shard and answers never landed")
 
     def _die(self):
         if not os.path.exists(self.marker):
