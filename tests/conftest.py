@@ -70,3 +70,22 @@ def ray_session():
              runtime_env={"env_vars": env} if env else None)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """Base URL (…/v1) of the embedded model behind vLLM's OpenAI server, default flags."""
+    if os.environ.get("SYNTHGEN_TEST_OPENAI_URL"):
+        yield os.environ["SYNTHGEN_TEST_OPENAI_URL"].rstrip("/")
+        return
+    importorskip_ci("vllm")
+    from vllm_server import free_port, start_vllm_server, stop_server, wait_healthy
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    proc = start_vllm_server(port, log)
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_server(proc)

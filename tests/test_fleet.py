@@ -467,3 +467,28 @@ def test_hedge_counts_show_in_the_summary_and_the_usage_table():
     assert "5 hedges (3 answered first)" in lines[0] and "hedges" not in lines[1]
     usage = [ln for ln in text(endpoints_table(rows)).splitlines() if "127.0.0.1" in ln]
     assert "5 (3 won)" in usage[0] and "won" not in usage[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_real_vllm_server_beside_faulty_test_servers_one_killed_mid_run(vllm_server):
+    """A fleet of a real vLLM CPU server and two test servers (one answering 429 over 4 requests at
+    once and dropping connections, one slow), the slow one killed mid-run: every request is answered
+    exactly once, the real server takes its share, the dead one is drained."""
+    sims = [Sim(latency=0.05, limit=4, drop=3, model="smollm2-135m"), Sim(latency=0.3, model="smollm2-135m")]
+    with Fleet(sims=sims) as fleet:
+        b = OpenAIBackend("smollm2-135m", [vllm_server, *fleet.urls], backoff=0.05, concurrency=8)
+        feed = RequestFeed(_reqs(40, max_tokens=8))
+        out = []
+        for res in b.stream(feed):
+            out.append(res)
+            if len(out) == 10:
+                fleet.kill(1)
+                feed.put_many(_reqs(60, max_tokens=8)[40:])
+                feed.close()
+    _exactly_once(out, 60)
+    assert all(r.error is None for r in out), [r.error for r in out if r.error][:3]
+    real, faulty, dead = b.describe()["endpoints"]
+    assert real["answered"] > 0 and real["errors"] == 0
+    assert fleet.sims[0].stats["status_429"] + fleet.sims[0].stats["dropped"] > 0  # its faults were met
+    assert dead["state"] == "down" and real["answered"] + faulty["answered"] + dead["answered"] == 60

@@ -23,6 +23,7 @@ from generator.core.backend import Request, Sampling
 from generator.engine.backends.openai_http import OpenAIBackend
 from generator.core.errors import BackendError
 from helpers import importorskip_ci, small_spec
+from vllm_server import free_port as _free_port, start_vllm_server, stop_server, wait_healthy  # noqa: F401
 from openai_server import OpenAIServer, scripted_answer
 
 SCHEMA = {"type": "object", "properties": {"question": {"type": "string", "maxLength": 80},
@@ -132,63 +133,6 @@ def test_generate_streams_results_as_they_finish():
 
 
 # ---------------------------------------------------------------- slow: a real vLLM server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_vllm_server(port: int, log: Path, extra: list[str] | None = None) -> subprocess.Popen:
-    from generator.core.model_aliases import resolve_model
-
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model("smollm2-135m"),
-           "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port),
-           "--max-model-len", "2048", "--enforce-eager", *(extra or [])]
-    return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"vLLM server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    """Base URL (…/v1) of the embedded model behind vLLM's OpenAI server, default flags."""
-    if os.environ.get("SYNTHGEN_TEST_OPENAI_URL"):
-        yield os.environ["SYNTHGEN_TEST_OPENAI_URL"].rstrip("/")
-        return
-    importorskip_ci("vllm")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    proc = start_vllm_server(port, log)
-    try:
-        wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop_server(proc)
-
-
 def _healthy(base_url: str) -> bool:
     try:
         return httpx.get(base_url.removesuffix("/v1") + "/health", timeout=5).status_code == 200

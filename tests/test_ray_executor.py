@@ -16,7 +16,7 @@ from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.runs import run_spec
 from generator.config.spec import load_spec
-from helpers import importorskip_ci, small_spec
+from helpers import importorskip_ci
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -208,34 +208,62 @@ def test_ray_shards_written_by_a_dead_actor_are_kept(proj, tmp_path, ray_session
 
 
 def test_ray_real_model_two_actors(tmp_path, monkeypatch, ray_session):
-    """The real path once: two actors, each its own vLLM engine on the embedded model, write every
-    record once with its lineage (kills are tested on the fake backend above, at known points)."""
+    """The real path once: a two-stage pipeline (problem -> solution) on two actors, each its own
+    vLLM engine on the embedded model; every record is written once, with both stages' lineage,
+    its stages run on one actor (kills are tested on the fake backend above, at known points)."""
     importorskip_ci("vllm")
     from generator.engine.executors.ray import RayExecutor
 
     monkeypatch.setenv("SYNTHGEN_KV_CACHE_GB", "0.25")  # two small engines side by side
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SMALL_SPEC)
+    spec_path.write_text(PIPELINE_SPEC)
     spec = load_spec(spec_path)
     ex = RayExecutor(actors=2)
     try:
-        res = run_spec(spec, out=tmp_path / "run", executor=ex)
+        res = run_spec(spec, out=tmp_path / "run", executor=ex, score=False)
     finally:
         ex.close()
     ids = _ids(tmp_path / "run")
     plan = pl.read_parquet(tmp_path / "run" / "plan.parquet")
-    assert sorted(ids) == sorted(plan["id"].to_list()) and len(ids) == len(set(ids)) == 12
     df = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
-    assert (df["completion_tokens"] > 0).all() and (df["prompt_tokens"] > 0).all()
-    assert set(df["status"]) <= {"ok", "truncated", "empty", "error"} and res.model_calls >= 12
-    assert df.sort("id")["prompt"].to_list() == plan.sort("id")["prompt"].to_list()  # lineage: its own plan row
+    final = df.filter(pl.col("final"))
+    assert sorted(final["id"].to_list()) == sorted(plan["id"].to_list()) and final["id"].n_unique() == 12
+    assert res.generated == 12 and res.model_calls >= 12
+    assert set(df["problem.status"]) <= {"ok", "truncated", "empty", "error"}
+    # a problem that came back usable was handed to the solution stage, on the same record's row
+    usable = final.filter(pl.col("problem.status").is_in(["ok", "truncated"]))
+    assert usable.height and usable["solution.status"].null_count() == 0
+    assert (usable["problem.completion_tokens"] > 0).all() and (usable["solution.prompt_tokens"] > 0).all()
+    assert all(p and t and t in p for p, t in zip(usable["solution.prompt"], usable["problem.text"]))
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["models"]["smollm2-135m"]["backend"] == "vllm"
-    assert manifest["models"]["smollm2-135m"]["executor"] == "ray" and manifest["models"]["smollm2-135m"]["actors"] == 2
+    assert manifest["pipeline"]["order"] == ["problem", "solution"]
+    info = manifest["models"]["smollm2-135m"]
+    assert info["backend"] == "vllm" and info["executor"] == "ray" and info["actors"] == 2
 
 
-SMALL_SPEC = small_spec("ray-small", 5, max_tokens=32, run="{shard_size: 2, window: 4}")
+PIPELINE_SPEC = """name: ray-pipeline
+seed: 5
+topics:
+  - items:
+      - {topic: Arithmetic, subtopic: adding fractions}
+      - {topic: Arithmetic, subtopic: long division}
+      - {topic: Geometry, subtopic: area of a triangle}
+generations_per_topic: 4
+personas: {file: core, sample: 10}
+models:
+  - name: smollm2-135m
+sampling: {temperature: 0.8, top_p: 0.95, max_tokens: 32}
+stages:
+  - name: problem
+    kind: generate
+    template: pipeline/math_problem
+  - name: solution
+    kind: generate
+    template: pipeline/solve
+    output: true
+run: {shard_size: 2, window: 4}
+"""
 
 
 def test_default_actor_count_comes_from_the_cluster_and_is_printed_first(proj, tmp_path, ray_session):
