@@ -22,30 +22,14 @@ from generator.library.schema_examples import minimal_instance
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "proj"
 
-STAGE_TEMPLATE = """---
-name: step
-description: A later stage for scheduler tests.
-purpose: general
-variables: [subtopic]
----
-Continue about {{ subtopic }}.
-"""
-USER_TEMPLATE = """---
-name: sim_user
-description: A user simulator for scheduler tests.
-purpose: general
-variables: [subtopic]
----
-Ask about {{ subtopic }}.
-"""
-TASK_TEMPLATE = """---
-name: task
-description: An agent task for scheduler tests.
-purpose: general
-variables: [subtopic]
----
-Add two numbers about {{ subtopic }}.
-"""
+def _template(name: str, description: str, body: str) -> str:
+    return (f"---\nname: {name}\ndescription: {description}\npurpose: general\nvariables: [subtopic]\n---\n"
+            f"{body}\n")
+
+
+STAGE_TEMPLATE = _template("step", "A later stage for scheduler tests.", "Continue about {{ subtopic }}.")
+USER_TEMPLATE = _template("sim_user", "A user simulator for scheduler tests.", "Ask about {{ subtopic }}.")
+TASK_TEMPLATE = _template("task", "An agent task for scheduler tests.", "Add two numbers about {{ subtopic }}.")
 TOOLS_PY = "def add(a, b):\n    return a + b\n"
 TOOLS = [{"name": "add", "description": "Add two numbers.", "python": "liveness_tools:add",
           "parameters": {"type": "object", "required": ["a", "b"],

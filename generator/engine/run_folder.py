@@ -188,13 +188,12 @@ def _alive(pid: int) -> bool:
 def _leftovers(run: Any) -> Iterator[tuple[Path, str]]:
     """Working copies of `run` left on this machine by processes that died before publishing
     everything (a SIGKILL, an OOM kill, a lost Ray actor), with the session each belonged to."""
-    root = _local_root()
+    root, digest = _local_root(), _digest(run)
     if not root.is_dir():
         return
-    for path in root.glob(f"{_digest(run)}-*.sqlite"):
-        stem = path.name[len(_digest(run)) + 1:-len(".sqlite")]
-        session, _, rest = stem.rpartition("-")[0].rpartition("-")  # SESSION-PID-RAND
-        pid = stem.rpartition("-")[0].rpartition("-")[2]
+    for path in root.glob(f"{digest}-*.sqlite"):
+        head, _, _rand = path.name[len(digest) + 1:-len(".sqlite")].rpartition("-")  # SESSION-PID-RAND
+        session, _, pid = head.rpartition("-")
         if session and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             yield path, session
 
