@@ -277,10 +277,10 @@ def _hedged(monkeypatch, r0, n: int = 12, **kw):
 
     import httpx
 
-    import generator.engine.backends.openai_http as oh
+    import generator.engine.backends.fleet_hedge as fh
 
-    monkeypatch.setattr(oh, "HEDGE_TICK_S", 0.05)
-    monkeypatch.setattr(oh, "HEDGE_SETTLE_S", 0.1)
+    monkeypatch.setattr(fh, "HEDGE_TICK_S", 0.05)
+    monkeypatch.setattr(fh, "HEDGE_SETTLE_S", 0.1)
     state: dict = {"seen": []}
 
     async def handler(request: httpx.Request) -> httpx.Response:
@@ -396,10 +396,10 @@ def test_a_consumer_stopping_with_a_hedge_in_flight_cancels_both_and_the_backend
 
     import httpx
 
-    import generator.engine.backends.openai_http as oh
+    import generator.engine.backends.fleet_hedge as fh
 
-    monkeypatch.setattr(oh, "HEDGE_TICK_S", 0.05)
-    monkeypatch.setattr(oh, "HEDGE_SETTLE_S", 0.1)
+    monkeypatch.setattr(fh, "HEDGE_TICK_S", 0.05)
+    monkeypatch.setattr(fh, "HEDGE_SETTLE_S", 0.1)
     seen: list = []
 
     async def handler(request: httpx.Request) -> httpx.Response:

@@ -14,22 +14,9 @@ message, as does a fleet whose every endpoint is still unreachable after the ret
 is read from the environment variable named by `api_key_env` and lives only in the request
 headers: it is never logged, never in `describe()`, never in the run folder.
 
-Hedged tail. Requests are committed to an endpoint's queue when sent, so at the end of a run
-(nothing left to send) one server can still hold a request or two more than the others: on a
-server that decodes in batches, those cost it a whole extra batch while the others sit idle. So
-while nothing waits to be sent, every `HEDGE_TICK_S` the backend looks for an endpoint with room
-in its window and re-sends to it (a hedge) the request written last to the endpoint holding the
-most requests nobody else is working on, when that endpoint holds at least `HEDGE_GAP` more than the
-one with room has in flight; or, to an idle endpoint, the oldest request that has waited over
-`HEDGE_SLOW` times the median answer time (a stuck or slow server). A candidate is hedged only once
-every look over `HEDGE_SETTLE_S` has chosen it: counts taken while a burst of answers is still
-landing (a batch finishing on many servers at once) overstate a server's queue. Each request is hedged at most once; the first good answer is its Result and the
-other attempt is cancelled (its connection closed; vLLM then drops the request). A failed attempt
-whose twin is still in flight is dropped; when both fail, the request is retried as any other.
-Usage counts the answer that won; each endpoint counts the hedges sent to it and how many answered
-first. A seeded request to identical servers gets the same answer either way; otherwise (no seed,
-or servers that differ) a hedge may return another server's answer. `hedge=False` turns it off
-(a hosted API may bill the cancelled attempt).
+Hedged tail: at the end of a run a request stuck behind a longer queue is sent again to an endpoint
+with room, and the first good answer wins (`fleet_hedge.py` says when and why). `hedge=False`
+turns it off (a hosted API may bill the cancelled attempt).
 """
 from __future__ import annotations
 
@@ -50,15 +37,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
+from generator.engine.backends import fleet_hedge
 from generator.engine.backends.fleet import SHRINK_STATUSES, Endpoint
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
-HEDGE_TICK_S = 0.25  # how often the tail is looked at for requests to hedge (module docstring)
-HEDGE_SETTLE_S = 1.5  # a request is hedged once every look over this long has chosen it
-HEDGE_GAP = 2        # hedge when a queue holds this many more requests than the endpoint with room
-HEDGE_SLOW = 3.0     # ...or, to an idle endpoint, a request waiting this many times the median answer time
-HEDGE_MIN_ANSWERS = 8  # answers needed before a median answer time means anything
 
 
 def redacted_url(url: str) -> str:
@@ -192,7 +175,7 @@ class OpenAIBackend:
             env_seed.strip().lower() in ("1", "true", "yes", "on"))
         self.window = window  # only sizes the caller's cache flushes: requests stream individually
         self.on_finished = on_finished
-        self.hedge = bool(hedge)  # re-send the tail's stuck requests to idle endpoints (module docstring)
+        self.hedge = bool(hedge)  # re-send the tail's stuck requests to idle endpoints (fleet_hedge)
         self._transport = transport  # an httpx transport (tests use httpx.MockTransport)
         self.stats = {"requests": 0, "retries": 0, "status_429": 0, "status_5xx": 0, "timeouts": 0,
                       "connection_errors": 0, "hedges": 0, "hedges_won": 0}
@@ -356,8 +339,7 @@ class OpenAIBackend:
         e.sent()
         if hedge:
             job.hedged = True
-            self.stats["hedges"] += 1
-            e.stats["hedges"] += 1
+            fleet_hedge.count_sent(self.stats, e)
         wire = [float("inf")]  # when the request was written to its connection: not yet
 
         async def trace(event: str, info: dict) -> None:
@@ -510,61 +492,24 @@ class OpenAIBackend:
             self._latencies.append(now - sent_at)
         job.done = True
         if hedge:
-            self.stats["hedges_won"] += 1
-            e.stats["hedges_won"] += 1
+            fleet_hedge.count_won(self.stats, e)
         for other in list(job.live):  # the loser: closing its connection lets the server drop it
             other.cancel()
         self._finish(result)
 
-    # -- the hedged tail (module docstring)
+    # -- the hedged tail: fleet_hedge plans it from this loop's state; the hedges go out here
     def _hedge(self, seen: dict) -> dict:
-        """One look at the tail: plan the hedges, and send those every look since `HEDGE_SETTLE_S`
-        ago planned (`seen`: candidate -> when first planned). Returns this look's plan."""
+        """One look at the tail (`fleet_hedge.plan_hedges`), while nothing waits to be sent."""
         if (not self.hedge or len(self.endpoints) < 2 or self._pending or len(self._feed)
                 or self._fatal is not None or self._closing):
             return {}
         now = time.monotonic()
         # per endpoint, its attempts that are the only one of their request (never hedged)
         sole = {e: [t for t in e.tasks if t in self._job_of and not self._job_of[t].hedged] for e in self.endpoints}
-        load = {e: e.in_flight for e in self.endpoints}
-        slow = None
-        if len(self._latencies) >= HEDGE_MIN_ANSWERS:
-            times = sorted(self._latencies)
-            slow = HEDGE_SLOW * times[len(times) // 2]
-        plan: dict = {}
-        while True:
-            room = [e for e in self.endpoints if e.up and load[e] < max(int(e.window), 1)]
-            if not room:
-                break
-            y = min(room, key=lambda x: load[x])
-            busy = [e for e in self.endpoints if e is not y and sole[e]]
-            if not busy:
-                break
-            x = max(busy, key=lambda e: len(sole[e]))
-            if len(sole[x]) >= load[y] + HEDGE_GAP:  # the last in x's queue would start sooner on y
-                pick = max(sole[x], key=lambda t: self._wire[t][0])
-            elif load[y] == 0 and slow is not None:  # y is idle: the longest wait, if far past typical
-                x, pick = min(((e, t) for e in busy for t in sole[e]), key=lambda et: self._job_of[et[1]].live[et[1]])
-                if now - self._job_of[pick].live[pick] <= slow:
-                    break
-            else:
-                break
-            sole[x].remove(pick)
-            load[y] += 1
-            plan[pick] = seen.get(pick, now)
-            if now - plan[pick] >= HEDGE_SETTLE_S and y.can_take(now):
-                self._launch(y, self._job_of[pick], hedge=True)
-        return plan
-
-    async def _hedger(self) -> None:
-        seen: dict = {}
-        while True:
-            await asyncio.sleep(HEDGE_TICK_S)
-            try:
-                seen = self._hedge(seen)
-            except Exception as exc:  # a bug here must stop the stream, not die silently in a task
-                self._fail(exc)
-                return
+        return fleet_hedge.plan_hedges(
+            self.endpoints, sole, written=lambda t: self._wire[t][0], sent=lambda t: self._job_of[t].live[t],
+            slow=fleet_hedge.slow_wait(self._latencies), seen=seen, now=now,
+            send=lambda y, t: self._launch(y, self._job_of[t], hedge=True))
 
     async def _run_feed(self, feed: RequestFeed, out: queue.Queue, stop: threading.Event) -> None:
         """Queue each request the moment it is in the feed; put each result (or the error to
@@ -587,7 +532,7 @@ class OpenAIBackend:
         # (at K = 64 that scan, not the network, was what bounded the fleet's throughput).
         async with contextlib.AsyncExitStack() as stack:
             self._http = {e: await stack.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
-            hedger = asyncio.ensure_future(self._hedger())
+            hedger = asyncio.ensure_future(fleet_hedge.look_every_tick(self._hedge, self._fail))
             try:
                 while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout
