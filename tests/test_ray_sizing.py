@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from generator.config.spec import ModelConfig
+from generator.config.models import ModelConfig
 from generator.core.errors import SynthgenError
 from generator.engine.executors.ray_sizing import ActorSizing, gpu_memory_share, model_gpus, size_actors
 
