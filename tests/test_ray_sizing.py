@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from generator.config.spec import ModelConfig
+from generator.config.models import ModelConfig
 from generator.core.errors import SynthgenError
-from generator.engine.executors.ray import model_gpus, size_actors
+from generator.engine.executors.ray_sizing import ActorSizing, gpu_memory_share, model_gpus, size_actors
 
 
 def _vllm(name: str = "m", **kw) -> ModelConfig:
@@ -85,7 +85,7 @@ def test_bad_num_gpus_is_one_line(tmp_path, value, fix):
 def test_actors_sharing_a_gpu_get_their_share_of_its_memory(monkeypatch):
     """num_gpus 0.5: each actor's engines take 0.45 of the GPU (the 0.9 budget halved), or the
     second engine to start on that GPU finds too little free memory and vLLM refuses it."""
-    from generator.engine.executors.ray import ActorSizing, RayExecutor
+    from generator.engine.executors.ray import RayExecutor
 
     monkeypatch.delenv("SYNTHGEN_GPU_MEMORY", raising=False)
     ex = RayExecutor(actors=2)
@@ -96,3 +96,6 @@ def test_actors_sharing_a_gpu_get_their_share_of_its_memory(monkeypatch):
     monkeypatch.delenv("SYNTHGEN_GPU_MEMORY")
     ex.sizing = ActorSizing(actors=2, num_cpus=1, num_gpus=1, reason="")  # a whole GPU: the default budget
     assert "SYNTHGEN_GPU_MEMORY" not in ex._actor_options().get("runtime_env", {}).get("env_vars", {})
+    # the share scales with the fraction; whole GPUs and no GPU keep the default budget
+    assert (gpu_memory_share(0.25), gpu_memory_share(1), gpu_memory_share(2), gpu_memory_share(0)) == \
+        ("0.2250", None, None, None)

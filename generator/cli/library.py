@@ -35,7 +35,7 @@ def with_model_options(f):
 def _backend(model, backend, base_url, api_key_env):
     from generator.engine.backends import make_backend
     from generator.cli.options import quiet_engine_logs
-    from generator.config.spec import ModelConfig
+    from generator.config.models import ModelConfig
 
     quiet_engine_logs(False)
     try:

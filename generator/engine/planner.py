@@ -19,7 +19,8 @@ from generator.core.confine import Confinement
 from generator.core.paths import builtin_root
 from generator.library.catalog import (Refused, TopicCell, load_personas, load_template, load_topic_tree, resolve,
                                        tree_cells)
-from generator.config.spec import InlineTopics, ModelConfig, SamplingConfig, SeedTopics, Spec, TreeTopics
+from generator.config.models import ModelConfig
+from generator.config.spec import InlineTopics, SamplingConfig, SeedTopics, Spec, TreeTopics
 from generator.library.prompt_template import Template
 from generator.engine.record import Record
 

@@ -7,7 +7,7 @@ from generator.core.backend import Backend, Request, Result, Sampling
 
 
 def make_backend(model_cfg: Any, **kwargs: Any) -> Backend:
-    """Build the backend a spec's model entry asks for (`generator.config.spec.ModelConfig`)."""
+    """Build the backend a spec's model entry asks for (`generator.config.models.ModelConfig`)."""
     if model_cfg.backend == "openai":
         from generator.engine.backends.openai_http import OpenAIBackend
 

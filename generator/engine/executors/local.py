@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
-from generator.config.spec import ModelConfig
+from generator.config.models import ModelConfig
 from generator.core.backend import Backend
 from generator.engine.backends import make_backend
 from generator.engine.backends.memory import shared_engines
