@@ -1,7 +1,8 @@
 """Python API behind `synthgen score | compare | dedup`.
 
-Inputs (`load_texts`): a run folder (its `generations/*.parquet`; rows with status == "ok" and, if the
-column exists, a null `duplicate_of`), a Parquet file, a CSV file, or a JSONL / JSONL.zst file.
+Inputs (`load_texts`): a run folder, local or an fsspec URL (its `generations/*.parquet`; rows with
+status == "ok" and, if the column exists, a null `duplicate_of`), a Parquet file, a CSV file, or a
+JSONL / JSONL.zst file.
 `text_column` may join several columns with "+", e.g. "question+answer" (joined by a newline).
 """
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from generator.core.files import write_parquet_atomic
-from generator.core.run_layout import generation_files, read_generation_files
+from generator.core.run_layout import generation_files, read_generation_files, read_parquet
+from generator.core.storage import name_of, write_atomic
 
 from scoring.metrics import DEFAULT_METRICS, EMBEDDING, get, score_texts
 
@@ -266,8 +267,9 @@ def compare(paths: Sequence[str | Path], metrics: str | Sequence[str] | None = N
 def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = False,
               text_column: str = "text", semantic_threshold: float = 0.95,
               embedder: str = "static") -> dict[str, Any]:
-    """Mark duplicates in a run: a `duplicate_of` column (id of the earlier row) in every
-    generations/*.parquet, written atomically (tmp file + os.replace). Rows are never dropped.
+    """Mark duplicates in a run (a local folder or an fsspec URL): a `duplicate_of` column (id of
+    the earlier row) in every generations/*.parquet, each file replaced atomically (tmp file +
+    os.replace; one PUT on an object store). Rows are never dropped.
 
     Only rows with status == "ok" take part (others get null). Order = file order then row order.
     Exact and MinHash near duplicates (Jaccard >= `threshold`); with `embeddings`, also texts whose
@@ -278,13 +280,13 @@ def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = Fa
     files = generation_files(run_dir)
     if not files:
         raise FileNotFoundError(f"{run_dir}: no generations/*.parquet")
-    frames = [pl.read_parquet(f) for f in files]
+    frames = [read_parquet(f) for f in files]
     refs: list[tuple[int, int]] = []  # (file index, row index) of each ok row
     texts, ids = [], []
     for fi, df in enumerate(frames):
         ok = df["status"].to_list() if "status" in df.columns else ["ok"] * df.height
         tx = _text_series(df, text_column)
-        idc = df["id"].to_list() if "id" in df.columns else [f"{files[fi].name}:{r}" for r in range(df.height)]
+        idc = df["id"].to_list() if "id" in df.columns else [f"{name_of(files[fi])}:{r}" for r in range(df.height)]
         for r in range(df.height):
             if ok[r] == "ok":
                 refs.append((fi, r))
@@ -312,7 +314,9 @@ def dedup_run(run_dir: str | Path, threshold: float = 0.8, embeddings: bool = Fa
         col = pl.Series("duplicate_of", marks[fi], dtype=pl.Utf8) if df.height else pl.Series("duplicate_of", [], dtype=pl.Utf8)
         if "id" in df.columns and df["id"].dtype != pl.Utf8:
             col = pl.Series("duplicate_of", marks[fi], dtype=df["id"].dtype)
-        write_parquet_atomic(df.with_columns(col), f)
+        marked = df.with_columns(col)
+        # as the engine writes a shard: atomic locally, one PUT (whole or absent) on an object store
+        write_atomic(f, lambda tmp, m=marked: m.write_parquet(tmp, compression="zstd", statistics=True))
     n_dup = sum(d is not None for d in dup)
     return {"files": len(files), "rows": sum(df.height for df in frames), "ok_rows": len(texts),
             "duplicates": n_dup, "exact": sum(e is not None for e in exact),

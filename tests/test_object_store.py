@@ -277,3 +277,96 @@ def test_mix_reads_a_run_in_the_bucket_and_uploads_the_mix(s3, tmp_path, shared_
     over = _main("mix", str(tmp_path / "good.yaml"), "-q", "--overwrite")
     assert over.exit_code == 0, over.output
     assert json.loads(s3.cat_file(f"{BUCKET}/mixes/one/mix_manifest.json"))["mixes"] == got["mixes"]
+
+
+def _download(s3, prefix: str, dest: Path) -> Path:
+    """Every object under `prefix` (bucket/key) as the same relative files under `dest`."""
+    for key in s3.find(prefix):
+        target = dest / key[len(prefix) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.get_file(key, str(target))
+    return dest
+
+
+def test_score_compare_report_usage_and_dedup_read_a_run_in_the_bucket(s3, tmp_path):
+    from generator.config.spec import load_spec
+    from generator.core.run_layout import generation_files, read_parquet
+    from generator.engine.executors.local import LocalExecutor
+    from generator.runs import run_spec
+    from generator.testing.fake import FakeBackend
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(small_spec("s3-read", 9, max_tokens=32, run="{shard_size: 5}"))
+    url = f"s3://{BUCKET}/runs/read"
+    res = run_spec(load_spec(spec), out=url, executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()),
+                   score=False)
+    assert res.generated == 12
+    local = _download(s3, f"{BUCKET}/runs/read", tmp_path / "local")
+    assert (local / "manifest.json").is_file() and len(list((local / "generations").glob("part-*.parquet"))) == 3
+
+    def both(*args: str, out: str | None = None) -> tuple[str, str]:
+        """The command on the bucket and on the local copy; each output with its run named RUN (and
+        its --out file OUT)."""
+        got = []
+        for run in (url, str(local)):
+            dest = str(tmp_path / f"{out}-{len(got)}.json")
+            r = _main(args[0], run, *args[1:], *(["--out", dest] if out else []))
+            assert r.exit_code == 0, r.output
+            got.append(r.output.replace(run, "RUN").replace(dest, "OUT"))
+        return got[0], got[1]
+
+    lex = "distinct_n,compression_ratio,exact_dup_rate,near_dup_rate"
+    remote, here = both("score", "--metrics", lex, "--by", "template", "--embedder", "hash", out="score")
+    assert remote == here and "(12 texts)" in remote
+    a, b = (json.loads((tmp_path / f"score-{i}.json").read_text())["datasets"] for i in (0, 1))
+    assert a[url] == b[str(local)] and a[url]["n_texts"] == 12 and a[url]["metrics"]["distinct_n"]["value"] > 0
+
+    cmp = _main("compare", url, str(local), "--metrics", "distinct_n", "--embedder", "hash",
+                "--out", str(tmp_path / "cmp.json"))
+    assert cmp.exit_code == 0, cmp.output
+    [row] = json.loads((tmp_path / "cmp.json").read_text())["table"]
+    assert row["values"][url] == row["values"][str(local)] > 0 and row["diffs"][str(local)]["diff"] == 0
+    header = next(line for line in cmp.output.splitlines() if line.startswith("metric"))
+    assert header.split()[2:] == ["read", "local", "(Δ)"], cmp.output  # each column named by its folder
+
+    remote, here = both("usage", "--json")
+    ru, lu = json.loads(remote), json.loads(here)
+    assert ru == lu and ru["source"] == "ledger" and ru["total"]["requests"] == 12, remote
+    remote, here = both("report")
+    assert remote == here and "usage of RUN" in remote and "counted from: the usage ledger" in remote
+    assert any(line.split()[:2] == ["total", "12"] for line in remote.splitlines()), remote
+
+    # dedup rewrites the shards in the bucket (each one PUT) exactly as it rewrites local ones
+    remote, here = both("dedup", "--threshold", "0.3")
+    assert remote == here and "ok_rows" in remote
+    for f, g in zip(generation_files(url), sorted((local / "generations").glob("part-*.parquet")), strict=True):
+        assert read_parquet(f)["duplicate_of"].to_list() == pl.read_parquet(g)["duplicate_of"].to_list()
+    dups = sum(pl.read_parquet(g)["duplicate_of"].is_not_null().sum() for g in (local / "generations").glob("*.parquet"))
+    remote, here = both("score", "--metrics", "distinct_n", "--embedder", "hash")
+    assert remote == here and f"({12 - dups} texts)" in remote  # marked duplicates are left out of the scores
+
+
+def test_a_url_that_holds_no_run_is_one_line_naming_it(s3, tmp_path):
+    missing = f"s3://{BUCKET}/runs/nothing-here"
+    s3.pipe_file(f"{BUCKET}/runs/stray/notes.txt", b"not a run")
+    stray = f"s3://{BUCKET}/runs/stray"
+    cases = [
+        (["score", missing], [missing, "run folder not found"]),
+        (["compare", missing, str(tmp_path)], [missing, "run folder not found"]),
+        (["dedup", missing], [missing, "run folder not found"]),
+        (["report", missing], [missing, "run folder not found"]),
+        (["usage", missing], [missing, "run folder not found"]),
+        (["report", stray], [stray, "not a run folder (no manifest.json)"]),
+        (["usage", stray], [stray, "not a run folder (no manifest.json)"]),
+        (["score", stray], [f"{stray}/generations", "no part-*.parquet files"]),
+        (["score", "s3://no-such-bucket-here/runs/x"], ["no-such-bucket-here/runs/x"]),
+    ]
+    for args, words in cases:
+        res = _main(*args)
+        assert res.exit_code == 2 and "Traceback" not in res.output, (args, res.output)
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words), \
+            (args, res.output)
+    # a local path keeps click's own check and message
+    res = _main("score", str(tmp_path / "nope"))
+    assert res.exit_code == 2 and "does not exist" in res.output and len(res.output.strip().splitlines()) == 1

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from generator.cli.options import RunPath
+
 console = Console(stderr=True)
 out = Console()
 
@@ -84,12 +86,13 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
 
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.argument("run_dir", metavar="RUN", type=RunPath(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the usage as JSON.")
 def usage(run_dir, as_json):
     """Model calls, cache hits, tokens, busy time, throughput and cost of RUN: per model, per stage
-    and template, and per session (a resumed run sums its sessions). Works while RUN is being
-    generated: it then also shows the totals at this rate for the records still to come."""
+    and template, and per session (a resumed run sums its sessions). RUN is a folder or an fsspec
+    URL such as s3://bucket/runs/NAME. Works while RUN is being generated: it then also shows the
+    totals at this rate for the records still to come."""
     from generator.core.run_layout import is_run_folder
     from generator.export.rows import ExportError
     from generator.export.usage import compute_usage

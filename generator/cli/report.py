@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from generator.cli.options import RunPath
+from generator.core import storage
+
 
 def _pipeline_table(manifest: dict):
     from rich.table import Table
@@ -24,13 +27,13 @@ def _pipeline_table(manifest: dict):
 
 
 @click.command("report")
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", metavar="RUN", type=RunPath(file_okay=False, exists=True))
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Also write an HTML report with plots here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Cells shown in the allocation table.")
 def report(run_dir, out, top):
     """Show how a run went: usage and cost per model, stage and session, per-stage pass and
     rejection rates of a pipeline, and for a rounds run diversity against generations and the
-    allocation per cell.
+    allocation per cell. RUN is a folder or an fsspec URL such as s3://bucket/runs/NAME.
 
     For a `synthgen probe` folder: the probe's table, its differences against the spread, and the
     plot (with --out, an HTML page with the table and the plot)."""
@@ -42,7 +45,8 @@ def report(run_dir, out, top):
     from generator.cli.output import echo, show_table
 
     console = Console(emoji=False, highlight=False)
-    if (Path(run_dir) / "probe.json").is_file():  # a `synthgen probe` folder: its tables (docs/probe.md)
+    # a `synthgen probe` folder: its tables (docs/probe.md); probes write local folders only
+    if not storage.is_url(run_dir) and (Path(run_dir) / "probe.json").is_file():
         from generator.probe.report import print_report
 
         print_report(run_dir, console, out)

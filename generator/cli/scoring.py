@@ -12,7 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from generator.cli.options import RunPath
 from generator.cli.output import echo, show_table
+from generator.core.storage import name_of
 
 BY_CHOICES = ["topic", "persona", "template", "model"]
 
@@ -70,10 +72,11 @@ def _write(result: dict, out: str | None, report: str | None, console: Console) 
 
 
 @click.command("score")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=RunPath(exists=True, shards=True))
 @_common
 def score_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_budget, out, report):
-    """Score the diversity of run folders, Parquet, CSV or JSONL(.zst) files."""
+    """Score the diversity of run folders (local, or an fsspec URL such as s3://bucket/runs/NAME),
+    Parquet, CSV or JSONL(.zst) files."""
     from scoring.api import score
 
     console = Console(emoji=False, highlight=False)
@@ -99,7 +102,7 @@ def score_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_bud
 
 
 @click.command("compare")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=RunPath(exists=True, shards=True))
 @_common
 def compare_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_budget, out, report):
     """Compare datasets side by side (differences against the first, with significance)."""
@@ -114,7 +117,7 @@ def compare_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_b
     t.add_column("metric")
     t.add_column("dir")
     for i, p in enumerate(paths):
-        t.add_column(Path(p).name if i == 0 else f"{Path(p).name} (Δ)", justify="right")
+        t.add_column(name_of(p) if i == 0 else f"{name_of(p)} (Δ)", justify="right")
     for row in res["table"]:
         cells = []
         for i, p in enumerate(res["datasets"]):
@@ -133,12 +136,13 @@ def compare_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_b
 
 
 @click.command("dedup")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", type=RunPath(exists=True, file_okay=False, shards=True))
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="MinHash Jaccard threshold.")
 @click.option("--embeddings/--no-embeddings", default=False, help="Also mark semantic duplicates.")
 @click.option("--text-column", default="text", show_default=True)
 def dedup_cmd(run, threshold, embeddings, text_column):
-    """Mark duplicates in a run: adds `duplicate_of` to generations/*.parquet (never drops rows)."""
+    """Mark duplicates in a run (a folder or an fsspec URL): adds `duplicate_of` to
+    generations/*.parquet (never drops rows)."""
     from scoring.api import dedup_run
 
     stats = dedup_run(run, threshold=threshold, embeddings=embeddings, text_column=text_column)

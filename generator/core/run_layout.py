@@ -60,6 +60,17 @@ def require_generation_files(run_dir: Any, what: str = "") -> list[Any]:
     return files
 
 
+def require_run_folder(run_dir: Any) -> Any:
+    """The run folder as a location, or a one-line error when nothing is there or it has no
+    manifest (every run writes its manifest first)."""
+    run = run_path(run_dir)
+    if not storage.is_dir(run):
+        raise RunFolderError(f"{run}: run folder not found; give the folder `synthgen run` wrote into")
+    if not is_run_folder(run):
+        raise RunFolderError(f"{run}: not a run folder (no {MANIFEST}); give the folder `synthgen run` wrote into")
+    return run
+
+
 def read_parquet(loc: Any, columns: list[str] | None = None) -> pl.DataFrame:
     """One Parquet file of a run folder, local or remote."""
     if not storage.is_url(loc):
@@ -90,6 +101,30 @@ def read_generation_files(run_dir: Any) -> pl.DataFrame | None:
 
 def has_rounds(run_dir: Any) -> bool:
     return storage.is_dir(storage.join(run_dir, ROUNDS))
+
+
+def round_file(run_dir: Any, r: int, kind: str = "") -> Any:
+    """rounds/round-NNN.json (a finished round) or round-NNN.KIND.json (e.g. its allocation)."""
+    return storage.join(run_dir, ROUNDS, f"round-{r:03d}{'.' + kind if kind else ''}.json")
+
+
+def read_rounds(run_dir: Any) -> list[dict]:
+    """The finished rounds' records, in order (stops at the first missing round)."""
+    out = []
+    while True:
+        try:
+            data = storage.read_bytes(round_file(run_dir, len(out) + 1))
+        except (FileNotFoundError, IsADirectoryError):
+            return out
+        out.append(json.loads(data))
+
+
+def read_stop(run_dir: Any) -> dict | None:
+    """rounds/stop.json: why the loop stopped before its last round, or None."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(run_dir, ROUNDS, "stop.json")))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
 
 
 def is_run_folder(run_dir: Any) -> bool:

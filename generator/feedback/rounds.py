@@ -23,6 +23,7 @@ import polars as pl
 
 from generator.feedback.allocator import Allocation, Allocator, grow_samples, round_slices
 from generator.core.errors import RunFolderError
+from generator.core.run_layout import read_rounds, round_file
 from generator.library.catalog import load_personas, load_topic_tree, resolve, tree_cells
 from generator.engine.planner import Resolved, expand, resolve_spec, validate
 from generator.runs import close_run
@@ -35,18 +36,13 @@ from generator.feedback.yields import compute_yields
 
 
 def round_path(folder: RunFolder, r: int, kind: str = "") -> Path:
-    return folder.path / "rounds" / f"round-{r:03d}{'.' + kind if kind else ''}.json"
+    return round_file(folder.path, r, kind)
 
 
-def load_rounds(run_dir: str | Path) -> list[dict]:
-    """Finished rounds of a run folder, in order (stops at the first missing round)."""
-    folder = RunFolder(run_dir)
-    out = []
-    r = 1
-    while round_path(folder, r).exists():
-        out.append(json.loads(round_path(folder, r).read_text()))
-        r += 1
-    return out
+def load_rounds(run_dir: Any) -> list[dict]:
+    """Finished rounds of a run folder (a local path or an fsspec URL), in order (stops at the first
+    missing round)."""
+    return read_rounds(run_dir)
 
 
 # ---------------------------------------------------------------- the pool (topic / persona samples)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import base64
 import html as _html
 import io
-import json
-from pathlib import Path
 from typing import Any
 
-from generator.core.run_layout import read_manifest
+from generator.core.run_layout import read_manifest, read_stop, run_path
+from generator.core.storage import name_of
 from generator.feedback.rounds import load_rounds
 
 
@@ -167,18 +166,19 @@ def _table_html(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html(run_dir: str | Path, rounds: list[dict] | None = None) -> str:
-    run_dir = Path(run_dir)
+def html(run_dir: Any, rounds: list[dict] | None = None) -> str:
+    """The report page of a run folder (a local path or an fsspec URL)."""
+    run_dir = run_path(run_dir)
     rounds = load_rounds(run_dir) if rounds is None else rounds
     manifest = read_manifest(run_dir)
     rule = (manifest.get("spec", {}).get("rounds") or {}).get("allocator", {}).get("rule", "?")
     imgs = plots(rounds)
-    parts = [f"<h1>Rounds report: {_html.escape(manifest.get('name', run_dir.name))}</h1>",
+    parts = [f"<h1>Rounds report: {_html.escape(manifest.get('name', name_of(run_dir)))}</h1>",
              f"<p>run folder <code>{_html.escape(str(run_dir))}</code>; allocator rule <b>{_html.escape(rule)}</b>;"
              f" {len(rounds)} round(s) finished.</p>"]
-    stop = run_dir / "rounds" / "stop.json"
-    if stop.exists():
-        for d in json.loads(stop.read_text()).get("decisions", []):
+    stop = read_stop(run_dir)
+    if stop is not None:
+        for d in stop.get("decisions", []):
             parts.append(f"<p><b>{_html.escape(d['action'])}</b>: {_html.escape(d['reason'])}</p>")
     for key, title in (("trajectory", "Trajectory"), ("allocation", "Allocation"), ("yield", "Yield")):
         if key in imgs:
@@ -218,7 +218,7 @@ def html(run_dir: str | Path, rounds: list[dict] | None = None) -> str:
             f"</head><body>{''.join(parts)}</body></html>\n")
 
 
-def _data_html(run_dir: Path) -> str:
+def _data_html(run_dir: Any) -> str:
     """What the run wrote: the 2-D map, examples per topic cell and the most similar pairs."""
     try:
         from scoring.api import data_sections
