@@ -105,7 +105,8 @@ def score_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_bud
 @click.argument("paths", nargs=-1, required=True, type=RunPath(exists=True, shards=True))
 @_common
 def compare_cmd(paths, text_column, by, metrics, sample, seed, embedder, token_budget, out, report):
-    """Compare datasets side by side (differences against the first, with significance)."""
+    """Compare datasets side by side (differences against the first, with significance). Each is a
+    run folder (local, or an fsspec URL), a Parquet, CSV or JSONL(.zst) file."""
     from scoring.api import compare
 
     if len(paths) < 2:
