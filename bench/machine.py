@@ -72,7 +72,9 @@ def machine() -> dict:
     mem = parse_meminfo(_read("/proc/meminfo"))
     return {"cpu": info["cpu"], "avx512": info["avx512"], "avx2": info["avx2"],
             "cores": usable, "cpus": info["cpus"] or os.cpu_count() or 0,
-            "memory_gib": round(mem / 2**30, 1) if mem else None, "gpus": gpus()}
+            "memory_gib": round(mem / 2**30, 1) if mem else None, "gpus": gpus(),
+            # torch told to use less than the CPU has (e.g. an AVX2-only CPU emulated on AVX-512)
+            "isa_cap": os.environ.get("ATEN_CPU_CAPABILITY") or None}
 
 
 def describe(info: dict | None = None) -> str:
@@ -82,7 +84,8 @@ def describe(info: dict | None = None) -> str:
     cores = f"{m['cores']} cores" + (f" of {m['cpus']}" if m.get("cpus") and m["cpus"] != m["cores"] else "")
     mem = f"{m['memory_gib']} GiB" if m.get("memory_gib") else "memory unknown"
     gpu = ", ".join(m["gpus"]) if m.get("gpus") else "no GPU"
-    return f"machine: {m['cpu']}, AVX-512 {yes(m['avx512'])}, AVX2 {yes(m['avx2'])}, {cores}, {mem}, {gpu}"
+    cap = f", torch held to {m['isa_cap']} (ATEN_CPU_CAPABILITY)" if m.get("isa_cap") else ""
+    return f"machine: {m['cpu']}, AVX-512 {yes(m['avx512'])}, AVX2 {yes(m['avx2'])}, {cores}, {mem}, {gpu}{cap}"
 
 
 def markdown(info: dict | None = None) -> str:

@@ -58,6 +58,8 @@ def test_describe_names_every_fact():
     line = describe(info)
     assert line == ("machine: AMD EPYC 9654, AVX-512 yes, AVX2 yes, 2 cores of 192, 31.3 GiB, "
                     "NVIDIA H200 (143771 MiB)")
+    # a CPU emulating a smaller one says so, or its figures would pass for the real CPU's
+    assert describe({**info, "isa_cap": "avx2"}).endswith("(143771 MiB), torch held to avx2 (ATEN_CPU_CAPABILITY)")
     bare = describe({**info, "avx512": False, "cpus": 2, "gpus": []})
     assert "AVX-512 no" in bare and "2 cores," in bare and bare.endswith("no GPU")
     assert markdown(info).startswith("*Measured on: AMD EPYC 9654")

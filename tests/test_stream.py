@@ -306,7 +306,7 @@ class _StepEngine:
         for vid, state in list(self.running.items()):
             r = state[0]
             state[1] += 1
-            want = self.lengths[(r.messages[-1]["content"], r.sampling.seed)]
+            want = self.lengths.get((r.messages[-1]["content"], r.sampling.seed), 5)
             if state[1] >= min(want, r.sampling.max_tokens):
                 del self.running[vid]
                 reason = "length" if want > r.sampling.max_tokens else "stop"
@@ -368,8 +368,26 @@ def test_a_cut_answers_retry_runs_beside_the_batch_and_gets_the_same_answer():
     # without a hedge the retry starts when the cut answer lands (step 40) and needs 30 more steps;
     # with one it started once the batch drained and half the budget was spent
     assert plain_at["r3#2"] == 70
-    assert hedged_at["r3#2"] < 60 and stats.hedges == 1 and stats.hedges_used == 1
+    # the hedge, 30 tokens long, was itself hedged at half its budget; that one went unused
+    assert hedged_at["r3#2"] < 60 and stats.hedges == 2 and stats.hedges_used == 1
     assert stats.steps < plain_stats.steps and not engine.running
+
+
+def test_a_retry_that_is_cut_too_has_its_own_retry_started_beside_it():
+    """Two cut tries in a row: the third try was hedged while the second ran, so it does not start
+    only when the second is cut; the answers are those of the unhedged run."""
+    lengths = _lengths(16, cut=(3,))
+    lengths[("p3", 301)] = 10_000  # the second try is cut too
+    lengths[("p3", 302)] = 30
+    plain, plain_at, _, _ = _drive(lengths, 16, hedge=False)
+    hedged, hedged_at, stats, engine = _drive(lengths, 16, hedge=True)
+    assert {k: (v.text, v.finish_reason) for k, v in plain.items()} == \
+           {k: (v.text, v.finish_reason) for k, v in hedged.items()}
+    assert [plain[f"r3#{a}"].finish_reason for a in (1, 2, 3)] == ["length", "length", "stop"]
+    # unhedged: cut at 40, cut again at 80, the third try lands at 110; hedged: the second try
+    # started at step 20 (cut at 60) and the third at 40, beside it
+    assert plain_at["r3#3"] == 110 and hedged_at["r3#3"] <= 72
+    assert stats.hedges_used == 2 and not engine.running
 
 
 def test_a_hedge_whose_original_is_not_cut_is_aborted_and_never_answered():
@@ -403,5 +421,54 @@ def test_a_run_ends_without_waiting_for_hedges_nobody_claims():
     reqs = [Request(id=f"r{i}", messages=({"role": "user", "content": f"p{i}"},),
                     sampling=Sampling(max_tokens=40, seed=100 * i), json_schema={}) for i in range(4)]
     out = list(stream_engine(engine, RequestFeed(reqs, close=True), lambda r: r, None, stats))
-    assert len(out) == 4 and stats.hedges == 1 and stats.steps == 40
-    assert not engine.running and len(engine.aborted) == 1
+    # the hedge and, past half its budget, the hedge behind it: both aborted at the end
+    assert len(out) == 4 and stats.hedges == 2 and stats.steps == 40
+    assert not engine.running and len(engine.aborted) == 2
+
+
+@pytest.mark.parametrize("hedge", [True, False])
+def test_the_model_entrys_hedge_reaches_the_offline_engine_loop(monkeypatch, hedge):
+    """`hedge:` in a model entry is read by the offline backend too (not only by fleets)."""
+    import generator.engine.backends.vllm_offline as offline
+    from generator.config.models import ModelConfig
+    from generator.engine.backends import make_backend
+
+    made = {}
+
+    class Recording:
+        def __init__(self, model, engine=None, **kw):
+            made.update(kw, model=model)
+
+    monkeypatch.setattr(offline, "VLLMOfflineBackend", Recording)
+    make_backend(ModelConfig(name="smollm2-135m", **({} if hedge else {"hedge": False})))
+    assert made["model"] == "smollm2-135m" and made["hedge"] is hedge
+
+
+def _random_lengths(data, n):
+    """Answer lengths by (prompt, seed) for up to 4 tries of each of `n` records: short, long but
+    within the budget of 40, or cut (some records cut at every try)."""
+    from hypothesis import strategies as st
+
+    kind = st.sampled_from([5, 12, 25, 38, 10_000])
+    return {(f"p{i}", 100 * i + a): data.draw(kind) for i in range(n) for a in range(4)}
+
+
+def test_hedging_never_changes_an_answer_and_leaves_the_engine_empty():
+    """Random lengths, cuts and chains of cuts: the same answers for the same requests with and
+    without hedges, each request answered once, nothing left running."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.data(), st.integers(1, 12))
+    def check(data, n):
+        lengths = _random_lengths(data, n)
+        lengths.update({(f"p{i}", 100 * i + 4): 5 for i in range(n)})  # the fifth try always ends
+        plain, _, plain_stats, _ = _drive(lengths, n, hedge=False)
+        hedged, _, stats, engine = _drive(lengths, n, hedge=True)
+        assert {k: (v.text, v.finish_reason) for k, v in plain.items()} == \
+               {k: (v.text, v.finish_reason) for k, v in hedged.items()}
+        assert not engine.running and stats.hedges_used <= stats.hedges
+        assert stats.steps <= plain_stats.steps
+
+    check()

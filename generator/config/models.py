@@ -31,7 +31,10 @@ class ModelConfig(Strict):
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     hedge: bool = Field(True, description="backend: openai with several base_urls: at the end of a run, re-send "
                         "a request queued behind others on one server to a server with room, and keep the first "
-                        "answer (the other is cancelled). Off for a hosted API that bills cancelled requests.")
+                        "answer (the other is cancelled). Off for a hosted API that bills cancelled requests. "
+                        "backend: vllm: once the engine drains, start a long structured request's likely retry "
+                        "(next seed) beside it, so a cut answer's retry does not trail the run; the answers are "
+                        "the same either way.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
     engine: dict[str, Any] = Field(default_factory=dict,
                                    description="Extra keyword arguments for vllm.LLM (e.g. max_model_len).")

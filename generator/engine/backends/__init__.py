@@ -22,6 +22,7 @@ def make_backend(model_cfg: Any, **kwargs: Any) -> Backend:
                                   api_key_env=model_cfg.api_key_env, runner=model_cfg.batch_runner,
                                   engine=model_cfg.engine, poll_s=model_cfg.batch_poll_s, **kwargs)
     kwargs.pop("run_dir", None)  # only the batch backend keeps files in the run folder
+    kwargs.setdefault("hedge", model_cfg.hedge)
     from generator.engine.backends.vllm_offline import VLLMOfflineBackend
 
     return VLLMOfflineBackend(model_cfg.name, engine=model_cfg.engine, **kwargs)

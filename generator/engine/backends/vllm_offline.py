@@ -143,8 +143,12 @@ class VLLMOfflineBackend:
         return template
 
     def describe(self) -> dict[str, Any]:
-        info = {"backend": "vllm", "device": "gpu" if self.gpu else "cpu", "feed": "continuous",
+        info = {"backend": "vllm", "device": "gpu" if self.gpu else "cpu", "feed": "continuous", "hedge": self.hedge,
                 "engine": {k: v for k, v in self.engine_kwargs.items()}, **describe_model(self.model)}
+        if self.last_stream is not None:  # what the latest stream did, for usage and bench/engine.py
+            s = self.last_stream
+            info["stats"] = {"engine_steps": s.steps, "max_in_flight": s.max_in_flight, "hedges": s.hedges,
+                             "hedges_used": s.hedges_used}
         try:
             import importlib.metadata as md
 

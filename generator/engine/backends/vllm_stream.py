@@ -14,6 +14,11 @@ next seed. When the caller sends that retry, it takes over the hedge (running or
 of starting afresh; when the original ends without being cut, the hedge is aborted. The answer a
 retry gets is the same either way (same messages, seed and parameters), so hedging changes only
 when it arrives, not what is written.
+
+A retry can be cut too, and its own retry would then trail the run by a whole answer: so a hedge
+(running or taken over) past half its budget in a draining engine is hedged in turn, with the seed
+after its own. A taken-over hedge keeps the step it started at, and dropping a hedge drops the
+hedges that stood behind it.
 """
 from __future__ import annotations
 
@@ -81,6 +86,7 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
     running_hedge: dict[str, str] = {}       # payload key -> hedge's engine id, still running
     done_hedge: dict[str, Result] = {}       # payload key -> a hedge's answer, not yet claimed
     orphaned: dict[str, float] = {}          # hedge engine id -> when its original ended cut
+    behind: dict[str, str] = {}              # payload key of a finished, cut, unclaimed hedge -> its own hedge
 
     def key(r: Request) -> str:
         return r.payload_hash("")
@@ -122,14 +128,17 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
                 ext = running_hedge.pop(k)
                 hedge_key.pop(ext, None)
                 orphaned.pop(ext, None)
+                # its age counts from the hedge's start, so its own hedge is not late
+                stats.submitted[r.id] = stats.submitted.pop(in_flight[ext].id, stats.steps)
                 in_flight[ext] = r
-                stats.submitted[r.id] = stats.steps
                 stats.hedges_used += 1
             elif k in done_hedge:
                 res = done_hedge.pop(k)
                 res.id = r.id
                 ready.append(res)
                 stats.hedges_used += 1
+                if k in behind:  # that answer was cut: the retry after it is next, its clock starts now
+                    orphaned[behind.pop(k)] = time.time()
             else:
                 fresh.append(r)
         if fresh:
@@ -142,6 +151,26 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
             del running_hedge[k]
             in_flight.pop(ext, None)
             engine.abort_request([internal.pop(ext)], internal=True)
+        h, _ = hedge_of.pop(ext, (None, None))
+        if h is not None:  # the hedge that stood behind this one is not needed either
+            drop_hedge(h)
+        if k is not None and k in behind:
+            drop_hedge(behind.pop(k))
+        if k is not None:
+            done_hedge.pop(k, None)
+
+    def settle_behind(ext: str, res: Result) -> None:
+        """`ext` ended with `res`: the hedge standing behind it is dropped unless `res` was cut."""
+        h, k = hedge_of.pop(ext, (None, None))
+        if h is None:
+            return
+        if res.finish_reason != "length":
+            drop_hedge(h)
+            done_hedge.pop(k, None)
+        elif ext in hedge_key:  # a cut hedge nobody claimed yet: its own hedge waits for that claim
+            behind[hedge_key[ext]] = h
+        elif running_hedge.get(k) == h:  # the retry should come: keep the hedge running a while
+            orphaned[h] = time.time()
 
     def start_hedges() -> None:
         originals = len(in_flight) - len(running_hedge)
@@ -149,8 +178,8 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
             return
         room = None if max_in_flight is None else max_in_flight - len(in_flight)
         todo = []
-        for ext, r in in_flight.items():
-            if (ext in hedge_key or ext in hedge_of or r.json_schema is None or r.sampling.seed is None
+        for ext, r in in_flight.items():  # hedges too: a hedge can be cut like its original
+            if (ext in hedge_of or r.json_schema is None or r.sampling.seed is None
                     or stats.steps - stats.submitted.get(r.id, stats.steps) < HEDGE_AFTER * r.sampling.max_tokens):
                 continue
             todo.append((ext, r))
@@ -170,6 +199,7 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
         r = in_flight.pop(ext)
         internal.pop(ext, None)
         res = _result(r, out)
+        settle_behind(ext, res)
         if ext in hedge_key:  # a hedge ended before its retry was sent: keep the answer for it
             k = hedge_key.pop(ext)
             running_hedge.pop(k, None)
@@ -177,14 +207,6 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
             done_hedge[k] = res
             return None
         stats.finished[r.id] = stats.steps
-        h, k = hedge_of.pop(ext, (None, None))
-        if h is not None:
-            if res.finish_reason == "length":  # the retry should come: keep a running hedge a while
-                if running_hedge.get(k) == h:
-                    orphaned[h] = time.time()
-            else:
-                drop_hedge(h)
-                done_hedge.pop(k, None)
         return res
 
     try:
