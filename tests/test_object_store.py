@@ -143,18 +143,24 @@ def _main(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def test_export_reads_and_writes_the_bucket(s3, tmp_path):
+def _fake_run_in_bucket(tmp_path, name: str, seed: int, shard_size: int) -> str:
+    """A 12-record run on the fake backend written to s3://BUCKET/runs/NAME; its URL."""
     from generator.config.spec import load_spec
     from generator.engine.executors.local import LocalExecutor
     from generator.runs import run_spec
     from generator.testing.fake import FakeBackend
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text(small_spec("s3-export", 6, max_tokens=32, run="{shard_size: 4}"))
-    url = f"s3://{BUCKET}/runs/export"
+    spec.write_text(small_spec(f"s3-{name}", seed, max_tokens=32, run=f"{{shard_size: {shard_size}}}"))
+    url = f"s3://{BUCKET}/runs/{name}"
     res = run_spec(load_spec(spec), out=url, executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()),
                    score=False)
     assert res.generated == 12
+    return url
+
+
+def test_export_reads_and_writes_the_bucket(s3, tmp_path):
+    url = _fake_run_in_bucket(tmp_path, "export", 6, 4)
     assert s3.exists(f"{BUCKET}/runs/export/README.md") and s3.exists(f"{BUCKET}/runs/export/manifest.json")
 
     to = f"s3://{BUCKET}/exports/one"
@@ -289,18 +295,9 @@ def _download(s3, prefix: str, dest: Path) -> Path:
 
 
 def test_score_compare_report_usage_and_dedup_read_a_run_in_the_bucket(s3, tmp_path):
-    from generator.config.spec import load_spec
     from generator.core.run_layout import generation_files, read_parquet
-    from generator.engine.executors.local import LocalExecutor
-    from generator.runs import run_spec
-    from generator.testing.fake import FakeBackend
 
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(small_spec("s3-read", 9, max_tokens=32, run="{shard_size: 5}"))
-    url = f"s3://{BUCKET}/runs/read"
-    res = run_spec(load_spec(spec), out=url, executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend()),
-                   score=False)
-    assert res.generated == 12
+    url = _fake_run_in_bucket(tmp_path, "read", 9, 5)
     local = _download(s3, f"{BUCKET}/runs/read", tmp_path / "local")
     assert (local / "manifest.json").is_file() and len(list((local / "generations").glob("part-*.parquet"))) == 3
 
