@@ -86,7 +86,7 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
     running_hedge: dict[str, str] = {}       # payload key -> hedge's engine id, still running
     done_hedge: dict[str, Result] = {}       # payload key -> a hedge's answer, not yet claimed
     orphaned: dict[str, float] = {}          # hedge engine id -> when its original ended cut
-    behind: dict[str, str] = {}              # payload key of a finished, cut, unclaimed hedge -> its own hedge
+    behind: dict[str, tuple[str, str]] = {}  # payload key of a finished, cut, unclaimed hedge -> its own hedge (id, key)
 
     def key(r: Request) -> str:
         return r.payload_hash("")
@@ -138,26 +138,30 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
                 ready.append(res)
                 stats.hedges_used += 1
                 if k in behind:  # that answer was cut: the retry after it is next, its clock starts now
-                    orphaned[behind.pop(k)] = time.time()
+                    h, hk = behind.pop(k)
+                    if running_hedge.get(hk) == h:
+                        orphaned[h] = time.time()
             else:
                 fresh.append(r)
         if fresh:
             add(fresh)
 
-    def drop_hedge(ext: str) -> None:
-        k = hedge_key.pop(ext, None)
+    def drop_hedge(ext: str, k: str | None = None) -> None:
+        """Abort hedge `ext`, or forget its answer if it has finished (then `k`, its payload key,
+        names it), and drop the hedges that stood behind it."""
+        k = hedge_key.pop(ext, k)
         orphaned.pop(ext, None)
         if k is not None and running_hedge.get(k) == ext:
             del running_hedge[k]
             in_flight.pop(ext, None)
             engine.abort_request([internal.pop(ext)], internal=True)
-        h, _ = hedge_of.pop(ext, (None, None))
-        if h is not None:  # the hedge that stood behind this one is not needed either
-            drop_hedge(h)
-        if k is not None and k in behind:
-            drop_hedge(behind.pop(k))
         if k is not None:
             done_hedge.pop(k, None)
+            if k in behind:
+                drop_hedge(*behind.pop(k))
+        h, hk = hedge_of.pop(ext, (None, None))
+        if h is not None:
+            drop_hedge(h, hk)
 
     def settle_behind(ext: str, res: Result) -> None:
         """`ext` ended with `res`: the hedge standing behind it is dropped unless `res` was cut."""
@@ -165,10 +169,9 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
         if h is None:
             return
         if res.finish_reason != "length":
-            drop_hedge(h)
-            done_hedge.pop(k, None)
+            drop_hedge(h, k)
         elif ext in hedge_key:  # a cut hedge nobody claimed yet: its own hedge waits for that claim
-            behind[hedge_key[ext]] = h
+            behind[hedge_key[ext]] = (h, k)
         elif running_hedge.get(k) == h:  # the retry should come: keep the hedge running a while
             orphaned[h] = time.time()
 
