@@ -193,10 +193,11 @@ def _validate_mix(shown: str, doc, data: dict, prefix: tuple = (), own_run=None)
     if own_run is not None:
         from generator.core import storage
 
-        own = {str(own_run).rstrip("/")} if storage.is_url(own_run) else {
-            Path(own_run).absolute(), (doc.file.parent / own_run).absolute()}
-        waiting = [s for s in cfg.synthetic if (str(s.run).rstrip("/") if storage.is_url(s.run)
-                                                else s.run.absolute()) in own and not storage.exists(s.run)]
+        def where(run):  # one spelling of a location, to compare them
+            return str(run).rstrip("/") if storage.is_url(run) else Path(run).absolute()
+
+        own = {where(own_run)} if storage.is_url(own_run) else {where(own_run), where(doc.file.parent / own_run)}
+        waiting = [s for s in cfg.synthetic if where(s.run) in own and not storage.exists(s.run)]
         for s in waiting:
             click.echo(f"note: mix source {s.run} does not exist yet; `synthgen run` writes it", err=True)
         cfg = cfg.model_copy(update={"synthetic": [s for s in cfg.synthetic if s not in waiting]})

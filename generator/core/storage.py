@@ -120,8 +120,7 @@ def check_writable(loc: Any) -> None:
     with errors(loc):
         fs, path = filesystem(str(loc))
         root = path.split("/", 1)[0]
-        if set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) & OBJECT_STORES \
-                and not fs.exists(root):
+        if _atomic_puts(fs) and not fs.exists(root):
             fs.ls(root, detail=False)  # `exists` hides why (no credentials, no bucket): this raises it
             raise RunFolderError(f"{loc}: bucket {root} does not exist or cannot be read; create it first, "
                                  f"or fix the URL")
@@ -179,27 +178,21 @@ def download(loc: Any, dest: Path) -> None:
 
 def upload_tree(folder: Path, loc: Any, last: str | None = None) -> list[Any]:
     """Upload every file under the local `folder` to the same relative names under `loc`, each one
-    atomically (`write_atomic`), the file named `last` (relative) after all the others: a reader
-    that sees it sees the whole tree. Returns the locations written."""
-    import shutil
-
+    atomically, the file named `last` (relative) after all the others: a reader that sees it sees
+    the whole tree. Returns the locations written."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     rel = [p.relative_to(folder).as_posix() for p in files]
     order = sorted(range(len(files)), key=lambda i: rel[i] == last)  # stable: `last` moves to the end
     written = []
     for i in order:
         target = join(loc, *rel[i].split("/"))
-        src = files[i]
-        if is_url(loc):
-            with errors(loc):
-                fs, path = filesystem(str(target))
-                protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-                if set(protocols) & OBJECT_STORES:  # one PUT: whole or absent, no temporary copy needed
-                    fs.put_file(str(src), path)
-                    fs.invalidate_cache(path)
-                    written.append(target)
-                    continue
-        write_atomic(target, lambda tmp, s=src: shutil.copyfile(s, tmp))
+        if is_url(target):
+            with errors(target):
+                _put_file(files[i], target)
+        else:
+            import shutil
+
+            write_atomic(target, lambda tmp, s=files[i]: shutil.copyfile(s, tmp))
         written.append(target)
     return written
 
@@ -235,21 +228,30 @@ def write_atomic(loc: Any, fill: Callable[[Path], None]) -> None:
             fill(tmp)
         return
     with errors(loc):
-        fs, path = filesystem(str(loc))
         fd, tmp = tempfile.mkstemp(prefix=".synthgen-upload-", suffix=".tmp")
         os.close(fd)
         try:
             fill(Path(tmp))
-            protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-            if set(protocols) & OBJECT_STORES:
-                fs.put_file(tmp, path)
-            else:  # no atomic PUT: upload beside the target, then move it into place
-                part = f"{path}.{os.getpid()}.tmp"
-                fs.put_file(tmp, part)
-                fs.mv(part, path)
-            fs.invalidate_cache(path)
+            _put_file(Path(tmp), loc)
         finally:
             os.unlink(tmp)
+
+
+def _atomic_puts(fs: Any) -> bool:
+    """Whether a PUT to `fs` lands whole or not at all (an object store)."""
+    return bool(set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) & OBJECT_STORES)
+
+
+def _put_file(src: Path, loc: Any) -> None:
+    """Upload the local file `src` to the URL `loc`; readers see the old object or the whole new one."""
+    fs, path = filesystem(str(loc))
+    if _atomic_puts(fs):
+        fs.put_file(str(src), path)
+    else:  # no atomic PUT: upload beside the target, then move it into place
+        part = f"{path}.{os.getpid()}.tmp"
+        fs.put_file(str(src), part)
+        fs.mv(part, path)
+    fs.invalidate_cache(path)
 
 
 def write_bytes_atomic(loc: Any, data: bytes) -> None:

@@ -81,13 +81,12 @@ class MixResult:
     def manifest_path(self) -> Path | str:
         return storage.join(self.out, MANIFEST_NAME)
 
-    def folder(self, ratio: str) -> Path:
+    def folder(self, ratio: str) -> Path | str:
         """The folder holding the shards of one ratio."""
         want = ratio_text(ratio)
         for m in self.manifest["mixes"]:
             if m["ratio"] == want:
-                return self.out / m["folder"] if not storage.is_url(self.out) else (
-                    storage.join(self.out, m["folder"]) if m["folder"] != "." else self.out)
+                return self.out if m["folder"] == "." else storage.join(self.out, m["folder"])
         raise KeyError(ratio)
 
 
