@@ -21,7 +21,7 @@ from generator.engine.backends.vllm_stream import StreamStats, stream_engine
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.dialogue.presentation import (NativePresentation, SchemaPresentation, presentation_for,
                                                     template_has_tools, text_tool_calls)
-from generator.engine.run_folder import RequestCache
+from generator.engine.request_cache import RequestCache
 from generator.runs import run_spec
 from generator.testing.fake import FakeBackend
 from openai_server import OpenAIServer, scripted_answer

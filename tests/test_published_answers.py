@@ -10,7 +10,8 @@ import time
 import pytest
 
 from generator.core.run_layout import ANSWERS, answer_files, answer_usage, published_usage, read_answers
-from generator.engine.run_folder import RequestCache, RunFolder
+from generator.engine.request_cache import RequestCache
+from generator.engine.run_folder import RunFolder
 from generator.export.usage import ledger
 
 
@@ -85,7 +86,7 @@ def test_a_new_cache_replays_every_writers_answers_once(tmp_path, slow_timer):
 
 
 def test_a_failed_publish_keeps_answers_and_usage_for_the_next(tmp_path, monkeypatch, slow_timer):
-    import generator.engine.run_folder as rf
+    import generator.engine.request_cache as rf
 
     run = tmp_path / "run"
     cache = RunFolder(run).cache(session="s1")

@@ -16,7 +16,7 @@ from generator.core.errors import ModelError
 from generator.testing.fake import FakeBackend
 from generator.engine.backends.memory import split_memory
 from generator.engine.backends.openai_http import OpenAIBackend
-from generator.engine.run_folder import RequestCache
+from generator.engine.request_cache import RequestCache
 
 
 def _req(i: int, max_tokens: int = 16) -> Request:

@@ -26,7 +26,8 @@ from generator.engine.planner import Record, Resolved, plan_spec, records_frame
 from generator.engine.pipeline.dag import Pipeline
 from generator.engine.pipeline.execute import compile_spec
 from generator.config.spec import Spec
-from generator.engine.run_folder import RunFolder, new_session
+from generator.engine.request_cache import new_session
+from generator.engine.run_folder import RunFolder
 
 Progress = Callable[[str, dict], None]  # (event, data): "plan", "start", "record", "shard", "done"
 

@@ -47,7 +47,7 @@ from generator.engine.pipeline.lineage import attempt_row, single_row
 from generator.engine.pipeline.state import Pending, Rec
 from generator.engine.planner import Resolved
 from generator.engine.requests import classify, make_request as entry_request, retryable
-from generator.engine.run_folder import RequestCache
+from generator.engine.request_cache import RequestCache
 
 
 class StallError(SynthgenError):
