@@ -150,8 +150,8 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
         sched.run(writer.admit(r) for r in rows)
     finally:
         cache.close()
-        if sched.functions is not None:
-            sched.functions.close()
+        if sched.checks.functions is not None:
+            sched.checks.functions.close()
         stats.model_calls, stats.cache_hits, stats.stuck = sched.model_calls, sched.cache_hits, sched.stuck
     return stats
 

@@ -2,7 +2,8 @@
 pipeline, `dag.single_stage`).
 
 Each model has one `RequestFeed` and one thread consuming `backend.stream(feed)`; checks (verify
-functions, regexes, schemas) run in a small worker pool. Both report back as events on one queue.
+functions, regexes, schemas) run in a small worker pool (`checks.CheckRunner`). Both report back as
+events on one queue.
 The scheduler thread owns every record's state: when an answer lands it is written to the request
 cache at once (a crash loses only requests in flight), its stage settles, and the record's next
 stages (or a retry, or a regeneration) go straight into the feeds, so the engines never wait for a
@@ -27,17 +28,17 @@ Liveness, by construction:
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import queue
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from generator.config.stages import GenerateStage, JudgeStage, VerifyStage
+from generator.config.stages import GenerateStage, JudgeStage
 from generator.core.backend import Backend, Request, RequestFeed, Result, Sampling
 from generator.core.errors import SynthgenError, TemplateError
 from generator.core.redact import scrub_text
-from generator.engine.pipeline import expressions, verify
+from generator.engine.pipeline import verify
+from generator.engine.pipeline.checks import CheckRunner
 from generator.engine.pipeline.context import (Contexts, StageOut, judge_messages, make_request, render_stage,
                                                sampling_for, stage_context, stage_seed)
 from generator.engine.pipeline.dag import DIALOGUE_KINDS, Pipeline, StageNode
@@ -67,12 +68,9 @@ class PipelineScheduler:
         self.cache = cache
         self.retries = retries
         self.on_rows = on_rows  # (plan row, every attempt row of the record) once it is final
-        self.functions = functions
         self.stall_timeout = stall_timeout
         self.max_open = max(1, max_open)
         self.contexts = Contexts(resolved)
-        self.filters = {n: expressions.parse(node.cfg.expr) for n, node in pipeline.nodes.items()
-                        if node.kind == "filter"}
         self.renderers = {t.name: t.renderer for node in pipeline.nodes.values() for t, _ in node.templates}
         self.schemas = {t.name: t.output_schema for node in pipeline.nodes.values() for t, _ in node.templates}
         self.model_calls = 0
@@ -86,9 +84,8 @@ class PipelineScheduler:
         self._feeds = {m: RequestFeed() for m in backends}
         self._rows: dict[str, list[dict]] = {}
         self._open: dict[str, Rec] = {}
-        self._checks = concurrent.futures.ThreadPoolExecutor(max_workers=check_workers,
-                                                             thread_name_prefix="checks")
-        self._has_checks = any(n.kind == "verify" for n in pipeline.nodes.values())
+        self.checks = CheckRunner(pipeline, resolved, functions, check_workers, post=self._events.put,
+                                  live=self._live, reject=self._reject, advance=self._advance)
         self.dialogues = DialogueDriver(pipeline, resolved, self.contexts, retries, backends,
                                         submit=self._submit, post=self._events.put, live=self._live,
                                         reject=self._reject, advance=self._advance)
@@ -122,7 +119,7 @@ class PipelineScheduler:
             for t in threads:
                 if t.ident is not None:
                     t.join()
-            self._checks.shutdown(wait=True, cancel_futures=True)
+            self.checks.close()
             self.dialogues.close()
             # answers that landed after the loop stopped (an error elsewhere) are paid for: keep them
             late = []
@@ -168,7 +165,7 @@ class PipelineScheduler:
                 if pend is not None:
                     self._landed(pend, payload)
             elif kind == "check":
-                self._checked(who, payload)
+                self.checks.checked(who, payload)
             elif kind == "tool":
                 self.dialogues.tool_done(who, payload)
         self._drain_ready()
@@ -409,95 +406,15 @@ class PipelineScheduler:
                     return False
                 continue
             if node.kind == "filter":
-                if not self._finish_check(rec, node, self._filter(rec, node)):
+                if not self.checks.filter(rec, node):
                     return False  # rejected: _reject already advanced the new attempt (or ended it)
                 settled = True
                 continue
-            done = self._start_check(rec, node)
+            done = self.checks.start(rec, node)
             if done is None:
                 return False  # rejected at once: _reject already went on
             settled = settled or done
         return settled
-
-    def _filter(self, rec: Rec, node: StageNode) -> StageOut:
-        ok = self.filters[node.name].passes(self._env(rec))
-        reason = None if ok else f"filter false: {node.cfg.expr}"
-        return StageOut(status="passed" if ok else "rejected", attempt=rec.attempt,
-                        view={"passed": ok, "reason": reason, "status": "passed" if ok else "rejected"},
-                        reason=reason)
-
-    def _start_check(self, rec: Rec, node: StageNode) -> bool | None:
-        """A verify stage: answer agreement is settled at once (a few microseconds; True when it
-        passed, None when it rejected); the other checks run in the worker pool and their verdict
-        comes back as a `check` event (False: not settled yet)."""
-        c: VerifyStage = node.cfg
-        args = self._check_args(rec, c)
-        if c.check == "agreement":
-            return self._finish_check(rec, node, self._check_out(rec, self._run_check(c, args))) or None
-        token = (rec, node.name, rec.epoch.get(node.name, 0))
-        rec.busy += 1
-        rec.waiting[node.name] = f"check {c.check}"
-        fut = self._checks.submit(self._run_check, c, args)
-        fut.add_done_callback(lambda f: self._events.put(("check", token, f)))
-        return False
-
-    def _check_args(self, rec: Rec, c: VerifyStage) -> tuple:
-        target = rec.outputs[c.target].view
-        if c.check == "agreement":
-            return target.get("text"), rec.outputs[c.against].view.get("texts") or []
-        if c.check == "function":
-            return (verify.to_jsonable(self._env(rec)),)
-        return (target.get("text"),)
-
-    def _run_check(self, c: VerifyStage, args: tuple) -> verify.Verdict:
-        if c.check == "agreement":
-            return verify.agreement(args[0], args[1], c.extract, c.min_agree)
-        if c.check == "json_schema":
-            return verify.json_schema_check(args[0], c.json_schema)
-        if c.check == "regex":
-            return verify.regex_check(args[0], c.pattern)
-        return self._function_runner()(c.function, args[0], c.timeout)
-
-    def _function_runner(self) -> verify.FunctionRunner:
-        if self.functions is None:
-            self.functions = verify.FunctionRunner(self.resolved.spec.base_dir)
-        return self.functions
-
-    def _checked(self, token: tuple, fut: concurrent.futures.Future) -> None:
-        rec, name, epoch = token
-        rec.busy -= 1
-        rec.waiting.pop(name, None)
-        if not rec.final and epoch == rec.epoch.get(name, 0) and name in rec.started:
-            try:
-                v = fut.result()
-            except Exception as exc:  # a check that breaks rejects the record, the run goes on
-                v = verify.Verdict(False, f"check failed: {type(exc).__name__}: {exc}"[:300])
-            if self._finish_check(rec, self.p.nodes[name], self._check_out(rec, v)):
-                self._advance(rec)
-        self._live(rec)
-
-    @staticmethod
-    def _check_out(rec: Rec, v: verify.Verdict) -> StageOut:
-        status = "passed" if v.passed else "rejected"
-        return StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason,
-                        view={"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
-                              "reason": v.reason, "status": status})
-
-    def _finish_check(self, rec: Rec, node: StageNode, out: StageOut) -> bool:
-        """Record a check's outcome; False when it rejected the record (regenerated or ended)."""
-        rec.outputs[node.name] = out
-        if out.failed:
-            self._reject(rec, node, out.reason or f"{node.name} rejected", "rejected")
-            return False
-        return True
-
-    def _env(self, rec: Rec) -> dict[str, Any]:
-        r = rec.row
-        env: dict[str, Any] = {k: r.get(k) for k in ("topic", "subtopic", "level", "topic_id", "template", "model",
-                                                       "generation")}
-        env.update({"seed_id": rec.seed_id, "attempt": rec.attempt})
-        env.update({name: out.view for name, out in rec.outputs.items()})
-        return env
 
     def _reject(self, rec: Rec, node: StageNode, reason: str, status: str) -> None:
         rule = node.cfg.on_reject

@@ -1,0 +1,124 @@
+"""Runs the scheduler's checks: filter expressions and answer agreement settle inline on the
+scheduler thread; the other verify checks (JSON schema, regex, user functions) run in a small
+worker pool and their verdict comes back to the scheduler as a `check` event on its queue, so
+the scheduler thread still settles every stage.
+
+The scheduler owns every record; this module reaches it only through the callbacks it is given
+(post an event, reject or advance a record, end a record left with nothing to wait for), like
+`dialogue_driver.DialogueDriver`.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any, Callable
+
+from generator.config.stages import VerifyStage
+from generator.engine.pipeline import expressions, verify
+from generator.engine.pipeline.context import StageOut
+from generator.engine.pipeline.dag import Pipeline, StageNode
+from generator.engine.pipeline.state import Rec
+from generator.engine.planner import Resolved
+
+
+class CheckRunner:
+    def __init__(self, pipeline: Pipeline, resolved: Resolved, functions: verify.FunctionRunner | None,
+                 workers: int, *, post: Callable[[tuple], None], live: Callable[[Rec], None],
+                 reject: Callable[[Rec, StageNode, str, str], None], advance: Callable[[Rec], None]):
+        self.p = pipeline
+        self.resolved = resolved
+        self.functions = functions  # user verify functions (created on first use; the caller closes it)
+        self.filters = {n: expressions.parse(node.cfg.expr) for n, node in pipeline.nodes.items()
+                        if node.kind == "filter"}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checks")
+        self._post = post                # a ("check", token, future) event for the scheduler thread
+        self._live_check = live          # end the record if nothing is left outstanding
+        self._reject_stage = reject      # a failed stage: regenerate or end the record
+        self._advance_rec = advance      # a settled stage: start what waited on it
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def filter(self, rec: Rec, node: StageNode) -> bool:
+        """A filter stage, settled at once; False when it rejected the record (regenerated or ended)."""
+        ok = self.filters[node.name].passes(self._env(rec))
+        reason = None if ok else f"filter false: {node.cfg.expr}"
+        out = StageOut(status="passed" if ok else "rejected", attempt=rec.attempt,
+                       view={"passed": ok, "reason": reason, "status": "passed" if ok else "rejected"},
+                       reason=reason)
+        return self._finish(rec, node, out)
+
+    def start(self, rec: Rec, node: StageNode) -> bool | None:
+        """A verify stage: answer agreement is settled at once (a few microseconds; True when it
+        passed, None when it rejected); the other checks run in the worker pool and their verdict
+        comes back as a `check` event (False: not settled yet)."""
+        c: VerifyStage = node.cfg
+        args = self._args(rec, c)
+        if c.check == "agreement":
+            return self._finish(rec, node, self._out(rec, self._run(c, args))) or None
+        token = (rec, node.name, rec.epoch.get(node.name, 0))
+        rec.busy += 1
+        rec.waiting[node.name] = f"check {c.check}"
+        fut = self._pool.submit(self._run, c, args)
+        fut.add_done_callback(lambda f: self._post(("check", token, f)))
+        return False
+
+    def checked(self, token: tuple, fut: concurrent.futures.Future) -> None:
+        """A `check` event, on the scheduler thread: settle the stage unless a rejection reset it meanwhile."""
+        rec, name, epoch = token
+        rec.busy -= 1
+        rec.waiting.pop(name, None)
+        if not rec.final and epoch == rec.epoch.get(name, 0) and name in rec.started:
+            try:
+                v = fut.result()
+            except Exception as exc:  # a check that breaks rejects the record, the run goes on
+                v = verify.Verdict(False, f"check failed: {type(exc).__name__}: {exc}"[:300])
+            if self._finish(rec, self.p.nodes[name], self._out(rec, v)):
+                self._advance_rec(rec)
+        self._live_check(rec)
+
+    def _args(self, rec: Rec, c: VerifyStage) -> tuple:
+        target = rec.outputs[c.target].view
+        if c.check == "agreement":
+            return target.get("text"), rec.outputs[c.against].view.get("texts") or []
+        if c.check == "function":
+            return (verify.to_jsonable(self._env(rec)),)
+        return (target.get("text"),)
+
+    def _run(self, c: VerifyStage, args: tuple) -> verify.Verdict:
+        if c.check == "agreement":
+            return verify.agreement(args[0], args[1], c.extract, c.min_agree)
+        if c.check == "json_schema":
+            return verify.json_schema_check(args[0], c.json_schema)
+        if c.check == "regex":
+            return verify.regex_check(args[0], c.pattern)
+        return self._function_runner()(c.function, args[0], c.timeout)
+
+    def _function_runner(self) -> verify.FunctionRunner:
+        if self.functions is None:
+            self.functions = verify.FunctionRunner(self.resolved.spec.base_dir)
+        return self.functions
+
+    @staticmethod
+    def _out(rec: Rec, v: verify.Verdict) -> StageOut:
+        status = "passed" if v.passed else "rejected"
+        return StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason,
+                        view={"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
+                              "reason": v.reason, "status": status})
+
+    def _finish(self, rec: Rec, node: StageNode, out: StageOut) -> bool:
+        """Record a check's outcome; False when it rejected the record (regenerated or ended)."""
+        rec.outputs[node.name] = out
+        if out.failed:
+            self._reject_stage(rec, node, out.reason or f"{node.name} rejected", "rejected")
+            return False
+        return True
+
+    @staticmethod
+    def _env(rec: Rec) -> dict[str, Any]:
+        """What a filter expression or a verify function sees of a record."""
+        r = rec.row
+        env: dict[str, Any] = {k: r.get(k) for k in ("topic", "subtopic", "level", "topic_id", "template", "model",
+                                                       "generation")}
+        env.update({"seed_id": rec.seed_id, "attempt": rec.attempt})
+        env.update({name: out.view for name, out in rec.outputs.items()})
+        return env
