@@ -16,7 +16,7 @@ import pytest
 
 from generator.config.spec import load_spec
 from generator.core.backend import Request, RequestFeed, Result, Sampling
-from generator.engine.backends.openai_http import request_body
+from generator.engine.backends.openai_wire import request_body
 from generator.engine.backends.vllm_stream import StreamStats, stream_engine
 from generator.engine.executors.local import LocalExecutor
 from generator.engine.dialogue.presentation import (NativePresentation, SchemaPresentation, presentation_for,

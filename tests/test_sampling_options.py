@@ -8,7 +8,7 @@ import pytest
 from generator.config.spec import load_spec
 from generator.core.backend import Request, Sampling
 from generator.testing.fake import FakeBackend
-from generator.engine.backends.openai_http import request_body
+from generator.engine.backends.openai_wire import request_body
 from generator.engine.executors.local import LocalExecutor
 from generator.runs import run_spec
 

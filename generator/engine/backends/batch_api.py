@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from generator.core.errors import BackendError
-from generator.engine.backends.openai_http import RETRY_STATUSES, parse_retry_after, server_message
+from generator.engine.backends.openai_wire import RETRY_STATUSES, parse_retry_after, server_message
 
 FINAL = {"completed", "failed", "expired", "cancelled"}
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
-from generator.engine.backends.openai_http import auth_headers, choice_result, redacted_url, request_body
+from generator.engine.backends.openai_wire import auth_headers, choice_result, redacted_url, request_body
 
 MAX_REQUESTS = 50_000           # the Batch API's limits per input file
 MAX_BYTES = 200 * 1024 * 1024

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import functools
-import json
 import os
 import queue
 import random
@@ -33,94 +31,16 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
 from generator.engine.backends import fleet_hedge
 from generator.engine.backends.fleet import SHRINK_STATUSES, Endpoint
+from generator.engine.backends.openai_wire import (RETRY_STATUSES, auth_headers, choice_result, parse_retry_after,
+                                                  redacted_url, request_body, server_message)
 
-RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
 
-
-def redacted_url(url: str) -> str:
-    """The URL without user:password or query string (either may carry a secret)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def server_message(body: bytes | str, limit: int = 300) -> str:
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    try:
-        data = json.loads(text)
-        err = data.get("error", data) if isinstance(data, dict) else data
-        msg = err.get("message") or err.get("detail") or err if isinstance(err, dict) else err
-        text = msg if isinstance(msg, str) else json.dumps(msg)
-    except (ValueError, AttributeError):
-        pass
-    text = " ".join(text.split())
-    return text[:limit] + ("..." if len(text) > limit else "")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(when.timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
-
-
-def auth_headers(api_key_env: str | None, who: str) -> dict[str, str]:
-    """The Authorization header from the key in `api_key_env` (read here, never stored elsewhere)."""
-    if not api_key_env:
-        return {}
-    key = os.environ.get(api_key_env)
-    if not key:
-        raise BackendError(f"{who}: environment variable {api_key_env} is not set; export it with the "
-                           f"endpoint's API key")
-    return {"Authorization": f"Bearer {key}"}
-
-
-
-def request_body(model: str, r: Request, send_seed: bool = True) -> dict[str, Any]:
-    """The chat-completions body of one request (the HTTP backend's, and each line of a batch file)."""
-    s = r.sampling
-    body: dict[str, Any] = {"model": model, "messages": list(r.messages), "temperature": s.temperature,
-                            "top_p": s.top_p, "max_tokens": s.max_tokens}
-    if s.repetition_penalty is not None:  # a vLLM server extension; others ignore or refuse it
-        body["repetition_penalty"] = s.repetition_penalty
-    if r.json_schema is not None:
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "record", "schema": r.json_schema, "strict": True}}
-    if r.tools is not None:  # native tool calling: the server's template renders them, its parser reads calls
-        body["tools"] = list(r.tools)
-        body["tool_choice"] = "auto"
-    if send_seed and s.seed is not None:
-        body["seed"] = s.seed
-    return body
-
-
-def choice_result(rid: str, choice: dict, usage: dict) -> Result:
-    """One chat-completions answer as a Result; the message's `tool_calls` (a server with a tool
-    parser) go to `meta["tool_calls"]` in OpenAI form."""
-    message = choice.get("message") or {}
-    calls = message.get("tool_calls") or []
-    meta = {"tool_calls": [{"id": c.get("id"), "type": "function", "function": dict(c["function"])}
-                           for c in calls]} if calls else {}
-    return Result(id=rid, text=message.get("content") or choice.get("text") or "",
-                  finish_reason=choice.get("finish_reason") or "stop",
-                  prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                  completion_tokens=int(usage.get("completion_tokens") or 0), meta=meta)
 
 @dataclass(eq=False)
 class _Job:
