@@ -1,14 +1,17 @@
 """Reference mixes: fixed inputs and configurations whose outputs must never change byte for byte.
 
-`tests/fixtures/mix/reference.json` holds, per case, the sha256 of every output file and the
-manifest (paths made relative). It was written by the in-memory implementation of `synthgen mix`;
-tests/test_mix_stream.py rebuilds every case and compares. Regenerate only for an intended change:
+`tests/fixtures/mix/reference.json` holds, per case, a digest of what every output file holds and
+the manifest (paths made relative). It was first written by the in-memory implementation of
+`synthgen mix`; tests/test_mix_stream.py rebuilds every case and compares. Regenerate only for an
+intended change:
 
     PYTHONPATH=. python tests/mix_cases.py            # rewrites tests/fixtures/mix/reference.json
 
-Parquet and zstd bytes depend on the pyarrow build (its version is written into every Parquet
-footer), so the reference records the library versions; under other versions those files are
-compared by content instead of by bytes.
+Everything is compared by content, never by bytes a library wrote: Parquet, JSONL and zstd bytes
+depend on the polars and pyarrow builds (their versions go into Parquet footers, and the inputs
+themselves are written with polars), and those are not pinned by the test. So a file's digest is
+of its rows, and every sha256 the manifest records is checked against the file it names, then
+replaced by that file's content digest before the manifest is compared.
 """
 from __future__ import annotations
 
@@ -25,13 +28,6 @@ REFERENCE = FIXTURE / "reference.json"
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 TEMPLATE = "{question}\n{answer}"
 CHAT_TEMPLATE = "{% for m in messages %}<|im|>{{ m['role'] }}\n{{ m['content'] }}</|im|>\n{% endfor %}"
-
-
-def versions() -> dict:
-    import polars
-    import pyarrow
-
-    return {"pyarrow": pyarrow.__version__, "polars": polars.__version__}
 
 
 def _gsm(name: str) -> list[dict]:
@@ -143,34 +139,63 @@ def cases(p: dict[str, Path]) -> dict[str, dict]:
     }
 
 
-def _content_digest(path: Path) -> str:
-    """A digest of what a file holds, independent of the library that wrote it."""
+def content_digest(path: Path) -> str:
+    """A digest of what a file holds, independent of the library (and its version) that wrote it:
+    a Parquet file's column names and rows, a JSONL file's parsed rows (compressed or not), and
+    the bytes of anything else (token ids, a tokenizer copied from the fixtures)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if path.name.endswith(".parquet"):
+    name = path.name
+    if name.endswith(".parquet"):
         t = pq.read_table(path)
-        body = json.dumps({"schema": str(t.schema.remove_metadata()), "rows": t.to_pylist()}, sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()
-    if path.name.endswith(".zst"):
-        with pa.input_stream(str(path), compression="zstd") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        body = json.dumps({"columns": t.column_names, "rows": t.to_pylist()}, sort_keys=True, default=str)
+    elif name.endswith((".jsonl", ".jsonl.zst")):
+        if name.endswith(".zst"):
+            with pa.input_stream(str(path), compression="zstd") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+        body = json.dumps([json.loads(line) for line in data.splitlines() if line.strip()], sort_keys=True)
+    else:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def digest_output(out: Path) -> dict:
-    files = {}
-    for f in sorted(x for x in out.rglob("*") if x.is_file() and x.name != "mix_manifest.json"):
-        files[str(f.relative_to(out))] = {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
-                                          "content": _content_digest(f)}
-    return files
+    """Every output file but the manifest, by its content digest."""
+    return {str(f.relative_to(out)): content_digest(f)
+            for f in sorted(x for x in out.rglob("*") if x.is_file() and x.name != "mix_manifest.json")}
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def normalized_manifest(out: Path, work: Path) -> dict:
-    """The manifest with the work folder's absolute path replaced, so that it compares across folders."""
-    text = (out / "mix_manifest.json").read_text(encoding="utf-8")
-    data = json.loads(text)
-    return json.loads(json.dumps(data).replace(json.dumps(str(work))[1:-1], "<WORK>"))
+    """The manifest with the work folder's absolute path replaced (so that it compares across
+    folders) and every recorded sha256 checked against the file it names, then replaced by that
+    file's content digest: the manifest must hash the real bytes, but which bytes a library writes
+    is not this test's to pin."""
+    data = json.loads((out / "mix_manifest.json").read_text(encoding="utf-8"))
+
+    def canon(node):
+        if isinstance(node, list):
+            return [canon(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: canon(v) for k, v in node.items()}
+        if isinstance(node.get("sha256"), str) and isinstance(node.get("path"), str):  # an input file
+            path = Path(node["path"])
+            assert node["sha256"] == _file_sha256(path), f"manifest hash of {path} is not its bytes' sha256"
+            node["sha256"] = content_digest(path)
+        elif isinstance(node.get("sha256"), list) and isinstance(node.get("files"), list):  # an output shard
+            paths = [out / f for f in node["files"]]
+            assert node["sha256"] == [_file_sha256(p) for p in paths], f"manifest hashes of {node['files']}"
+            node["sha256"] = [content_digest(p) for p in paths]
+        return node
+
+    return json.loads(json.dumps(canon(data)).replace(json.dumps(str(work))[1:-1], "<WORK>"))
 
 
 def run_case(name: str, cfg: dict, work: Path, out: Path) -> dict:
@@ -188,7 +213,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="synthgen-mix-ref-") as tmp:
         work = Path(tmp)
         p = make_inputs(work / "in")
-        ref = {"versions": versions(), "cases": {}}
+        ref = {"cases": {}}
         for name, cfg in cases(p).items():
             ref["cases"][name] = run_case(name, cfg, work, work / "out" / name)
             print(f"{name}: {len(ref['cases'][name]['files'])} files")

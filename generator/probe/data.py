@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from generator.core.errors import SynthgenError
-from generator.core.run_layout import generation_files
+from generator.core.run_layout import generation_files, read_parquet
 from generator.mix.manifest import MANIFEST_NAME
 from generator.config.mix_parsing import ratio_text
 from generator.mix.reader import scan_file
@@ -119,7 +119,7 @@ def _synthetic_candidates(arms: list[Arm]) -> list[tuple[str, dict]]:
                 continue
             flt = src.get("filters") or {}
             for f in generation_files(src["run"]):
-                for r in pl.read_parquet(f).to_dicts():
+                for r in read_parquet(f).to_dicts():
                     if flt.get("statuses") is not None and r.get("status") not in flt["statuses"]:
                         continue
                     if not flt.get("include_duplicates") and r.get("duplicate_of"):
