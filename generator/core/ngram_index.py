@@ -13,6 +13,7 @@ Benchmark texts shorter than `n` words have no window and cannot match (`IndexSt
 """
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -247,3 +248,30 @@ class NgramIndex:
             it = self.items[i]
             hits.append(Hit(it.benchmark, it.item_id, first_ngram[i].decode("utf-8"), min(1.0, share)))
         return sorted(hits, key=lambda x: (-x.overlap, x.benchmark, x.item_id))
+
+    # ------------------------------------------------------------ on disk
+    def save(self, path) -> None:
+        """The index as one .npz (no pickles), written atomically."""
+        from generator.core.files import atomic_path
+
+        meta = {"n": self.n, "benchmarks": self.benchmarks, "short": self.short,
+                "items": [[it.benchmark, it.item_id] for it in self.items]}
+        text_off = np.cumsum([0] + [len(t) for t in self.seg_text]).astype(np.int64)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=self.keys, owner_off=self.owner_off, owner_seg=self.owner_seg,
+                         owner_pos=self.owner_pos, seg_ngrams=self.seg_ngrams, seg_item=self.seg_item,
+                         text=np.frombuffer(b"".join(self.seg_text), dtype=np.uint8), text_off=text_off,
+                         meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+
+    @classmethod
+    def load(cls, path) -> NgramIndex:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes())
+            text, off = z["text"].tobytes(), z["text_off"]
+            seg_text = [text[off[i]:off[i + 1]] for i in range(off.size - 1)]
+            index = cls(meta["n"], meta["benchmarks"], [Item(b, i, ()) for b, i in meta["items"]], z["seg_item"],
+                        seg_text, z["keys"], z["owner_off"], z["owner_seg"], z["owner_pos"], z["seg_ngrams"],
+                        meta["short"])
+        index.cached = True
+        return index
