@@ -213,9 +213,9 @@ def main() -> None:
                 m = make()
                 ipeak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
-            except ImportError as exc:  # an optional comparison: say so and go on
-                tracemalloc.stop()
-                print(f"{name:>14}: unavailable ({exc})")
+            except (ImportError, TypeError) as exc:  # an optional comparison: say so and go on
+                tracemalloc.stop()  # (datatrove's xxhash helper raises TypeError with xxhash >= 3.5)
+                print(f"{name:>14}: unavailable ({type(exc).__name__}: {exc})")
                 continue
             print(recall(name, m, sets, by_item=name == "python-tuples"))
             rate, peak, hits = scan(name, m.match_many, 11, args.alt_docs, vocab)
