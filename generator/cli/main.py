@@ -249,6 +249,7 @@ def _register_optional() -> None:
 
     for module, names in (("generator.cli.scoring", ("score", "compare", "dedup")),
                           ("generator.cli.mix", ("mix",)),
+                          ("generator.cli.decontaminate", ("decontaminate",)),
                           ("generator.cli.library", ("library", "init", "personas", "topics", "preview")),
                           ("generator.cli.report", ("report",)),
                           ("generator.cli.export", ("export", "usage")),

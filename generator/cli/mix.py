@@ -53,9 +53,13 @@ def _preference(synthetics: tuple[str, ...], out: Path | None, fmt: str | None) 
 @click.option("--out", default=None, metavar="FOLDER",
               help="Output folder, local or an fsspec URL (built in a local temporary folder, then uploaded).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an earlier mix in --out.")
+@click.option("--decontaminate", "decon", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A decontamination config (docs/decontamination.md): match every document against its benchmarks.")
+@click.option("--contaminated", type=click.Choice(["refuse", "drop"]), default=None,
+              help="With --decontaminate: refuse the mix (default) or drop the contaminated documents.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print errors and the summary.")
 def mix(config, reals, text_field, text_template, messages_field, synthetics, ratio_opts, total_tokens, tokenizer,
-        seed, allow_repetition, layout, fmt, shard_tokens, out, overwrite, quiet):
+        seed, allow_repetition, layout, fmt, shard_tokens, out, overwrite, decon, contaminated, quiet):
     """Build real:synthetic training mixes with exact token counts.
 
     CONFIG is a mix YAML file (or a spec with a `mix:` section). Options override its values;
@@ -106,7 +110,8 @@ def mix(config, reals, text_field, text_template, messages_field, synthetics, ra
                 data["ratios"] = list(ratio_opts)
         for key, value in (("total_tokens", total_tokens), ("tokenizer", tokenizer), ("seed", seed),
                            ("allow_repetition", allow_repetition), ("layout", layout), ("format", fmt),
-                           ("shard_tokens", shard_tokens), ("out", out), ("overwrite", overwrite)):
+                           ("shard_tokens", shard_tokens), ("out", out), ("overwrite", overwrite),
+                           ("decontaminate", decon.absolute() if decon else None), ("contaminated", contaminated)):
             if value is not None:
                 data[key] = value
         cfg = mix_config_from_dict(data)

@@ -69,6 +69,13 @@ def report(run_dir, out, top):
         echo(f"records: {counts.get('generated', 0)} / {counts.get('planned', 0)}; final status "
              f"{json.dumps(counts.get('status', {}))}; rows (every attempt) "
              f"{json.dumps(manifest['pipeline'].get('rows_by_status', {}))}")
+    decon = manifest.get("decontamination")
+    if decon:
+        final = decon.get("final", {})
+        per = ", ".join(f"{b}: {v['rows']} rows, {v['items']} items" for b, v in decon["hits"]["benchmarks"].items())
+        echo(f"decontamination ({decon.get('ngram')}-grams, {decon.get('action')}): {decon['hits']['rows']} rows "
+             f"with hits ({per or 'none'}); final records contaminated {final.get('contaminated', 0)}, "
+             f"rejected {final.get('rejected', 0)}")
     rounds = load_rounds(run_dir)
     if not rounds:
         if manifest:

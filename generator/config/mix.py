@@ -112,6 +112,10 @@ class MixConfig(_Strict):
                                    "locally, then uploaded)")
     overwrite: bool = Field(False, description="replace the files of an earlier mix in `out`")
     cache_dir: Path | None = Field(None, description="where .tokcache files go; default $SYNTHGEN_CACHE/tokcache")
+    decontaminate: Path | None = Field(None, description="a decontamination config (docs/decontamination.md): "
+                                       "every document is matched against its benchmarks before the mix is drawn")
+    contaminated: Literal["refuse", "drop"] = Field("refuse", description="with `decontaminate`: refuse a mix "
+                                                    "whose sources repeat a benchmark item, or drop those documents")
 
     @field_validator("out", mode="before")
     @classmethod

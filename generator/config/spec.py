@@ -18,6 +18,7 @@ from generator.core.confine import LIBRARY_KINDS, Confinement, check_allowed_dir
 from generator.core.errors import SpecError
 from generator.config.overrides import apply_overrides
 from generator.config.base import SamplingOverride, Strict, TemplateRef, data_path, format_error
+from generator.config.decontaminate import DecontaminateConfig
 from generator.config.models import ModelConfig
 from generator.config.seed_data import SeedTopics
 from generator.config.stages import AgentStage, Stage
@@ -207,6 +208,8 @@ class Spec(Strict):
     scoring: ScoringConfig | None = None
     rounds: RoundsConfig | None = None
     mix: dict[str, Any] | None = Field(None, description="Training-mix export; see docs/mix.md.")
+    decontaminate: DecontaminateConfig | None = Field(None, description="Check answers, prompts or seed rows "
+                                                      "against benchmark sets; see docs/decontamination.md.")
     allow_paths: list[str] = Field(default_factory=list, description="Folders outside the project root "
                                    "that templates, topics and personas may come from (docs/security.md).")
 
@@ -292,6 +295,8 @@ class Spec(Strict):
         data = self.model_dump(mode="json")
         if not data["tools"]:
             del data["tools"]  # specs without tools keep the hash they had before `tools:` existed
+        if data.get("decontaminate") is None:
+            del data["decontaminate"]  # likewise for specs without `decontaminate:`
         return json.dumps(data, sort_keys=True)
 
     def hash(self) -> str:

@@ -274,6 +274,11 @@ def record_counts(folder: RunFolder, manifest: dict, planned: int, stats: ExecSt
         sums = lf.select(pl.col("prompt_tokens").sum(), pl.col("completion_tokens").sum()).collect()
         tokens = {"prompt": int(sums["prompt_tokens"][0] or 0), "completion": int(sums["completion_tokens"][0] or 0)}
         single = pipeline is None or pipeline.single
+        decon = (manifest.get("spec") or {}).get("decontaminate")
+        if decon and "contamination" in lf.collect_schema().names():
+            from generator.engine.pipeline.decontam import manifest_section
+
+            manifest["decontamination"] = manifest_section(lf, decon, single)
         if not single:
             from generator.engine.pipeline.execute import summary, summary_columns
 

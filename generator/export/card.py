@@ -186,3 +186,16 @@ def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFram
     text = head + "\n".join(body(manifest, run_dir, title=name, about=about, frame=gens,
                                  usage=compute_usage(run_dir))) + "\n"
     storage.write_atomic(storage.join(to, "README.md"), lambda tmp: tmp.write_text(text))
+
+
+def decontamination_counts(manifest: dict) -> dict | None:
+    """The card's decontamination figures from a run manifest (None when the run had no
+    `decontaminate:`): hits per benchmark (rows and distinct items, rejected attempts included),
+    final records contaminated and rejected, the n-gram size and the action."""
+    section = manifest.get("decontamination")
+    if not section:
+        return None
+    final = section.get("final", {})
+    return {"benchmarks": section.get("hits", {}).get("benchmarks", {}),
+            "contaminated": final.get("contaminated", 0), "rejected": final.get("rejected", 0),
+            "records": final.get("records", 0), "ngram": section.get("ngram"), "action": section.get("action")}

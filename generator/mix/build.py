@@ -72,6 +72,17 @@ def _build(cfg: MixConfig, out_dir: Path | str, local_out: Path, stage: Path, sa
     chat = ChatRenderer(tok)
     stats = {"cache_hits": 0, "cache_misses": 0, "tokens_counted": 0}
     sources = _index_sources(cfg, tok, chat, stats, say, stage)
+    decontamination = None
+    if cfg.decontaminate is not None:
+        from generator.config.decontaminate import load_decontaminate
+        from generator.core.benchmarks import load_index
+        from generator.mix.decontam import decontaminate_sources
+
+        dcfg, bench = load_decontaminate(cfg.decontaminate)
+        decontamination = decontaminate_sources(sources, load_index(bench, dcfg.ngram),
+                                                refuse=cfg.contaminated == "refuse")
+        say("decontamination: " + ", ".join(f"{n}: {r['contaminated']} of {r['documents']} documents dropped"
+                                            for n, r in decontamination.items()))
     pool = Pool(sources)
     avail = {"real": pool.available("real"), "synthetic": pool.available("synthetic")}
     say(f"available: {avail['real']:,} real tokens, {avail['synthetic']:,} synthetic tokens "
@@ -115,6 +126,8 @@ def _build(cfg: MixConfig, out_dir: Path | str, local_out: Path, stage: Path, sa
         spill.close()
 
     manifest = run_manifest(cfg, budget, tok, chat, sources, stats, mixes, warn_msgs)
+    if decontamination is not None:
+        manifest["decontamination"] = decontamination
     write_manifest(out_dir, manifest)
     return manifest
 

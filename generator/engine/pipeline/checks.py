@@ -19,11 +19,14 @@ from generator.engine.pipeline.dag import Pipeline, StageNode
 from generator.engine.pipeline.state import Rec
 from generator.engine.planner import Resolved
 
+DECONTAM_CHECK = "decontaminate"  # the waiting label and token name of a record's decontamination check
+
 
 class CheckRunner:
     def __init__(self, pipeline: Pipeline, resolved: Resolved, functions: verify.FunctionRunner | None,
                  workers: int, *, post: Callable[[tuple], None], live: Callable[[Rec], None],
-                 reject: Callable[[Rec, StageNode, str, str], None], advance: Callable[[Rec], None]):
+                 reject: Callable[[Rec, StageNode, str, str], None], advance: Callable[[Rec], None],
+                 decontaminated: Callable[[Rec, list[dict]], None] | None = None):
         self.p = pipeline
         self.resolved = resolved
         self.functions = functions  # user verify functions (created on first use; the caller closes it)
@@ -34,6 +37,7 @@ class CheckRunner:
         self._live_check = live          # end the record if nothing is left outstanding
         self._reject_stage = reject      # a failed stage: regenerate or end the record
         self._advance_rec = advance      # a settled stage: start what waited on it
+        self._decontaminated = decontaminated  # a decontamination verdict: keep, reject or regenerate
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -62,11 +66,30 @@ class CheckRunner:
         fut.add_done_callback(lambda f: self._post(("check", token, f)))
         return False
 
+    def decontaminate(self, rec: Rec) -> None:
+        """Match the attempt's texts against the benchmark index on a worker; the hits come back as
+        a `check` event (the scheduler thread only gathers the texts)."""
+        decon = self.p.decontam
+        token = (rec, DECONTAM_CHECK, rec.attempt)
+        rec.busy += 1
+        rec.waiting[DECONTAM_CHECK] = "decontamination check"
+        fut = self._pool.submit(decon.check, decon.texts(rec))
+        fut.add_done_callback(lambda f: self._post(("check", token, f)))
+
     def checked(self, token: tuple, fut: concurrent.futures.Future) -> None:
         """A `check` event, on the scheduler thread: settle the stage unless a rejection reset it meanwhile."""
         rec, name, epoch = token
         rec.busy -= 1
         rec.waiting.pop(name, None)
+        if name == DECONTAM_CHECK:
+            if not rec.final and epoch == rec.attempt:
+                try:
+                    hits = fut.result()
+                except Exception as exc:  # a broken index must not pass data silently: the run stops
+                    raise RuntimeError(f"decontamination check failed: {type(exc).__name__}: {exc}") from exc
+                self._decontaminated(rec, hits)
+            self._live_check(rec)
+            return
         if not rec.final and epoch == rec.epoch.get(name, 0) and name in rec.started:
             try:
                 v = fut.result()

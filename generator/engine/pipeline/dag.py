@@ -77,6 +77,7 @@ class Pipeline:
     gates: dict[str, set[str]] = field(default_factory=dict)  # stage -> checks it also waits for
     single: bool = False  # a single-stage spec: rows keep the plain generation schema
     tools: dict[str, Any] = field(default_factory=dict)  # the spec's `tools:` by name (ToolDef)
+    decontam: Any = None  # a decontam.Decontaminator when the spec has `decontaminate:`
 
     def waits_for(self, name: str) -> set[str]:
         return self.nodes[name].deps | self.gates.get(name, set())

@@ -16,21 +16,21 @@ import polars as pl
 
 from generator.config.stages import VerifyStage
 from generator.core.errors import SpecError
-from generator.engine.pipeline import verify
+from generator.engine.pipeline import decontam, verify
 from generator.engine.pipeline.context import validate_templates
 from generator.engine.pipeline.dag import Pipeline, build, single_stage
 from generator.engine.pipeline.lineage import pipeline_schema, stage_rates
 from generator.engine.pipeline.scheduler import PipelineScheduler
 from generator.engine.planner import Resolved, spec_error
 from generator.engine.requests import ShardStats
-from generator.engine.run_folder import RunFolder
+from generator.engine.run_folder import GENERATION_SCHEMA, RunFolder
 
 
 def compile_spec(resolved: Resolved) -> Pipeline:
     """Every spec as a pipeline: its `stages:` compiled and checked, or a single-stage spec as one node."""
-    if resolved.spec.stages is None:
-        return single_stage(resolved.templates)
-    return prepare(resolved)
+    pipeline = single_stage(resolved.templates) if resolved.spec.stages is None else prepare(resolved)
+    pipeline.decontam = decontam.prepare(resolved, pipeline)
+    return pipeline
 
 
 def prepare(resolved: Resolved) -> Pipeline:
@@ -131,7 +131,10 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
     spec = resolved.spec
     cache = folder.cache(session=session)
     # a shard is written after its answers are published: every written shard's calls are counted
-    writer = ShardWriter(folder, sizes, None if pipeline.single else pipeline_schema(pipeline), cache.flush)
+    schema = GENERATION_SCHEMA if pipeline.single else pipeline_schema(pipeline)
+    if pipeline.decontam is not None:
+        schema = {**schema, "contamination": pl.Utf8}
+    writer = ShardWriter(folder, sizes, schema, cache.flush)
 
     def on_rows(plan_row: dict, out_rows: list[dict]) -> None:
         landed = writer.add(plan_row, out_rows)

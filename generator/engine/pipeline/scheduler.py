@@ -38,10 +38,11 @@ from generator.core.backend import Backend, Request, RequestFeed, Result, Sampli
 from generator.core.errors import SynthgenError, TemplateError
 from generator.core.redact import scrub_text
 from generator.engine.pipeline import verify
-from generator.engine.pipeline.checks import CheckRunner
+from generator.engine.pipeline.checks import DECONTAM_CHECK, CheckRunner
 from generator.engine.pipeline.context import (Contexts, StageOut, judge_messages, make_request, render_stage,
                                                sampling_for, stage_context, stage_seed)
 from generator.engine.pipeline.dag import DIALOGUE_KINDS, Pipeline, StageNode
+from generator.engine.pipeline.decontam import DECONTAM, row_value
 from generator.engine.pipeline.dialogue_driver import DialogueDriver
 from generator.engine.pipeline.judge import read_compare, read_rubric
 from generator.engine.pipeline.lineage import attempt_row, single_row
@@ -85,7 +86,9 @@ class PipelineScheduler:
         self._rows: dict[str, list[dict]] = {}
         self._open: dict[str, Rec] = {}
         self.checks = CheckRunner(pipeline, resolved, functions, check_workers, post=self._events.put,
-                                  live=self._live, reject=self._reject, advance=self._advance)
+                                  live=self._live, reject=self._reject, advance=self._advance,
+                                  decontaminated=self._decontaminated)
+        self.decon = pipeline.decontam
         self.dialogues = DialogueDriver(pipeline, resolved, self.contexts, retries, backends,
                                         submit=self._submit, post=self._events.put, live=self._live,
                                         reject=self._reject, advance=self._advance)
@@ -292,8 +295,8 @@ class PipelineScheduler:
 
     def _send(self, rec: Rec, node: StageNode, sample: int, tries: int, model: str, extra: dict) -> None:
         rid = rec.row["id"]
-        if self.single:
-            req = entry_request(rec.row, tries, self.schemas)
+        if self.single:  # a regenerated attempt (decontamination) gets fresh seeds, attempt 1 the plan's
+            req = entry_request(rec.row, tries + (rec.attempt - 1) * (self.retries + 1), self.schemas)
         else:
             if node.name == self.p.entry and rec.attempt == 1 and sample == 0:
                 seed = int(rec.row["seed"])  # the plan's seed
@@ -383,6 +386,10 @@ class PipelineScheduler:
         while self._advance_once(rec):
             pass
         if not rec.final and len(rec.outputs) == len(self.p.nodes):
+            if self.decon is not None and rec.decon_attempt != rec.attempt:
+                if DECONTAM_CHECK not in rec.waiting:
+                    self.checks.decontaminate(rec)
+                return
             out = rec.outputs[self.p.output]
             status = "truncated" if out.status == "truncated" else "ok"
             self._emit(rec, status, list(self.p.nodes)[-1], None, final=True)
@@ -416,11 +423,27 @@ class PipelineScheduler:
             settled = settled or done
         return settled
 
-    def _reject(self, rec: Rec, node: StageNode, reason: str, status: str) -> None:
-        rule = node.cfg.on_reject
+    def _decontaminated(self, rec: Rec, hits: list[dict]) -> None:
+        """The decontamination verdict of the record's attempt: flag, reject, or regenerate."""
+        rec.decon_attempt = rec.attempt
+        rec.contamination = hits or None
+        if not hits or self.decon.cfg.action == "flag":
+            self._advance(rec)
+            return
+        rule = self.decon.rule
+        node = self.p.nodes[rule.regenerate if rule is not None else self.p.output]
+        self._reject(rec, node, self.decon.reason(hits), "rejected", rule=rule, decided_by=DECONTAM)
+
+    def _reject(self, rec: Rec, node: StageNode, reason: str, status: str, rule: Any = "stage",
+                decided_by: str | None = None) -> None:
+        """A failed stage (or, with `rule` and `decided_by`, a decontamination hit): regenerate
+        `rule.regenerate` while attempts are left (the stage's own `on_reject` by default), else end."""
+        rule = node.cfg.on_reject if rule == "stage" else rule
+        decided_by = decided_by or node.name
         if rule is not None and rec.attempt < rule.max_attempts:
-            self._emit(rec, "rejected", node.name, reason, final=False)
+            self._emit(rec, "rejected", decided_by, reason, final=False)
             rec.attempt += 1
+            rec.contamination = None
             # exactly the regenerated stage and what depends on it start over; their answers still in
             # flight belong to the old epoch and are dropped, every other stage keeps its work
             for s in {rule.regenerate} | self.p.descendants[rule.regenerate]:
@@ -431,15 +454,19 @@ class PipelineScheduler:
                 rec.epoch[s] = rec.epoch.get(s, 0) + 1
             self._advance(rec)
             return
-        self._emit(rec, status, node.name, reason, final=True)
+        self._emit(rec, status, decided_by, reason, final=True)
 
     def _emit(self, rec: Rec, status: str, decided_by: str, reason: str | None, final: bool) -> None:
         rid = rec.row["id"]
         if self.single:
+            if not final:
+                return  # a single-stage run keeps one row per record: its last attempt
             row = single_row(rec.row, rec.outputs.get(self.p.output), status, reason)
         else:
             row = attempt_row(self.p, rec.row, rec.outputs, rec.attempt, status, decided_by,
                               scrub_text(reason) if reason else reason, final, rec.seed_id)
+        if self.decon is not None:
+            row["contamination"] = row_value(rec)
         self._rows.setdefault(rid, []).append(row)
         if final:
             rec.final = True

@@ -25,6 +25,8 @@ class Rec:
     # conversation/agent stage -> its run (a dialogue_driver.Dialog; typed Any so this module
     # needs nothing from the driver)
     dialogs: dict[str, Any] = field(default_factory=dict)
+    contamination: list[dict] | None = None  # this attempt's decontamination hits
+    decon_attempt: int = 0                   # the attempt whose texts were last checked
 
 
 @dataclass

@@ -1,0 +1,253 @@
+"""Decontamination: benchmark items planted in a scripted run's answers and in a seed file are all
+found (verbatim, lightly reworded, inside longer text), a clean control is not, `reject` and
+`regenerate` act like other rejections, the counts agree in the manifest, `synthgen report` and the
+card hook, and the index is built once and then read from the cache."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from generator import run
+from generator.config.spec import load_spec
+from generator.core.benchmarks import BenchmarkSource, load_index
+from generator.core.errors import SpecError
+from generator.core.ngram_index import Item, NgramIndex, normalize
+from generator.engine.executors.local import LocalExecutor
+from generator.testing.fake import FakeBackend
+
+ITEMS = [
+    ("q1", "A farmer has seventeen sheep and all but nine run away through a hole in the fence, "
+           "so how many sheep does the farmer have left at the end of the day?"),
+    ("q2", "Maria buys three notebooks for four dollars each and a pen for two dollars, and she pays "
+           "with a twenty dollar bill; how much change does Maria receive from the cashier?"),
+    ("q3", "A train leaves the station at nine in the morning travelling sixty miles per hour and "
+           "arrives at its destination at one in the afternoon; how far did the train travel?"),
+]
+CLEAN = "Photosynthesis turns light into chemical energy that plants store as sugar for later growth."
+
+
+def reworded(text: str) -> str:
+    """Case, punctuation and one word changed: what a paraphrasing generator often does."""
+    return text.replace("station", "depot").upper().replace(",", "").replace(";", " -")
+
+
+PLANTED = {"verbatim": ITEMS[0][1], "reworded": reworded(ITEMS[2][1]),
+           "inside": f"Here is a problem for you to solve today. {ITEMS[1][1]} Think step by step and show work."}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
+
+
+def bench_file(proj: Path) -> Path:
+    path = proj / "bench" / "mini.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("".join(json.dumps({"id": i, "question": q, "answer": "42"}) + "\n" for i, q in ITEMS))
+    return path
+
+
+def write_spec(proj: Path, action: str = "flag", extra: str = "", check: str = "[final]") -> Path:
+    bench_file(proj)
+    spec = proj / "spec.yaml"
+    base = spec.read_text().replace("  - template: card\n", "")  # free-text answers only
+    spec.write_text(base + f"""decontaminate:
+  benchmarks:
+    - {{name: mini, path: bench/mini.jsonl, fields: [question], id_field: id}}
+  check: {check}
+  action: {action}
+{extra}""")
+    return spec
+
+
+def planted_backend(kinds: dict[str, str]) -> FakeBackend:
+    """Answers: a planted text for the first attempt of the records named in `kinds`, clean otherwise."""
+    def respond(r):  # ids: RID#TRY (single stage) or RID/STAGE/ATTEMPT/SAMPLE#TRY (pipeline)
+        head, tries = r.id.split("#")[0], int(r.id.rsplit("#", 1)[1])
+        rid, *rest = head.split("/")
+        first = tries == 1 and (not rest or rest[1] == "1")
+        kind = kinds.get(rid)
+        return PLANTED[kind] if kind and first else f"{CLEAN} ({rid} {tries})"
+    return FakeBackend(responder=respond)
+
+
+def run_planted(spec_path: Path, out: Path):
+    spec = load_spec(spec_path)
+    from generator.engine.planner import plan_spec
+
+    _, records = plan_spec(spec)
+    ids = [r.id for r in records]
+    kinds = dict(zip(ids, ["verbatim", "reworded", "inside"]))
+    res = run(spec, out=out, executor=LocalExecutor(backend_factory=lambda c, **_: planted_backend(kinds)),
+              score=False)
+    frame = pl.read_parquet(sorted((out / "generations").glob("*.parquet")))
+    return res, frame, kinds
+
+
+def test_normalisation_and_matching():
+    index = NgramIndex.build([Item("mini", i, (q, "42")) for i, q in ITEMS], 13)
+    assert normalize("Janet\u2019s ducks, LAY 16 e\ufb03cient eggs!") == b"janet s ducks lay 16 efficient eggs"
+    for kind, text in PLANTED.items():
+        hits = index.match(text)
+        assert hits, kind
+        assert hits[0].benchmark == "mini" and len(hits[0].ngram.split()) == 13
+    assert index.match(PLANTED["verbatim"])[0].item_id == "q1"
+    assert index.match(PLANTED["verbatim"])[0].overlap == 1.0
+    assert 0 < index.match(PLANTED["reworded"])[0].overlap < 1.0
+    assert index.match(CLEAN * 5) == []
+    assert index.stats().short == 3  # the answers ("42") are too short to have a 13-gram
+    # texts are scanned in batches: the results do not depend on which texts share one
+    many = [CLEAN] * 500 + [PLANTED["inside"]] + [CLEAN] * 500
+    assert [bool(h) for h in index.match_many(many)] == [t == PLANTED["inside"] for t in many]
+
+
+def test_flag_marks_planted_answers_and_counts_agree(proj, tmp_path):
+    res, frame, kinds = run_planted(write_spec(proj), tmp_path / "run")
+    assert frame.height == len(frame["id"].unique())  # still one row per record
+    hits = {r["id"]: json.loads(r["contamination"]) for r in frame.iter_rows(named=True) if r["contamination"]}
+    assert set(hits) == set(kinds)
+    want = {"verbatim": "q1", "reworded": "q3", "inside": "q2"}
+    for rid, kind in kinds.items():
+        h = hits[rid][0]
+        assert (h["benchmark"], h["item_id"], h["field"]) == ("mini", want[kind], "final")
+        assert len(h["ngram"].split()) == 13 and 0 < h["overlap"] <= 1
+    assert set(frame["status"]) == {"ok"}
+    section = res.manifest["decontamination"]
+    assert section["hits"] == {"rows": 3, "benchmarks": {"mini": {"rows": 3, "items": 3}}}
+    assert section["final"] == {"records": frame.height, "contaminated": 3, "rejected": 0}
+    from generator.export.card import decontamination_counts
+
+    assert decontamination_counts(res.manifest) == {"benchmarks": {"mini": {"rows": 3, "items": 3}},
+                                                    "contaminated": 3, "rejected": 0, "records": frame.height,
+                                                    "ngram": 13, "action": "flag"}
+    from click.testing import CliRunner
+
+    from generator.cli.main import main as cli
+
+    out = CliRunner().invoke(cli, ["report", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    assert "mini" in out.output and "decontamination" in out.output
+
+
+def test_reject_ends_contaminated_records(proj, tmp_path):
+    res, frame, kinds = run_planted(write_spec(proj, "reject"), tmp_path / "run")
+    rejected = frame.filter(pl.col("status") == "rejected")
+    assert set(rejected["id"]) == set(kinds)
+    assert rejected["contamination"].null_count() == 0
+    assert res.manifest["counts"]["status"]["rejected"] == 3
+    assert res.manifest["decontamination"]["final"]["rejected"] == 3
+
+
+def test_regenerate_single_stage_gets_a_clean_answer(proj, tmp_path):
+    res, frame, kinds = run_planted(write_spec(proj, "regenerate"), tmp_path / "run")
+    assert frame.height == len(frame["id"].unique())
+    again = frame.filter(pl.col("id").is_in(list(kinds)))
+    assert set(again["status"]) == {"ok"} and again["contamination"].null_count() == len(kinds)
+    assert all(CLEAN in t for t in again["text"])
+    assert res.manifest["decontamination"]["final"]["contaminated"] == 0
+
+
+PIPELINE = """stages:
+  - name: answer
+    kind: generate
+    template: qa
+  - name: check
+    kind: verify
+    check: regex
+    target: answer
+    pattern: "."
+"""
+
+
+def test_regenerate_in_a_pipeline_keeps_the_rejected_attempt(proj, tmp_path):
+    text = (proj / "spec.yaml").read_text()
+    head = text.split("templates:")[0]
+    tail = "models:" + text.split("models:")[1]
+    (proj / "spec.yaml").write_text(head + PIPELINE + tail)
+    spec = write_spec(proj, "regenerate", "  on_reject: {regenerate: answer, max_attempts: 2}\n")
+    res, frame, kinds = run_planted(spec, tmp_path / "run")
+    for rid in kinds:
+        rows = frame.filter(pl.col("id") == rid).sort("attempts")
+        assert rows["status"].to_list() == ["rejected", "ok"]
+        assert rows["decided_by"][0] == "decontaminate" and rows["contamination"][0] is not None
+        assert rows["contamination"][1] is None
+    section = res.manifest["decontamination"]
+    assert section["hits"]["rows"] == 3 and section["final"]["contaminated"] == 0
+    assert res.manifest["pipeline"]["decided_by"].get("decontaminate", 0) == 0
+
+
+def test_seed_rows_are_checked(proj, tmp_path):
+    seeds = proj / "seeds.jsonl"
+    rows = [{"problem": PLANTED["verbatim"]}, {"problem": PLANTED["inside"]}, {"problem": CLEAN}]
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = (proj / "spec.yaml").read_text().replace("  - tree: mini", "  - seeds: seeds.jsonl")
+    (proj / "spec.yaml").write_text(text.replace("generations_per_topic: 2", "generations_per_topic: 1"))
+    spec = write_spec(proj, check="[seeds]")
+    res = run(load_spec(spec), out=tmp_path / "run", executor=LocalExecutor(
+        backend_factory=lambda c, **_: FakeBackend(responder=lambda r: CLEAN)), score=False)
+    frame = pl.read_parquet(sorted((tmp_path / "run" / "generations").glob("*.parquet")))
+    flagged = {r["topic_id"]: json.loads(r["contamination"]) for r in frame.iter_rows(named=True)
+               if r["contamination"]}
+    assert len(flagged) == 2 and {h[0]["item_id"] for h in flagged.values()} == {"q1", "q2"}
+    assert all(h[0]["field"] == "seeds" for h in flagged.values())
+    assert res.manifest["decontamination"]["hits"]["rows"] == 2
+
+
+def test_index_is_built_once_and_cached(proj, tmp_path):
+    src = [BenchmarkSource("mini", bench_file(proj), ("question",), "id")]
+    first = load_index(src, 13)
+    again = load_index(src, 13)
+    assert not first.cached and again.cached
+    assert [h.item_id for h in again.match(PLANTED["inside"])] == ["q2"]
+    assert len(list((tmp_path / "cache" / "decontam").glob("*.npz"))) == 1
+    load_index(src, 12)  # another n-gram size is another index
+    assert len(list((tmp_path / "cache" / "decontam").glob("*.npz"))) == 2
+
+
+def test_bad_config_is_one_line_with_position(proj):
+    spec = write_spec(proj, "flag")
+    text = spec.read_text()
+    spec.write_text(text.replace("fields: [question]", "fields: [questoin]"))
+    from generator.engine.planner import resolve_spec
+    from generator.engine.pipeline.execute import compile_spec
+
+    with pytest.raises(SpecError, match="no column questoin"):
+        compile_spec(resolve_spec(load_spec(spec)))
+    spec.write_text(text.replace("action: flag", "action: flagg"))
+    with pytest.raises(SpecError) as exc:
+        load_spec(spec)
+    assert "spec.yaml:" in str(exc.value) and "action" in str(exc.value)
+    spec.write_text(text.replace("bench/mini.jsonl", "/tmp/../etc/passwd"))
+    with pytest.raises(SpecError, match="outside the project"):
+        compile_spec(resolve_spec(load_spec(spec)))
+
+
+def test_decontaminate_command_on_a_run_and_a_mix(proj, tmp_path):
+    from click.testing import CliRunner
+
+    from generator.cli.main import main as cli
+
+    run_planted(write_spec(proj), tmp_path / "run")
+    conf = proj / "decon.yaml"
+    conf.write_text("benchmarks:\n  - {name: mini, path: bench/mini.jsonl, fields: [question], id_field: id}\n")
+    report = tmp_path / "report.json"
+    out = CliRunner().invoke(cli, ["decontaminate", str(tmp_path / "run"), "--config", str(conf), "--json", str(report)])
+    assert out.exit_code == 1, out.output
+    got = json.loads(report.read_text())["targets"][0]
+    assert got["contaminated"] == 3 and got["benchmarks"] == {"mini": {"documents": 3, "items": 3}}
+    # a mix's sources, real data included: one planted document among clean ones
+    real = tmp_path / "real.jsonl"
+    real.write_text("".join(json.dumps({"text": t}) + "\n" for t in [CLEAN, PLANTED["inside"], CLEAN + " again"]))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"real:\n  - path: {real}\nratio: '1:0'\n")
+    out = CliRunner().invoke(cli, ["decontaminate", "--mix", str(mix), "--benchmark",
+                                   f"mini={proj / 'bench' / 'mini.jsonl'}", "--id-field", "id"])
+    assert out.exit_code == 1 and "1 of 3 documents contaminated" in out.output and "item q2" in out.output
+    real.write_text(json.dumps({"text": CLEAN}) + "\n")
+    out = CliRunner().invoke(cli, ["decontaminate", "--mix", str(mix), "--config", str(conf)])
+    assert out.exit_code == 0 and "0 of 1 documents" in out.output
+    out = CliRunner().invoke(cli, ["decontaminate", str(tmp_path / "nope"), "--config", str(conf)])
+    assert out.exit_code != 0 and out.exit_code != 1
