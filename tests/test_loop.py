@@ -15,6 +15,7 @@ from generator.feedback.rounds import load_rounds, run_rounds
 from generator import run as run_spec
 from generator.config.spec import load_spec
 from generator.feedback.yields import is_refusal, row_flags
+from generator.cli.main import main
 
 WORDS = ("apple river stone cloud seven music garden bridge number engine planet silver window forest ocean "
          "candle mirror rabbit violin tower harbor lantern meadow copper falcon pepper quartz saddle thunder "
@@ -256,3 +257,33 @@ def test_expand_template_weights_change_only_new_indices(proj):
     assert [r.id for r in same] == [r.id for r in base]  # the spec weights, given explicitly
     with pytest.raises(ValueError, match="unknown"):
         expand(resolved, counts=cells, template_weights={"nope": 1.0})
+
+
+def test_an_edited_template_is_refused_with_the_single_pass_line(proj, tmp_path, monkeypatch):
+    monkeypatch.setattr("generator.engine.executors.local.make_backend",
+                        lambda cfg, **_: FakeBackend(responder=responder))
+
+    def cli(out, *sets):
+        args = ["run", str(proj / "spec.yaml"), "--out", str(out), "--set", "templates=[{template: qa}]"]
+        for s in sets:
+            args += ["--set", s]
+        return CliRunner().invoke(main, args)
+
+    rounds = "rounds={count: 3, budget: 30}"
+    assert cli(tmp_path / "single").exit_code == 0
+    assert cli(tmp_path / "rounds", rounds).exit_code == 0
+    # the third round is lost: the rerun would plan it, after re-planning the first two
+    for p in [*(tmp_path / "rounds" / "rounds").glob("round-003*"),
+              *(tmp_path / "rounds" / "generations").glob("part-003-*.parquet")]:
+        p.unlink()
+    plan = (tmp_path / "rounds" / "plan.parquet").read_bytes()
+    tpl = proj / "templates" / "qa.j2"
+    tpl.write_text(tpl.read_text().replace("two sentences", "three sentences"))
+    single, looped = cli(tmp_path / "single"), cli(tmp_path / "rounds", rounds)
+    assert single.exit_code == looped.exit_code == 2
+    line = ": template 'qa' was edited since this run was planned"
+    assert line in single.output and single.output.strip().count("\n") == 0
+    assert looped.output.replace(str(tmp_path / "rounds"), "RUN") == single.output.replace(str(tmp_path / "single"),
+                                                                                        "RUN")
+    assert (tmp_path / "rounds" / "plan.parquet").read_bytes() == plan
+    assert not (tmp_path / "rounds" / "rounds" / "round-003.alloc.json").exists()

@@ -11,7 +11,7 @@ import pytest
 
 from generator import run
 from generator.config.spec import load_spec
-from generator.core.errors import SpecError
+from generator.core.errors import RunFolderError, SpecError
 from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.feedback.rounds import load_rounds
@@ -97,3 +97,25 @@ def test_rounds_throughput_counts_each_load_once(proj, tmp_path):
     tokens = res.manifest["counts"]["tokens"]["completion"]
     assert t["completion_tokens_per_s"] == pytest.approx(tokens / decode, rel=0.05)
     assert t["completion_tokens_per_s"] <= tokens / (40 * 0.01) * 1.05  # at most what 10 ms per answer allows
+
+
+def test_a_rounds_run_is_one_pass_of_the_core_per_round(proj, tmp_path):
+    """Every stage's templates are in the manifest; the entry template edited after the rounds is
+    refused as a single pass refuses it, before anything is planned or written."""
+    (proj / "templates" / "review.j2").write_text("Improve this answer.\n\n{{ answer.text }}\n")
+    stages = ("[{name: answer, kind: generate, template: qa}, {name: review, kind: generate, template: review}, "
+              "{name: quality, kind: judge, target: review, criteria: [{name: good, description: useful}]}]")
+    spec = load_spec(proj / "spec.yaml", {"templates": "[]", "stages": stages,
+                                          "rounds": "{count: 2, budget: 12, embedder: hash}"})
+    ex = LocalExecutor(backend_factory=lambda c, **_: FakeBackend(responder=judged))
+    res = run(spec, out=tmp_path / "run", executor=ex)
+    assert set(res.manifest["templates"]) == {"qa", "review"}
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["templates"] == res.manifest["templates"]
+    plan = (tmp_path / "run" / "plan.parquet").read_bytes()
+    tpl = proj / "templates" / "qa.j2"
+    tpl.write_text(tpl.read_text().replace("two sentences", "three sentences"))
+    with pytest.raises(RunFolderError, match="template 'qa' was edited"):
+        run(load_spec(proj / "spec.yaml", {"templates": "[]", "stages": stages,
+                                           "rounds": "{count: 2, budget: 12, embedder: hash}"}),
+            out=tmp_path / "run", executor=ex)
+    assert (tmp_path / "run" / "plan.parquet").read_bytes() == plan

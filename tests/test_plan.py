@@ -1,7 +1,10 @@
 """The plan is deterministic and append-stable."""
 from __future__ import annotations
 
-from generator.engine.planner import expand, plan_spec, records_frame, resolve_spec
+import pytest
+
+from generator.engine import planner
+from generator.engine.planner import expand, plan_spec, records_frame, resolve_spec, with_samples
 from generator.config.spec import load_spec
 
 
@@ -34,6 +37,33 @@ def test_larger_topic_sample_keeps_earlier_cells(proj):
     spec.topics[0].sample = 4
     four = {c.id for c in resolve_spec(spec).cells}
     assert len(two) == 2 and len(four) == 4 and two <= four
+
+
+def test_other_samples_are_drawn_without_reading_files_and_plan_as_resolving_does(proj, monkeypatch):
+    """What the rounds loop relies on to grow its pool: `with_samples` gives the cells, personas and
+    records of resolving the spec with those `sample:` sizes, from what was loaded once."""
+    spec = load_spec(proj / "spec.yaml", {"topics": "[{tree: mini, sample: 2}]", "personas": "{file: mini, sample: 1}"})
+    wanted = {}
+    for k in range(1, 6):
+        for p in range(1, 4):
+            spec.topics[0].sample, spec.personas.sample = k, p
+            r = resolve_spec(spec)
+            wanted[k, p] = ([c.id for c in r.cells], [x["id"] for x in r.personas], expand(r))
+    spec.topics[0].sample, spec.personas.sample = 2, 1
+    base = resolve_spec(spec)
+
+    def no_read(*a, **k):
+        raise AssertionError("a library file was read again")
+
+    monkeypatch.setattr(planner, "load_topic_tree", no_read)
+    monkeypatch.setattr(planner, "load_personas", no_read)
+    for (k, p), (cells, personas, records) in wanted.items():
+        r = with_samples(base, {0: k}, p)
+        assert [c.id for c in r.cells] == cells and [x["id"] for x in r.personas] == personas
+        assert expand(r) == records
+        assert r.spec.topics[0].sample == k and base.spec.topics[0].sample == 2  # the base is unchanged
+    with pytest.raises(ValueError, match="not drawable"):
+        with_samples(base, {0: 6})
 
 
 def test_seed_changes_plan(proj):

@@ -32,6 +32,17 @@ def with_model_options(f):
     return f
 
 
+def run_dir_option(default: str):
+    return click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=default,
+                        show_default=True,
+                        help="Folder of this command's model calls: the answers are cached there (the same "
+                             "command again pays for none of them) and `synthgen usage DIR` counts them.")
+
+
+def _calls(path) -> str:
+    return f"{path.model_calls} model calls, {path.cache_hits} answers from the cache"
+
+
 def _backend(model, backend, base_url, api_key_env):
     from generator.engine.backends import make_backend
     from generator.cli.options import quiet_engine_logs
@@ -113,24 +124,28 @@ def personas():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="Word-set Jaccard above which a new persona counts as a near duplicate.")
+@run_dir_option("runs/personas-expand")
 @with_model_options
-def personas_expand(seed_file, count, out_path, seed, threshold, model, backend, base_url, api_key_env):
+def personas_expand(seed_file, count, out_path, seed, threshold, run_dir, model, backend, base_url, api_key_env):
     """Write N new personas related to personas of SEED (a set name or .jsonl), without near duplicates."""
     from generator.library.growth import expand_personas, write_personas
+    from generator.runs import request_session
 
     try:
         seeds = load_personas(resolve("personas", seed_file, Path.cwd()))
     except FileNotFoundError as exc:
         raise SynthgenError(str(exc)) from None
     be = _backend(model, backend, base_url, api_key_env)
+    details = {"command": "personas expand", "seeds": seed_file, "count": count, "seed": seed, "threshold": threshold}
     try:
-        new, stats = expand_personas(seeds, be, count, seed=seed, threshold=threshold)
+        with request_session(run_dir, be, "personas expand", "personas_expand", details=details) as path:
+            new, stats = expand_personas(seeds, path, count, seed=seed, threshold=threshold)
     finally:
         be.close()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_personas(out_path, new)
-    echo(f"wrote {len(new)} personas to {out_path} ({stats.model_calls} model calls, "
-              f"{stats.invalid} invalid, {stats.near_duplicates} near duplicates dropped)")
+    echo(f"wrote {len(new)} personas to {out_path} ({_calls(path)}, "
+              f"{stats.invalid} invalid, {stats.near_duplicates} near duplicates dropped; usage: {run_dir})")
     for note in stats.notes:
         echo(f"note: {note}", error=True)
 
@@ -147,12 +162,14 @@ def topics():
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the updated tree here (default: print the new subtopics).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@run_dir_option("runs/topics-expand")
 @with_model_options
-def topics_expand(tree, node, count, out_path, seed, model, backend, base_url, api_key_env):
+def topics_expand(tree, node, count, out_path, seed, run_dir, model, backend, base_url, api_key_env):
     """Ask a model for new subtopics (with keywords) of NODE_PATH in TREE, dropping duplicates.
 
     NODE_PATH is the node's names joined by ' / ', e.g. "Arithmetic / Fractions"."""
     from generator.library.growth import dump_tree, expand_topic_node
+    from generator.runs import request_session
 
     try:
         tree_file = resolve("topics", tree, Path.cwd())
@@ -160,8 +177,10 @@ def topics_expand(tree, node, count, out_path, seed, model, backend, base_url, a
     except FileNotFoundError as exc:
         raise SynthgenError(str(exc)) from None
     be = _backend(model, backend, base_url, api_key_env)
+    details = {"command": "topics expand", "tree": tree, "node": node, "count": count, "seed": seed}
     try:
-        raw, new, stats = expand_topic_node(tree_file, node, be, count=count, seed=seed)
+        with request_session(run_dir, be, "topics expand", "topics_expand", details=details) as path:
+            raw, new, stats = expand_topic_node(tree_file, node, path, count=count, seed=seed)
     except KeyError as exc:
         raise SynthgenError(str(exc.args[0])) from None
     finally:
@@ -172,7 +191,8 @@ def topics_expand(tree, node, count, out_path, seed, model, backend, base_url, a
         echo(f"wrote {out_path} with {len(new)} new subtopics under '{node}'")
     else:
         echo(dump_tree({"nodes": new}))
-    echo(error=True, text=f"{stats.model_calls} model calls, {stats.invalid} invalid, {stats.near_duplicates} duplicates dropped")
+    echo(error=True, text=f"{_calls(path)}, {stats.invalid} invalid, {stats.near_duplicates} duplicates dropped; "
+                          f"usage: {run_dir}")
 
 
 @click.command("preview")

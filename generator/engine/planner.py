@@ -7,6 +7,7 @@ topic sample, another round) appends records without changing any already planne
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -24,7 +25,7 @@ from generator.config.spec import InlineTopics, SamplingConfig, SeedTopics, Spec
 from generator.library.prompt_template import Template
 from generator.engine.record import Record
 
-__all__ = ["Record", "Resolved", "expand", "plan_spec", "resolve_spec", "validate"]
+__all__ = ["Record", "Resolved", "expand", "expand_stream", "plan_spec", "resolve_spec", "validate", "with_samples"]
 
 
 def hash64(*parts: Any) -> int:
@@ -48,6 +49,10 @@ class Resolved:
     stage_templates: dict[int, list[tuple[Template, float]]] = field(default_factory=dict)  # stage index ->
     # conversation/agent stages: stage index -> role ("user", "assistant", "task") -> its template
     role_templates: dict[int, dict[str, Template]] = field(default_factory=dict)
+    # the pools before `sample:`, kept so other sample sizes are drawn without reading files again
+    # (`with_samples`): every topic source's cells, and the whole persona set
+    source_cells: list[list[TopicCell]] = field(default_factory=list)
+    persona_pool: list[dict] | None = None
 
     @property
     def template_by_name(self) -> dict[str, Template]:
@@ -142,7 +147,7 @@ def _entry(spec: Spec) -> tuple[list, Any, list[ModelConfig]]:
 
 def resolve_spec(spec: Spec) -> Resolved:
     confine = spec.confinement()
-    cells: list[TopicCell] = []
+    sources: list[list[TopicCell]] = []  # each topic source's cells, before `sample:`
     for i, src in enumerate(spec.topics):
         if isinstance(src, TreeTopics):
             path = resolve_ref(spec, "topics", src.tree, confine, ("topics", i, "tree"), "fix `tree:` or add the file")
@@ -154,29 +159,23 @@ def resolve_spec(spec: Spec) -> Resolved:
             if src.sample is not None and src.sample > len(found):
                 raise spec_error(spec, ("topics", i, "sample"), f"`sample: {src.sample}` but topic tree "
                                   f"'{src.tree}' has {len(found)} cells there; set sample to at most {len(found)}")
-            if src.sample is not None and src.sample < len(found):
-                found = _priority_sample(found, src.sample, [c.weight for c in found], spec.seed, "topics", i)
-            cells.extend(found)
+            sources.append(found)
         elif isinstance(src, SeedTopics):
-            cells.extend(_seed_source(spec, i, src, confine))
+            sources.append(_seed_source(spec, i, src, confine))
         else:
             assert isinstance(src, InlineTopics)
+            inline: list[TopicCell] = []
             for item in src.items:
                 if isinstance(item, str):
-                    cells.append(TopicCell(id=item, topic=item, subtopic=item, keywords=(), level=None,
-                                           weight=src.weight, source="inline"))
+                    inline.append(TopicCell(id=item, topic=item, subtopic=item, keywords=(), level=None,
+                                            weight=src.weight, source="inline"))
                 else:
                     sub = item.subtopic or item.topic
                     cid = f"{item.topic} / {sub}" if item.subtopic else item.topic
-                    cells.append(TopicCell(id=cid, topic=item.topic, subtopic=sub, keywords=tuple(item.keywords),
-                                           level=item.level, weight=src.weight * item.weight, source="inline"))
-    seen: set[str] = set()
-    for c in cells:
-        if c.id in seen:
-            raise spec_error(spec, ("topics",), f"topic '{c.id}' appears twice; remove one source")
-        seen.add(c.id)
-
-    check_plan_size(spec, len(cells))
+                    inline.append(TopicCell(id=cid, topic=item.topic, subtopic=sub, keywords=tuple(item.keywords),
+                                            level=item.level, weight=src.weight * item.weight, source="inline"))
+            sources.append(inline)
+    cells = _sampled_cells(spec, sources)
     refs, where, models = _entry(spec)
     templates: list[tuple[Template, float]] = []
     roots = template_roots(spec, confine)
@@ -187,19 +186,62 @@ def resolve_spec(spec: Spec) -> Resolved:
     if len(set(names)) != len(names):
         raise spec_error(spec, ("templates",), "a template is listed twice; merge the entries and set `weight:`")
 
-    personas = None
+    pool = None
     if spec.personas is not None:
         ppath = resolve_ref(spec, "personas", spec.personas.file, confine, ("personas", "file"), "fix `file:`")
-        personas = load_personas(ppath)
-        if spec.personas.sample is not None and spec.personas.sample > len(personas):
+        pool = load_personas(ppath)
+        if spec.personas.sample is not None and spec.personas.sample > len(pool):
             raise spec_error(spec, ("personas", "sample"), f"`sample: {spec.personas.sample}` but persona set "
-                              f"'{spec.personas.file}' has {len(personas)} personas; set sample to at most "
-                              f"{len(personas)}")
-        if spec.personas.sample is not None and spec.personas.sample < len(personas):
-            personas = _priority_sample(personas, spec.personas.sample, [1.0] * len(personas), spec.seed, "personas")
-    return Resolved(spec=spec, cells=cells, templates=templates, personas=personas, models=models,
-                    stage_templates=_stage_templates(spec, confine, roots),
-                    role_templates=_role_templates(spec, confine, roots))
+                              f"'{spec.personas.file}' has {len(pool)} personas; set sample to at most "
+                              f"{len(pool)}")
+    return Resolved(spec=spec, cells=cells, templates=templates, personas=_sampled_personas(spec, pool),
+                    models=models, stage_templates=_stage_templates(spec, confine, roots),
+                    role_templates=_role_templates(spec, confine, roots), source_cells=sources, persona_pool=pool)
+
+
+def _sampled_cells(spec: Spec, sources: list[list[TopicCell]]) -> list[TopicCell]:
+    """The plan's topic cells: each source's, a tree source's drawn by its `sample:` (weighted and
+    stable as the sample grows), checked for a cell listed twice and for the plan's size."""
+    cells: list[TopicCell] = []
+    for i, (src, found) in enumerate(zip(spec.topics, sources)):
+        if isinstance(src, TreeTopics) and src.sample is not None and src.sample < len(found):
+            found = _priority_sample(found, src.sample, [c.weight for c in found], spec.seed, "topics", i)
+        cells.extend(found)
+    seen: set[str] = set()
+    for c in cells:
+        if c.id in seen:
+            raise spec_error(spec, ("topics",), f"topic '{c.id}' appears twice; remove one source")
+        seen.add(c.id)
+    check_plan_size(spec, len(cells))
+    return cells
+
+
+def _sampled_personas(spec: Spec, pool: list[dict] | None) -> list[dict] | None:
+    if pool is None or spec.personas is None or spec.personas.sample is None or spec.personas.sample >= len(pool):
+        return pool
+    return _priority_sample(pool, spec.personas.sample, [1.0] * len(pool), spec.seed, "personas")
+
+
+def with_samples(resolved: Resolved, topics: dict[int, int] | None = None, personas: int | None = None) -> Resolved:
+    """`resolved` with other `sample:` sizes: `topics` maps a tree source's index in `spec.topics`
+    to its sample, `personas` is the persona sample. Drawn from the pools `resolve_spec` loaded, so
+    no file is read again; the same cells and personas as resolving a spec with those sizes (the
+    draw is stable as a sample grows). The rounds loop grows its pool this way."""
+    spec = resolved.spec.model_copy()
+    spec.topics = [t.model_copy() for t in spec.topics]
+    for i, k in (topics or {}).items():
+        src = spec.topics[i]
+        if not isinstance(src, TreeTopics) or not 0 <= k <= len(resolved.source_cells[i]):
+            raise ValueError(f"topics[{i}]: a sample of {k} is not drawable from that source")
+        src.sample = k
+    pool = resolved.persona_pool
+    if personas is not None and spec.personas is not None:
+        if pool is None or not 0 <= personas <= len(pool):
+            raise ValueError(f"personas: a sample of {personas} is not drawable from the persona set")
+        spec.personas = spec.personas.model_copy()
+        spec.personas.sample = personas
+    return dataclasses.replace(resolved, spec=spec, cells=_sampled_cells(spec, resolved.source_cells),
+                               personas=_sampled_personas(spec, pool))
 
 
 def _stage_templates(spec: Spec, confine: Confinement, roots) -> dict[int, list[tuple[Template, float]]]:
@@ -315,6 +357,12 @@ def default_counts(resolved: Resolved) -> dict[str, int]:
 
 def expand(resolved: Resolved, counts: dict[str, int] | None = None, start: dict[str, int] | None = None,
            round: int = 1, template_weights: dict[str, float] | None = None) -> list[Record]:
+    """`expand_stream`'s records, all in a list."""
+    return list(expand_stream(resolved, counts, start, round, template_weights))
+
+
+def expand_stream(resolved: Resolved, counts: dict[str, int] | None = None, start: dict[str, int] | None = None,
+                  round: int = 1, template_weights: dict[str, float] | None = None) -> Iterator[Record]:
     """Records for generations [start, start+count) of each cell, in cell order then index.
 
     `template_weights` (template name -> weight, missing names weigh 0) replaces the spec's template
@@ -336,7 +384,7 @@ def expand(resolved: Resolved, counts: dict[str, int] | None = None, start: dict
             raise ValueError("template_weights must be non-negative with a positive sum")
     pairs = ((cell, g) for cell in resolved.cells
              for g in range(start.get(cell.id, 0), start.get(cell.id, 0) + counts.get(cell.id, 0)))
-    return list(render_pairs(resolved, pairs, tpl_list, tpl_weights, round))
+    return render_pairs(resolved, pairs, tpl_list, tpl_weights, round)
 
 
 def render_pairs(resolved: Resolved, pairs: Iterable[tuple[TopicCell, int]], tpl_list: list[Template],

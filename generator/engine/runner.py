@@ -13,7 +13,8 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import polars as pl
 
@@ -102,22 +103,28 @@ def _sharded(chunks: Iterable[list[Record]], shard_size: int, start: dict[int, i
 _KEYS = ("template", "template_hash", "prompt", "model", "max_tokens", "temperature", "top_p")
 
 
-def plan_into(folder: RunFolder, records: Iterable[Record], shard_size: int) -> tuple[int, int]:
+def plan_into(folder: RunFolder, records: Iterable[Record], shard_size: int,
+              rounds: set[int] | None = None) -> tuple[int, int]:
     """Write the plan of `records` (streamed: a chunk at a time) into `folder`, or check it against
     the plan already there and append the records it lacks in fresh shards. Refuses a plan that
     changed what was planned: a record gone, an edited template or prompt, or a changed model or
-    sampling. Returns (planned, new)."""
+    sampling. With `rounds`, `records` are those rounds' records only, checked against the rows
+    planned for them (the rounds loop plans a round at a time). Returns (planned, new): planned
+    counts every row of the plan."""
     if not folder.has_plan():
         n = folder.write_plan_stream(_sharded(_chunks(records), shard_size, {}))
         return n, n
     old: dict[str, tuple] = {}
     start: dict[int, int] = {}
+    planned = 0
     for frame in folder.plan_batches(["id", "round", "shard", *_KEYS]):
+        planned += frame.height
         for r in frame.iter_rows(named=True):
-            old[r["id"]] = (r["template"], r["template_hash"], hash(r["prompt"]), r["model"], r["max_tokens"],
-                            r["temperature"], r["top_p"])
             start[r["round"]] = max(start.get(r["round"], 0), shard_index(r["shard"])[1] + 1)
-    planned = len(old)
+            if rounds is None or r["round"] in rounds:
+                old[r["id"]] = (r["template"], r["template_hash"], hash(r["prompt"]), r["model"], r["max_tokens"],
+                                r["temperature"], r["top_p"])
+    checked = len(old)
     changed: str | None = None
     fresh_rows = 0
 
@@ -152,7 +159,7 @@ def plan_into(folder: RunFolder, records: Iterable[Record], shard_size: int) -> 
         if old:
             sample = next(iter(old.values()))
             raise RunFolderError(
-                f"{folder.path}: the spec no longer plans {len(old)} of the {planned} records in this run "
+                f"{folder.path}: the spec no longer plans {len(old)} of the {checked} records in this run "
                 f"(e.g. topic/template/model choices changed for a '{sample[0]}' record); "
                 f"start a new run with --out NEW_DIR, or restore the spec")
         if changed is not None:
@@ -168,18 +175,72 @@ def plan_into(folder: RunFolder, records: Iterable[Record], shard_size: int) -> 
     return planned + fresh_rows, fresh_rows
 
 
-def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int | None) -> dict:
-    """The run's manifest (read back when the folder exists) updated with this spec's identity."""
+def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int | None,
+                 pipeline: Pipeline | None = None) -> dict:
+    """The run's manifest (read back when the folder exists) updated with this spec's identity:
+    the templates of every stage (a single-stage spec's are its own)."""
     manifest = folder.read_manifest() or {"created_at": time.time()}
     manifest.update({
         "session": new_session(),  # this invocation's: usage is kept per session (answers/*.parquet)
         # URLs lose user:password and token parameters: a manifest is shared with the data
         "name": spec.name, "spec": scrub(spec.model_dump(mode="json")), "spec_hash": spec.hash(),
         "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
-        "versions": versions(), "templates": {t.name: t.hash for t, _ in resolved.templates},
+        "versions": versions(), "templates": all_templates(resolved, pipeline),
         "topic_cells": len(resolved.cells),
     })
     return manifest
+
+
+def all_templates(resolved: Resolved, pipeline: Pipeline | None) -> dict[str, str]:
+    """Name -> hash of every template a run uses: each generate stage's, and each conversation or
+    agent stage's by role."""
+    out = {t.name: t.hash for t, _ in resolved.templates}
+    if pipeline is not None:
+        out.update({t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates})
+    out.update({t.name: t.hash for roles in resolved.role_templates.values() for t in roles.values()})
+    return out
+
+
+@dataclass
+class PassResult:
+    """What one `run_pass` did."""
+
+    planned: int  # rows in the run's plan
+    new: int  # of them planned by this pass
+    plan_seconds: float
+    stats: ExecStats
+
+
+def run_pass(folder: RunFolder, resolved: Resolved, records: Iterable[Record], executor, emit: Progress,
+             manifest: dict, pipeline: Pipeline, rounds: set[int] | None = None,
+             since: float | None = None) -> PassResult:
+    """The one execution core of every run: plan `records` into the folder (streamed, and refused
+    when they differ from what it planned before: see `plan_into`), write the manifest, then
+    generate every planned record not written yet. A single pass calls it once with the whole
+    plan; the rounds loop once per round with that round's records (`rounds={r}`). `since`: when
+    planning began (resolving the spec counts), for the plan's time."""
+    t0 = time.time() if since is None else since
+    planned, new = plan_into(folder, records, resolved.spec.run.shard_size, rounds)
+    plan_seconds = time.time() - t0
+    folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
+    emit("plan", {"records": planned, "new": new, "seconds": plan_seconds})
+    stats = execute_records(folder, resolved, executor, emit, manifest, pipeline)
+    return PassResult(planned, new, plan_seconds, stats)
+
+
+@contextmanager
+def executor_for(executor) -> Iterator[Any]:
+    """`executor`, or a local one made (and closed) here when it is None."""
+    if executor is not None:
+        yield executor
+        return
+    from generator.engine.executors.local import LocalExecutor
+
+    own = LocalExecutor()
+    try:
+        yield own
+    finally:
+        own.close()
 
 
 def _pending_from_file(folder: RunFolder, done: set[str]) -> Iterator[dict]:
@@ -189,31 +250,18 @@ def _pending_from_file(folder: RunFolder, done: set[str]) -> Iterator[dict]:
         yield from frame.iter_rows(named=True)
 
 
-def pending_rows(pending: pl.DataFrame, chunk: int = 2048) -> Iterator[dict]:
-    """The pending plan rows as dicts, a slice at a time (only the records in progress are held)."""
-    for part in pending.iter_slices(chunk):
-        yield from part.iter_rows(named=True)
-
-
-def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | None, executor, emit: Progress,
-                    manifest: dict, pipeline: Pipeline) -> ExecStats:
-    """Run every planned record whose shard is not written yet (the executor is not closed). With
-    `plan` None the plan is streamed from the run folder, a slice at a time."""
+def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progress, manifest: dict,
+                    pipeline: Pipeline) -> ExecStats:
+    """Run every planned record whose shard is not written yet (the executor is not closed). The
+    plan is streamed from the run folder, a slice at a time."""
     stats = ExecStats()
     done = folder.completed_shards()
-    if plan is None:
-        shard = folder.plan_column("shard")
-        total = shard.len()
-        counts = shard.filter(~shard.is_in(list(done))).value_counts()
-        sizes = dict(counts.iter_rows())
-        rows: Iterable[dict] = _pending_from_file(folder, done)
-        models_pending = set(folder.plan_column("model").unique().to_list()) if sizes else set()
-    else:
-        pending = plan.filter(~pl.col("shard").is_in(list(done))) if done else plan
-        total = plan.height
-        sizes = dict(pending.group_by("shard").len().iter_rows())
-        rows = pending_rows(pending)
-        models_pending = set(pending["model"].unique().to_list()) if pending.height else set()
+    shard = folder.plan_column("shard")
+    total = shard.len()
+    counts = shard.filter(~shard.is_in(list(done))).value_counts()
+    sizes = dict(counts.iter_rows())
+    rows: Iterable[dict] = _pending_from_file(folder, done)
+    models_pending = set(folder.plan_column("model").unique().to_list()) if sizes else set()
     stats.pending_records = sum(sizes.values())
     emit("start", {"records": total, "pending": stats.pending_records, "shards": len(sizes),
                    "done_shards": len(done), "run_dir": folder.path, "session": manifest.get("session")})

@@ -1,34 +1,39 @@
 """The feedback loop: generate in rounds and move each round's budget toward cells with high yield.
 
+    once:     resolve the spec (every library file read once; the pool's samples are drawn from it
+              with planner.with_samples, never by reading the files again)
     round r:  allocate (generator.feedback.allocator) -> RUN/rounds/round-NNN.alloc.json
               (per-cell counts, the pool, and the round's template mix: `template_weights`)
-              plan: expand(resolved, counts, start=generations so far, round=r, template_weights)
-                    (append-stable: the mix only affects the new generation indices)
-              generate the pending shards (the normal resume path)
+              one pass of the engine core (runner.run_pass, as `synthgen run` makes one): the
+              round's records, expand_stream(resolved with the pool, counts, start=generations so
+              far, round=r, template_weights), streamed into the plan and checked against what it
+              planned for round r before; then the pending shards are generated
+              (append-stable: the mix only affects the new generation indices)
               yields + global scores (generator.feedback.yields) -> RUN/rounds/round-NNN.json   (round finished)
 
-A resumed run skips finished rounds (their JSON exists); an interrupted round re-reads its allocation
-file, so it plans exactly the same records and only its missing shards reach the model. Everything an
-allocation holds (counts, pool, template weights) is a function of the round files written before it,
-so a round re-derived from scratch plans the same records too.
+A resumed run skips finished rounds (their JSON exists), after re-planning their records from their
+round files and checking them against the plan, as a single pass does: an edited template, a
+changed model or sampling is refused with the same line. An interrupted round re-reads its
+allocation file, so it plans exactly the same records and only its missing shards reach the model.
+Everything an allocation holds (counts, pool, template weights) is a function of the round files
+written before it, so a round re-derived from scratch plans the same records too.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 
 from generator.feedback.allocator import Allocation, Allocator, grow_samples, round_slices
 from generator.core.errors import RunFolderError
 from generator.core.run_layout import read_rounds, round_file
-from generator.library.catalog import load_personas, load_topic_tree, resolve, tree_cells
-from generator.engine.planner import Resolved, expand, resolve_spec, validate
+from generator.engine.planner import Record, Resolved, expand_stream, resolve_spec, validate, with_samples
 from generator.runs import close_run
-from generator.engine.runner import (ExecStats, Progress, RunResult, assign_shards, compile_pipeline,
-                                     execute_records, run_manifest)
+from generator.engine.runner import (ExecStats, Progress, RunResult, compile_pipeline, executor_for, plan_into,
+                                     run_manifest, run_pass)
 from generator.config.spec import Spec, TreeTopics
 from generator.core.files import write_json_atomic
 from generator.engine.run_folder import RunFolder
@@ -47,31 +52,26 @@ def load_rounds(run_dir: Any) -> list[dict]:
 
 # ---------------------------------------------------------------- the pool (topic / persona samples)
 
-def initial_pool(spec: Spec) -> dict[str, Any]:
+def initial_pool(resolved: Resolved) -> dict[str, Any]:
     """Growable samples: tree sources with `sample:` below their cell count, and `personas.sample`."""
-    base = spec.base_dir
+    spec = resolved.spec
     topics: dict[str, list[int]] = {}
     for i, src in enumerate(spec.topics):
         if isinstance(src, TreeTopics) and src.sample is not None:
-            tree = load_topic_tree(resolve("topics", src.tree, base))
-            n = len(tree_cells(tree, src.under, src.depth, src.weight))
+            n = len(resolved.source_cells[i])
             topics[str(i)] = [min(src.sample, n), n]
     personas = None
-    if spec.personas is not None and spec.personas.sample is not None:
-        n = len(load_personas(resolve("personas", spec.personas.file, base)))
+    if spec.personas is not None and spec.personas.sample is not None and resolved.persona_pool is not None:
+        n = len(resolved.persona_pool)
         personas = [min(spec.personas.sample, n), n]
     return {"topic_samples": topics, "persona_sample": personas}
 
 
-def spec_with_pool(spec: Spec, pool: dict[str, Any]) -> Spec:
-    s = spec.model_copy()
-    s.topics = [t.model_copy() for t in spec.topics]
-    for i, (k, _) in pool["topic_samples"].items():
-        s.topics[int(i)].sample = k
-    if pool.get("persona_sample") and s.personas is not None:
-        s.personas = spec.personas.model_copy()
-        s.personas.sample = pool["persona_sample"][0]
-    return s
+def with_pool(resolved: Resolved, pool: dict[str, Any]) -> Resolved:
+    """The resolved spec with the pool's samples (drawn from what it loaded: no file is read)."""
+    persona = pool.get("persona_sample")
+    return with_samples(resolved, {int(i): k for i, (k, _) in pool["topic_samples"].items()},
+                        persona[0] if persona else None)
 
 
 def grow_pool(pool: dict[str, Any], topics: int, personas: int) -> dict[str, Any]:
@@ -95,13 +95,26 @@ def growable(pool: dict[str, Any]) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- the loop
 
-def _starts(plan: pl.DataFrame | None, before_round: int) -> dict[str, int]:
-    if plan is None or plan.is_empty():
-        return {}
-    prev = plan.filter(pl.col("round") < before_round)
-    if prev.is_empty():
-        return {}
-    return {c: int(g) + 1 for c, g in prev.group_by("topic_id").agg(pl.col("generation").max()).iter_rows()}
+def _starts(history: list[dict]) -> dict[str, int]:
+    """Each cell's next generation index after the finished rounds: the sum of their allocations."""
+    out: dict[str, int] = {}
+    for h in history:
+        for cell, n in h["allocation"].items():
+            out[cell] = out.get(cell, 0) + n
+    return out
+
+
+def round_records(resolved: Resolved, alloc: dict, r: int, history: list[dict]) -> Iterator[Record]:
+    """Round `r`'s records, rendered as they are taken: `resolved` already holds the round's pool."""
+    return expand_stream(resolved, counts=alloc["counts"], start=_starts(history), round=r,
+                         template_weights=alloc.get("template_weights"))
+
+
+def _finished_records(resolved: Resolved, history: list[dict]) -> Iterator[Record]:
+    """The records of every finished round, re-planned from its round file."""
+    for i, h in enumerate(history):
+        alloc = {"counts": h["allocation"], "template_weights": h.get("template_weights")}
+        yield from round_records(with_pool(resolved, h["pool"]), alloc, h["round"], history[:i])
 
 
 def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progress: Progress | None = None,
@@ -123,41 +136,40 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
                                  f"{h.get('spec_hash')} vs {spec_hash}); start a new run with --out NEW_DIR, "
                                  f"or restore the spec")
     folder.create()
-    base_resolved = resolve_spec(spec)
-    validate(base_resolved)
-    pipeline = compile_pipeline(base_resolved)  # stages do not change between rounds
+    base = resolve_spec(spec)  # the only time library files are read: each round's pool is drawn from it
+    validate(base)
+    pipeline = compile_pipeline(base)  # stages do not change between rounds
+    pool = history[-1]["pool"] if history else initial_pool(base)
+    resolved = with_pool(base, pool)
+    planned = folder.plan_column("shard").len() if folder.has_plan() else 0
+    if history:  # the finished rounds' records, checked against the plan as a single pass checks its own
+        planned, _ = plan_into(folder, _finished_records(base, history), spec.run.shard_size,
+                               rounds={h["round"] for h in history})
     plan_seconds = time.time() - t0
-    pool = history[-1]["pool"] if history else initial_pool(spec)
-    resolved = _resolve(spec, pool) if history else base_resolved
-    manifest = run_manifest(folder, spec, resolved, limit)
-    folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
+    manifest = run_manifest(folder, spec, resolved, limit, pipeline)
     allocator = Allocator(rc, spec.seed)
-    plan = folder.read_plan()
 
-    own_executor = executor is None
-    if executor is None:
-        from generator.engine.executors.local import LocalExecutor
-
-        executor = LocalExecutor()
     total = ExecStats()
     stop_decisions: list[dict] = []
     spent = sum(sum(h["allocation"].values()) for h in history)
-    try:
+    with executor_for(executor) as ex:
         for r in range(len(history) + 1, len(slices) + 1):
             alloc_file = round_path(folder, r, "alloc")
             if alloc_file.exists():
                 alloc = json.loads(alloc_file.read_text())
             else:
-                alloc = _allocate(allocator, r, slices, budget, spent, pool, spec, history)
+                alloc = _allocate(allocator, r, slices, budget, spent, pool, base, history)
                 if alloc is None or alloc.get("stop"):
                     stop_decisions = (alloc or {}).get("decisions", [])
                     break
                 write_json_atomic(alloc_file, alloc)
             pool = alloc["pool"]
-            resolved = _resolve(spec, pool)
+            resolved = with_pool(base, pool)
             emit("round", {"round": r, "rounds": len(slices), "generations": sum(alloc["counts"].values())})
-            plan = _plan_round(folder, resolved, plan, alloc, r, emit)
-            st = execute_records(folder, resolved, plan, executor, emit, manifest, pipeline)
+            done = run_pass(folder, resolved, round_records(resolved, alloc, r, history), ex, emit, manifest,
+                            pipeline, rounds={r})
+            planned, st = done.planned, done.stats
+            plan_seconds += done.plan_seconds
             total.model_calls += st.model_calls  # both per call: engines reused later cost no load time
             total.load_seconds += st.load_seconds
             total.gen_seconds += st.gen_seconds
@@ -179,40 +191,14 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             write_json_atomic(round_path(folder, r), result)
             history.append(result)
             emit("round_done", {"round": r, "tracked": tracked, "gain": gain, "spent": spent})
-    finally:
-        if own_executor:
-            executor.close()
 
-    if plan is None:
-        from generator.engine.run_folder import PLAN_SCHEMA
-
-        plan = pl.DataFrame(schema={**PLAN_SCHEMA, "shard": pl.Utf8})
     manifest["rounds"] = {"finished": len(history), "planned": len(slices), "budget": budget, "spent": spent,
                           "score": rc.score, "tracked": history[-1]["tracked"] if history else None,
                           "stopped": stop_decisions or None}
     if stop_decisions:
         write_json_atomic(folder.path / "rounds" / "stop.json", {"after_round": len(history),
                                                                  "decisions": stop_decisions})
-    return close_run(spec, folder, manifest, resolved, plan.height, total, plan_seconds, score, emit, t0, pipeline)
-
-
-def _plan_round(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | None, alloc: dict, r: int,
-                emit: Progress) -> pl.DataFrame:
-    """Round `r`'s records appended to the plan (rows already planned keep their shard)."""
-    t_plan = time.time()
-    records = expand(resolved, counts=alloc["counts"], start=_starts(plan, r), round=r,
-                     template_weights=alloc.get("template_weights"))
-    known = set(plan["id"].to_list()) if plan is not None else set()
-    planned_here = set(plan.filter(pl.col("round") == r)["id"].to_list()) if plan is not None else set()
-    if planned_here - {x.id for x in records}:
-        raise RunFolderError(f"{folder.path}: round {r} no longer plans the records it started with; "
-                             f"start a new run with --out NEW_DIR, or restore the spec")
-    new = [x for x in records if x.id not in known]
-    plan = assign_shards(plan, new, resolved.spec.run.shard_size)
-    if new:
-        folder.write_plan(plan)
-    emit("plan", {"records": plan.height, "new": len(new), "seconds": time.time() - t_plan})
-    return plan
+    return close_run(spec, folder, manifest, resolved, planned, total, plan_seconds, score, emit, t0, pipeline)
 
 
 def _measure(folder: RunFolder, spec: Spec, r: int, pipeline: bool) -> dict[str, Any]:
@@ -225,17 +211,13 @@ def _measure(folder: RunFolder, spec: Spec, r: int, pipeline: bool) -> dict[str,
                           seed=spec.seed, weight_column=rc.signal_column if rc.signal == "judge" else None)
 
 
-def _resolve(spec: Spec, pool: dict[str, Any]) -> Resolved:
-    return resolve_spec(spec_with_pool(spec, pool))
-
-
 def _allocate(allocator: Allocator, r: int, slices: list[int], budget: int, spent: int, pool: dict,
-              spec: Spec, history: list[dict]) -> dict | None:
+              base: Resolved, history: list[dict]) -> dict | None:
     """The allocation record for round `r`, or a record with `stop: true`; None when no budget is left."""
     left = budget - spent - sum(slices[r:])  # this round's slice plus anything earlier rounds left unspent
     if left <= 0 and budget - spent <= 0:
         return None
-    resolved = _resolve(spec, pool)
+    resolved = with_pool(base, pool)
     cells = [(c.id, c.weight) for c in resolved.cells]
     pre = Allocation(r)
     if r > 1:
@@ -245,7 +227,7 @@ def _allocate(allocator: Allocator, r: int, slices: list[int], budget: int, spen
             return {"round": r, "stop": True, "decisions": pre.decisions}
         if pre.grow_topics or pre.grow_personas:
             pool = grow_pool(pool, pre.grow_topics, pre.grow_personas)
-            cells = [(c.id, c.weight) for c in _resolve(spec, pool).cells]
+            cells = [(c.id, c.weight) for c in with_pool(base, pool).cells]
     p = allocator.allocate(r, max(left, 0), cells, history)
     tw, tdec = allocator.template_weights(r, history, [(t.name, w) for t, w in resolved.templates])
     return {"round": r, "slice": max(left, 0), "counts": p.counts, "active": [c for c, _ in cells], "pool": pool,

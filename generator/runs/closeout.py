@@ -9,8 +9,8 @@ from generator.config.spec import Spec
 from generator.core.run_layout import SCORES
 from generator.engine.planner import Resolved, plan_stream
 from generator.engine.run_folder import RunFolder
-from generator.engine.runner import (ExecStats, Progress, RunResult, compile_pipeline, execute_records, plan_into,
-                                     record_counts, run_manifest)
+from generator.engine.runner import (ExecStats, Progress, RunResult, compile_pipeline, executor_for, record_counts,
+                                     run_manifest, run_pass)
 
 
 def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
@@ -25,26 +25,11 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     pipeline = compile_pipeline(resolved)
     folder = RunFolder(out or spec.output_dir())
     folder.create()
-    # rendered, checked against what the folder planned before, and written a chunk at a time
-    planned, new = plan_into(folder, records, spec.run.shard_size)
-    plan_seconds = time.time() - t0
-    manifest = run_manifest(folder, spec, resolved, limit)
-    if not pipeline.single:
-        manifest["templates"] = {t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates}
-    folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
-    emit("plan", {"records": planned, "new": new, "seconds": plan_seconds})
-
-    own_executor = executor is None
-    if executor is None:
-        from generator.engine.executors.local import LocalExecutor
-
-        executor = LocalExecutor()
-    try:
-        stats = execute_records(folder, resolved, None, executor, emit, manifest, pipeline)
-    finally:
-        if own_executor:
-            executor.close()
-    return close_run(spec, folder, manifest, resolved, planned, stats, plan_seconds, score, emit, t0, pipeline)
+    manifest = run_manifest(folder, spec, resolved, limit, pipeline)
+    with executor_for(executor) as ex:
+        done = run_pass(folder, resolved, records, ex, emit, manifest, pipeline, since=t0)
+    return close_run(spec, folder, manifest, resolved, done.planned, done.stats, done.plan_seconds, score, emit,
+                     t0, pipeline)
 
 
 def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved, planned: int,
