@@ -292,6 +292,8 @@ class Spec(Strict):
         data = self.model_dump(mode="json")
         if not data["tools"]:
             del data["tools"]  # specs without tools keep the hash they had before `tools:` existed
+        for entry in [*data["models"], *data["topics"]]:
+            entry.pop("license", None)  # a stated licence changes the card, not what is generated
         return json.dumps(data, sort_keys=True)
 
     def hash(self) -> str:

@@ -42,7 +42,7 @@ def _hash_unit(*parts: Any) -> float:
     return (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
 
 
-def _files(path: Path) -> list[Path]:
+def source_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if (path / "dataset_dict.json").is_file():  # a DatasetDict: every split, in its listed order
@@ -59,7 +59,7 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
     import polars as pl
     import pyarrow as pa
 
-    files = _files(path)
+    files = source_files(path)
     if not files:
         raise FileNotFoundError(f"no .parquet/.jsonl/.csv files (or datasets folder) in {path}")
     rows: list[tuple[str, dict]] = []
