@@ -41,16 +41,19 @@ def with_train(messages: list[dict]) -> list[dict]:
     return [{**m, "train": m.get("role") == "assistant"} for m in messages]
 
 
-def user_side(conversation: list[dict], simulator_prompt: list[dict] | None) -> list[dict]:
+def user_side(conversation: list[dict], simulator_prompt: list[dict] | None, closing: str | None = None) -> list[dict]:
     """The simulator's view of a finished conversation (the inverse of what the assistant saw):
-    its prompt, its turns as `assistant`, the answers as `user`. The conversation's system prompt
-    is the assistant's and is left out; a trailing answer no simulator turn follows is dropped."""
+    its prompt, its turns as `assistant`, the answers as `user`, and its closing turn (the one that
+    ended the chat with the stop marker). The conversation's system prompt is the assistant's and
+    is left out; a trailing answer no simulator turn follows is dropped."""
     flip = {"user": "assistant", "assistant": "user"}
     head = [dict(m) for m in simulator_prompt or []]
     if not head or head[-1]["role"] != "user":
         head.append({"role": "user", "content": FIRST_USER_TURN})
     body = [{"role": flip[m["role"]], "content": m.get("content") or ""} for m in conversation
             if m.get("role") in flip]
+    if closing:
+        body.append({"role": "assistant", "content": closing})
     while body and body[-1]["role"] != "assistant":
         body.pop()
     return head + body

@@ -187,9 +187,7 @@ def _messages(frame: pl.DataFrame, meta: list[str], side: str) -> tuple[pl.DataF
             if conv is None or sim is None:
                 keep.append(False)
                 continue
-            msgs = user_side(conv, sim.get("prompt"))
-            if sim.get("closing"):
-                msgs.append({"role": "assistant", "content": sim["closing"]})
+            msgs = user_side(conv, sim.get("prompt"), sim.get("closing"))
             tools = None
         else:
             msgs = conv if conv is not None else (
