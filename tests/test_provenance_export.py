@@ -7,6 +7,8 @@ import importlib.util
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,6 +218,9 @@ def test_license_default_warns_when_unknown_and_an_explicit_one_wins(proj, tmp_p
         res = export_run(run, tmp_path / "a", ExportOptions(test_ratio=0))
     assert res.license == "other" and "no licence known for seed data seeds/rows.jsonl" in caplog.text
     assert _card(tmp_path / "a")[0]["license"] == "other"
+    proc = subprocess.run([sys.executable, "-m", "generator.cli", "export", str(run), "--to", str(tmp_path / "cli")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "licence is not known (no licence known for seed data" in proc.stderr, proc.stderr
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="generator.export.provenance"):
         res = export_run(run, tmp_path / "b", ExportOptions(test_ratio=0, license="cc-by-sa-4.0"))
@@ -263,3 +268,29 @@ def test_weights_hashes_are_cached_and_bounded(tmp_path):
     shutil.copy(w, tmp_path / "copy.safetensors")
     w.write_bytes(b"b" * (3 << 20))  # new content, new mtime: hashed again
     assert Hasher(db=tmp_path / "h.sqlite").hash(w)["sha256"] != full["sha256"]
+
+
+def test_a_local_model_folder_gives_weights_hashes_revision_and_licence(tmp_path, monkeypatch):
+    from generator.config.models import ModelConfig
+    from generator.engine.provenance import model_provenance
+
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
+    # a Hugging Face cache snapshot: files link to blobs named by their SHA-256
+    repo = tmp_path / "models--org--m"
+    blob = repo / "blobs" / ("ab" * 32)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"weights")
+    snap = repo / "snapshots" / ("c0" * 20)
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to(blob)
+    (snap / "config.json").write_text("{}")
+    (snap / "README.md").write_text("---\nlicense: other\nlicense_name: llama3\n---\n# m\n")
+    got = model_provenance(ModelConfig(name=str(snap)), Hasher(db=tmp_path / "h.sqlite"))
+    assert got["revision"] == "c0" * 20 and got["license"] == "llama3"
+    assert got["weights"] == [{"file": "model.safetensors", "sha256": "ab" * 32, "bytes": 7}]
+    # the spec's `license:` wins over the folder's; a served model is recorded without credentials
+    assert model_provenance(ModelConfig(name=str(snap), license="MIT"), Hasher(db=tmp_path / "h.sqlite"))[
+        "license"] == "mit"
+    served = model_provenance(ModelConfig(name="m", backend="openai", base_url="http://u:secret@h:8000/v1"),
+                              Hasher(db=tmp_path / "h.sqlite"))
+    assert served["license"] is None and "secret" not in json.dumps(served) and "weights" not in served

@@ -83,8 +83,8 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
         rows_per_file=rows_per_file, overwrite=overwrite)
     res = export_run(run_dir, to, opts)
     splits = ", ".join(f"{s} {n:,}" for s, n in res.splits.items())
-    out.print(Text(f"exported {sum(res.splits.values()):,} rows ({splits}) as {layout} to {res.path}, "
-                   f"licence {res.license}"))
+    out.print(Text(f"exported {sum(res.splits.values()):,} rows ({splits}) as {layout} to {res.path}"))
+    out.print(Text(f"licence: {res.license} ({res.license_note})"), style="dim")
     dropped = {k: v for k, v in res.dropped.items() if v}
     if dropped:
         out.print(Text("left out: " + ", ".join(f"{k}: {v}" for k, v in dropped.items())), style="dim")
