@@ -134,7 +134,9 @@ class MaskRenderer:
     def __init__(self, name: str):
         self.name = name
         self.tok = load_tokenizer(name)
-        self.method = "generation" if marks_generation(self.tok) else "prefix"
+        # the marks map to characters through token offsets, which only fast tokenizers give
+        fast = getattr(self.tok, "is_fast", False)
+        self.method = "generation" if marks_generation(self.tok) and fast else "prefix"
 
     def render(self, messages: list[dict], tools: list | None) -> tuple[str, list[list[int]]]:
         if self.method == "generation":
