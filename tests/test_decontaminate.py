@@ -130,6 +130,11 @@ def test_flag_marks_planted_answers_and_counts_agree(proj, tmp_path):
     out = CliRunner().invoke(cli, ["report", str(tmp_path / "run")])
     assert out.exit_code == 0, out.output
     assert "mini" in out.output and "decontamination" in out.output
+    # the dataset card counts the same hits
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "## Decontamination" in card
+    assert f"- final records with a hit: 3 of {frame.height} (0 rejected or regenerated)" in card
+    assert "| mini | 3 | 3 |" in card
 
 
 def test_reject_ends_contaminated_records(proj, tmp_path):

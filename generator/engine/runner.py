@@ -24,6 +24,7 @@ from generator.core.run_layout import shard_index, shard_name
 from generator.core.redact import scrub
 from generator.engine.executors.base import Job
 from generator.engine.planner import Record, Resolved, plan_spec, records_frame
+from generator.engine.provenance import gather as gather_provenance
 from generator.engine.pipeline.dag import Pipeline
 from generator.engine.pipeline.execute import compile_spec
 from generator.config.spec import Spec
@@ -187,6 +188,7 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
         "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
         "versions": versions(), "templates": all_templates(resolved, pipeline),
         "topic_cells": len(resolved.cells),
+        "provenance": gather_provenance(spec),  # models, seed data, libraries: hashes and licences
     })
     return manifest
 
@@ -336,6 +338,8 @@ def record_counts(folder: RunFolder, manifest: dict, planned: int, stats: ExecSt
         statuses = dict(counted.iter_rows())
         generated = int(counted["len"].sum()) if counted.height else 0
     manifest["counts"] = {"planned": planned, "generated": generated, "status": statuses,
+                          "status_share": {k: round(v / generated, 4) for k, v in sorted(statuses.items())}
+                          if generated else {},
                           "tokens": tokens, "shards": len(files)}
     timings = manifest.setdefault("timings", [])
     decode_seconds = max(stats.gen_seconds - stats.load_seconds, 1e-6)

@@ -15,6 +15,7 @@ import yaml
 
 from generator.core import storage
 from generator.core.run_layout import SCORES
+from generator.export.provenance import decontamination_counts, decontamination_lines, default_license, provenance_lines
 
 SIZE_BOUNDS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
@@ -116,6 +117,10 @@ def body(manifest: dict, run_dir: Path, *, title: str, about: list[str], frame: 
     rates = pass_rate_lines(manifest, frame)
     if rates:
         lines += ["", "## Pass rates", "", *rates]
+    lines += ["", *provenance_lines(manifest)]
+    decon = decontamination_lines(manifest)  # present once the run checked for benchmark items
+    if decon:
+        lines += ["", *decon]
     if usage is not None:
         from generator.export.usage import usage_markdown
 
@@ -151,7 +156,9 @@ def write_run_card(run_dir: Path, manifest: dict, personas: int | None = None) -
               f"# or: datasets.load_dataset('parquet', data_files={json.dumps(str(run_dir) + '/generations/*.parquet')})",
               "```"]
     name = manifest.get("name") or storage.name_of(run_dir)
-    head = front_matter(data_files=None, license="other",
+    lid, why = default_license(manifest)  # no warning here: `synthgen export` warns when it matters
+    about.append(f"\nLicence: `{_text(lid or 'other')}` ({_text(why)}).")
+    head = front_matter(data_files=None, license=lid or "other",
                         task_categories=["text-generation"], n_rows=int(counts.get("generated") or 0),
                         languages=["en"], tags=["synthetic", "synthgen"])
     text = head + "\n".join(body(manifest, run_dir, title=f"{name}: synthetic data generated with synthgen",
@@ -159,10 +166,29 @@ def write_run_card(run_dir: Path, manifest: dict, personas: int | None = None) -
     storage.write_atomic(storage.join(run_dir, "README.md"), lambda tmp: tmp.write_text(text))
 
 
-def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFrame, opts: Any,
-                      splits: dict[str, int], data_files: dict[str, str], dropped: dict[str, int], seed: int,
-                      columns: list[str]) -> None:
-    """README.md of an exported dataset folder."""
+def mask_lines(opts: Any, res: Any) -> list[str]:
+    """The `## Training masks` section of a `messages` export."""
+    side = ("the user simulator's side: its prompt, then its own turns as `assistant` (trained) and the "
+            "assistant's answers as `user`; rows that are not conversations with a user simulator are left out"
+            if opts.side == "user" else "the assistant's side")
+    how = {"per-message": "Masks are per message only: no chat template was rendered (export with "
+                          "`--chat-template MODEL` for rendered `text` with character `train_spans`).",
+           "generation": f"`text` is each row rendered with `{_text(opts.chat_template)}`'s chat template and "
+                         f"`train_spans` the [start, end) character ranges its `{{% generation %}}` marks "
+                         f"(what `apply_chat_template(..., return_assistant_tokens_mask=True)` masks).",
+           "prefix": f"`text` is each row rendered with `{_text(opts.chat_template)}`'s chat template, which has "
+                     f"no `{{% generation %}}` marks; `train_spans` are the [start, end) character ranges of the "
+                     f"`train` messages, found by rendering each conversation prefix (a trained turn runs from "
+                     f"the end of its generation prompt to the end of the turn)."}[res.masks]
+    return ["## Training masks", "",
+            f"Each message has `train`: true for the assistant's turns (tool calls included), false for "
+            f"system prompts, user and simulated-user turns and tool results. This export is from {side}.", "",
+            how]
+
+
+def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFrame, opts: Any, res: Any,
+                      seed: int) -> None:
+    """README.md of an exported dataset folder (`res`: the `dataset.ExportResult` being written)."""
     from generator.export.rows import LAYOUT_ABOUT
     from generator.export.usage import compute_usage
 
@@ -170,32 +196,22 @@ def write_export_card(to: Path, run_dir: Path, manifest: dict, gens: pl.DataFram
     name = manifest.get("name") or storage.name_of(run_dir)
     filt = opts.filters.describe()
     about = ["## This dataset", "", f"Layout `{opts.layout}`. {what}", "",
-             "| split | rows |", "|---|---:|", *[f"| {s} | {n:,} |" for s, n in splits.items()], "",
-             f"Columns: {', '.join(f'`{_text(c)}`' for c in columns)}.", "",
+             "| split | rows |", "|---|---:|", *[f"| {s} | {n:,} |" for s, n in res.splits.items()], "",
+             f"Columns: {', '.join(f'`{_text(c)}`' for c in res.columns)}.", "",
              f"Split: seeded (seed {seed}), stratified by `{_text(opts.stratify_by)}` so each group keeps about "
              f"the test ratio ({opts.test_ratio:g}).",
              f"Rows kept by: {_text('; '.join(filt)) if filt else 'all rows'}."]
-    if any(dropped.values()):
-        about.append("Rows left out: " + _text(", ".join(f"{k}: {v}" for k, v in dropped.items() if v)) + ".")
+    if any(res.dropped.values()):
+        about.append("Rows left out: " + _text(", ".join(f"{k}: {v}" for k, v in res.dropped.items() if v)) + ".")
+    about.append(f"Licence: `{_text(res.license)}` ({_text(res.license_note)}).")
+    if opts.layout == "messages":
+        about += ["", *mask_lines(opts, res)]
     about += ["", "## Load it", "```python", "from datasets import load_dataset",
               "ds = load_dataset(\"path/to/this/folder\")  # or the Hub repo id", "```"]
-    head = front_matter(data_files=data_files, license=opts.license,
-                        task_categories=list(opts.task_categories) or tasks, n_rows=sum(splits.values()),
+    head = front_matter(data_files=res.data_files, license=res.license,
+                        task_categories=list(opts.task_categories) or tasks, n_rows=sum(res.splits.values()),
                         languages=list(opts.languages), pretty_name=name,
                         tags=["synthetic", "synthgen", *layout_tags, *opts.tags])
     text = head + "\n".join(body(manifest, run_dir, title=name, about=about, frame=gens,
                                  usage=compute_usage(run_dir))) + "\n"
     storage.write_atomic(storage.join(to, "README.md"), lambda tmp: tmp.write_text(text))
-
-
-def decontamination_counts(manifest: dict) -> dict | None:
-    """The card's decontamination figures from a run manifest (None when the run had no
-    `decontaminate:`): hits per benchmark (rows and distinct items, rejected attempts included),
-    final records contaminated and rejected, the n-gram size and the action."""
-    section = manifest.get("decontamination")
-    if not section:
-        return None
-    final = section.get("final", {})
-    return {"benchmarks": section.get("hits", {}).get("benchmarks", {}),
-            "contaminated": final.get("contaminated", 0), "rejected": final.get("rejected", 0),
-            "records": final.get("records", 0), "ngram": section.get("ngram"), "action": section.get("action")}

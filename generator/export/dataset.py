@@ -20,6 +20,8 @@ import polars as pl
 
 from generator.core import storage
 from generator.core.run_layout import is_run_folder, read_generation_files, read_manifest, run_path
+from generator.export.masks import SIDES, MaskRenderer
+from generator.export.provenance import choose_license
 from generator.export.rows import (JSON_COLUMNS, LAYOUT_ABOUT, ExportError, Filters, Preference, layout_frame,
                                    select, split)
 
@@ -33,7 +35,9 @@ class ExportOptions:
     seed: int | None = None          # default: the run's seed
     stratify_by: str = "topic_id"
     preference: Preference = field(default_factory=Preference)
-    license: str = "other"
+    license: str | None = None       # default: what the inputs allow (export.provenance.choose_license)
+    side: str = "assistant"          # messages: whose turns are trained on ("user": the user simulator's)
+    chat_template: str | None = None  # messages: also render `text` and `train_spans` with this model's template
     languages: tuple[str, ...] = ("en",)
     task_categories: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
@@ -48,6 +52,10 @@ class ExportResult:
     files: list[str]
     dropped: dict[str, int]
     columns: list[str]
+    data_files: dict[str, str] = field(default_factory=dict)  # split -> the card's file pattern
+    license: str = "other"
+    license_note: str = ""
+    masks: str = "per-message"       # how trained ranges were found: per-message, generation, prefix
 
 
 def _prepare(to: Any, overwrite: bool) -> None:
@@ -113,15 +121,21 @@ def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None =
         raise ExportError(f"--test-ratio {opts.test_ratio}: must be at least 0 and below 1")
     if opts.layout not in LAYOUT_ABOUT:
         raise ExportError(f"--layout {opts.layout}: unknown; choose from {', '.join(LAYOUT_ABOUT)}")
+    if opts.side not in SIDES:
+        raise ExportError(f"--side {opts.side}: unknown; choose from {', '.join(SIDES)}")
+    if opts.layout != "messages" and (opts.side != "assistant" or opts.chat_template):
+        raise ExportError(f"--side and --chat-template apply to --layout messages, not {opts.layout}")
+    renderer = MaskRenderer(opts.chat_template) if opts.chat_template else None  # fails before any data is read
     manifest = read_manifest(run_dir)
     gens = read_generation_files(run_dir)
     if gens is None:
         raise ExportError(f"{run_dir}: no generations yet; run `synthgen run` on its spec first")
     sel = select(gens, opts.filters)
-    frame, left_out = layout_frame(sel.frame, opts.layout, opts.preference)
+    frame, left_out = layout_frame(sel.frame, opts.layout, opts.preference, opts.side)
     dropped = dict(sel.dropped)
     if left_out:
-        dropped["preference: no choice of a or b"] = left_out
+        dropped["preference: no choice of a or b" if opts.layout == "preference"
+                else "user side: no user simulator (not a conversation)"] = left_out
     if frame.is_empty():
         raise ExportError(f"{run_dir}: no rows left after the filters ({json.dumps(dropped)}); "
                           f"loosen --status/--template/--round/--where")
@@ -129,6 +143,9 @@ def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None =
     seed = opts.seed if opts.seed is not None else int(manifest.get("seed") or 0)
     labels = split(kept, opts.test_ratio, seed, opts.stratify_by)
     frame = frame.with_columns(labels.alias("__split"))
+    if renderer is not None:
+        frame = _rendered(frame, renderer)
+    license_, license_note = choose_license(manifest, opts.license)
     to = run_path(to)
     _prepare(to, opts.overwrite)
     files: list[str] = []
@@ -143,7 +160,19 @@ def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None =
         splits[name] = part.height
     from generator.export.card import write_export_card
 
-    write_export_card(to, run_dir, manifest, gens, opts, splits, data_files, dropped, seed,
-                      columns=[c for c in frame.columns if c != "__split"])
-    return ExportResult(path=to, splits=splits, files=files, dropped=dropped,
-                        columns=[c for c in frame.columns if c != "__split"])
+    res = ExportResult(path=to, splits=splits, files=files, dropped=dropped,
+                       columns=[c for c in frame.columns if c != "__split"], data_files=data_files, license=license_,
+                       license_note=license_note, masks=renderer.method if renderer else "per-message")
+    write_export_card(to, run_dir, manifest, gens, opts, res, seed)
+    return res
+
+
+def _rendered(frame: pl.DataFrame, renderer: MaskRenderer) -> pl.DataFrame:
+    """`text` (the messages through the chat template) and `train_spans` ([start, end) characters)."""
+    texts, spans = [], []
+    for msgs, tools in zip(frame["messages"].to_list(), frame["tools"].to_list()):
+        text, sp = renderer.render([json.loads(m) for m in msgs], [json.loads(t) for t in tools] if tools else None)
+        texts.append(text)
+        spans.append(sp)
+    return frame.with_columns(pl.Series("text", texts, pl.String),
+                              pl.Series("train_spans", spans, pl.List(pl.List(pl.Int64))))

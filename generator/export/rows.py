@@ -11,6 +11,7 @@ import polars as pl
 import yaml
 
 from generator.core.errors import SynthgenError
+from generator.export.masks import user_side, with_train
 
 LAYOUTS = ("text", "messages", "preference")
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(>=|<=|==|!=|>|<|=)\s*(.+?)\s*$")
@@ -136,17 +137,14 @@ def split(frame: pl.DataFrame, test_ratio: float, seed: int, by: str = "topic_id
     return pl.Series("split", labels)
 
 
-def layout_frame(frame: pl.DataFrame, layout: str, pref: Preference | None = None) -> tuple[pl.DataFrame, int]:
+def layout_frame(frame: pl.DataFrame, layout: str, pref: Preference | None = None,
+                 side: str = "assistant") -> tuple[pl.DataFrame, int]:
     """The exported columns for `layout`, and how many rows the layout itself left out."""
     meta = [c for c in ("id", "topic", "template", "model") if c in frame.columns]
     if layout == "text":
         return frame.select(["text", *meta]), 0
     if layout == "messages":
-        if "conversation" in frame.columns:
-            return _conversations(frame, meta), 0
-        assistant = pl.struct(pl.lit("assistant").alias("role"), pl.col("text").alias("content"))
-        msgs = pl.concat_list(pl.col("messages"), pl.concat_list(assistant)).alias("messages")
-        return frame.select([msgs, *meta]), 0
+        return _messages(frame, meta, side)
     if layout == "preference":
         return _preference(frame, pref or Preference(), meta)
     raise ExportError(f"--layout {layout}: unknown; choose from {', '.join(LAYOUTS)}")
@@ -175,21 +173,33 @@ def chat_message(m: dict) -> dict:
     return out
 
 
-def _conversations(frame: pl.DataFrame, meta: list[str]) -> pl.DataFrame:
-    """Rows of conversation and agent stages (a `conversation` column of OpenAI messages, `tools`
-    of OpenAI tool definitions) with the single-turn rows of the same run beside them."""
-    msgs_out, tools_out = [], []
-    has_tools = "tools" in frame.columns
+def _messages(frame: pl.DataFrame, meta: list[str], side: str) -> tuple[pl.DataFrame, int]:
+    """Rows as OpenAI messages, each with its `train` flag: a conversation or agent trajectory
+    (`conversation`, with the offered `tools`), or a single-turn row's prompt and its generation.
+    `side="user"` gives conversations from the user simulator's side; other rows are left out."""
+    msgs_out, tools_out, keep = [], [], []
+    has_conv, has_tools, has_sim = ("conversation" in frame.columns, "tools" in frame.columns,
+                                    "simulator" in frame.columns)
     for row in frame.iter_rows(named=True):
-        if row.get("conversation"):
-            msgs = json.loads(row["conversation"])
+        conv = json.loads(row["conversation"]) if has_conv and row.get("conversation") else None
+        if side == "user":
+            sim = json.loads(row["simulator"]) if has_sim and row.get("simulator") else None
+            if conv is None or sim is None:
+                keep.append(False)
+                continue
+            msgs = user_side(conv, sim.get("prompt"), sim.get("closing"))
+            tools = None
         else:
-            msgs = list(row.get("messages") or []) + [{"role": "assistant", "content": row.get("text") or ""}]
-        msgs_out.append([json.dumps(chat_message(m), ensure_ascii=False) for m in msgs])
-        tools = json.loads(row["tools"]) if has_tools and row.get("tools") else None
+            msgs = conv if conv is not None else (
+                list(row.get("messages") or []) + [{"role": "assistant", "content": row.get("text") or ""}])
+            tools = json.loads(row["tools"]) if has_tools and row.get("tools") else None
+        keep.append(True)
+        msgs_out.append([json.dumps(chat_message(m), ensure_ascii=False) for m in with_train(msgs)])
         tools_out.append([json.dumps(t, ensure_ascii=False) for t in tools] if tools else None)
-    return pl.DataFrame({"messages": msgs_out, "tools": tools_out},
-                        schema={"messages": pl.List(pl.String), "tools": pl.List(pl.String)}).hstack(frame.select(meta))
+    kept = frame.filter(pl.Series(keep, dtype=pl.Boolean)) if keep else frame
+    out = pl.DataFrame({"messages": msgs_out, "tools": tools_out},
+                       schema={"messages": pl.List(pl.String), "tools": pl.List(pl.String)}).hstack(kept.select(meta))
+    return out, frame.height - out.height
 
 
 def _preference(frame: pl.DataFrame, p: Preference, meta: list[str]) -> tuple[pl.DataFrame, int]:
@@ -214,11 +224,12 @@ def _preference(frame: pl.DataFrame, p: Preference, meta: list[str]) -> tuple[pl
 LAYOUT_ABOUT = {
     "text": ("Pre-training text: one `text` column (the training text of each generation) with `id`, "
              "`topic`, `template` and `model` for lineage.", ["text-generation"], ["pretraining"]),
-    "messages": ("Chat SFT: `messages`, a list of {role, content}: the prompt the generator saw "
+    "messages": ("Chat SFT: `messages`, a list of {role, content, train}: the prompt the generator saw "
                  "(system and user turns) followed by the generation as the assistant turn (for "
                  "conversation and agent stages: the whole conversation, with assistant `tool_calls` and "
                  "`tool` messages, and the offered `tools`, both as `tokenizer.apply_chat_template(messages, "
-                 "tools=tools)` takes them); `id`, `topic`, `template` and `model` for lineage.",
+                 "tools=tools)` takes them); `train` marks the messages to train on (see Training masks); "
+                 "`id`, `topic`, `template` and `model` for lineage.",
                  ["text-generation"], ["sft", "conversational"]),
     "preference": ("Preference pairs: `prompt`, `chosen` and `rejected` (strings), from rows that carry "
                    "two responses and a judge's choice; `id`, `topic`, `template` and `model` for lineage.",

@@ -69,6 +69,7 @@ def conversation(s: ConversationSetup) -> Driver:
     history: list[dict] = []                 # user/assistant messages only
     traj = Trajectory(messages=[])
     truncated = False
+    closing: list[str] = []  # the simulator's turn that ended the chat with the marker
 
     def finish(status: str, reason: str) -> Trajectory:
         head = [{"role": "system", "content": s.assistant_system}] if s.assistant_system else []
@@ -76,6 +77,7 @@ def conversation(s: ConversationSetup) -> Driver:
         traj.status = "truncated" if status == "ok" and truncated else status
         traj.reason = reason
         traj.final_answer = next((m["content"] for m in reversed(history) if m["role"] == "assistant"), None)
+        traj.simulator = {"prompt": simulator_view(s.user_prompt, []), "closing": closing[0] if closing else None}
         return traj
 
     for k in range(1, n + 1):
@@ -88,6 +90,7 @@ def conversation(s: ConversationSetup) -> Driver:
             return finish("error", f"turn {k}: the user simulator failed: {res.error}")
         text = (res.text or "").strip()
         if s.marker and s.marker in text:
+            closing.append(text)
             if k == 1:
                 return finish("empty", f"the user simulator ended the chat before it began ({s.marker})")
             return finish("ok", f"the user simulator ended the chat after {k - 1} exchanges")

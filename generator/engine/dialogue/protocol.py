@@ -90,6 +90,9 @@ class Trajectory:
     tools: list[dict] | None = None  # OpenAI tool definitions offered (agent stages)
     final_answer: str | None = None  # agent: the final answer; conversation: the last assistant text
     steps: int = 0                   # model calls of the assistant (agent) / exchanges (conversation)
+    # conversation: the user simulator's prompt as it saw it and its closing turn (the stop marker's
+    # turn, not part of `messages`), so an export can give the simulator's side
+    simulator: dict | None = None
 
     @property
     def failed(self) -> bool:
@@ -115,6 +118,7 @@ class Trajectory:
         export layout reads; `turns` and `tool_calls` are the lineage."""
         dump = lambda v: json.dumps(v, ensure_ascii=False)  # noqa: E731
         return {"conversation": dump(self.messages), "tools": dump(self.tools) if self.tools else None,
+                "simulator": dump(self.simulator) if self.simulator else None,
                 "turns": dump([asdict(t) for t in self.turns]),
                 "tool_calls": dump([asdict(c) for c in self.tool_calls]),
                 "status": self.status, "reason": self.reason, "text": self.final_answer}

@@ -12,11 +12,12 @@ Columns: the plan's (the entry stage's prompt, template, model, seed), the usual
                  generate: text, json, texts, prompt, template, model, seed, tries, tokens;
                  judge: one Float64 column per criterion, mean, reasons (JSON) or
                  winner/chosen/rejected; verify: passed, agree, answer, majority; filter: passed;
-                 conversation/agent: text, conversation, tools, turns, tool_calls (JSON text), steps,
+                 conversation/agent: text, conversation, tools, turns, tool_calls, simulator (the user
+                 simulator's prompt and closing turn; conversations only) (JSON text), steps,
                  failed_calls, model, tokens; agent also passed, answer, expected (its answer check).
 
-When a conversation or agent stage is the output, the row's `conversation` and `tools` are its
-trajectory (what the `messages` export layout writes), `text` its final answer, and `messages` the
+When a conversation or agent stage is the output, the row's `conversation`, `tools` and
+`simulator` are its trajectory (what the `messages` export layout writes), `text` its final answer, and `messages` the
 conversation before that answer (role and content only).
 """
 from __future__ import annotations
@@ -59,7 +60,7 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
     return {f"{node.name}.{k}": v for k, v in cols.items()}
 
 
-TRAJECTORY_COLUMNS = ("conversation", "tools", "turns", "tool_calls")
+TRAJECTORY_COLUMNS = ("conversation", "tools", "turns", "tool_calls", "simulator")
 
 
 def pipeline_schema(pipeline: Pipeline) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def pipeline_schema(pipeline: Pipeline) -> dict[str, Any]:
     for node in pipeline.nodes.values():
         schema.update(stage_columns(node))
     if pipeline.nodes[pipeline.output].kind in DIALOGUE_KINDS:
-        schema.update({"conversation": pl.Utf8, "tools": pl.Utf8})
+        schema.update({"conversation": pl.Utf8, "tools": pl.Utf8, "simulator": pl.Utf8})
     return schema
 
 
@@ -132,6 +133,7 @@ def attempt_row(pipeline: Pipeline, plan_row: dict, outputs: dict[str, StageOut]
     if pipeline.nodes[pipeline.output].kind in DIALOGUE_KINDS:
         row["conversation"] = out.columns.get("conversation") if out else None
         row["tools"] = out.columns.get("tools") if out else None
+        row["simulator"] = out.columns.get("simulator") if out else None
     if out is not None and out.messages:
         row["messages"] = out.messages
         row["prompt"] = out.messages[-1]["content"]
