@@ -132,9 +132,9 @@ class Fence:
     def _message(self, who: dict | None) -> str:
         quiet = time.time() - self.beat_at
         head = f"{self.path}: this run lost its lock on the run folder"
-        tail = (f"; its last heartbeat was {quiet:.0f}s ago (a lock not refreshed for {stale_s():g}s is taken "
-                f"over, e.g. after the process was paused); it stopped without writing more, and what it "
-                f"published is kept for the next run to replay")
+        tail = (f"; its last heartbeat was {quiet:.0f}s ago and a lock not refreshed for {stale_s():g}s may be "
+                f"taken over (was this process paused?); it stopped without writing more, and what it published "
+                f"is kept: the run holding the folder replays it")
         if who is not None:
             return (f"{head} to another run (pid {who.get('pid')} on host {who.get('host')}, holding it since "
                     f"{_when(who.get('since'))}){tail}")
@@ -254,7 +254,8 @@ def _object_lock(path: Any, create: Callable[[], None]) -> Iterator[Fence]:
         who = _read(where) or {}
         taken = False
         if _stale(who, stale):
-            log.warning("%s: taking over the lock of a run that is gone (pid %s on host %s, last heartbeat at %s)",
+            log.warning("%s: taking over the lock of a run that no longer refreshes it (pid %s on host %s, last "
+                        "heartbeat at %s); if that run was only paused, it stops before its next write",
                         path, who.get("pid"), who.get("host"), _when(who.get("heartbeat")))
             storage.remove(where)
             taken = storage.create_exclusive(where, body())  # two takers: one wins
