@@ -114,6 +114,20 @@ def test_the_manifest_names_its_writer_for_a_run_that_loses_the_lock_later(tmp_p
             fence.check()
 
 
+def test_a_ray_actor_checks_its_writes_against_the_drivers_lock(tmp_path):
+    """An actor holds no lock itself: it follows the driver's (`Job.lock`), token and all."""
+    url = f"memory://fence/{tmp_path.name}/actor"
+    driver = {"pid": 1, "host": "head", "since": time.time(), "token": "d" * 16}
+    storage.write_bytes_atomic(storage.join(url, ".lock"), json.dumps(driver).encode())
+    run_lock.follow(url, driver)  # stays registered, as in an actor: this folder is this test's own
+    folder = RunFolder(url)
+    folder.write_shard("part-000-00000.parquet", [_row(0)])
+    _foreign(storage.join(url, ".lock"))
+    with pytest.raises(LockLostError, match="pid 4242 on host other-host"):
+        folder.write_shard("part-000-00001.parquet", [_row(1)])
+    assert len(storage.glob(storage.join(url, "generations"), "*.parquet")) == 1
+
+
 def test_a_local_folder_is_checked_cheaply_and_never_lost(tmp_path):
     folder = RunFolder(tmp_path / "run")
     with folder.lock():
