@@ -1,6 +1,8 @@
 """Small spec texts shared by tests that run a real engine, server or cluster."""
 from __future__ import annotations
 
+S3_BUCKET = "synthgen-test-bucket"  # the `s3` fixture's bucket ("bucket" in the name: a missing file is not a missing bucket)
+
 SMALL_TOPICS = """\
 topics:
   - items:

@@ -16,53 +16,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from helpers import importorskip_ci, salvaged_keys, small_spec
+from helpers import S3_BUCKET, salvaged_keys, small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_synthgen.py"
-BUCKET = "synthgen-test-bucket"  # "bucket" in the name: a missing file is not a missing bucket
+BUCKET = S3_BUCKET  # the `s3` fixture (conftest: a moto server) made it
 
 pytestmark = pytest.mark.slow  # starts a server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """A moto S3 server with one bucket; the AWS_* variables point this process (and the CLI
-    subprocesses, which inherit them) at it, with dummy credentials."""
-    importorskip_ci("s3fs")
-    importorskip_ci("moto")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mp.delenv("AWS_PROFILE", raising=False)
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "moto server did not start"
-                time.sleep(0.1)
-        import s3fs
-
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        try:
-            yield fs
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def _cli(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -93,7 +93,7 @@ def test_a_failed_publish_keeps_answers_and_usage_for_the_next(tmp_path, monkeyp
     _put(cache, 1)
     real = rf.write_atomic
 
-    def broken(loc, fill):
+    def broken(loc, fill, before=None):
         raise OSError("network down")
 
     monkeypatch.setattr(rf, "write_atomic", broken)

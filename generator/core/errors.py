@@ -43,3 +43,7 @@ class BackendError(SynthgenError):
 
 class RunFolderError(SynthgenError):
     """A run folder that cannot be resumed into (the plan changed) or written (disk full)."""
+
+
+class LockLostError(RunFolderError):
+    """This run's lock on its run folder was taken over by another run: it must not write again."""

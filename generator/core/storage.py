@@ -219,19 +219,25 @@ def remove_tree(loc: Any) -> None:
             fs.rm(path, recursive=True)
 
 
-def write_atomic(loc: Any, fill: Callable[[Path], None]) -> None:
-    """Write a file through `fill(local_tmp_path)`; readers see the old file or the whole new one."""
+def write_atomic(loc: Any, fill: Callable[[Path], None], before: Callable[[], None] | None = None) -> None:
+    """Write a file through `fill(local_tmp_path)`; readers see the old file or the whole new one.
+    `before()` runs after `fill`, immediately before the file becomes visible (the rename or the
+    PUT); when it raises, nothing is written (a run's lock fence, see `engine.run_lock`)."""
     if not is_url(loc):
         from generator.core.files import atomic_path
 
         with atomic_path(local_path(loc)) as tmp:
             fill(tmp)
+            if before is not None:
+                before()
         return
     with errors(loc):
         fd, tmp = tempfile.mkstemp(prefix=".synthgen-upload-", suffix=".tmp")
         os.close(fd)
         try:
             fill(Path(tmp))
+            if before is not None:
+                before()
             _put_file(Path(tmp), loc)
         finally:
             os.unlink(tmp)

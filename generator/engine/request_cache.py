@@ -12,9 +12,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from generator.core.errors import RunFolderError
+from generator.core.errors import LockLostError, RunFolderError
 from generator.core.run_layout import ANSWER_META, ANSWERS, CACHE, answer_files, read_answer_file
 from generator.core.storage import is_url, join, name_of, write_atomic
 
@@ -99,6 +99,7 @@ class UsageMeter:
 PUBLISH_ANSWERS = 1000  # answers per published file at most (SYNTHGEN_PUBLISH_ANSWERS)
 PUBLISH_SECONDS = 5.0  # and at least this often while answers arrive (SYNTHGEN_PUBLISH_SECONDS)
 _WORKING: dict[tuple[str, str], Path] = {}  # (run, session) -> this process's working copy
+_KEPT: set[Path] = set()  # working copies left for a salvage: their answers could not be published
 
 
 def _working_copy(run: Any, session: str | None) -> Path:
@@ -114,6 +115,8 @@ def _working_copy(run: Any, session: str | None) -> Path:
         _WORKING[key] = path
 
         def drop(p: Path = path) -> None:
+            if p in _KEPT:
+                return
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{p}{suffix}").unlink(missing_ok=True)
 
@@ -177,10 +180,17 @@ class RequestCache:
     With a `session`, each published file also carries, in its Parquet metadata, the usage counted
     since the previous flush (model calls, hits, tokens, busy time): an answer in the run folder is
     always counted, because its usage is written in the same file. Callers that count an answer
-    and then `put_many` it hold `lock` around both, so a timed flush never splits them."""
+    and then `put_many` it hold `lock` around both, so a timed flush never splits them.
 
-    def __init__(self, path: Path | None = None, session: str | None = None, run: Any = None):
+    `fence()` runs immediately before each file is published and raises when the run lost its
+    lock on the folder (`RunFolder.check_lock`): nothing is published then, and the answers not
+    published stay in the working copy on this machine, which is kept for the next run here to
+    salvage."""
+
+    def __init__(self, path: Path | None = None, session: str | None = None, run: Any = None,
+                 fence: Callable[[], None] | None = None):
         self.run, self.session = run, session
+        self.fence = fence
         self.path = Path(path) if path is not None else _working_copy(run, session)
         self.meter = UsageMeter()
         self.lock = threading.RLock()
@@ -292,7 +302,7 @@ class RequestCache:
                     table = table.replace_schema_metadata({ANSWER_META: json.dumps(meta).encode()})
                     name = f"{session}-salvage{os.urandom(3).hex()}-000000.parquet"
                     write_atomic(join(self.run, ANSWERS, name),
-                                 lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+                                 lambda tmp: pq.write_table(table, tmp, compression="zstd"), before=self.fence)
                     self._import(name, [(r[0], r[1]) for r in rows])
                     total += len(rows)
             finally:
@@ -385,7 +395,8 @@ class RequestCache:
                           "completion_tokens": pa.array(cols[4], pa.int64())})
         table = table.replace_schema_metadata({ANSWER_META: json.dumps(meta).encode()})
         try:
-            write_atomic(join(self.run, ANSWERS, name), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+            write_atomic(join(self.run, ANSWERS, name), lambda tmp: pq.write_table(table, tmp, compression="zstd"),
+                         before=self.fence)
         except BaseException:
             self._held = (usage, busy)  # answers stay pending: the next flush retries them all
             raise
@@ -408,6 +419,9 @@ class RequestCache:
             self._timer = None
         try:
             self.flush()
+        except LockLostError:
+            _KEPT.add(self.path)  # what it could not publish is salvaged by the next run on this machine
+            raise
         finally:
             conn = getattr(self._local, "conn", None)
             if conn is not None:

@@ -14,19 +14,16 @@ every node of a cluster may write into it at once.
                                  cache hits, tokens, busy time per session); replayed on resume
       cache.sqlite               only in runs written before answers were published: still
                                  replayed and counted
-      .lock                      the run lock (a lock object on an object store)
+      .lock                      the run lock (a lock object on an object store); every write
+                                 above checks it is still this run's first (`run_lock`)
       README.md                  dataset card
 """
 from __future__ import annotations
 
 import json
-import os
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import polars as pl
 
@@ -35,6 +32,7 @@ from generator.core.errors import RunFolderError
 from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_files, read_generation_files,
                                       read_manifest, read_parquet, read_plan, run_path)
 from generator.core.storage import is_url, join, name_of, write_atomic
+from generator.engine import run_lock
 from generator.engine.record import MESSAGE, plan_schema
 from generator.engine.request_cache import RequestCache
 
@@ -58,10 +56,6 @@ def frame_of(rows: list[dict], schema: dict[str, Any]) -> pl.DataFrame:
     if arrow is None or arrow[0] is not schema:
         arrow = _ARROW[id(schema)] = (schema, pl.DataFrame(schema=schema).to_arrow().schema)
     return pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow[1]))
-
-
-LOCK_HEARTBEAT_S = 30.0  # a run on an object store rewrites its lock object this often
-LOCK_STALE_S = 180.0  # and a lock object not rewritten for this long belongs to a dead run
 
 
 class RunFolder:
@@ -97,12 +91,15 @@ class RunFolder:
         return read_manifest(self.path)
 
     def write_manifest(self, manifest: dict) -> None:
+        me = run_lock.holder(self.path)  # names this run to one that loses the lock to it
+        if me is not None:
+            manifest = {**manifest, run_lock.MANIFEST_KEY: {k: me[k] for k in ("pid", "host", "since")}}
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-        write_atomic(self.manifest_path, lambda tmp: tmp.write_text(text))
+        write_atomic(self.manifest_path, lambda tmp: tmp.write_text(text), before=self.check_lock)
 
     def write_text(self, name: str, text: str) -> None:
         """A small file of the folder (dataset card, scores), written atomically."""
-        write_atomic(join(self.path, name), lambda tmp: tmp.write_text(text))
+        write_atomic(join(self.path, name), lambda tmp: tmp.write_text(text), before=self.check_lock)
 
     def read_plan(self) -> pl.DataFrame | None:
         """The plan; columns added to `Record` since it was written are null (their default)."""
@@ -113,7 +110,8 @@ class RunFolder:
         return plan.with_columns(missing) if missing else plan
 
     def write_plan(self, frame: pl.DataFrame) -> None:
-        write_atomic(self.plan_path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
+        write_atomic(self.plan_path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True),
+                     before=self.check_lock)
 
     # -- the plan a chunk at a time (plans larger than memory)
     def write_plan_stream(self, frames: Iterable[pl.DataFrame]) -> int:
@@ -139,7 +137,7 @@ class RunFolder:
             if writer is None:  # an empty plan still has its columns
                 pl.DataFrame(schema={**PLAN_SCHEMA, "shard": pl.Utf8}).write_parquet(tmp)
 
-        write_atomic(self.plan_path, fill)
+        write_atomic(self.plan_path, fill, before=self.check_lock)
         return rows
 
     def plan_batches(self, columns: list[str] | None = None, rows: int = 4096) -> Iterator[pl.DataFrame]:
@@ -164,90 +162,27 @@ class RunFolder:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder for one run: a second run on it fails at once, naming the holder."""
-        if self.remote:
-            with self._object_lock():
-                yield
-            return
-        from filelock import FileLock, Timeout
-
-        self.create()
-        owner = self.path / ".lock.owner"
-        lock = FileLock(str(self.path / ".lock"), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            try:
-                who = json.loads(owner.read_text())
-                held = f"pid {who.get('pid')} on host {who.get('host')}"
-            except (OSError, ValueError):
-                held = "another process"
-            raise RunFolderError(f"{self.path} is in use by another run ({held}); wait for it to finish, "
-                                 f"or write this run elsewhere with --out NEW_DIR") from None
-        try:
-            owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        """Hold the folder for one run: a second run on it fails at once, naming the holder. Every
+        write of the run checks the lock is still its own first (`check_lock`, see `run_lock`)."""
+        with run_lock.hold(self.path, self.create):
             yield
-        finally:
-            owner.unlink(missing_ok=True)
-            lock.release()
 
-    @contextmanager
-    def _object_lock(self) -> Iterator[None]:
-        """The lock of a folder on an object store: a `.lock` object created only if absent (a
-        conditional PUT), rewritten every `LOCK_HEARTBEAT_S` while the run lives. One left by a dead
-        run is taken over: at once when its process is gone from this host, else once it is
-        `LOCK_STALE_S` old."""
-        self.create()
-        where = join(self.path, ".lock")
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "token": os.urandom(8).hex()}
+    def check_lock(self) -> None:
+        """Raise `LockLostError` when another run took over the lock this process holds (or, on a
+        Ray actor, follows) on this folder; a no-op for a folder no lock is held on here. One read
+        of the lock object on an object store, a flag locally."""
+        run_lock.check(self.path)
 
-        def body() -> bytes:
-            return json.dumps({**me, "heartbeat": time.time()}).encode()
-
-        if not storage.create_exclusive(where, body()):
-            try:
-                who = json.loads(storage.read_bytes(where))
-            except (FileNotFoundError, ValueError):
-                who = {}
-            taken = False
-            if _stale(who):
-                storage.remove(where)
-                taken = storage.create_exclusive(where, body())  # two takers: one wins
-            if not taken:
-                age = time.time() - float(who.get("heartbeat") or time.time())
-                raise RunFolderError(
-                    f"{self.path} is in use by another run (pid {who.get('pid')} on host {who.get('host')}, last "
-                    f"seen {age:.0f}s ago); wait for it to finish, or write this run elsewhere with --out NEW_DIR "
-                    f"(a dead run's lock is taken over {LOCK_STALE_S:.0f}s after its last heartbeat)")
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(LOCK_HEARTBEAT_S):
-                try:
-                    if json.loads(storage.read_bytes(where)).get("token") != me["token"]:
-                        return  # taken over: not ours to refresh
-                    storage.write_bytes_atomic(where, body())
-                except Exception:  # a missed heartbeat is retried; the run itself goes on
-                    continue
-
-        thread = threading.Thread(target=beat, name="run-lock-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
-            try:
-                if json.loads(storage.read_bytes(where)).get("token") == me["token"]:
-                    storage.remove(where)
-            except (FileNotFoundError, ValueError):
-                pass
+    def on_lock_lost(self, fn: Callable[[BaseException], None]) -> Callable[[], None]:
+        """Call `fn(error)` as soon as the heartbeat sees the lock taken over; returns the unsubscribe."""
+        fence = run_lock.fence_of(self.path)
+        return fence.on_lost(fn) if fence is not None else (lambda: None)
 
     def cache(self, session: str | None = None) -> RequestCache:
         """The request cache (a local working copy that publishes into this folder); with
         `session`, usage is counted under that session."""
         self.create()
-        return RequestCache(session=session, run=self.path)
+        return RequestCache(session=session, run=self.path, fence=self.check_lock)
 
     # -- shards
     def shard_path(self, name: str) -> Any:
@@ -260,23 +195,11 @@ class RunFolder:
         """`schema`: a pipeline's wider row schema (default: a single-stage run's)."""
         frame = frame_of(rows, schema or GENERATION_SCHEMA)
         path = self.shard_path(name)
-        write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
+        write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True),
+                     before=self.check_lock)
         return path
 
     def read_generations(self) -> pl.DataFrame:
         frame = read_generation_files(self.path)
         return pl.DataFrame(schema=GENERATION_SCHEMA) if frame is None else frame
 
-
-def _stale(who: dict) -> bool:
-    """A lock object whose run is gone: its process is not alive on this host, or no heartbeat for long."""
-    if not who:
-        return True
-    if who.get("host") == socket.gethostname():
-        try:
-            os.kill(int(who.get("pid")), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, TypeError, ValueError):
-            pass
-    return time.time() - float(who.get("heartbeat") or 0) > LOCK_STALE_S

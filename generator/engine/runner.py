@@ -28,6 +28,7 @@ from generator.engine.provenance import gather as gather_provenance
 from generator.engine.pipeline.dag import Pipeline
 from generator.engine.pipeline.execute import compile_spec
 from generator.config.spec import Spec
+from generator.engine import run_lock
 from generator.engine.request_cache import new_session
 from generator.engine.run_folder import RunFolder
 
@@ -280,7 +281,8 @@ def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progr
         kwargs["run_dir"] = str(folder.path)
     models = pipeline.models_used(resolved.spec.models[0].name) | {m.name for m in resolved.models} | models_pending
     job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=rows, sizes=sizes,
-              models=models, session=manifest.get("session"), on_record=on_record,
+              models=models, session=manifest.get("session"), lock=run_lock.holder(folder.path),
+              on_record=on_record,
               on_shard=lambda st: emit("shard", {"name": st.name, "records": st.records}),
               on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs)
     t1 = time.time()

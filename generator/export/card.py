@@ -8,7 +8,7 @@ import datetime as dt
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 import yaml
@@ -141,9 +141,11 @@ RUN_ABOUT = [
 ]
 
 
-def write_run_card(run_dir: Path, manifest: dict, personas: int | None = None) -> None:
+def write_run_card(run_dir: Path, manifest: dict, personas: int | None = None,
+                   before: Callable[[], None] | None = None) -> None:
     """The run folder's own card. Its front matter names no data files: a run folder grows as it
-    resumes, and `datasets` caches by the card's file patterns; `synthgen export` writes the loadable folder."""
+    resumes, and `datasets` caches by the card's file patterns; `synthgen export` writes the loadable
+    folder. `before()` runs just before the card lands (the run's lock check)."""
     from generator.export.usage import compute_usage
 
     counts = manifest.get("counts") or {}
@@ -163,7 +165,7 @@ def write_run_card(run_dir: Path, manifest: dict, personas: int | None = None) -
                         languages=["en"], tags=["synthetic", "synthgen"])
     text = head + "\n".join(body(manifest, run_dir, title=f"{name}: synthetic data generated with synthgen",
                                  about=about, frame=None, usage=compute_usage(run_dir))) + "\n"
-    storage.write_atomic(storage.join(run_dir, "README.md"), lambda tmp: tmp.write_text(text))
+    storage.write_atomic(storage.join(run_dir, "README.md"), lambda tmp: tmp.write_text(text), before=before)
 
 
 def mask_lines(opts: Any, res: Any) -> list[str]:

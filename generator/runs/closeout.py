@@ -61,7 +61,8 @@ def run_usage(run_dir: str | Path, manifest: dict) -> dict:
 def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
     from generator.export.card import write_run_card
 
-    write_run_card(folder.path, manifest, personas=len(resolved.personas) if resolved.personas else 0)
+    write_run_card(folder.path, manifest, personas=len(resolved.personas) if resolved.personas else 0,
+                   before=folder.check_lock)
 
 
 def score_run(folder: RunFolder, spec: Spec) -> dict | None:

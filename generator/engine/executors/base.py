@@ -21,6 +21,8 @@ class Job:
     sizes: dict[str, int]                     # records per pending shard
     models: set[str]                          # every model a record may reach
     session: str | None = None                # usage is counted under this session (see RequestCache)
+    lock: dict | None = None                  # the run lock's holder and token (`run_lock.holder`): a Ray
+                                              # actor checks its writes against it
     on_record: Callable[[dict], None] | None = None     # every row as its record ends (progress, tokens)
     on_shard: Callable[[ShardStats], None] | None = None  # a shard was written
     on_engine_ready: Callable[[], None] | None = None   # models are loaded: generation starts now

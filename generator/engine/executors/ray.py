@@ -96,8 +96,8 @@ class ShardWorker:
     the same execution core as the local executor, each record's whole chain of stages on it."""
 
     def __init__(self, run_dir: str, models: dict, backend_kwargs: dict, factory: Callable | str | None,
-                 session: str | None = None):
-        self.run_dir, self.session = run_dir, session
+                 session: str | None = None, lock: dict | None = None):
+        self.run_dir, self.session, self.lock = run_dir, session, lock
         self.models = models
         self.backend_kwargs = backend_kwargs
         self.factory = factory
@@ -105,9 +105,9 @@ class ShardWorker:
         self.load_seconds = 0.0
         self._compiled: tuple[str, Any, Any] | None = None  # (spec hash, resolved, pipeline)
 
-    def configure(self, run_dir: str, session: str | None = None) -> None:
+    def configure(self, run_dir: str, session: str | None = None, lock: dict | None = None) -> None:
         """Reuse the actor (and its loaded engines) for the next job of the same models."""
-        self.run_dir, self.session = run_dir, session
+        self.run_dir, self.session, self.lock = run_dir, session, lock
 
     def warm(self, names: list[str]) -> dict[str, dict]:
         from generator.engine.executors.local import build_backends
@@ -134,6 +134,10 @@ class ShardWorker:
         from generator.engine.run_folder import RunFolder
 
         resolved, pipeline = self._compile(spec)
+        if self.lock is not None:  # the driver's lock: this actor's writes check it too
+            from generator.engine.run_lock import follow
+
+            follow(RunFolder(self.run_dir).path, self.lock)
         self.warm(models)
         landed: list[ShardStats] = []
         rows_of: dict[str, list[dict]] = {}
@@ -229,7 +233,7 @@ class RayExecutor:
     def _new_actor(self, ray, job: Job):
         return self._actor_cls.options(**self._actor_options()).remote(
             str(job.run_dir), {m.name: m for m in job.resolved.spec.models},
-            _picklable_kwargs(job.backend_kwargs), self.backend_factory, job.session)
+            _picklable_kwargs(job.backend_kwargs), self.backend_factory, job.session, job.lock)
 
     def _warm(self, ray, actors: list, names: list[str]) -> list[dict]:
         try:
@@ -267,7 +271,7 @@ class RayExecutor:
             self.actors = [self._new_actor(ray, job) for _ in range(self._size(ray, job).actors)]
             self._models_key = key
         else:
-            ray.get([a.configure.remote(str(job.run_dir), job.session) for a in self.actors])
+            ray.get([a.configure.remote(str(job.run_dir), job.session, job.lock) for a in self.actors])
         infos = self._warm(ray, self.actors, names)
         self._describe(infos, time.time() - t0)
         # warming actors that already hold the engines takes next to nothing: a reused run's

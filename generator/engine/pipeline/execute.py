@@ -149,12 +149,17 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
     sched = PipelineScheduler(pipeline, resolved, backends, cache, spec.run.retries, on_rows,
                               stall_timeout=stall, max_open=spec.run.max_open)
     stats = PipelineStats()
+    # another run took the folder over (the lock heartbeat saw its token): stop now, not at the next write
+    unsubscribe = folder.on_lock_lost(sched.abort)
     try:
         sched.run(writer.admit(r) for r in rows)
     finally:
-        cache.close()
-        if sched.checks.functions is not None:
-            sched.checks.functions.close()
+        unsubscribe()
+        try:
+            cache.close()  # raises when the lock is lost: nothing more is published
+        finally:
+            if sched.checks.functions is not None:
+                sched.checks.functions.close()
         stats.model_calls, stats.cache_hits, stats.stuck = sched.model_calls, sched.cache_hits, sched.stuck
     return stats
 

@@ -136,6 +136,10 @@ class PipelineScheduler:
             if late:
                 self._store(late)
 
+    def abort(self, exc: BaseException) -> None:
+        """Stop the run with `exc`, raised on the scheduler thread (callable from any thread)."""
+        self._events.put(("error", "abort", exc))
+
     def _admit(self, row: dict) -> None:
         cell = self.contexts.cells.get(row["topic_id"])
         rec = Rec(row=row, seed_id=getattr(cell, "seed_id", None) or None)
