@@ -128,17 +128,20 @@ class Endpoint:
         if mark is not None and self.up and self.last_at > mark[0]:
             span = self.last_at - mark[0]
             self.knee.add((self.area - mark[1]) / span, completion_tokens, span)
-            goal = self.knee.target(self.window)
-            if goal is not None and epoch == self.epoch:  # past the knee: latency rose, rate did not
+            # once per round trip (answers to requests sent before the last change do not count);
+            # a server that shows its queue on /metrics is not probed: its queue is known
+            move = self.knee.decide(self.window, probe=not self.has_metrics) if epoch == self.epoch else None
+            if move is not None:
                 self.epoch += 1
-                self._set(float(goal), "latency per token rose with no gain in throughput")
-                self.ssthresh = self.window
+                self._set(move[0], move[1])
+                if not move[2]:  # a probe keeps the threshold: slow start takes a CPU server back up
+                    self.ssthresh = self.window
                 return
         if not self.up:  # the probe came back: start again from a small window
             self.up = True
             self.window, self.ssthresh = float(min(self.ceiling, INITIAL_WINDOW)), float(self.ceiling)
-        elif self.in_flight + 1 < int(self.window):
-            pass  # the window was not what held requests back: no evidence it can grow
+        elif not int(self.window) - 1 <= self.in_flight + 1 <= int(self.window):
+            pass  # the window was not what held requests back (or a cut is draining): no evidence to grow
         elif self.window < self.ssthresh:
             self.window = min(self.window + 1.0, float(self.ceiling))
         else:
