@@ -22,7 +22,13 @@ side fits this machine's CPUs: the request rate, not the token rate, is what cos
     servers answered, grouped by stage, one stage after the other through the same backend
     (stage k+1 starts when the last answer of stage k is in). Compared: the servers' busy spans.
 
+(1) runs on two latency profiles: GPU-like (above) and CPU-like, whose step time grows with the
+    batch (`--grow`: each sequence adds that share of `--step-ms`), so answers take seconds and the
+    first round trips are what a window that starts small would waste. `--metrics`: the servers
+    also serve vLLM's /metrics (running, waiting), which the window then reads.
+
     python bench/fleet.py [--sizes 8 64] [--step-ms 40] [--batch 8] [--tokens 128] [--waves 4]
+                          [--profiles gpu cpu] [--grow 0.25] [--metrics]
                           [--pipeline-k 8] [--pipeline-records 128] [--skip-pipeline] [--no-hedge]
 """
 from __future__ import annotations
@@ -84,9 +90,11 @@ STAGE_OF = (("Write one math word problem", "problem"), ("Solve this problem", "
 class SimFleet:
     """K simulated servers in one child process."""
 
-    def __init__(self, k: int, step_ms: float, batch: int, vary: bool = False):
+    def __init__(self, k: int, step_ms: float, batch: int, vary: bool = False, grow: float = 0.0,
+                 metrics: bool = False):
         cmd = [sys.executable, str(ROOT / "tests" / "fleet_server.py"), "--count", str(k), "--step-ms",
-               str(step_ms), "--batch", str(batch), "--model", "sim", *(["--vary"] if vary else [])]
+               str(step_ms), "--batch", str(batch), "--model", "sim", *(["--vary"] if vary else []),
+               "--grow", str(grow), *(["--metrics"] if metrics else [])]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.urls = json.loads(self.proc.stdout.readline())["urls"]
 
@@ -122,19 +130,19 @@ def items(n: int) -> str:
     return ", ".join(f"Topic {i}" for i in range(n))
 
 
-def capacity_share(k: int, args, work: Path) -> dict:
+def capacity_share(k: int, args, work: Path, grow: float = 0.0) -> dict:
     from generator import load_spec, run
 
-    fleet = SimFleet(k, args.step_ms, args.batch)
+    fleet = SimFleet(k, args.step_ms, args.batch, grow=grow, metrics=args.metrics)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     try:
         records = args.waves * k * args.batch
         topics = max(1, records // 16)
-        path = work / f"plain{k}.yaml"
+        path = work / f"plain{k}_{grow}.yaml"
         path.write_text(PLAIN.format(items=items(topics), per_topic=-(-records // topics), tokens=args.tokens,
                                      urls=json.dumps(fleet.urls), hedge=str(not args.no_hedge).lower()))
         t0 = time.perf_counter()
-        res = run(load_spec(path), out=work / f"plain{k}", limit=records, score=False)
+        res = run(load_spec(path), out=work / f"plain{k}_{grow}", limit=records, score=False)
         wall = time.perf_counter() - t0
         stats = fleet.stats()
         tokens, span = served(stats)
@@ -144,7 +152,7 @@ def capacity_share(k: int, args, work: Path) -> dict:
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         fleet.close()  # waited for: its CPU time is in RUSAGE_CHILDREN from here
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cap = k * args.batch * 1000 / args.step_ms
+    cap = k * args.batch * 1000 / (args.step_ms * (1 + grow * (args.batch - 1)))  # tok/s at full batches
     gen_s = res.manifest["timings"][-1]["generate_s"]
     model = res.manifest["models"]["sim"]
     sent = [e["requests"] - e["hedges"] for e in model["endpoints"]]  # requests first sent to each
@@ -153,7 +161,8 @@ def capacity_share(k: int, args, work: Path) -> dict:
             "driver_cpu": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
             "servers_cpu": children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime,
             "load": os.getloadavg()[0], "answers": (min(answers), max(answers)), "sent": (min(sent), max(sent)),
-            "hedges": model["stats"]["hedges"], "hedges_won": model["stats"]["hedges_won"]}
+            "hedges": model["stats"]["hedges"], "hedges_won": model["stats"]["hedges_won"],
+            "windows": sorted(e["max_window"] for e in model["endpoints"])}
 
 
 def pipeline(args, work: Path) -> dict:
@@ -212,6 +221,11 @@ def main() -> None:
     ap.add_argument("--pipeline-records", type=int, default=128)
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--no-hedge", action="store_true", help="(1) with `hedge: false` (no re-sent tail requests)")
+    ap.add_argument("--profiles", nargs="+", choices=["gpu", "cpu"], default=["gpu", "cpu"],
+                    help="(1) on GPU-like servers (flat step time) and/or CPU-like ones (step time grows)")
+    ap.add_argument("--grow", type=float, default=0.25,
+                    help="CPU-like profile: each sequence in the batch adds this share to the step time")
+    ap.add_argument("--metrics", action="store_true", help="the simulated servers serve vLLM's /metrics")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     print(describe())
@@ -220,14 +234,21 @@ def main() -> None:
           f"T tokens takes T steps; (1) T = {args.tokens} for every request; (2) T from the prompt in "
           f"[{args.tokens // 8}, {args.tokens}]. Scaled down from ~256 sequences a step so the client "
           f"fits this machine's CPUs. Servers: one child process, one asyncio loop, K ports.")
-    for k in args.sizes:
-        r = capacity_share(k, args, work)
-        print(f"(1) K = {k:3d}: {r['records']} records, {r['tokens']:,} tokens in {r['span']:.1f}s of server busy "
+    for profile, k in ((p, k) for p in args.profiles for k in args.sizes):
+        grow = args.grow if profile == "cpu" else 0.0
+        if grow:
+            print(f"CPU-like: a step of n sequences takes {args.step_ms:g} ms x (1 + {grow:g} x (n - 1)): "
+                  f"{args.step_ms * (1 + grow * (args.batch - 1)):g} ms at the batch limit, a request "
+                  f"{args.tokens * args.step_ms * (1 + grow * (args.batch - 1)) / 1000:.1f} s")
+        r = capacity_share(k, args, work, grow)
+        print(f"(1) {profile} K = {k:3d}: {r['records']} records, {r['tokens']:,} tokens in {r['span']:.1f}s of server busy "
               f"span = {r['tokens'] / r['span']:,.0f} tok/s of {r['capacity']:,.0f} capacity -> share "
               f"{r['share']:.3f} (target >= 0.9); over the run's generate time {r['gen_s']:.1f}s: "
               f"{r['share_gen']:.3f}; whole run {r['wall']:.1f}s; answers per server "
               f"{r['answers'][0]}-{r['answers'][1]} (even: {args.waves * args.batch}; first sent "
-              f"{r['sent'][0]}-{r['sent'][1]}); hedges {r['hedges']}, {r['hedges_won']} answered first")
+              f"{r['sent'][0]}-{r['sent'][1]}); hedges {r['hedges']}, {r['hedges_won']} answered first; "
+              f"largest window per server {r['windows'][0]:g}-{r['windows'][-1]:g}"
+              f"{' (from /metrics)' if args.metrics else ' (no /metrics)'}")
         print(f"    CPU: driver {r['driver_cpu']:.1f}s ({r['driver_cpu'] / r['records'] * 1000:.1f} ms a record), "
               f"simulated servers {r['servers_cpu']:.1f}s, in {r['wall']:.1f}s of wall time; machine load "
               f"average {r['load']:.1f} on {os.cpu_count()} CPUs")

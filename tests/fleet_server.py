@@ -4,6 +4,11 @@ Each server answers `POST /v1/chat/completions` and `GET /v1/models`, with injec
 - `step_s`, `batch`: a simulated GPU: a request of T completion tokens takes T decode steps of
   `step_s` (flat in the number of sequences, as on a GPU, up to `batch` at once; the rest queue),
   timed on the wall clock (a late-running server loop answers late but does not slow the GPU);
+- `grow`: a simulated CPU server instead: a decode step of n sequences takes
+  `step_s x (1 + grow x (n - 1))` (a CPU's step time grows with the batch), up to `batch` at once,
+  the rest queue; requests join the batch at the next step;
+- `metrics`: serve `GET /metrics` as vLLM does (`vllm:num_requests_running` and
+  `vllm:num_requests_waiting`, Prometheus text); without it, /metrics is a 404;
 - `latency`: a fixed delay per request on top;
 - `limit`: answer 429 to a request arriving while `limit` are already being served;
 - `fail_503`, `drop`: the next N requests get a 503, or have their connection closed unanswered;
@@ -40,6 +45,8 @@ class Sim:
     fail_503: int = 0
     drop: int = 0
     vary: bool = False
+    grow: float = 0.0  # > 0: a CPU-like server (step time grows with the batch)
+    metrics: bool = False  # serve vLLM's /metrics gauges
     model: str = "sim"
     stats: dict[str, Any] = field(default_factory=lambda: {
         "received": 0, "answered": 0, "cancelled": 0, "status_429": 0, "status_503": 0, "dropped": 0, "live": 0,
@@ -47,6 +54,54 @@ class Sim:
     ids: list = field(default_factory=list)  # the user message of every answered request
     bodies: list = field(default_factory=list)  # every request answered (messages and sampling)
     killed: bool = False
+
+
+class CPUEngine:
+    """A CPU-like server's decode loop: one step for every running sequence at once, each step
+    `step_s x (1 + grow x (n - 1))` long for n sequences; at most `batch` run (0: no limit), the
+    rest wait. Steps are timed on the wall clock (a late loop catches up, it does not slow the
+    simulated CPU)."""
+
+    def __init__(self, sim: Sim):
+        self.sim = sim
+        self.running: list[list] = []  # [tokens left, future]
+        self.waiting: list[list] = []
+        self.task: asyncio.Task | None = None
+
+    def _admit(self) -> None:
+        while self.waiting and (not self.sim.batch or len(self.running) < self.sim.batch):
+            self.running.append(self.waiting.pop(0))
+
+    async def _steps(self) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        while self.running:
+            n = len(self.running)
+            t += self.sim.step_s * (1 + self.sim.grow * (n - 1))
+            await asyncio.sleep(max(0.0, t - loop.time()))
+            for item in list(self.running):
+                item[0] -= 1
+                if item[0] <= 0:
+                    self.running.remove(item)
+                    if not item[1].done():
+                        item[1].set_result(None)
+            self._admit()
+        self.task = None
+
+    async def decode(self, tokens: int) -> None:
+        item = [tokens, asyncio.get_running_loop().create_future()]
+        self.waiting.append(item)
+        self._admit()
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._steps())
+        try:
+            await item[1]
+        except asyncio.CancelledError:  # the client hung up: its place frees at once
+            for queue in (self.running, self.waiting):
+                if item in queue:
+                    queue.remove(item)
+            self._admit()
+            raise
 
 
 def _digest(text: str) -> int:
@@ -121,6 +176,7 @@ class Fleet:
         # machine the simulation's own CPU must not slow the simulated GPU.
         slots = [0.0] * sim.batch
         loop = asyncio.get_running_loop()
+        cpu = CPUEngine(sim) if sim.grow > 0 else None
 
         def occupy(st: dict, step: int) -> None:  # live count, and its integral over time
             now = loop.time()
@@ -160,7 +216,11 @@ class Fleet:
                     h = _digest(prompt)
                     cap = int(body.get("max_tokens") or 16)
                     tokens = max(1, cap // 8 + h % max(cap - cap // 8, 1)) if sim.vary else cap
-                    if slots:
+                    if cpu is not None:
+                        if sim.latency:
+                            await asyncio.sleep(sim.latency)
+                        await cpu.decode(tokens)
+                    elif slots:
                         now = loop.time()
                         start = max(now, heapq.heappop(slots))
                         end = start + sim.latency + tokens * sim.step_s
@@ -168,8 +228,9 @@ class Fleet:
                         try:
                             await asyncio.sleep(end - now)
                         except asyncio.CancelledError:  # the client hung up: the slot frees now
-                            slots.remove(end)
-                            slots.append(max(loop.time(), start))
+                            if end in slots:  # else a later arrival already queued behind it
+                                slots.remove(end)
+                                slots.append(max(loop.time(), start))
                             heapq.heapify(slots)
                             raise
                     elif sim.latency or sim.step_s:
@@ -203,6 +264,24 @@ class Fleet:
                 return abort(request)
             return web.json_response({"object": "list", "data": [{"id": sim.model, "object": "model"}]})
 
+        async def metrics(request: web.Request) -> web.Response:
+            if not sim.metrics:
+                return web.Response(status=404, text="not found")
+            if cpu is not None:
+                running, waiting = len(cpu.running), len(cpu.waiting)
+            else:
+                live = sim.stats["live"]
+                running = min(live, sim.batch) if sim.batch else live
+                waiting = live - running
+            name = f'model_name="{sim.model}",engine="0"'
+            return web.Response(text=(
+                "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+                "# TYPE vllm:num_requests_running gauge\n"
+                f"vllm:num_requests_running{{{name}}} {float(running)}\n"
+                "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+                "# TYPE vllm:num_requests_waiting gauge\n"
+                f"vllm:num_requests_waiting{{{name}}} {float(waiting)}\n"), content_type="text/plain")
+
         async def stats(request: web.Request) -> web.Response:
             return web.json_response(sim.stats)
 
@@ -213,6 +292,7 @@ class Fleet:
         app.router.add_post("/v1/chat/completions", chat)
         app.router.add_get("/v1/models", models)
         app.router.add_get("/stats", stats)
+        app.router.add_get("/metrics", metrics)
         app.router.add_get("/requests", bodies)
         return app
 
@@ -252,9 +332,12 @@ def main() -> None:
     ap.add_argument("--step-ms", type=float, default=40.0)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vary", action="store_true")
+    ap.add_argument("--grow", type=float, default=0.0, help="CPU-like: step time grows by this share per sequence")
+    ap.add_argument("--metrics", action="store_true", help="serve vLLM's /metrics gauges")
     ap.add_argument("--model", default="sim")
     args = ap.parse_args()
-    fleet = Fleet(args.count, step_s=args.step_ms / 1000, batch=args.batch, vary=args.vary, model=args.model)
+    fleet = Fleet(args.count, step_s=args.step_ms / 1000, batch=args.batch, vary=args.vary, model=args.model,
+                  grow=args.grow, metrics=args.metrics)
     with fleet:
         print(json.dumps({"urls": fleet.urls}), flush=True)
         try:

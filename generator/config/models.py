@@ -26,8 +26,9 @@ class ModelConfig(Strict):
         None, description="OpenAI-compatible server URL; backend: openai also takes a list (a fleet: each "
         "request goes to the least-loaded healthy one).")
     concurrency: int = Field(256, ge=1, description="backend: openai: most requests in flight per endpoint; "
-                             "each endpoint's window adapts below it (grows while answers come back, "
-                             "shrinks on 429/503/timeouts).")
+                             "set, it is also where each endpoint's window starts. The window adapts below "
+                             "it (grows while answers come back and the server's queue stays short, shrinks "
+                             "on 429/503/timeouts and when latency rises with no gain in throughput).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     hedge: bool = Field(True, description="backend: openai with several base_urls: at the end of a run, re-send "
                         "a request queued behind others on one server to a server with room, and keep the first "

@@ -12,6 +12,8 @@ def make_backend(model_cfg: Any, **kwargs: Any) -> Backend:
         from generator.engine.backends.openai_http import OpenAIBackend
 
         kwargs.setdefault("concurrency", model_cfg.concurrency)
+        if "concurrency" in model_cfg.model_fields_set:  # the user knows the server: start there
+            kwargs.setdefault("start_window", model_cfg.concurrency)
         kwargs.setdefault("hedge", model_cfg.hedge)
         return OpenAIBackend(model=model_cfg.name, base_url=model_cfg.base_url,
                              api_key_env=model_cfg.api_key_env, **kwargs)

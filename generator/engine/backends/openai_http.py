@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator
 
 from generator.core.errors import BackendError
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
-from generator.engine.backends import fleet_hedge
+from generator.engine.backends import fleet_hedge, fleet_metrics
 from generator.engine.backends.fleet import SHRINK_STATUSES, Endpoint
 from generator.engine.backends.openai_wire import (RETRY_STATUSES, auth_headers, choice_result, parse_retry_after,
                                                   redacted_url, request_body, server_message)
@@ -58,7 +58,8 @@ class OpenAIBackend:
                  concurrency: int = 256, timeout: float = 300.0, connect_timeout: float = 10.0,
                  max_retries: int | None = None, backoff: float = 0.5, max_backoff: float = 30.0,
                  send_seed: bool | None = None, window: int | None = None, on_finished=None,
-                 hedge: bool = True, check: bool = True, transport=None, **_: Any):
+                 hedge: bool = True, check: bool = True, transport=None, start_window: int | None = None,
+                 **_: Any):
         import httpx  # noqa: F401  (fail early, with the import error, if it is missing)
 
         urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
@@ -72,7 +73,8 @@ class OpenAIBackend:
         self.public_url = ", ".join(redacted_url(u) for u in self.base_urls)
         self.api_key_env = api_key_env
         self.concurrency = max(int(concurrency), 1)  # per endpoint: the ceiling of its window
-        self.endpoints = [Endpoint(u, redacted_url(u), self.concurrency) for u in self.base_urls]
+        # start_window: an explicit `concurrency:` in the model entry (see fleet.py for the others)
+        self.endpoints = [Endpoint(u, redacted_url(u), self.concurrency, start_window) for u in self.base_urls]
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         env_retries = os.environ.get("SYNTHGEN_HTTP_RETRIES")
@@ -248,6 +250,9 @@ class OpenAIBackend:
                         self._timer.cancel()
                     self._timer = self._loop.call_later(delay, self._wake)
 
+    def _busy(self, e: Endpoint) -> bool:
+        return e.in_flight > 0 or bool(self._pending)
+
     def _wake(self) -> None:
         self._timer = None
         self._pump()
@@ -256,7 +261,7 @@ class OpenAIBackend:
         if not job.sent:
             job.sent = True
             self.stats["requests"] += 1
-        e.sent()
+        mark = e.sent()
         if hedge:
             job.hedged = True
             fleet_hedge.count_sent(self.stats, e)
@@ -279,7 +284,7 @@ class OpenAIBackend:
         # Bookkeeping lives in the completion callback, not in a coroutine's `finally`: a task
         # cancelled before its first step (an endpoint drained right after a request was put on
         # it) never runs its body, and its request would be lost. The callback always runs.
-        task.add_done_callback(functools.partial(self._landed, e, job, e.epoch, hedge))
+        task.add_done_callback(functools.partial(self._landed, e, job, e.epoch, hedge, mark))
 
     def _requeue(self, job: _Job, front: bool = False) -> None:
         (self._pending.appendleft if front else self._pending.append)(job)
@@ -300,11 +305,11 @@ class OpenAIBackend:
         for task in list(e.tasks):
             task.cancel()
 
-    def _landed(self, e: Endpoint, job: _Job, epoch: int, hedge: bool, task: asyncio.Task) -> None:
+    def _landed(self, e: Endpoint, job: _Job, epoch: int, hedge: bool, mark: tuple, task: asyncio.Task) -> None:
         """An attempt ended (answered, failed, cancelled because `e` was drained or its twin won)."""
         import httpx
 
-        e.in_flight -= 1
+        e.left()
         e.tasks.discard(task)
         self._tasks.discard(task)
         self._job_of.pop(task, None)
@@ -327,12 +332,13 @@ class OpenAIBackend:
         else:
             resp = task.result()
         try:
-            self._settle(e, job, epoch, resp, error, hedge, sent_at)
+            self._settle(e, job, epoch, resp, error, hedge, sent_at, mark)
         except Exception as exc:  # raised in the consumer: left in a callback, it would only be logged
             self._fail(exc)
         self._pump()
 
-    def _settle(self, e: Endpoint, job: _Job, epoch: int, resp, error, hedge: bool, sent_at: float | None) -> None:
+    def _settle(self, e: Endpoint, job: _Job, epoch: int, resp, error, hedge: bool, sent_at: float | None,
+                mark: tuple) -> None:
         import httpx
 
         r = job.request
@@ -407,7 +413,7 @@ class OpenAIBackend:
                 return
             result = Result(id=r.id, text="", finish_reason="error",
                             error=f"unexpected response from {e.public_url}: {type(exc).__name__}")
-        e.answered(result.prompt_tokens, result.completion_tokens)
+        e.answered(result.prompt_tokens, result.completion_tokens, mark, epoch)
         if sent_at is not None:
             self._latencies.append(now - sent_at)
         job.done = True
@@ -453,6 +459,10 @@ class OpenAIBackend:
         async with contextlib.AsyncExitStack() as stack:
             self._http = {e: await stack.enter_async_context(self._client(e.ceiling)) for e in self.endpoints}
             hedger = asyncio.ensure_future(fleet_hedge.look_every_tick(self._hedge, self._fail))
+            # each endpoint's queue readings (its own small pool: never behind a full window)
+            probes = await stack.enter_async_context(self._client(len(self.endpoints)))
+            watchers = [asyncio.ensure_future(fleet_metrics.watch(
+                e, probes, functools.partial(self._busy, e), self._pump)) for e in self.endpoints]
             try:
                 while not stop.is_set() and self._fatal is None:
                     # waits in a worker thread, so answers keep landing meanwhile; the short timeout
@@ -475,6 +485,9 @@ class OpenAIBackend:
             finally:
                 self._closing = True
                 hedger.cancel()
+                for w in watchers:
+                    w.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
                 if self._timer is not None:
                     self._timer.cancel()
                 for t in self._tasks:
