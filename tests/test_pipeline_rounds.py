@@ -119,3 +119,19 @@ def test_a_rounds_run_is_one_pass_of_the_core_per_round(proj, tmp_path):
                                            "rounds": "{count: 2, budget: 12, embedder: hash}"}),
             out=tmp_path / "run", executor=ex)
     assert (tmp_path / "run" / "plan.parquet").read_bytes() == plan
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+def test_a_later_stage_template_edited_mid_run_is_refused(proj, tmp_path, rounds):
+    """Only the entry stage's prompts are in the plan; a later stage's template is held to the
+    hash the manifest keeps, in a single pass and in the rounds loop alike, before anything is written."""
+    (proj / "templates" / "review.j2").write_text("Improve this answer.\n\n{{ answer.text }}\n")
+    stages = ("[{name: answer, kind: generate, template: qa}, {name: review, kind: generate, template: review}]")
+    sets = {"templates": "[]", "stages": stages, **({"rounds": "{count: 2, budget: 12, embedder: hash}"} if rounds else {})}
+    ex = LocalExecutor(backend_factory=lambda c, **_: FakeBackend(responder=judged))
+    run(load_spec(proj / "spec.yaml", sets), out=tmp_path / "run", executor=ex, limit=None if rounds else 6)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").rglob("*.parquet")}
+    (proj / "templates" / "review.j2").write_text("Improve this answer a lot.\n\n{{ answer.text }}\n")
+    with pytest.raises(RunFolderError, match="template 'review' was edited since this run was planned"):
+        run(load_spec(proj / "spec.yaml", sets), out=tmp_path / "run", executor=ex, limit=None if rounds else 8)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").rglob("*.parquet")} == before

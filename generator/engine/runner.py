@@ -182,16 +182,29 @@ def run_manifest(folder: RunFolder, spec: Spec, resolved: Resolved, limit: int |
     """The run's manifest (read back when the folder exists) updated with this spec's identity:
     the templates of every stage (a single-stage spec's are its own)."""
     manifest = folder.read_manifest() or {"created_at": time.time()}
+    templates = all_templates(resolved, pipeline)
+    if folder.has_plan():
+        _refuse_edited_templates(folder, manifest.get("templates") or {}, templates)
     manifest.update({
         "session": new_session(),  # this invocation's: usage is kept per session (answers/*.parquet)
         # URLs lose user:password and token parameters: a manifest is shared with the data
         "name": spec.name, "spec": scrub(spec.model_dump(mode="json")), "spec_hash": spec.hash(),
         "spec_file": str(spec.file) if spec.file else None, "seed": spec.seed, "limit": limit,
-        "versions": versions(), "templates": all_templates(resolved, pipeline),
+        "versions": versions(), "templates": templates,
         "topic_cells": len(resolved.cells),
         "provenance": gather_provenance(spec),  # models, seed data, libraries: hashes and licences
     })
     return manifest
+
+
+def _refuse_edited_templates(folder: RunFolder, before: dict[str, str], now: dict[str, str]) -> None:
+    """A template the run used before that reads differently now: its later records (or a later
+    stage of records already written) would not match the rest. The plan catches an edited entry
+    template through its prompts; this catches every stage's, by the hashes the manifest keeps."""
+    edited = sorted(name for name, h in now.items() if before.get(name) not in (None, h))
+    if edited:
+        raise RunFolderError(f"{folder.path}: template '{edited[0]}' was edited since this run was planned, "
+                             f"so its records would differ; start a new run with --out NEW_DIR, or undo the change")
 
 
 def all_templates(resolved: Resolved, pipeline: Pipeline | None) -> dict[str, str]:
