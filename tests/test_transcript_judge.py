@@ -142,6 +142,11 @@ def test_compare_picks_the_better_of_two_conversations_in_a_seeded_order(tmp_pat
     firsts = {"kind" if "You are patient." in r.messages[-1]["content"].split("# Conversation B")[0] else "terse"
               for r in backend.calls if "/pick/" in r.id}
     assert firsts == {"kind", "terse"}, "both orders are shown"
+    from generator.core.errors import SynthgenError
+    from generator.mix.preference import write_preference
+
+    with pytest.raises(SynthgenError, match="judge 'pick' compares conversations \\(terse, kind\\)"):
+        write_preference([proj / "run"], tmp_path / "pref")
 
 
 @pytest.mark.parametrize("scope,pattern,passed,reason", [

@@ -175,3 +175,19 @@ def test_per_turn_scores_line_up_with_assistant_turns_and_leave_elided_turns_emp
     missing = json.dumps({"turns": {"turn_1": {"reason": "r", "score": 4}}, "helpful": {"reason": "ok", "score": 3}})
     view, err = judge.read_verdict(type("J", (), {"criteria": [C("helpful")]})(), missing, {"turns": (2, (1, 2))})
     assert view == {} and err == "judge gave no 1-5 score for assistant turn 2"
+
+
+def test_the_manual_shows_what_the_renderer_and_the_judge_really_produce():
+    """docs/conversations.md: the worked agent trajectory rendered, and the support chat judge's prompt."""
+    from pathlib import Path
+
+    from generator.config.spec import load_spec
+
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "conversations.md").read_text()
+    agent_msgs, chat = (json.loads(b) for b in re.findall(r"```json\n(\[.*?\])\n```", doc, re.S))
+    assert f"```text\n{render(agent_msgs).text}\n```" in doc
+    rate = next(s for s in load_spec(root / "specs" / "support_chat.yaml").stages if s.name == "rate")
+    shown = render(chat, rate.transcript_chars)
+    prompt = judge.transcript_messages(rate.criteria, "", shown.text, shown.shown)[1]["content"]
+    assert f"```text\n{prompt}```" in doc

@@ -58,11 +58,12 @@ def transcript_schema(criteria: list, shown: tuple[int, ...] | None) -> dict:
 def transcript_messages(criteria: list, instruction: str, transcript: str,
                         shown: tuple[int, ...] | None) -> list[dict[str, str]]:
     lines = [f"- {c.name}: {c.description}" for c in criteria]
-    ask = ("Rate the assistant in this conversation on each criterion from 1 (worst) to 5 (best), with a "
-           "one-sentence reason before each score.")
+    whole = ("on each criterion from 1 (worst) to 5 (best), with a one-sentence reason before each score.")
+    ask = f"Rate the assistant in this conversation {whole}"
     if shown is not None:
-        ask += (" First score each assistant turn shown (" + ", ".join(turn_key(k) for k in shown) + " for "
-                "[assistant 1], [assistant 2], ...) from 1 to 5 on the same criteria, with a short reason.")
+        ask = ("Score each assistant turn shown (" + ", ".join(turn_key(k) for k in shown) + "; turn_k is "
+               "[assistant k]) from 1 (worst) to 5 (best) on the criteria, with a short reason before each score. "
+               f"Then rate the assistant over the whole conversation {whole}")
     task = f"\n\n# Task\n{instruction}" if instruction else ""
     user = f"{ask}\n\nCriteria:\n" + "\n".join(lines) + f"{task}\n\n# Conversation\n{transcript}\n"
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
