@@ -110,7 +110,10 @@ def test_the_shipped_tool_specs_load_and_their_tools_resolve():
     for tool in math.tools:
         assert check_importable(tool.python, math.base_dir) is None
     chat = load_spec(ROOT / "specs" / "support_chat.yaml")
-    assert chat.stages[-1].kind == "conversation" and chat.stages[-1].turns.max == 5
+    talk = next(s for s in chat.stages if s.name == "chat")
+    assert talk.kind == "conversation" and talk.turns.max == 5
+    rate = next(s for s in chat.stages if s.kind == "judge")
+    assert rate.target == "chat" and rate.per_turn
 
 
 def test_the_math_tools_compute_exactly():

@@ -349,6 +349,12 @@ def test_shipped_dialogue_spec_end_to_end(tmp_path, shared_backend_factory, name
             _well_formed(json.loads(row[f"{stage}.conversation"]))
             turns = json.loads(row[f"{stage}.turns"])
             assert turns and all(t["tag"] for t in turns)
+        if row.get("rate.status") == "ok":  # the transcript judge: one score per assistant turn
+            said = [m for m in json.loads(row[f"{stage}.conversation"]) if m["role"] == "assistant"]
+            assert len(row["rate.turn_scores"]) == len(said) and 1 <= row["rate.mean"] <= 5
+    if name == "support_chat":
+        assert "rate.turn_scores" in rows.columns and (final["status"] == "ok").any(), \
+            final.select("status", "decided_by", "reason")
 
 
 # ---------------------------------------------------------------- validate

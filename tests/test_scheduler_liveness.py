@@ -1,5 +1,5 @@
-"""Liveness of the one execution core over random pipelines (hypothesis): branches, joins, judges,
-checks, filters, `n > 1`, conversation and agent stages (Python and simulated tools, native and
+"""Liveness of the one execution core over random pipelines (hypothesis): branches, joins, judges
+(of answers and of transcripts, per turn), checks (regexes over turns and transcripts), filters, `n > 1`, conversation and agent stages (Python and simulated tools, native and
 constrained tool calling), regenerate targets at every depth, on a backend that answers in a random
 order and sometimes fails. Every record ends exactly once, no run hangs, the rejections add up."""
 from __future__ import annotations
@@ -124,6 +124,7 @@ def pipelines(draw):
     n_later = draw(st.integers(1, 6))
     stages = [{"name": "s0", "kind": "generate", "template": "qa"}]
     generates = ["s0"]
+    talks: list[str] = []  # conversation and agent stages
     for i in range(1, n_later + 1):
         name = f"s{i}"
         earlier = [s["name"] for s in stages]
@@ -143,18 +144,23 @@ def pipelines(draw):
             stage["n"] = draw(st.integers(1, 3))
             after = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True))
             stage["after"] = after or [draw(st.sampled_from(earlier))]
-        elif kind == "judge":
-            stage["target"] = draw(st.sampled_from(generates))
+        elif kind == "judge":  # a generate stage's answer or a conversation's/agent's transcript
+            stage["target"] = draw(st.sampled_from(generates + talks))
             stage["criteria"] = [{"name": "quality", "description": "5 good, 1 bad"}]
+            if stage["target"] in talks and draw(st.booleans()):
+                stage["per_turn"] = True
         elif kind == "verify":
             stage["check"] = "regex"
-            stage["target"] = draw(st.sampled_from(generates))
+            stage["target"] = draw(st.sampled_from(generates + talks))
             stage["pattern"] = "[0-9]"
+            if stage["target"] in talks:
+                stage["scope"] = draw(st.sampled_from(["last", "every", "transcript"]))
         else:
             judges = [s for s in stages if s["kind"] == "judge"]
             verifies = [s for s in stages if s["kind"] == "verify"]
             dialogues = [s for s in stages if s["kind"] in DIALOGUE]
             options = ["attempt >= 1"] + [f"{j['name']}.mean >= 3" for j in judges] + \
+                      [f"{j['name']}.turn_min >= 2" for j in judges if j.get("per_turn")] + \
                       [f"{v['name']}.passed" for v in verifies] + [f"{d['name']}.steps >= 2" for d in dialogues]
             stage["expr"] = draw(st.sampled_from(options))
         if kind not in ("generate", *DIALOGUE) or draw(st.booleans()):
@@ -165,6 +171,8 @@ def pipelines(draw):
         stages.append(stage)
         if kind == "generate":
             generates.append(name)
+        if kind in DIALOGUE:
+            talks.append(name)
     return stages
 
 

@@ -65,12 +65,23 @@ class Criterion(Strict):
     description: str = Field(description="What a 5 means and what a 1 means, shown to the judge.")
 
 
+# a judge's own fields: a criterion may not take these names
+JUDGE_FIELDS = {"mean", "reasons", "status", "turns", "turn_scores", "turn_reasons", "turn_min"}
+
+
 class JudgeStage(_Stage):
     kind: Literal["judge"]
-    target: str | None = Field(None, description="The stage whose answer is rated on `criteria`.")
+    target: str | None = Field(None, description="The stage rated on `criteria`: a generate stage's answer, "
+                               "or a conversation's or agent's whole transcript.")
     criteria: list[Criterion] | None = Field(None, min_length=1, description="Rubric: each scored 1-5.")
     compare: list[str] | None = Field(None, min_length=2, max_length=2,
-                                      description="Two stages whose answers are compared: chosen/rejected.")
+                                      description="Two generate stages whose answers, or two conversation/agent "
+                                      "stages whose transcripts, are compared: chosen/rejected.")
+    per_turn: bool = Field(False, description="A judged transcript: also score each assistant turn "
+                           "(`<judge>.turn_scores`, aligned with the assistant messages).")
+    transcript_chars: int = Field(12000, ge=2000, le=1_000_000, description="Characters of transcript the judge "
+                                  "is shown at most (two compared transcripts: half each); a longer one is "
+                                  "shortened, its middle turns elided (docs/conversations.md).")
     instruction: str | None = Field(None, description="Stage whose text is the instruction shown to the "
                                     "judge (default: the judged stage's own prompt).")
     model: str | None = None
@@ -86,6 +97,11 @@ class JudgeStage(_Stage):
             raise ValueError("`compare:` picks the better answer; remove `criteria:`")
         if self.criteria and len({c.name for c in self.criteria}) != len(self.criteria):
             raise ValueError("criterion names repeat; give each criterion its own name")
+        taken = sorted({c.name for c in self.criteria or []} & JUDGE_FIELDS)
+        if taken:
+            raise ValueError(f"criterion name '{taken[0]}' is a judge column; choose another name")
+        if self.per_turn and self.compare is not None:
+            raise ValueError("`per_turn` scores the turns of one `target:`; remove it from a `compare:` judge")
         return self
 
 
@@ -99,6 +115,9 @@ class VerifyStage(_Stage):
     min_agree: int = Field(1, ge=1, description="agreement: re-solves that must match the target's answer.")
     json_schema: dict | None = Field(None, description="json_schema: the schema the target's JSON must satisfy.")
     pattern: str | None = Field(None, description="regex: a Python regular expression searched in the text.")
+    scope: Literal["last", "every", "transcript"] | None = Field(
+        None, description="regex, json_schema on a conversation or agent stage: the `last` assistant turn "
+        "(default), `every` assistant turn, or (regex) the whole rendered `transcript`.")
     function: str | None = Field(None, description="function: `module:function` from the project; called "
                                  "with a dict of the record's columns, returns (passed, reason).")
     timeout: float = Field(10.0, gt=0, le=600, description="function: seconds per call before it fails.")
@@ -116,6 +135,11 @@ class VerifyStage(_Stage):
                 re.compile(self.pattern)
             except re.error as exc:
                 raise ValueError(f"`pattern` is not a valid regular expression ({exc}); fix the pattern") from None
+        if self.scope is not None and self.check not in ("regex", "json_schema"):
+            raise ValueError(f"`scope` chooses the text of a regex or json_schema check; remove it from "
+                             f"check: {self.check}")
+        if self.scope == "transcript" and self.check != "regex":
+            raise ValueError("`scope: transcript` is for regex checks; use last or every")
         if self.check == "function" and ":" not in self.function:
             raise ValueError("`function` must be `module:function` (e.g. checks:is_prime)")
         return self

@@ -19,6 +19,12 @@ def _compare_judge(run: Path) -> tuple[str, list[str]]:
     if len(judges) != 1:
         raise SynthgenError(f"{run}: --layout preference needs a run whose spec has exactly one judge stage with "
                             f"`compare: [A, B]` (found {len(judges)}); see specs/preference.yaml")
+    kinds = {s.get("name"): s.get("kind") for s in stages}
+    dialogue = [c for c in judges[0]["compare"] if kinds.get(c) in ("conversation", "agent")]
+    if dialogue:
+        raise SynthgenError(f"{run}: judge '{judges[0]['name']}' compares conversations ({', '.join(dialogue)}); "
+                            f"--layout preference writes single answers: read its `chosen`/`rejected` columns "
+                            f"(the conversations, JSON) from the run")
     return judges[0]["name"], list(judges[0]["compare"])
 
 

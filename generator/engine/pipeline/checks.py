@@ -13,6 +13,7 @@ import concurrent.futures
 from typing import Any, Callable
 
 from generator.config.stages import VerifyStage
+from generator.engine.dialogue import transcript
 from generator.engine.pipeline import expressions, verify
 from generator.engine.pipeline.context import StageOut
 from generator.engine.pipeline.dag import Pipeline, StageNode
@@ -105,16 +106,25 @@ class CheckRunner:
             return target.get("text"), rec.outputs[c.against].view.get("texts") or []
         if c.check == "function":
             return (verify.to_jsonable(self._env(rec)),)
+        if self.p.nodes[c.name].judged == "transcript":  # regex, json_schema: the turns `scope` picks
+            messages = target.get("messages") or []
+            if c.scope == "transcript":
+                failed = transcript.failed_call_ids(rec.outputs[c.target].columns.get("tool_calls"))
+                return (transcript.render(messages, failed=failed).text,)
+            turns = transcript.assistant_turns(messages)
+            return (turns if c.scope == "every" else turns[-1:] or [""],)
         return (target.get("text"),)
 
     def _run(self, c: VerifyStage, args: tuple) -> verify.Verdict:
         if c.check == "agreement":
             return verify.agreement(args[0], args[1], c.extract, c.min_agree)
+        if c.check == "function":
+            return self._function_runner()(c.function, args[0], c.timeout)
+        if isinstance(args[0], list):  # assistant turns: every one must pass
+            return verify.every_turn(args[0], lambda text: self._run(c, (text,)), last=c.scope != "every")
         if c.check == "json_schema":
             return verify.json_schema_check(args[0], c.json_schema)
-        if c.check == "regex":
-            return verify.regex_check(args[0], c.pattern)
-        return self._function_runner()(c.function, args[0], c.timeout)
+        return verify.regex_check(args[0], c.pattern)
 
     def _function_runner(self) -> verify.FunctionRunner:
         if self.functions is None:

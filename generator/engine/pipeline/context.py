@@ -16,6 +16,7 @@ from typing import Any
 from generator.config.stages import GenerateStage, JudgeStage
 from generator.core.backend import Request, Sampling
 from generator.core.errors import SpecError
+from generator.engine.dialogue import transcript
 from generator.engine.pipeline import judge
 from generator.engine.pipeline.dag import Pipeline, StageNode
 from generator.engine.planner import Resolved, available_variables, hash64
@@ -92,7 +93,8 @@ def render_stage(node: StageNode, ctx: dict[str, Any], spec_seed: int, rid: str)
 
 def judge_messages(node: StageNode, row: dict, outputs: dict[str, StageOut], spec_seed: int,
                    rid: str) -> tuple[list[dict], dict, dict[str, Any]]:
-    """(messages, schema, extra) for a judge stage; `extra` says how A/B map to stages."""
+    """(messages, schema, extra) for a judge stage; `extra` says how A/B map to stages and holds
+    the compared texts, or the per-turn layout (assistant turns, turns shown) of a judged transcript."""
     c: JudgeStage = node.cfg
     first = c.target or c.compare[0]
     if c.instruction:
@@ -100,13 +102,38 @@ def judge_messages(node: StageNode, row: dict, outputs: dict[str, StageOut], spe
     else:
         instruction = outputs[first].view.get("prompt") or ""
     if c.criteria:
-        return (judge.rubric_messages(c.criteria, instruction, outputs[c.target].view.get("text") or ""),
-                judge.rubric_schema(c.criteria), {})
+        judged = judged_text(node, outputs[c.target], c.transcript_chars)
+        if node.judged == "answer":
+            return judge.rubric_messages(c.criteria, instruction, judged.text), judge.rubric_schema(c.criteria), {}
+        shown = judged.shown if c.per_turn else None
+        extra = {"turns": (judged.turns, judged.shown)} if c.per_turn else {}
+        return (judge.transcript_messages(c.criteria, instruction, judged.text, shown),
+                judge.transcript_schema(c.criteria, shown), extra)
     a, b = c.compare
     if hash64(spec_seed, "judge-order", rid, node.name) % 2:  # show them in a seeded order: no position bias
         a, b = b, a
-    msgs = judge.compare_messages(instruction, outputs[a].view.get("text") or "", outputs[b].view.get("text") or "")
-    return msgs, judge.COMPARE_SCHEMA, {"A": a, "B": b}
+    # the verdict names A or B: keep the compared answers (a transcript's: its conversation JSON) at hand
+    key = "text" if node.judged == "answer" else "conversation"
+    extra = {"A": a, "B": b, "texts": {s: (outputs[s].view if key == "text" else outputs[s].columns).get(key)
+                                       for s in c.compare}}
+    if node.judged == "answer":
+        msgs = judge.compare_messages(instruction, outputs[a].view.get("text") or "",
+                                      outputs[b].view.get("text") or "")
+    else:
+        half = c.transcript_chars // 2
+        msgs = judge.compare_transcripts_messages(instruction, judged_text(node, outputs[a], half).text,
+                                                  judged_text(node, outputs[b], half).text)
+    return msgs, judge.COMPARE_SCHEMA, extra
+
+
+def judged_text(node: StageNode, out: StageOut, budget: int) -> transcript.Rendered:
+    """What a judge reads of a judged stage (`node.judged`): a generate stage's answer, or a
+    conversation's or agent's transcript fitted to `budget` characters. (The hook for what else a
+    judge may read, such as a stage's reasoning.)"""
+    if node.judged == "answer":
+        return transcript.Rendered(out.view.get("text") or "", 0, ())
+    return transcript.render(out.view.get("messages") or [], budget,
+                             transcript.failed_call_ids(out.columns.get("tool_calls")))
 
 
 def sampling_for(resolved: Resolved, node: StageNode, model: str, override: Any = None) -> Sampling:

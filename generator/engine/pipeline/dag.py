@@ -40,6 +40,9 @@ class StageNode:
     deps: set[str] = field(default_factory=set)
     templates: list[tuple[Template, float]] = field(default_factory=list)
     roles: dict[str, Template] = field(default_factory=dict)  # conversation: user/assistant; agent: task
+    # judge and verify stages: what they read of their target: a generate stage's `answer`, or a
+    # conversation's or agent's `transcript` (set once the kinds are checked)
+    judged: str = "answer"
 
     @property
     def name(self) -> str:
@@ -60,7 +63,8 @@ class StageNode:
         if isinstance(c, JudgeStage):
             if c.compare:
                 return COMPARE_FIELDS
-            return {cr.name for cr in c.criteria} | {"mean", "reasons", "status"}
+            per_turn = {"turn_scores", "turn_reasons", "turn_min"} if c.per_turn else set()
+            return {cr.name for cr in c.criteria} | {"mean", "reasons", "status"} | per_turn
         return VERIFY_FIELDS if isinstance(c, VerifyStage) else FILTER_FIELDS
 
     def schema(self) -> dict | None:
@@ -309,13 +313,7 @@ def _all_refs(node: StageNode) -> set[str]:
 def _check_kinds(spec: Spec, node: StageNode, nodes: dict[str, StageNode], ancestors: dict[str, set[str]]) -> None:
     c = node.cfg
     where = ("stages", node.index)
-    for key in ("target", "against", "instruction"):
-        ref = getattr(c, key, None)
-        if ref and key != "instruction" and nodes[ref].kind != "generate":
-            raise _error(spec, (*where, key), f"`{key}: {ref}` must name a generate stage")
-    for j, ref in enumerate(getattr(c, "compare", None) or []):
-        if nodes[ref].kind != "generate":
-            raise _error(spec, (*where, "compare", j), f"`compare` must name generate stages ('{ref}' is not)")
+    _check_targets(spec, node, nodes)
     if isinstance(c, FilterStage):
         for path in expressions.parse(c.expr).refs:
             if path[0] in ROW_FIELDS:
@@ -335,6 +333,37 @@ def _check_kinds(spec: Spec, node: StageNode, nodes: dict[str, StageNode], ances
         if target != node.name and target not in ancestors[node.name]:
             raise _error(spec, (*where, "on_reject", "regenerate"), f"`regenerate: {target}` does not "
                          f"precede '{node.name}'; name a stage it reads (directly or through others)")
+
+
+def _check_targets(spec: Spec, node: StageNode, nodes: dict[str, StageNode]) -> None:
+    """A judge or verify target is a generate stage's answer or a conversation's or agent's
+    transcript; `against` a generate stage's samples; both compared stages of one family."""
+    c = node.cfg
+    where = ("stages", node.index)
+    target = getattr(c, "target", None)
+    if target and nodes[target].kind not in ("generate", *DIALOGUE_KINDS):
+        raise _error(spec, (*where, "target"), f"`target: {target}` must name a generate, conversation or "
+                     f"agent stage ('{target}' is a {nodes[target].kind} stage)")
+    against = getattr(c, "against", None)
+    if against and nodes[against].kind != "generate":
+        raise _error(spec, (*where, "against"), f"`against: {against}` must name a generate stage")
+    compared = getattr(c, "compare", None) or []
+    for j, ref in enumerate(compared):
+        if nodes[ref].kind not in ("generate", *DIALOGUE_KINDS):
+            raise _error(spec, (*where, "compare", j), f"`compare` must name generate, conversation or agent "
+                         f"stages ('{ref}' is a {nodes[ref].kind} stage)")
+    if compared and (nodes[compared[0]].kind == "generate") != (nodes[compared[1]].kind == "generate"):
+        raise _error(spec, (*where, "compare"), "`compare` names a generate stage and a conversation/agent "
+                     "stage; compare two answers or two transcripts")
+    judged = target or (compared[0] if compared else None)
+    if judged and nodes[judged].kind in DIALOGUE_KINDS:
+        node.judged = "transcript"
+    if isinstance(c, JudgeStage) and c.per_turn and node.judged != "transcript":
+        raise _error(spec, (*where, "per_turn"), f"`per_turn: true` scores assistant turns, and '{target}' is a "
+                     f"generate stage; name a conversation or agent stage or remove `per_turn`")
+    if isinstance(c, VerifyStage) and c.scope is not None and node.judged != "transcript":
+        raise _error(spec, (*where, "scope"), f"`scope` picks turns of a conversation or agent stage, and "
+                     f"'{target}' is a generate stage; remove `scope`")
 
 
 def _output_stage(spec: Spec, nodes: dict[str, StageNode]) -> str:

@@ -74,9 +74,10 @@ def _check_signal(spec, pipeline: Pipeline) -> None:
         return
     stage, _, name = column.partition(".")
     node = pipeline.nodes.get(stage)
-    if node is None or node.kind != "judge" or not node.cfg.criteria or name not in node.fields() - {"reasons", "status"}:
+    not_scores = {"reasons", "status", "turn_scores", "turn_reasons"}
+    if node is None or node.kind != "judge" or not node.cfg.criteria or name not in node.fields() - not_scores:
         judges = [f"{n}.{f}" for n, x in pipeline.nodes.items() if x.kind == "judge" and x.cfg.criteria
-                  for f in sorted(x.fields() - {"reasons", "status"})]
+                  for f in sorted(x.fields() - not_scores)]
         raise spec_error(spec, ("rounds", "signal_column"), f"'{column}' is no judge score column; "
                           f"choose from {', '.join(judges) or '(no rubric judge stage)'}")
 

@@ -10,8 +10,10 @@ Columns: the plan's (the entry stage's prompt, template, model, seed), the usual
     seed_id      the seed data row the record came from (null for topic cells)
     <stage>.*    per stage: status, attempt (the attempt that produced it), reason, and by kind
                  generate: text, json, texts, prompt, template, model, seed, tries, tokens;
-                 judge: one Float64 column per criterion, mean, reasons (JSON) or
-                 winner/chosen/rejected; verify: passed, agree, answer, majority; filter: passed;
+                 judge: one Float64 column per criterion, mean, reasons (JSON), with
+                 `per_turn` also turn_scores (one per assistant turn, null where elided),
+                 turn_reasons (JSON) and turn_min; or winner/chosen/rejected (a compared
+                 transcript: its conversation, JSON); verify: passed, agree, answer, majority; filter: passed;
                  conversation/agent: text, conversation, tools, turns, tool_calls, simulator (the user
                  simulator's prompt and closing turn; conversations only) (JSON text), steps,
                  failed_calls, model, tokens; agent also passed, answer, expected (its answer check).
@@ -47,6 +49,8 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
     elif node.kind == "judge":
         cols.update({cr.name: pl.Float64 for cr in c.criteria})
         cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS})
+        if c.per_turn:
+            cols.update({"turn_scores": pl.List(pl.Float64), "turn_reasons": pl.Utf8, "turn_min": pl.Float64})
     elif node.kind == "verify":
         cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
     elif node.kind in DIALOGUE_KINDS:
@@ -93,6 +97,9 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
     elif node.kind == "judge":
         vals.update({cr.name: v.get(cr.name) for cr in node.cfg.criteria})
         vals.update({"mean": v.get("mean"), "reasons": jsonable(v.get("reasons") or None)})
+        if node.cfg.per_turn:
+            vals.update({"turn_scores": v.get("turn_scores"), "turn_reasons": jsonable(v.get("turn_reasons")),
+                         "turn_min": v.get("turn_min")})
     else:
         vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority") if k in v})
     return {f"{node.name}.{k}": x for k, x in vals.items()}

@@ -44,7 +44,7 @@ from generator.engine.pipeline.context import (Contexts, StageOut, judge_message
 from generator.engine.pipeline.dag import DIALOGUE_KINDS, Pipeline, StageNode
 from generator.engine.pipeline.decontam import DECONTAM, row_value
 from generator.engine.pipeline.dialogue_driver import DialogueDriver
-from generator.engine.pipeline.judge import read_compare, read_rubric
+from generator.engine.pipeline.judge import read_verdict
 from generator.engine.pipeline.lineage import attempt_row, single_row
 from generator.engine.pipeline.state import Pending, Rec
 from generator.engine.planner import Resolved
@@ -288,8 +288,6 @@ class PipelineScheduler:
                 template, schema = tpl.name, tpl.output_schema
             else:
                 messages, schema, extra = judge_messages(node, row, rec.outputs, self.seed, rid)
-                if node.cfg.compare:  # the verdict names A or B: keep the compared texts at hand
-                    extra["texts"] = {s: rec.outputs[s].view.get("text") for s in node.cfg.compare}
                 template = None
         extra.update({"messages": messages, "template": template, "sampling": sampling, "schema": schema,
                       "renderer": self.renderers.get(template) if template else None, "render_seed": render_seed})
@@ -363,25 +361,15 @@ class PipelineScheduler:
                     "model": pend.model, "status": answer.status, "completion_tokens": out.completion_tokens}
         return out
 
-    def _read_judge(self, node: StageNode, out: StageOut, text: str, extra: dict) -> None:
-        c: JudgeStage = node.cfg
+    @staticmethod
+    def _read_judge(node: StageNode, out: StageOut, text: str, extra: dict) -> None:
         if out.failed:
             out.view = {"status": out.status}
             return
-        if c.criteria:
-            view, err = read_rubric(text, c.criteria)
-            out.view = {**view, "status": out.status}
-        else:
-            better, reason, err = read_compare(text)
-            out.view = {"status": out.status, "reason": reason}
-            if better is not None:
-                win = extra[better]
-                lose = extra["B" if better == "A" else "A"]
-                out.view["winner"] = win
-                out.view["chosen"], out.view["rejected"] = extra["texts"][win], extra["texts"][lose]
+        view, err = read_verdict(node.cfg, text, extra)
         if err:
             out.status, out.reason = "invalid_json", err
-            out.view["status"] = out.status
+        out.view = {**view, "status": out.status}
 
     # ------------------------------------------------------------ stage flow
     def _advance(self, rec: Rec) -> None:

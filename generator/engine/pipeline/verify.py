@@ -114,6 +114,17 @@ def regex_check(text: str | None, pattern: str, timeout: float = REGEX_TIMEOUT) 
     return Verdict(False, f"pattern {pattern!r} not found")
 
 
+def every_turn(turns: list[str], check, last: bool = False) -> Verdict:
+    """A check of a conversation's assistant turns, every one of which must pass (`last`: the one
+    turn given is the conversation's last); the first that fails is the verdict, naming the turn."""
+    for k, text in enumerate(turns, start=1):
+        v = check(text)
+        which = "the last assistant turn" if last else f"assistant turn {k} of {len(turns)}"
+        if not v.passed or last:
+            return Verdict(v.passed, f"{which}: {v.reason}"[:300])
+    return Verdict(True, f"all {len(turns)} assistant turns pass")
+
+
 # ---------------------------------------------------------------- user functions
 
 def _call(paths: list[str], ref: str, row: dict) -> tuple[bool, str]:
