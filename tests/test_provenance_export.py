@@ -41,6 +41,12 @@ def _support_responder(r: Request) -> str:
     rid, stage, _, tag = _parts(r)
     if stage == "scenario":
         return f"Scenario for {rid}: the card was charged twice."
+    if stage == "rate":  # the shipped spec's transcript judge: every criterion and shown turn a 4
+        props = r.json_schema["properties"]
+        verdict = {c: {"reason": "fine", "score": 4} for c in props if c != "turns"}
+        if "turns" in props:
+            verdict["turns"] = {t: {"reason": "fine", "score": 4} for t in props["turns"]["properties"]}
+        return json.dumps(verdict)
     k = int(tag[1:].split(".")[0])
     if tag.endswith(".user"):
         ends = int(rid.encode().hex(), 16) % 2 == 0
