@@ -12,6 +12,7 @@ import traceback
 
 import click
 
+from generator.cli.options import reset_logging
 from generator.core.errors import SynthgenError
 from generator.core.redact import scrub_text
 
@@ -50,6 +51,12 @@ class Group(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         Group.debug = bool(os.environ.get("SYNTHGEN_DEBUG"))  # per invocation; --debug sets it while parsing
+        try:
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+        finally:
+            reset_logging()  # the group's --log-level holds for this invocation only
+
+    def _main(self, args, prog_name, complete_var, standalone_mode, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

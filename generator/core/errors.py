@@ -43,3 +43,12 @@ class BackendError(SynthgenError):
 
 class RunFolderError(SynthgenError):
     """A run folder that cannot be resumed into (the plan changed) or written (disk full)."""
+
+
+class MissingExtra(SynthgenError):
+    """An optional feature whose third-party package is not installed: one line naming the extra."""
+
+    def __init__(self, what: str, extra: str, module: str | None):
+        self.extra, self.module = extra, module
+        super().__init__(f"{what} needs the '{module}' package, part of synthgen's `{extra}` extra; install it "
+                         f"with pip install 'synthgen[{extra}]' and rerun")

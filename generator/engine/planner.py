@@ -159,8 +159,7 @@ def resolve_spec(spec: Spec) -> Resolved:
             cells.extend(found)
         elif isinstance(src, SeedTopics):
             cells.extend(_seed_source(spec, i, src, confine))
-        else:
-            assert isinstance(src, InlineTopics)
+        elif isinstance(src, InlineTopics):
             for item in src.items:
                 if isinstance(item, str):
                     cells.append(TopicCell(id=item, topic=item, subtopic=item, keywords=(), level=None,
@@ -170,6 +169,8 @@ def resolve_spec(spec: Spec) -> Resolved:
                     cid = f"{item.topic} / {sub}" if item.subtopic else item.topic
                     cells.append(TopicCell(id=cid, topic=item.topic, subtopic=sub, keywords=tuple(item.keywords),
                                            level=item.level, weight=src.weight * item.weight, source="inline"))
+        else:  # the spec's topic-source union grew a kind this loop does not read
+            raise TypeError(f"topics[{i}]: unknown topic source {type(src).__name__}")
     seen: set[str] = set()
     for c in cells:
         if c.id in seen:

@@ -19,6 +19,7 @@ every node of a cluster may write into it at once.
 """
 from __future__ import annotations
 
+import logging
 import json
 import os
 import socket
@@ -37,6 +38,8 @@ from generator.core.run_layout import (GENERATIONS, MANIFEST, PLAN, generation_f
 from generator.core.storage import is_url, join, name_of, write_atomic
 from generator.engine.record import MESSAGE, plan_schema
 from generator.engine.request_cache import RequestCache
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "frame_of"]
 
@@ -227,7 +230,9 @@ class RunFolder:
                     if json.loads(storage.read_bytes(where)).get("token") != me["token"]:
                         return  # taken over: not ours to refresh
                     storage.write_bytes_atomic(where, body())
-                except Exception:  # a missed heartbeat is retried; the run itself goes on
+                except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried; the run goes on
+                    log.warning("run lock %s: heartbeat failed (%s: %s); retrying in %.0fs", where,
+                                type(exc).__name__, exc, LOCK_HEARTBEAT_S)
                     continue
 
         thread = threading.Thread(target=beat, name="run-lock-heartbeat", daemon=True)

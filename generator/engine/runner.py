@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import itertools
+import logging
 import platform
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from generator.engine.pipeline.execute import compile_spec
 from generator.config.spec import Spec
 from generator.engine.request_cache import new_session
 from generator.engine.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, dict], None]  # (event, data): "plan", "start", "record", "shard", "done"
 
@@ -215,6 +218,8 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | 
         rows = pending_rows(pending)
         models_pending = set(pending["model"].unique().to_list()) if pending.height else set()
     stats.pending_records = sum(sizes.values())
+    log.info("start: %d records planned, %d to generate in %d shards (%d shards already written), session %s",
+             total, stats.pending_records, len(sizes), len(done), manifest.get("session"))
     emit("start", {"records": total, "pending": stats.pending_records, "shards": len(sizes),
                    "done_shards": len(done), "run_dir": folder.path, "session": manifest.get("session")})
 
@@ -231,7 +236,7 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | 
     models = pipeline.models_used(resolved.spec.models[0].name) | {m.name for m in resolved.models} | models_pending
     job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=rows, sizes=sizes,
               models=models, session=manifest.get("session"), on_record=on_record,
-              on_shard=lambda st: emit("shard", {"name": st.name, "records": st.records}),
+              on_shard=lambda st: _shard_written(emit, st),
               on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs)
     t1 = time.time()
     try:
@@ -242,6 +247,11 @@ def execute_records(folder: RunFolder, resolved: Resolved, plan: pl.DataFrame | 
         manifest["updated_at"] = time.time()
         stats.gen_seconds = time.time() - t1
     return stats
+
+
+def _shard_written(emit: Progress, st) -> None:
+    log.info("shard %s written: %d records", st.name, st.records)
+    emit("shard", {"name": st.name, "records": st.records})
 
 
 def _take_report(report, stats: ExecStats, manifest: dict) -> None:

@@ -2,15 +2,21 @@
 the manifest, the dataset card, the spec's scores)."""
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 
 from generator.config.spec import Spec
+from generator.core.errors import MissingExtra
 from generator.core.run_layout import SCORES
 from generator.engine.planner import Resolved, plan_stream
 from generator.engine.run_folder import RunFolder
 from generator.engine.runner import (ExecStats, Progress, RunResult, compile_pipeline, execute_records, plan_into,
                                      record_counts, run_manifest)
+from scoring import api as scoring_api
+
+log = logging.getLogger(__name__)
 
 
 def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
@@ -32,6 +38,7 @@ def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None
     if not pipeline.single:
         manifest["templates"] = {t.name: t.hash for n in pipeline.nodes.values() for t, _ in n.templates}
     folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
+    log.info("plan: %d records (%d new) in %.2fs, spec %s", planned, new, plan_seconds, spec.name)
     emit("plan", {"records": planned, "new": new, "seconds": plan_seconds})
 
     own_executor = executor is None
@@ -59,6 +66,12 @@ def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved,
     if score and spec.scoring is not None and generated:
         scores = score_run(folder, spec)
     emit("done", {"seconds": time.time() - t0})
+    log.info("done: %d of %d records generated in %.1fs; statuses %s", generated, planned, time.time() - t0,
+             dict(sorted(statuses.items())))
+    bad = {k: v for k, v in statuses.items() if k != "ok"}
+    if bad:  # after "done": the live display has stopped, so the line stands on its own
+        log.warning("%d records were flagged (%s); they stay in the run with their status and are skipped by "
+                    "exports.", sum(bad.values()), dict(sorted(bad.items())), extra={"label": "note"})
     return RunResult(run_dir=folder.path, manifest=manifest, planned=planned, generated=generated,
                      model_calls=stats.model_calls, statuses=statuses, scores=scores)
 
@@ -80,11 +93,18 @@ def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
 
 
 def score_run(folder: RunFolder, spec: Spec) -> dict | None:
-    """The spec's chosen metrics on the run's `ok` rows, stored as `scores.json`."""
+    """The spec's chosen metrics on the run's `ok` rows, stored as `scores.json`. A metric whose
+    library is missing is one line naming the extra to install (the generated records are kept:
+    rerunning the command after installing it only scores)."""
     try:
-        from scoring import api as scoring_api
-    except ImportError:
-        return None
+        return _score(folder, spec)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("generator", "scoring"):
+            raise  # our own code: a bug, not a missing extra
+        raise MissingExtra(f"scoring: {', '.join(spec.scoring.metrics)}", "scoring", exc.name) from None
+
+
+def _score(folder: RunFolder, spec: Spec) -> dict:
     cfg = spec.scoring
     by = list(dict.fromkeys(cfg.by)) or [None]
     # one pass per grouping: the first fills `per_group`; every one is kept under `per_by`
@@ -97,7 +117,5 @@ def score_run(folder: RunFolder, spec: Spec) -> dict | None:
                 [folder.path], metrics=cfg.metrics, by=b, sample=cfg.sample, seed=spec.seed, embedder=cfg.embedder)
             scores["per_by"][b] = {p: {n: m.get("per_group") for n, m in ds["metrics"].items()}
                                    for p, ds in res["datasets"].items()}
-    import json
-
     folder.write_text(SCORES, json.dumps(scores, indent=2, sort_keys=True, default=str) + "\n")
     return scores

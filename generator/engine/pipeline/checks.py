@@ -10,6 +10,7 @@ The scheduler owns every record; this module reaches it only through the callbac
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from typing import Any, Callable
 
 from generator.config.stages import VerifyStage
@@ -26,7 +27,12 @@ class CheckRunner:
                  reject: Callable[[Rec, StageNode, str, str], None], advance: Callable[[Rec], None]):
         self.p = pipeline
         self.resolved = resolved
-        self.functions = functions  # user verify functions (created on first use; the caller closes it)
+        # user verify functions: the caller's (it closes them), or made here on first use and closed
+        # by `close`; the worker threads ask for it at once, so it is made under a lock (two would
+        # each start a worker process, and the one not kept would never be closed)
+        self.functions = functions
+        self._functions_lock = threading.Lock()
+        self._own_functions = False
         self.filters = {n: expressions.parse(node.cfg.expr) for n, node in pipeline.nodes.items()
                         if node.kind == "filter"}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checks")
@@ -37,6 +43,8 @@ class CheckRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_functions and self.functions is not None:
+            self.functions.close()
 
     def filter(self, rec: Rec, node: StageNode) -> bool:
         """A filter stage, settled at once; False when it rejected the record (regenerated or ended)."""
@@ -91,12 +99,15 @@ class CheckRunner:
             return verify.json_schema_check(args[0], c.json_schema)
         if c.check == "regex":
             return verify.regex_check(args[0], c.pattern)
-        return self._function_runner()(c.function, args[0], c.timeout)
+        return self.function_runner()(c.function, args[0], c.timeout)
 
-    def _function_runner(self) -> verify.FunctionRunner:
-        if self.functions is None:
-            self.functions = verify.FunctionRunner(self.resolved.spec.base_dir)
-        return self.functions
+    def function_runner(self) -> verify.FunctionRunner:
+        """The runner of user verify functions: one per CheckRunner, whichever thread asks first."""
+        with self._functions_lock:
+            if self.functions is None:
+                self.functions = verify.FunctionRunner(self.resolved.spec.base_dir)
+                self._own_functions = True
+            return self.functions
 
     @staticmethod
     def _out(rec: Rec, v: verify.Verdict) -> StageOut:

@@ -149,9 +149,7 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
     try:
         sched.run(writer.admit(r) for r in rows)
     finally:
-        cache.close()
-        if sched.checks.functions is not None:
-            sched.checks.functions.close()
+        cache.close()  # (the scheduler closed its checks, and the verify-function worker with them)
         stats.model_calls, stats.cache_hits, stats.stuck = sched.model_calls, sched.cache_hits, sched.stuck
     return stats
 
