@@ -298,6 +298,8 @@ class RequestCache:
                                  lambda tmp: pq.write_table(table, tmp, compression="zstd"))
                     self._import(name, [(r[0], r[1]) for r in rows])
                     total += len(rows)
+                    log.info("salvaged %d answers a stopped process (session %s) had not published", len(rows),
+                             session)
             finally:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{claimed}{suffix}").unlink(missing_ok=True)

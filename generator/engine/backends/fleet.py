@@ -9,8 +9,11 @@ row, is down: its in-flight requests go elsewhere and one request probes it agai
 back-off (half-open)."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 BETA = 0.7  # multiplicative decrease: gentle enough that the window averages near the capacity
 INITIAL_WINDOW = 8
@@ -63,6 +66,7 @@ class Endpoint:
         self.last_at = time.monotonic()
         self.failures = self.strikes = 0
         if not self.up:  # the probe came back: start again from a small window
+            log.info("endpoint %s is answering again", self.public_url)
             self.up = True
             self.window, self.ssthresh = float(min(self.ceiling, INITIAL_WINDOW)), float(self.ceiling)
         elif self.in_flight + 1 < int(self.window):
@@ -94,6 +98,8 @@ class Endpoint:
             self.strikes = 1
             self.stats["times_down"] += 1
             self.down_until = now + delay
+            log.warning("endpoint %s is down after %d failed requests (last: %s); probing it again in %.0fs",
+                        self.public_url, self.failures, error, delay)
             return True
         return False
 
