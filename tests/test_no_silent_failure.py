@@ -147,3 +147,31 @@ def test_no_silent_failure_in_generator_and_scoring():
     assert len(files) > 100  # the walk reached the packages
     found = [p for f in files for p in problems(f.read_text(), str(f.relative_to(ROOT)))]
     assert found == [], "\n".join(found)
+
+
+# -- a missing optional package is one line naming its extra, not a skipped feature
+
+def test_scores_a_spec_asks_for_name_the_missing_extra(proj, tmp_path, monkeypatch):
+    import generator
+    from generator.config.spec import load_spec
+    from generator.core.errors import SynthgenError
+    from generator.engine.executors.local import LocalExecutor
+    from generator.runs import closeout
+    from generator.testing.fake import FakeBackend
+
+    def score(*a, **k):
+        raise ModuleNotFoundError("No module named 'datasketch'", name="datasketch")
+
+    monkeypatch.setattr(closeout.scoring_api, "score", score)
+    spec = load_spec(proj / "spec.yaml", {"scoring.metrics": "[near_dup_rate]"})
+    with pytest.raises(SynthgenError, match=r"'datasketch' package.*pip install 'synthgen\[scoring\]'"):
+        generator.run(spec, out=tmp_path / "run", limit=2,
+                      executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend(model=c.name)))
+    assert list((tmp_path / "run" / "generations").glob("part-*.parquet"))  # the records are kept
+
+
+def test_a_bug_in_our_own_code_is_not_called_a_missing_extra(monkeypatch):
+    from generator.core.errors import missing_extra
+
+    assert missing_extra(ModuleNotFoundError("x", name="scoring.metrics.nope"), "scores") is None
+    assert missing_extra(ModuleNotFoundError("x", name="sklearn.cluster"), "scores").extra == "scoring"

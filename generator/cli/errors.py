@@ -13,7 +13,7 @@ import traceback
 import click
 
 from generator.cli.options import reset_logging
-from generator.core.errors import SynthgenError
+from generator.core.errors import SynthgenError, missing_extra
 from generator.core.redact import scrub_text
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
@@ -27,6 +27,8 @@ def one_line(exc: BaseException) -> str:
             text = text.rstrip(".") + f"; see {exc.ctx.command_path} --help"
     elif isinstance(exc, SynthgenError):
         text = str(exc)
+    elif isinstance(exc, ModuleNotFoundError) and missing_extra(exc, "this command") is not None:
+        text = str(missing_extra(exc, "this command"))
     elif isinstance(exc, OSError) and exc.strerror:
         text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
         text += "; check the path and permissions"

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from generator.config.spec import Spec
-from generator.core.errors import MissingExtra
+from generator.core.errors import missing_extra
 from generator.core.run_layout import SCORES
 from generator.engine.planner import Resolved, plan_stream
 from generator.engine.run_folder import RunFolder
@@ -99,9 +99,10 @@ def score_run(folder: RunFolder, spec: Spec) -> dict | None:
     try:
         return _score(folder, spec)
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] in ("generator", "scoring"):
-            raise  # our own code: a bug, not a missing extra
-        raise MissingExtra(f"scoring: {', '.join(spec.scoring.metrics)}", "scoring", exc.name) from None
+        err = missing_extra(exc, f"scoring ({', '.join(spec.scoring.metrics)})")
+        if err is None:
+            raise  # not an optional package: a bug, shown as it is
+        raise err from None
 
 
 def _score(folder: RunFolder, spec: Spec) -> dict:
