@@ -143,3 +143,12 @@ def test_log_level_and_v_set_what_reaches_stderr(proj, tmp_path, monkeypatch, op
 def test_log_level_is_checked():
     res = CliRunner().invoke(main, ["--log-level", "loud", "validate", "x.yaml"])
     assert res.exit_code == 2 and "loud" in res.stderr
+
+
+def test_a_rounds_run_logs_every_round(proj, tmp_path):
+    spec = load_spec(proj / "spec.yaml", {"rounds": "{count: 2, budget: 8}", "templates": "[{template: qa}]"})
+    run = tmp_path / "run"
+    generator.run(spec, out=run, executor=LocalExecutor(backend_factory=empty_fake))
+    lines = entries((run / "run.log").read_text())
+    assert sum("INFO generator.engine.runner: start: " in x for x in lines) == 2  # one per round
+    assert [x for x in lines if FLAGGED in x and " WARNING " in x]
