@@ -38,15 +38,18 @@ def validate(spec):
 def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
     """Generate what `spec` plans: one pass, or the feedback loop when the spec has `rounds:`.
 
-    The run folder is locked for the whole run: a second run on it fails at once."""
+    The run folder is locked for the whole run: a second run on it fails at once. What the run
+    logs (its warnings, and INFO lines of its milestones) is appended to the folder's run.log."""
     from generator.core.errors import RunFolderError
+    from generator.core.logs import run_log
     from generator.core.storage import is_url
     from generator.engine.run_folder import RunFolder
 
     if spec.rounds is not None and is_url(out):
         raise RunFolderError(f"--out {out}: a spec with `rounds:` runs into a local folder only; give a local "
                              f"--out, or drop `rounds:` to run one pass into the bucket")
-    with RunFolder(out or spec.output_dir()).lock():
+    folder = RunFolder(out or spec.output_dir())
+    with folder.lock(), run_log(folder.path):
         if spec.rounds is not None:
             from generator.feedback.rounds import run_rounds
 

@@ -12,7 +12,8 @@ import traceback
 
 import click
 
-from generator.core.errors import SynthgenError
+from generator.cli.options import reset_logging
+from generator.core.errors import SynthgenError, missing_extra
 from generator.core.redact import scrub_text
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
@@ -26,6 +27,8 @@ def one_line(exc: BaseException) -> str:
             text = text.rstrip(".") + f"; see {exc.ctx.command_path} --help"
     elif isinstance(exc, SynthgenError):
         text = str(exc)
+    elif isinstance(exc, ModuleNotFoundError) and missing_extra(exc, "this command") is not None:
+        text = str(missing_extra(exc, "this command"))
     elif isinstance(exc, OSError) and exc.strerror:
         text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
         text += "; check the path and permissions"
@@ -50,6 +53,12 @@ class Group(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         Group.debug = bool(os.environ.get("SYNTHGEN_DEBUG"))  # per invocation; --debug sets it while parsing
+        try:
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+        finally:
+            reset_logging()  # the group's --log-level holds for this invocation only
+
+    def _main(self, args, prog_name, complete_var, standalone_mode, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 from rich.console import Console
@@ -10,7 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from generator.cli.errors import Group
-from generator.cli.options import parse_sets as _parse_sets, quiet_engine_logs as _quiet_engine_logs
+from generator.cli import decontaminate as _decontaminate, export as _export, library as _library, mix as _mix, \
+    probe as _probe, report as _report, scoring as _scoring, view as _view
+from generator.cli.options import (LOG_LEVELS, configure_logging, log_level, parse_sets as _parse_sets,
+                                   quiet_engine_logs as _quiet_engine_logs)
 from generator.cli.output import echo, show_table
 from generator.core.version import __version__
 
@@ -23,7 +27,11 @@ out = Console(emoji=False, highlight=False)
 @click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
               callback=lambda ctx, param, value: Group.set_debug(value),
               help="Show the full traceback of an error (errors are otherwise one line).")
-def main() -> None:
+@click.option("--log-level", type=click.Choice(list(LOG_LEVELS), case_sensitive=False), default=None,
+              help="What synthgen logs on stderr: warning (the default), error, info (milestones, and vLLM's "
+                   "own logs) or debug. A run's run.log holds its info lines whatever this is.")
+@click.option("-v", "verbosity", count=True, help="-v: --log-level info; -vv: --log-level debug.")
+def main(log_level: str | None, verbosity: int) -> None:
     """Generate diverse synthetic training data from a YAML spec, measure its diversity,
     and export real:synthetic training mixes.
 
@@ -33,6 +41,7 @@ def main() -> None:
       synthgen render specs/math.yaml -n 3  see the prompts it will send
       synthgen run specs/math.yaml          generate into runs/math/
     """
+    configure_logging(log_level or ("debug" if verbosity >= 2 else "info" if verbosity else "warning"))
 
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -56,7 +65,8 @@ allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR
               help="Ray actors (default: as many as the cluster holds, at most one per shard: its GPUs // "
                    "the GPUs one actor needs, else its CPUs, or one per node for vLLM on CPU; see "
                    "docs/scale-out.md).")
-@click.option("--verbose", is_flag=True, help="Show vLLM's own logs.")
+@click.option("--verbose", is_flag=True, help="Show vLLM's own logs and synthgen's info lines (as `synthgen -v "
+              "run` does).")
 @allow_option
 def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
     """Generate the records SPEC plans into a run folder (resumes an existing one)."""
@@ -64,7 +74,9 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
         raise click.UsageError(f"--limit {limit}: give a count of 1 or more")
     if actors is not None and actors < 1:
         raise click.UsageError(f"--actors {actors}: give a count of 1 or more")
-    _quiet_engine_logs(verbose)
+    if verbose and log_level() > logging.INFO:
+        configure_logging("info")
+    _quiet_engine_logs()
     from generator import run as run_spec
     from generator.config.spec import load_spec
 
@@ -140,11 +152,7 @@ def _summary(result) -> None:
                 groups = ", ".join(f"{g} {v:.3g}" for g, v in sorted((res.get("per_group") or {}).items()))
                 shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
                 t.add_row(f"score {name}", shown + (f"  ({groups})" if groups else ""))
-    show_table(t)
-    bad = {k: v for k, v in result.statuses.items() if k != "ok"}
-    if bad:
-        echo(f"note: {sum(bad.values())} records were flagged ({bad}); they stay in the "
-                      f"run with their status and are skipped by exports.", error=True)
+    show_table(t)  # flagged records were a warning of the run itself (its run.log has it too)
 
 
 @main.command()
@@ -243,31 +251,20 @@ def schema():
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-def _register_optional() -> None:
-    """Commands from other modules, attached by their click name when the module imports."""
-    import importlib
-
-    for module, names in (("generator.cli.scoring", ("score", "compare", "dedup")),
-                          ("generator.cli.mix", ("mix",)),
-                          ("generator.cli.decontaminate", ("decontaminate",)),
-                          ("generator.cli.library", ("library", "init", "personas", "topics", "preview")),
-                          ("generator.cli.report", ("report",)),
-                          ("generator.cli.export", ("export", "usage")),
-                          ("generator.cli.view", ("view",)),
-                          ("generator.cli.probe", ("probe",))):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            if not (exc.name or "").startswith(module.split(".")[0]):
-                echo(f"({module} unavailable: {exc})", error=True)
-            continue
+def _register() -> None:
+    """The other modules' commands, attached by their click name. They import only what every
+    install has (a command's optional packages are imported when it runs), so a broken import
+    here is a bug and fails loudly."""
+    for mod, names in ((_scoring, ("score", "compare", "dedup")), (_mix, ("mix",)),
+                       (_decontaminate, ("decontaminate",)),
+                       (_library, ("library", "init", "personas", "topics", "preview")), (_report, ("report",)),
+                       (_export, ("export", "usage")), (_view, ("view",)), (_probe, ("probe",))):
         found = {c.name: c for c in vars(mod).values() if isinstance(c, click.Command)}
         for name in names:
-            if name in found and name not in main.commands:
-                main.add_command(found[name], name)
+            main.add_command(found[name], name)
 
 
-_register_optional()
+_register()
 
 if __name__ == "__main__":
     main()

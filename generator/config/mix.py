@@ -15,10 +15,8 @@ from generator.core.yaml_loader import Located, load_yaml
 
 
 def _is_model_alias(name: str) -> bool:
-    try:
-        from generator.core.model_aliases import is_alias
-    except ImportError:
-        return False
+    from generator.core.model_aliases import is_alias
+
     return is_alias(name)
 
 

@@ -77,10 +77,8 @@ class ScoringConfig(Strict):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, v: list[str]):
-        try:
-            from scoring.metrics import available
-        except ImportError:  # scoring not installed: checked when scores are computed
-            return v
+        from scoring.metrics import available
+
         unknown = [m for m in v if m not in available()]
         if unknown:
             raise ValueError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(available())}")

@@ -47,3 +47,25 @@ class RunFolderError(SynthgenError):
 
 class LockLostError(RunFolderError):
     """This run's lock on its run folder was taken over by another run: it must not write again."""
+
+
+# the optional packages synthgen imports when a feature needs them, by import name -> their extra
+EXTRAS = {"datasketch": "scoring", "sklearn": "scoring", "scipy": "scoring", "matplotlib": "scoring",
+          "sentence_transformers": "scoring", "ray": "ray", "huggingface_hub": "hub", "fsspec": "cloud",
+          "s3fs": "cloud", "mcp": "tools", "datasets": "probe", "accelerate": "probe", "transformers": "probe"}
+
+
+class MissingExtra(SynthgenError):
+    """An optional feature whose third-party package is not installed: one line naming the extra."""
+
+    def __init__(self, what: str, extra: str, module: str | None):
+        self.extra, self.module = extra, module
+        super().__init__(f"{what} needs the '{module}' package, part of synthgen's `{extra}` extra; install it "
+                         f"with pip install 'synthgen[{extra}]' and rerun")
+
+
+def missing_extra(exc: ModuleNotFoundError, what: str) -> MissingExtra | None:
+    """`exc` as the one line naming its extra, or None when it is not one of the optional packages
+    (our own code missing is a bug, shown as it is)."""
+    top = (exc.name or "").split(".")[0]
+    return MissingExtra(what, EXTRAS[top], top) if top in EXTRAS else None

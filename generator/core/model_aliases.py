@@ -8,6 +8,7 @@ Any other name or path goes to the backend unchanged.
 """
 from __future__ import annotations
 
+import logging
 import importlib.util
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from generator.core.errors import ModelError
 from generator.core.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 EMBEDDED = {
     "smollm2-135m": {
@@ -135,11 +138,11 @@ def describe_model(name: str) -> dict:
     if is_alias(name):
         info = EMBEDDED[name]
         out = {"name": name, "description": info["description"]}
-        try:
-            import importlib.metadata as md
+        import importlib.metadata as md
 
+        try:
             out["package_version"] = md.version(info["package"].replace("_", "-"))
-        except Exception:
-            pass
+        except md.PackageNotFoundError:  # the description is whole without it
+            log.debug("%s: package %s is not installed", name, info["package"])
         return out
     return {"name": name}

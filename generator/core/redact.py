@@ -41,6 +41,23 @@ def scrub_text(text: str) -> str:
     return _URL.sub(lambda m: scrub_url(m.group()), text)
 
 
+_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES)
+                    + r")[A-Za-z0-9_\-.]{8,}")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9_\-.=+/]{8,}")
+_ASSIGNED = re.compile(r"(?i)\b([A-Za-z_]*(?:api[_-]?key|token|secret|password|passwd)[A-Za-z_]*)(\s*[=:]\s*)"
+                       r"(['\"]?)[^\s'\",;]{6,}")
+
+
+def scrub_secrets(text: str) -> str:
+    """`scrub_text` plus what looks like a credential outside a URL (for log lines): key-shaped
+    tokens (`sk-...`, `hf_...`), `Bearer ...` values and `api_key=...` assignments."""
+    text = scrub_text(text)
+    text = _TOKEN.sub(REDACTED, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _ASSIGNED.sub(lambda m: m.group(0) if m.group(1).lower().endswith("_env")  # a variable's name
+                         else f"{m.group(1)}{m.group(2)}{m.group(3)}{REDACTED}", text)
+
+
 def scrub(value: Any) -> Any:
     """A JSON-like value with every string scrubbed (for manifests)."""
     if isinstance(value, str):

@@ -21,6 +21,7 @@ ANSWERS = "answers"  # answers/<session>-<writer>-<seq>.parquet: answers and usa
 GENERATIONS = "generations"
 SCORES = "scores.json"  # the spec's metrics on the ok rows
 ROUNDS = "rounds"  # feedback rounds: round-NNN.json, stop.json
+RUN_LOG = "run.log"  # every session's warnings and milestones, timestamped, appended across resumes
 SHARD_GLOB = "part-*.parquet"
 _SHARD_RE = re.compile(r"^part-(\d{3,})-(\d{5,})\.parquet$")
 

@@ -162,8 +162,7 @@ def resolve_spec(spec: Spec) -> Resolved:
             sources.append(found)
         elif isinstance(src, SeedTopics):
             sources.append(_seed_source(spec, i, src, confine))
-        else:
-            assert isinstance(src, InlineTopics)
+        elif isinstance(src, InlineTopics):
             inline: list[TopicCell] = []
             for item in src.items:
                 if isinstance(item, str):
@@ -175,6 +174,8 @@ def resolve_spec(spec: Spec) -> Resolved:
                     inline.append(TopicCell(id=cid, topic=item.topic, subtopic=sub, keywords=tuple(item.keywords),
                                             level=item.level, weight=src.weight * item.weight, source="inline"))
             sources.append(inline)
+        else:  # the spec's topic-source union grew a kind this loop does not read
+            raise TypeError(f"topics[{i}]: unknown topic source {type(src).__name__}")
     cells = _sampled_cells(spec, sources)
     refs, where, models = _entry(spec)
     templates: list[tuple[Template, float]] = []

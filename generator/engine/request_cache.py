@@ -7,6 +7,7 @@ before publishing everything is salvaged by the next one to open the run on that
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -17,6 +18,8 @@ from typing import Any, Callable, Iterable, Iterator
 from generator.core.errors import LockLostError, RunFolderError
 from generator.core.run_layout import ANSWER_META, ANSWERS, CACHE, answer_files, read_answer_file
 from generator.core.storage import is_url, join, name_of, write_atomic
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RequestCache", "UsageMeter", "USAGE_COLUMNS", "new_session"]
 
@@ -305,6 +308,8 @@ class RequestCache:
                                  lambda tmp: pq.write_table(table, tmp, compression="zstd"), before=self.fence)
                     self._import(name, [(r[0], r[1]) for r in rows])
                     total += len(rows)
+                    log.info("salvaged %d answers a stopped process (session %s) had not published", len(rows),
+                             session)
             finally:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{claimed}{suffix}").unlink(missing_ok=True)
@@ -401,6 +406,7 @@ class RequestCache:
             self._held = (usage, busy)  # answers stay pending: the next flush retries them all
             raise
         self._held = ([], [])
+        log.debug("published %d answers as %s", len(answers), name)
         db = self._conn()
         db.execute("BEGIN")
         db.executemany("DELETE FROM unpublished WHERE key = ?", [(a[0],) for a in answers])

@@ -36,6 +36,7 @@ from generator.engine import run_lock
 from generator.engine.record import MESSAGE, plan_schema
 from generator.engine.request_cache import RequestCache
 
+
 __all__ = ["MESSAGE", "PLAN_SCHEMA", "RESULT_SCHEMA", "GENERATION_SCHEMA", "RunFolder", "frame_of"]
 
 PLAN_SCHEMA: dict[str, Any] = plan_schema()  # one column per `Record` field, in order

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import itertools
+import logging
 import platform
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from generator.config.spec import Spec
 from generator.engine import run_lock
 from generator.engine.request_cache import new_session
 from generator.engine.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, dict], None]  # (event, data): "plan", "start", "record", "shard", "done"
 
@@ -239,6 +242,8 @@ def run_pass(folder: RunFolder, resolved: Resolved, records: Iterable[Record], e
     planned, new = plan_into(folder, records, resolved.spec.run.shard_size, rounds)
     plan_seconds = time.time() - t0
     folder.write_manifest(manifest)  # written first: a run in progress shows its spec, prices and usage
+    log.info("plan: %d records (%d new) in %.2fs%s", planned, new, plan_seconds,
+             f", round {min(rounds)}" if rounds else "")
     emit("plan", {"records": planned, "new": new, "seconds": plan_seconds})
     stats = execute_records(folder, resolved, executor, emit, manifest, pipeline)
     return PassResult(planned, new, plan_seconds, stats)
@@ -279,6 +284,8 @@ def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progr
     rows: Iterable[dict] = _pending_from_file(folder, done)
     models_pending = set(folder.plan_column("model").unique().to_list()) if sizes else set()
     stats.pending_records = sum(sizes.values())
+    log.info("start: %d records planned, %d to generate in %d shards (%d shards already written), session %s",
+             total, stats.pending_records, len(sizes), len(done), manifest.get("session"))
     emit("start", {"records": total, "pending": stats.pending_records, "shards": len(sizes),
                    "done_shards": len(done), "run_dir": folder.path, "session": manifest.get("session")})
 
@@ -295,8 +302,7 @@ def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progr
     models = pipeline.models_used(resolved.spec.models[0].name) | {m.name for m in resolved.models} | models_pending
     job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=rows, sizes=sizes,
               models=models, session=manifest.get("session"), lock=run_lock.holder(folder.path),
-              on_record=on_record,
-              on_shard=lambda st: emit("shard", {"name": st.name, "records": st.records}),
+              on_record=on_record, on_shard=lambda st: _shard_written(emit, st),
               on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs)
     t1 = time.time()
     try:
@@ -307,6 +313,11 @@ def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progr
         manifest["updated_at"] = time.time()
         stats.gen_seconds = time.time() - t1
     return stats
+
+
+def _shard_written(emit: Progress, st) -> None:
+    log.info("shard %s written: %d records", st.name, st.records)
+    emit("shard", {"name": st.name, "records": st.records})
 
 
 def _take_report(report, stats: ExecStats, manifest: dict) -> None:

@@ -121,7 +121,8 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
                limit: int | None = None, score: bool = True) -> RunResult:
     """Run `spec.rounds` rounds into a run folder (resuming from the last finished round)."""
     rc = spec.rounds
-    assert rc is not None, "run_rounds needs a spec with `rounds:`"
+    if rc is None:
+        raise ValueError("run_rounds runs a spec with `rounds:`; use generator.run() for any spec")
     t0 = time.time()
     emit = progress or (lambda event, data: None)
     budget = min(rc.budget, limit) if limit is not None else rc.budget

@@ -8,11 +8,15 @@ from __future__ import annotations
 import base64
 import html as _html
 import io
+import logging
 from typing import Any
 
 from generator.core.run_layout import read_manifest, read_stop, run_path
 from generator.core.storage import name_of
 from generator.feedback.rounds import load_rounds
+
+log = logging.getLogger(__name__)
+SCORING_EXTRA = "pip install 'synthgen[scoring]'"
 
 
 def _fmt(x: Any, nd: int = 4) -> str:
@@ -106,7 +110,8 @@ def plots(rounds: list[dict], top: int = 12) -> dict[str, str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
+    except ImportError as exc:  # an optional package: the report is whole without its charts
+        log.warning("the rounds report has no charts: they need %s (%s)", exc.name or "matplotlib", SCORING_EXTRA)
         return {}
     out = {}
     rows = trajectory_rows(rounds)
@@ -220,10 +225,17 @@ def html(run_dir: Any, rounds: list[dict] | None = None) -> str:
 
 def _data_html(run_dir: Any) -> str:
     """What the run wrote: the 2-D map, examples per topic cell and the most similar pairs."""
-    try:
-        from scoring.api import data_sections
+    from scoring.api import data_sections
 
+    try:
         body = data_sections(str(run_dir), by="topic")
-    except (ImportError, RuntimeError, FileNotFoundError) as exc:  # scoring extra or embeddings missing
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("generator", "scoring"):
+            raise  # our own code: a bug, not a missing extra
+        why = f"it needs {exc.name} ({SCORING_EXTRA})"
+        log.warning("the rounds report has no data section: %s", why)
+        return f"<h2>The data</h2><p>(not shown: {_html.escape(why)})</p>"
+    except (RuntimeError, FileNotFoundError) as exc:  # the embeddings are not available: the rest still helps
+        log.warning("the rounds report has no data section: %s", exc)
         return f"<h2>The data</h2><p>(not shown: {_html.escape(str(exc))})</p>"
     return f"<h2>The data</h2>{body}" if body else ""

@@ -84,8 +84,9 @@ def expand_personas(seeds: list[dict], backend: Backend, count: int, seed: int =
             stats.model_calls += 1
             try:
                 rec = json.loads(res.text)
-                assert isinstance(rec, dict) and isinstance(rec.get("description"), str)
-            except (json.JSONDecodeError, AssertionError):
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict) or not isinstance(rec.get("description"), str):
                 stats.invalid += 1
                 continue
             if len(out) >= count:
@@ -117,7 +118,8 @@ def expand_topic_node(tree_file: Path, node_path: str, backend: Backend, count: 
             raise KeyError(f"{tree_file}: no node '{part}' on the path '{node_path}'; write the node names as the tree "
                            f"spells them, joined with ' / '")
         nodes = node.setdefault("children", [])
-    assert node is not None
+    if node is None:
+        raise KeyError(f"{tree_file}: '{node_path}' names no node; give a path of node names joined with ' / '")
     existing = [c["name"] for c in node.get("children", [])]
     tpl = _tool_template("tools/topic_expand")
     msgs = tpl.render_messages({"node_path": " / ".join(parts), "existing": existing, "count": count})

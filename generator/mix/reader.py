@@ -41,7 +41,8 @@ def _batch_rows(pf: pq.ParquetFile, group: int) -> int:
 def _batches(pf: pq.ParquetFile, group: int, size: int, cols: list[str] | None) -> Iterator[pl.DataFrame]:
     for batch in pf.iter_batches(batch_size=size, row_groups=[group], columns=cols, use_threads=True):
         df = pl.from_arrow(batch)
-        assert isinstance(df, pl.DataFrame)
+        if not isinstance(df, pl.DataFrame):  # a record batch is a frame; a bare array would be a Series
+            raise TypeError(f"{pf}: a batch read as {type(df).__name__}, not a frame")
         yield df
 
 

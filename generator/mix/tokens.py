@@ -17,10 +17,8 @@ DEFAULT_TOKENIZER = "smollm2-135m"
 
 def is_tokenizer_alias(name: str) -> bool:
     """Whether `name` is a model alias (such as smollm2-135m) rather than a path."""
-    try:
-        from generator.core.model_aliases import is_alias
-    except ImportError:
-        return False
+    from generator.core.model_aliases import is_alias
+
     return is_alias(name)
 
 

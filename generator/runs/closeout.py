@@ -2,15 +2,21 @@
 the manifest, the dataset card, the spec's scores)."""
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 
 from generator.config.spec import Spec
+from generator.core.errors import missing_extra
 from generator.core.run_layout import SCORES
 from generator.engine.planner import Resolved, plan_stream
 from generator.engine.run_folder import RunFolder
 from generator.engine.runner import (ExecStats, Progress, RunResult, compile_pipeline, executor_for, record_counts,
                                      run_manifest, run_pass)
+from scoring import api as scoring_api
+
+log = logging.getLogger(__name__)
 
 
 def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
@@ -44,6 +50,12 @@ def close_run(spec: Spec, folder: RunFolder, manifest: dict, resolved: Resolved,
     if score and spec.scoring is not None and generated:
         scores = score_run(folder, spec)
     emit("done", {"seconds": time.time() - t0})
+    log.info("done: %d of %d records generated in %.1fs; statuses %s", generated, planned, time.time() - t0,
+             dict(sorted(statuses.items())))
+    bad = {k: v for k, v in statuses.items() if k != "ok"}
+    if bad:  # after "done": the live display has stopped, so the line stands on its own
+        log.warning("%d records were flagged (%s); they stay in the run with their status and are skipped by "
+                    "exports.", sum(bad.values()), dict(sorted(bad.items())), extra={"label": "note"})
     return RunResult(run_dir=folder.path, manifest=manifest, planned=planned, generated=generated,
                      model_calls=stats.model_calls, statuses=statuses, scores=scores)
 
@@ -66,11 +78,19 @@ def _card(folder: RunFolder, manifest: dict, resolved: Resolved) -> None:
 
 
 def score_run(folder: RunFolder, spec: Spec) -> dict | None:
-    """The spec's chosen metrics on the run's `ok` rows, stored as `scores.json`."""
+    """The spec's chosen metrics on the run's `ok` rows, stored as `scores.json`. A metric whose
+    library is missing is one line naming the extra to install (the generated records are kept:
+    rerunning the command after installing it only scores)."""
     try:
-        from scoring import api as scoring_api
-    except ImportError:
-        return None
+        return _score(folder, spec)
+    except ModuleNotFoundError as exc:
+        err = missing_extra(exc, f"scoring ({', '.join(spec.scoring.metrics)})")
+        if err is None:
+            raise  # not an optional package: a bug, shown as it is
+        raise err from None
+
+
+def _score(folder: RunFolder, spec: Spec) -> dict:
     cfg = spec.scoring
     by = list(dict.fromkeys(cfg.by)) or [None]
     # one pass per grouping: the first fills `per_group`; every one is kept under `per_by`
@@ -83,7 +103,5 @@ def score_run(folder: RunFolder, spec: Spec) -> dict | None:
                 [folder.path], metrics=cfg.metrics, by=b, sample=cfg.sample, seed=spec.seed, embedder=cfg.embedder)
             scores["per_by"][b] = {p: {n: m.get("per_group") for n, m in ds["metrics"].items()}
                                    for p, ds in res["datasets"].items()}
-    import json
-
     folder.write_text(SCORES, json.dumps(scores, indent=2, sort_keys=True, default=str) + "\n")
     return scores

@@ -3,12 +3,15 @@ diversity scores of a run (for compare). Computed once per run in a background t
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+log = logging.getLogger(__name__)
 
 # cheap metrics for the compare view (no judge, no O(n^2) pairwise pass)
 COMPARE_METRICS = ("distinct_n", "compression_ratio", "near_dup_rate", "vendi", "mean_cosine_distance",
@@ -55,8 +58,9 @@ class Embeddings:
                 x = np.zeros((0, 1), np.float32)
             n = np.linalg.norm(x, axis=1, keepdims=True)
             self.matrix = (x / np.where(n > 0, n, 1)).astype(np.float32)
-        except Exception as exc:  # shown on the page instead of killing the server
+        except Exception as exc:  # noqa: BLE001 - shown on the page instead of killing the server
             self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("the viewer's embeddings failed: %s", self.error)
         finally:
             self._done.set()
 

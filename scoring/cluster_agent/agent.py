@@ -25,6 +25,7 @@ failures are reported. Scores depend strongly on K and on the judge: never compa
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from scoring.cluster_agent.settings import ClusterAgentConfig, Criteria
 from scoring.cluster_agent.answers import (InvalidAnswer, aggregate, cluster_schema, generation_schema,
                                           parse_clustering, parse_json, parse_verification, sentences_schema,
                                           split_invalid, summary_schema, verify_schema)
+
+log = logging.getLogger(__name__)
 
 PROMPTS = Path(__file__).parent / "prompts"
 WEAK_JUDGES = ("smollm2-135m", "smollm2_135m", "smollm2-135m-instruct")
@@ -332,7 +335,9 @@ class ClusterAgent:
         return draws
 
     def _warn(self, msg: str) -> None:
+        """Kept with the result, and logged: a score that comes with a caveat says so where it is made."""
         self._warnings.append(msg)
+        log.warning("cluster-agent: %s", msg)
 
     def score(self, texts: Sequence[str], groups: Sequence[str] | None = None, criteria: Criteria | None = None,
               within_group: bool = False, keep_runs: bool = True) -> ClusterAgentResult:

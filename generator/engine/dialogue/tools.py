@@ -10,6 +10,7 @@ command, started on first use with the project folder as cwd.
 """
 from __future__ import annotations
 
+import logging
 import asyncio
 import concurrent.futures
 import json
@@ -24,6 +25,8 @@ from typing import Any
 
 from generator.config.tools import ToolDef
 from generator.engine.dialogue.protocol import ToolCall, ToolResult
+
+log = logging.getLogger(__name__)
 
 PREVIEW = 200
 
@@ -123,8 +126,8 @@ class _Slot:
         # count against the first call's `tool_timeout`
         try:
             self.pool.submit(_warm).result(timeout=120)
-        except Exception:  # noqa: BLE001 - a worker that cannot start fails its calls instead
-            pass
+        except Exception as exc:  # noqa: BLE001 - a worker that cannot start fails its calls instead
+            log.warning("a tool worker did not start (%s: %s); its tool calls will fail", type(exc).__name__, exc)
 
     def kill(self) -> None:
         for proc in list(getattr(self.pool, "_processes", {}).values()):
@@ -176,8 +179,8 @@ class _McpServer:
             self.loop.call_soon_threadsafe(self._stop.set)
         try:
             self._main.result(timeout=5)
-        except BaseException:
-            pass
+        except BaseException as exc:  # noqa: BLE001 - closing: the loop is stopped next either way
+            log.debug("MCP session ended with %s: %s", type(exc).__name__, exc)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
 

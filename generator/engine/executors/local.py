@@ -2,6 +2,7 @@
 across calls (rounds reuse the loaded engines) until `close`."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterable
 
@@ -12,6 +13,8 @@ from generator.engine.backends.memory import shared_engines
 from generator.engine.executors.base import ExecReport, Job
 from generator.engine.pipeline.execute import run_records
 from generator.engine.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
 
 
 def build_backends(factory: Callable[..., Backend], configs: Iterable[ModelConfig], names: Iterable[str],
@@ -30,6 +33,7 @@ def build_backends(factory: Callable[..., Backend], configs: Iterable[ModelConfi
         t0 = time.time()
         have[name] = factory(cfg, **kwargs)
         load += time.time() - t0
+        log.info("model %s ready (%s backend) in %.1fs", name, cfg.backend, time.time() - t0)
     return load
 
 

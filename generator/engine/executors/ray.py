@@ -23,6 +23,7 @@ full) are raised as themselves, one line, not wrapped in a Ray traceback.
 """
 from __future__ import annotations
 
+import logging
 import importlib
 import math
 import os
@@ -37,6 +38,8 @@ from generator.engine.requests import Shard, ShardStats
 from generator.engine.run_folder import RunFolder
 from generator.engine.executors.base import ExecReport, Job
 from generator.engine.executors.ray_sizing import ActorSizing, gpu_memory_share, size_actors
+
+log = logging.getLogger(__name__)
 
 # environment forwarded to actors (matters on a remote cluster; local workers inherit it anyway).
 # API keys are NOT forwarded: set the variable named by `api_key_env` on the worker nodes.
@@ -156,11 +159,11 @@ class ShardWorker:
             yield st, rows_of.get(st.name, [])
 
     def shutdown(self) -> None:
-        for b in self.backends.values():
+        for name, b in self.backends.items():
             try:
                 b.close()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 - the actor is going away: close the others still
+                log.warning("model %s did not close cleanly on its Ray actor (%s: %s)", name, type(exc).__name__, exc)
         self.backends.clear()
 
 
@@ -210,7 +213,8 @@ class RayExecutor:
     def _size(self, ray, job: Job) -> ActorSizing:
         try:
             nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        except Exception:  # not every client mode lists nodes: one per node then means one
+        except Exception as exc:  # noqa: BLE001 - not every client mode lists nodes: one per node then means one
+            log.debug("Ray lists no nodes (%s: %s): sizing for one", type(exc).__name__, exc)
             nodes = 1
         self.sizing = size_actors(job.resolved.spec.models, ray.cluster_resources(), len(job.sizes), self.n_actors,
                                   self.num_cpus_per_actor, self.num_gpus_per_actor, nodes)
@@ -364,8 +368,8 @@ class RayExecutor:
         """A fresh actor (backends loaded) in place of one that died."""
         try:
             ray.kill(dead)
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - it is dead or dying: its replacement starts either way
+            log.debug("killing a lost Ray actor: %s: %s", type(exc).__name__, exc)
         fresh = self._new_actor(ray, job)
         self.actors = [fresh if a is dead else a for a in self.actors]
         self.actor_restarts += 1
@@ -398,12 +402,12 @@ class RayExecutor:
         for a in self.actors:
             try:
                 ray.get(a.shutdown.remote(), timeout=30)
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 - killed next either way
+                log.warning("a Ray actor did not shut down its models (%s: %s); killing it", type(exc).__name__, exc)
             try:
                 ray.kill(a)
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 - already gone: nothing left to stop
+                log.debug("killing a Ray actor: %s: %s", type(exc).__name__, exc)
         self.actors = []
 
     def close(self) -> None:

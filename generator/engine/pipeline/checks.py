@@ -10,6 +10,7 @@ The scheduler owns every record; this module reaches it only through the callbac
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from typing import Any, Callable
 
 from generator.config.stages import VerifyStage
@@ -30,7 +31,12 @@ class CheckRunner:
                  decontaminated: Callable[[Rec, list[dict]], None] | None = None):
         self.p = pipeline
         self.resolved = resolved
-        self.functions = functions  # user verify functions (created on first use; the caller closes it)
+        # user verify functions: the caller's (it closes them), or made here on first use and closed
+        # by `close`; the worker threads ask for it at once, so it is made under a lock (two would
+        # each start a worker process, and the one not kept would never be closed)
+        self.functions = functions
+        self._functions_lock = threading.Lock()
+        self._own_functions = False
         self.filters = {n: expressions.parse(node.cfg.expr) for n, node in pipeline.nodes.items()
                         if node.kind == "filter"}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checks")
@@ -42,6 +48,8 @@ class CheckRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_functions and self.functions is not None:
+            self.functions.close()
 
     def filter(self, rec: Rec, node: StageNode) -> bool:
         """A filter stage, settled at once; False when it rejected the record (regenerated or ended)."""
@@ -119,17 +127,20 @@ class CheckRunner:
         if c.check == "agreement":
             return verify.agreement(args[0], args[1], c.extract, c.min_agree)
         if c.check == "function":
-            return self._function_runner()(c.function, args[0], c.timeout)
+            return self.function_runner()(c.function, args[0], c.timeout)
         if isinstance(args[0], list):  # assistant turns: every one must pass
             return verify.every_turn(args[0], lambda text: self._run(c, (text,)), last=c.scope != "every")
         if c.check == "json_schema":
             return verify.json_schema_check(args[0], c.json_schema)
         return verify.regex_check(args[0], c.pattern)
 
-    def _function_runner(self) -> verify.FunctionRunner:
-        if self.functions is None:
-            self.functions = verify.FunctionRunner(self.resolved.spec.base_dir)
-        return self.functions
+    def function_runner(self) -> verify.FunctionRunner:
+        """The runner of user verify functions: one per CheckRunner, whichever thread asks first."""
+        with self._functions_lock:
+            if self.functions is None:
+                self.functions = verify.FunctionRunner(self.resolved.spec.base_dir)
+                self._own_functions = True
+            return self.functions
 
     @staticmethod
     def _out(rec: Rec, v: verify.Verdict) -> StageOut:

@@ -156,11 +156,8 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
         sched.run(writer.admit(r) for r in rows)
     finally:
         unsubscribe()
-        try:
-            cache.close()  # raises when the lock is lost: nothing more is published
-        finally:
-            if sched.checks.functions is not None:
-                sched.checks.functions.close()
+        cache.close()  # raises when the lock is lost: nothing more is published (the scheduler
+        # closed its checks, and the verify-function worker with them)
         stats.model_calls, stats.cache_hits, stats.stuck = sched.model_calls, sched.cache_hits, sched.stuck
     return stats
 

@@ -28,6 +28,7 @@ Liveness, by construction:
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import threading
 import time
@@ -51,12 +52,18 @@ from generator.engine.planner import Resolved
 from generator.engine.requests import classify, make_request as entry_request, retryable
 from generator.engine.request_cache import RequestCache
 
+log = logging.getLogger(__name__)
+
 
 class StallError(SynthgenError):
     """No answer and no check result for `stall_timeout` seconds while records wait on them."""
 
 
 class PipelineScheduler:
+    # how long the end of a run waits for each stream thread once its feed is closed (a backend's
+    # stream returns when its feed is exhausted; one that does not is named, not waited on forever)
+    JOIN_TIMEOUT_S = 60.0
+
     def __init__(self, pipeline: Pipeline, resolved: Resolved, backends: dict[str, Backend],
                  cache: RequestCache | None, retries: int, on_rows: Callable[[dict, list[dict]], None],
                  functions: verify.FunctionRunner | None = None, stall_timeout: float | None = None,
@@ -121,7 +128,10 @@ class PipelineScheduler:
                 feed.close()
             for t in threads:
                 if t.ident is not None:
-                    t.join()
+                    t.join(timeout=self.JOIN_TIMEOUT_S)
+                    if t.is_alive():  # a daemon thread: it cannot keep the process alive
+                        log.warning("stream thread %s did not end %.0fs after its feed closed; left running "
+                                    "(its backend's stream ignores the closed feed)", t.name, self.JOIN_TIMEOUT_S)
             self.checks.close()
             self.dialogues.close()
             # answers that landed after the loop stopped (an error elsewhere) are paid for: keep them
