@@ -47,6 +47,9 @@ class GenerateStage(_Stage):
     model: str | None = Field(None, description="A model name from `models:`; default: the record's model.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
     n: int = Field(1, ge=1, le=32, description="Independent samples per record (e.g. re-solves).")
+    max_reasoning_tokens: int | None = Field(
+        None, ge=1, description="A thinking budget for a model with `reasoning:` on the offline engine: past "
+        "this many reasoning tokens the end marker is forced and the answer follows (`<stage>.reasoning_forced`).")
     output: bool = Field(False, description="This stage's answer is the row's `text`/`completion` "
                          "(default: the last listed generate stage with n: 1, conversation or agent stage).")
 

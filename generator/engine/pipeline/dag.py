@@ -18,7 +18,8 @@ from generator.engine.pipeline import expressions
 from generator.library.prompt_template import Template
 
 # what later stages (templates, expressions) may read of each kind of stage
-GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "completion_tokens"}
+GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "completion_tokens", "reasoning",
+                   "reasoning_tokens"}
 VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status"}
 FILTER_FIELDS = {"passed", "reason", "status"}
 COMPARE_FIELDS = {"winner", "chosen", "rejected", "reason", "status"}
@@ -220,6 +221,8 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
         if model is not None and model not in models:
             raise _error(spec, ("stages", node.index, "model"), f"model '{model}' is not in `models:` "
                          f"({', '.join(sorted(models))}); add it there or fix the name")
+        if getattr(node.cfg, "max_reasoning_tokens", None) is not None:
+            _check_budget(spec, node, model)
     order = _toposort(spec, nodes)
     nodes = {n: nodes[n] for n in order}
     ancestors, descendants = _closure(nodes)
@@ -232,6 +235,18 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
     output = _output_stage(spec, nodes)
     return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants,
                     gates=_gates(nodes, ancestors, descendants), tools={t.name: t for t in spec.tools})
+
+
+def _check_budget(spec: Spec, node: StageNode, model: str | None) -> None:
+    """A thinking budget is enforced by the offline engine, for a model whose reasoning markers it knows."""
+    for m in spec.models:
+        if model is not None and m.name != model:
+            continue
+        if m.reasoning is None or m.backend != "vllm":
+            why = "has no `reasoning:` markers" if m.reasoning is None else f"runs on backend: {m.backend}"
+            raise _error(spec, ("stages", node.index, "max_reasoning_tokens"), f"stage '{node.name}' sets a "
+                         f"thinking budget, but model '{m.name}' {why}; the budget needs an offline (backend: "
+                         f"vllm) model with `reasoning:` (e.g. reasoning: deepseek_r1), or remove it")
 
 
 def _check_dialogue(spec: Spec, s: Any, i: int) -> None:

@@ -9,9 +9,10 @@ Columns: the plan's (the entry stage's prompt, template, model, seed), the usual
     reason       why (the check's reason), null when it passed
     seed_id      the seed data row the record came from (null for topic cells)
     <stage>.*    per stage: status, attempt (the attempt that produced it), reason, and by kind
-                 generate: text, json, texts, prompt, template, model, seed, tries, tokens;
+                 generate: text, json, texts, prompt, template, model, seed, tries, tokens,
+                 reasoning, reasoning_tokens, reasoning_forced (a thinking model's trace);
                  judge: one Float64 column per criterion, mean, reasons (JSON) or
-                 winner/chosen/rejected; verify: passed, agree, answer, majority; filter: passed;
+                 winner/chosen/rejected, and the reasoning columns; verify: passed, agree, answer, majority; filter: passed;
                  conversation/agent: text, conversation, tools, turns, tool_calls (JSON text), steps,
                  failed_calls, model, tokens; agent also passed, answer, expected (its answer check).
 
@@ -33,6 +34,8 @@ from generator.engine.run_folder import GENERATION_SCHEMA
 RECORD_COLUMNS: dict[str, Any] = {"final": pl.Boolean, "decided_by": pl.Utf8, "reason": pl.Utf8, "seed_id": pl.Utf8}
 _MODEL_COLS = {"model": pl.Utf8, "seed": pl.Int64, "tries": pl.Int32, "prompt_tokens": pl.Int32,
                "completion_tokens": pl.Int32}
+# generate and judge stages: a thinking model's reasoning, kept apart from the answer
+REASONING_COLS = {"reasoning": pl.Utf8, "reasoning_tokens": pl.Int32, "reasoning_forced": pl.Boolean}
 
 
 def stage_columns(node: StageNode) -> dict[str, Any]:
@@ -40,12 +43,12 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
     c = node.cfg
     if node.kind == "generate":
         cols.update({"text": pl.Utf8, "json": pl.Utf8, "texts": pl.List(pl.Utf8), "prompt": pl.Utf8,
-                     "template": pl.Utf8, **_MODEL_COLS})
+                     "template": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
     elif node.kind == "judge" and c.compare:
-        cols.update({"winner": pl.Utf8, "chosen": pl.Utf8, "rejected": pl.Utf8, **_MODEL_COLS})
+        cols.update({"winner": pl.Utf8, "chosen": pl.Utf8, "rejected": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
     elif node.kind == "judge":
         cols.update({cr.name: pl.Float64 for cr in c.criteria})
-        cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS})
+        cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
     elif node.kind == "verify":
         cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
     elif node.kind in DIALOGUE_KINDS:
@@ -76,7 +79,8 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
     vals: dict[str, Any] = {"status": out.status, "attempt": out.attempt, "reason": out.reason}
     if node.kind in ("generate", "judge"):
         vals.update({"model": out.model, "seed": out.seed, "tries": out.tries, "prompt_tokens": out.prompt_tokens,
-                     "completion_tokens": out.completion_tokens})
+                     "completion_tokens": out.completion_tokens, "reasoning": out.reasoning,
+                     "reasoning_tokens": out.reasoning_tokens, "reasoning_forced": out.reasoning_forced})
     if node.kind == "generate":
         vals.update({"text": v.get("text"), "json": jsonable(v.get("json") or None), "texts": v.get("texts"),
                      "prompt": v.get("prompt"), "template": out.template})
@@ -103,13 +107,15 @@ def single_row(plan_row: dict, out: StageOut | None, status: str, reason: str | 
     row: dict[str, Any] = dict(plan_row)
     if out is None:  # ended before its stage could answer (the scheduler's liveness guard)
         row.update({"completion": None, "text": "", "prompt_tokens": 0, "completion_tokens": 0,
-                    "finish_reason": None, "status": status, "attempts": 0, "error": reason})
+                    "finish_reason": None, "status": status, "attempts": 0, "error": reason, "reasoning": None,
+                    "reasoning_tokens": 0})
         return row
     error = out.error  # the answer's own fault; an empty answer has none
     row.update({"completion": out.completion, "text": out.view.get("text") or "",
                 "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                 "finish_reason": out.finish_reason, "status": status, "attempts": out.tries,
-                "error": scrub_text(error) if error else None})
+                "error": scrub_text(error) if error else None, "reasoning": out.reasoning,
+                "reasoning_tokens": out.reasoning_tokens})
     return row
 
 
@@ -125,6 +131,8 @@ def attempt_row(pipeline: Pipeline, plan_row: dict, outputs: dict[str, StageOut]
         "text": (out.view.get("text") or "") if out and status in ("ok", "truncated") else "",
         "prompt_tokens": sum(o.prompt_tokens for o in fresh),
         "completion_tokens": sum(o.completion_tokens for o in fresh),
+        "reasoning": out.reasoning if out and status in ("ok", "truncated") else None,
+        "reasoning_tokens": sum(o.reasoning_tokens for o in fresh),
         "finish_reason": None, "status": status, "attempts": attempt,
         "error": reason if status not in ("ok", "truncated", "rejected") else None,
         "final": final, "decided_by": decided_by, "reason": reason, "seed_id": seed_id,
