@@ -225,3 +225,96 @@ def test_server_run_keeps_reasoning_and_statuses(tmp_path, monkeypatch):
     assert (df["problem.reasoning"] == "plan it").all() and (df["problem.status"] == "ok").all()
     assert (df["solve.status"] == "no_answer").all() and (df["solve.reasoning"] == "long thought").all()
     assert (df["status"] == "no_answer").all() and (df["solve.reasoning_tokens"] == 2).all()
+
+
+# ---------------------------------------------------------------- many answers per problem, verified
+KEEP_SPEC = """name: k
+seed: 11
+topics:
+  - items: [Fractions, Decimals, Ratios]
+generations_per_topic: 2
+models:
+  - {{name: m1, reasoning: qwen3}}
+sampling: {{max_tokens: 64}}
+run: {{retries: 0}}
+stages:
+  - {{name: problem, kind: generate, template: gen}}
+  - {{name: solve, kind: generate, template: solve, n: 6, output: true}}
+  - name: check
+    kind: verify
+    check: reference
+    target: solve
+    reference: "{{{{ problem.text }}}}"
+    keep: {keep}
+"""
+
+
+def keep_project(tmp_path: Path, keep: str) -> Path:
+    (tmp_path / "templates").mkdir(exist_ok=True)
+    for name, text in TEMPLATES.items():
+        (tmp_path / "templates" / name).write_text(text)
+    p = tmp_path / "spec.yaml"
+    p.write_text(KEEP_SPEC.format(keep=keep))
+    return p
+
+
+def keep_answer(r):
+    """A problem whose reference answer is 1; each re-solve answers seed % 3 (some right)."""
+    if r.messages[-1]["content"].startswith("Solve"):
+        return f"<think>try {r.sampling.seed}</think>Final answer: {r.sampling.seed % 3}"
+    return "Problem. Final answer: 1"
+
+
+def run_keep(spec: Path, out: Path):
+    made = []
+
+    def factory(cfg, **_):
+        made.append(FakeBackend(model=cfg.name, responder=keep_answer))
+        return made[-1]
+
+    res = run(load_spec(spec), out=out, executor=LocalExecutor(backend_factory=factory), score=False)
+    return res, [c for b in made for c in b.calls]
+
+
+@pytest.mark.parametrize("keep,most", [("{correct: 2}", 2), ("all_correct", 6)])
+def test_per_sample_verdicts_pass_rate_and_kept_rows(tmp_path, keep, most):
+    res, calls = run_keep(keep_project(tmp_path, keep), tmp_path / "run")
+    df = pl.read_parquet(tmp_path / "run" / "generations" / "*.parquet")
+    seeds = {}  # record -> each sample's seed, from the requests it sent
+    for c in calls:
+        rid, stage, _, sample = c.id.split("#")[0].split("/")
+        if stage == "solve":
+            seeds.setdefault(rid, {})[int(sample)] = c.sampling.seed
+    assert len(seeds) == 6 and all(sorted(s) == list(range(6)) for s in seeds.values())  # a request per sample
+    kept_rows = 0
+    for rid, rows in df.group_by("id"):
+        want = [seeds[rid[0]][k] % 3 == 1 for k in range(6)]
+        correct = [k for k, ok in enumerate(want) if ok][:most]
+        rows = rows.sort("sample", nulls_last=True)
+        first = rows.row(0, named=True)
+        assert first["check.verdicts"] == want and first["check.pass_rate"] == round(sum(want) / 6, 4)
+        assert first["check.kept"] == correct
+        if not correct:
+            assert rows.height == 1 and first["status"] == "rejected" and first["sample"] is None
+            continue
+        kept_rows += rows.height
+        assert rows["sample"].to_list() == correct and (rows["status"] == "ok").all()
+        assert rows["final"].to_list() == [True] + [False] * (len(correct) - 1)
+        for r in rows.iter_rows(named=True):
+            assert r["text"] == r["solve.text"] == "Final answer: 1"
+            assert r["reasoning"] == r["solve.reasoning"] == f"try {seeds[rid[0]][r['sample']]}"
+        assert rows["completion_tokens"].to_list()[1:] == [0] * (len(correct) - 1)  # counted once per record
+    assert kept_rows == sum(min(most, sum(s % 3 == 1 for s in v.values())) for v in seeds.values())
+    assert res.manifest["counts"]["generated"] == 6  # records, not rows
+    # re-solves are cached per sample: a second run pays for nothing
+    again, calls2 = run_keep(keep_project(tmp_path, keep), tmp_path / "run")
+    assert calls2 == []
+
+
+def test_keep_needs_a_generate_target(tmp_path):
+    spec = keep_project(tmp_path, "all_correct")
+    spec.write_text(spec.read_text() + "  - {name: again, kind: verify, check: regex, pattern: x, target: check, "
+                    "keep: all_correct}\n")
+    with pytest.raises(SpecError, match="`keep:` turns the samples of a generate stage into rows; 'check' is a verify"):
+        run(load_spec(spec), out=tmp_path / "run", executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend(c.name)),
+            score=False)

@@ -20,7 +20,7 @@ from generator.library.prompt_template import Template
 # what later stages (templates, expressions) may read of each kind of stage
 GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "completion_tokens", "reasoning",
                    "reasoning_tokens"}
-VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status"}
+VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status", "pass_rate", "verdicts", "kept"}
 FILTER_FIELDS = {"passed", "reason", "status"}
 COMPARE_FIELDS = {"winner", "chosen", "rejected", "reason", "status"}
 # conversation/agent stages: `Trajectory.view()`, and an agent's check of its final answer
@@ -123,6 +123,9 @@ def _references(node: StageNode, names: set[str]) -> dict[str, tuple]:
         value = getattr(c, key, None)
         if value:
             refs.setdefault(value, (key,))
+    if getattr(c, "reference", None):
+        for v in sorted(jinja_refs(c.reference) & names):
+            refs.setdefault(v, ("reference",))
     for j, value in enumerate(getattr(c, "compare", None) or []):
         refs.setdefault(value, ("compare", j))
     if isinstance(c, FilterStage):
@@ -223,6 +226,9 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
                          f"({', '.join(sorted(models))}); add it there or fix the name")
         if getattr(node.cfg, "max_reasoning_tokens", None) is not None:
             _check_budget(spec, node, model)
+        if getattr(node.cfg, "keep", None) is not None and nodes[node.cfg.target].kind != "generate":
+            raise _error(spec, ("stages", node.index, "keep"), f"`keep:` turns the samples of a generate stage "
+                         f"into rows; '{node.cfg.target}' is a {nodes[node.cfg.target].kind} stage")
     order = _toposort(spec, nodes)
     nodes = {n: nodes[n] for n in order}
     ancestors, descendants = _closure(nodes)

@@ -8,6 +8,8 @@ Columns: the plan's (the entry stage's prompt, template, model, seed), the usual
                  or the last stage when everything passed)
     reason       why (the check's reason), null when it passed
     seed_id      the seed data row the record came from (null for topic cells)
+    sample       with a verify stage's `keep:`: which sample of its target this row is (one row
+                 per kept sample; pipeline.samples)
     <stage>.*    per stage: status, attempt (the attempt that produced it), reason, and by kind
                  generate: text, json, texts, prompt, template, model, seed, tries, tokens,
                  reasoning, reasoning_tokens, reasoning_forced (a thinking model's trace);
@@ -51,6 +53,8 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
         cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
     elif node.kind == "verify":
         cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
+        if c.keep is not None:  # every sample verified apart (pipeline.samples)
+            cols.update({"verdicts": pl.List(pl.Boolean), "pass_rate": pl.Float64, "kept": pl.List(pl.Int32)})
     elif node.kind in DIALOGUE_KINDS:
         cols.update({"text": pl.Utf8, **{k: pl.Utf8 for k in TRAJECTORY_COLUMNS}, "steps": pl.Int32,
                      "failed_calls": pl.Int32, **_MODEL_COLS})
@@ -71,6 +75,8 @@ def pipeline_schema(pipeline: Pipeline) -> dict[str, Any]:
         schema.update(stage_columns(node))
     if pipeline.nodes[pipeline.output].kind in DIALOGUE_KINDS:
         schema.update({"conversation": pl.Utf8, "tools": pl.Utf8})
+    if any(n.kind == "verify" and n.cfg.keep is not None for n in pipeline.nodes.values()):
+        schema["sample"] = pl.Int32  # which of the target's samples a kept row is (pipeline.samples)
     return schema
 
 
@@ -97,7 +103,8 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
         vals.update({cr.name: v.get(cr.name) for cr in node.cfg.criteria})
         vals.update({"mean": v.get("mean"), "reasons": jsonable(v.get("reasons") or None)})
     else:
-        vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority") if k in v})
+        vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority", "verdicts", "pass_rate", "kept")
+                     if k in v})
     return {f"{node.name}.{k}": x for k, x in vals.items()}
 
 

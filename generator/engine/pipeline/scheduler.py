@@ -45,6 +45,7 @@ from generator.engine.pipeline.dag import DIALOGUE_KINDS, Pipeline, StageNode
 from generator.engine.pipeline.dialogue_driver import DialogueDriver
 from generator.engine.pipeline.judge import read_compare, read_rubric
 from generator.engine.pipeline.lineage import attempt_row, single_row
+from generator.engine.pipeline.samples import expand
 from generator.engine.pipeline.state import Pending, Rec
 from generator.engine.pipeline.thinking import Thinking, forced, sample_columns
 from generator.engine.planner import Resolved
@@ -446,7 +447,7 @@ class PipelineScheduler:
         else:
             row = attempt_row(self.p, rec.row, rec.outputs, rec.attempt, status, decided_by,
                               scrub_text(reason) if reason else reason, final, rec.seed_id)
-        self._rows.setdefault(rid, []).append(row)
+        self._rows.setdefault(rid, []).extend(expand(self.p, row, rec.outputs) if final and not self.single else [row])
         if final:
             rec.final = True
             del self._open[rid]

@@ -42,6 +42,6 @@ def unfinished(res: Result) -> bool:
 def sample_columns(samples: list[tuple[Request, Result, Any]]) -> dict[str, Any]:
     """Per sample (in sample order): its answer's status and text, its reasoning and whether its end
     marker was forced (`StageOut.columns["samples"]`, what `keep:` turns into rows)."""
-    return {"samples": [{"status": a.status, "text": a.text, "reasoning": r.reasoning,
+    return {"samples": [{"status": a.status, "text": a.text, "completion": r.text, "reasoning": r.reasoning,
                          "reasoning_tokens": r.reasoning_tokens, "reasoning_forced": forced(r)}
                         for _, r, a in samples]}
