@@ -18,9 +18,15 @@ out = Console()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
 @click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Dataset folder to write (a path or an "
               "fsspec URL such as s3://bucket/prefix).")
-@click.option("--layout", type=click.Choice(["text", "messages", "preference"]), default="text", show_default=True,
-              help="text: a `text` column (pre-training); messages: chat turns (SFT); preference: "
-              "prompt/chosen/rejected.")
+@click.option("--layout", type=click.Choice(["text", "messages", "preference", "rl"]), default="text",
+              show_default=True, help="text: a `text` column (pre-training); messages: chat turns (SFT); preference: "
+              "prompt/chosen/rejected; rl: one verifiable problem a row (prompt, reward_model, data_source).")
+@click.option("--reasoning", type=click.Choice(["field", "inline", "drop"]), default="field", show_default=True,
+              help="messages: a thinking model's reasoning as the assistant turn's `reasoning_content` (field), "
+              "inline in <think>...</think> before the answer, or dropped.")
+@click.option("--reference", metavar="COLUMN", help="rl: the column of each problem's reference answer (default: "
+              "the `<stage>.reference` of the run's `check: reference` stage).")
+@click.option("--data-source", metavar="NAME", help="rl: the `data_source` value (default: the run's name).")
 @click.option("--status", multiple=True, default=("ok",), show_default=True,
               help="Keep rows with this status (repeatable).")
 @click.option("--template", "templates", multiple=True, help="Keep rows of this template (repeatable).")
@@ -53,9 +59,9 @@ out = Console()
 @click.option("--push-to-hub", "repo", metavar="REPO", help="Then upload the folder as Hub dataset REPO "
               "(token from HF_TOKEN or `hf auth login`).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
-def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, seed, stratify_by, prompt_column,
-           response_a_column, response_b_column, choice_column, license_, languages, task_categories, tags,
-           rows_per_file, overwrite, repo, private):
+def export(run_dir, to, layout, reasoning, reference, data_source, status, templates, rounds, where, test_ratio, seed,
+           stratify_by, prompt_column, response_a_column, response_b_column, choice_column, license_, languages,
+           task_categories, tags, rows_per_file, overwrite, repo, private):
     """Export RUN as a dataset folder (Parquet splits + README.md card) that datasets.load_dataset reads."""
     from generator.core import storage
     from generator.export.dataset import ExportOptions, export_run
@@ -71,7 +77,8 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
         preference=Preference(prompt=prompt_column, response_a=response_a_column, response_b=response_b_column,
                               choice=choice_column),
         license=license_, languages=tuple(languages), task_categories=tuple(task_categories), tags=tuple(tags),
-        rows_per_file=rows_per_file, overwrite=overwrite)
+        rows_per_file=rows_per_file, overwrite=overwrite, reasoning=reasoning, reference=reference,
+        data_source=data_source)
     res = export_run(run_dir, to, opts)
     splits = ", ".join(f"{s} {n:,}" for s, n in res.splits.items())
     out.print(Text(f"exported {sum(res.splits.values()):,} rows ({splits}) as {layout} to {res.path}"))

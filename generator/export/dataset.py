@@ -20,6 +20,7 @@ import polars as pl
 
 from generator.core import storage
 from generator.core.run_layout import is_run_folder, read_generation_files, read_manifest, run_path
+from generator.export.rl import rl_frame, with_reasoning
 from generator.export.rows import (JSON_COLUMNS, LAYOUT_ABOUT, ExportError, Filters, Preference, layout_frame,
                                    select, split)
 
@@ -39,6 +40,9 @@ class ExportOptions:
     tags: tuple[str, ...] = ()
     rows_per_file: int = 500_000
     overwrite: bool = False
+    reasoning: str = "field"         # messages: reasoning_content (field), inline <think>, or drop
+    reference: str | None = None     # rl: the ground-truth column (default: the reference check's)
+    data_source: str | None = None   # rl: default the run's name
 
 
 @dataclass
@@ -104,6 +108,17 @@ def _write_parquet(frame: pl.DataFrame, path: Any) -> None:
     storage.write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
+def _layout(frame: pl.DataFrame, opts: ExportOptions, manifest: dict) -> tuple[pl.DataFrame, int]:
+    if opts.layout == "rl":
+        return rl_frame(frame, manifest, opts.reference, opts.data_source)
+    if opts.layout == "messages" and "conversation" not in frame.columns:
+        meta = [c for c in ("id", "topic", "template", "model") if c in frame.columns]
+        thinking = with_reasoning(frame, meta, opts.reasoning)
+        if thinking is not None:
+            return thinking, 0
+    return layout_frame(frame, opts.layout, opts.preference)
+
+
 def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None = None) -> ExportResult:
     opts = opts or ExportOptions()
     run_dir = run_path(run_dir)
@@ -118,14 +133,17 @@ def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None =
     if gens is None:
         raise ExportError(f"{run_dir}: no generations yet; run `synthgen run` on its spec first")
     sel = select(gens, opts.filters)
-    frame, left_out = layout_frame(sel.frame, opts.layout, opts.preference)
+    frame, left_out = _layout(sel.frame, opts, manifest)
     dropped = dict(sel.dropped)
     if left_out:
-        dropped["preference: no choice of a or b"] = left_out
+        dropped["rl: further samples, or no reference" if opts.layout == "rl" else
+                "preference: no choice of a or b"] = left_out
     if frame.is_empty():
         raise ExportError(f"{run_dir}: no rows left after the filters ({json.dumps(dropped)}); "
                           f"loosen --status/--template/--round/--where")
     kept = sel.frame.filter(pl.col("id").is_in(frame["id"].implode())) if "id" in frame.columns else sel.frame
+    if opts.layout == "rl":  # a problem per row: its kept samples' rows are one
+        kept = kept.unique("id", keep="first", maintain_order=True)
     seed = opts.seed if opts.seed is not None else int(manifest.get("seed") or 0)
     labels = split(kept, opts.test_ratio, seed, opts.stratify_by)
     frame = frame.with_columns(labels.alias("__split"))

@@ -12,7 +12,7 @@ import yaml
 
 from generator.core.errors import SynthgenError
 
-LAYOUTS = ("text", "messages", "preference")
+LAYOUTS = ("text", "messages", "preference", "rl")
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(>=|<=|==|!=|>|<|=)\s*(.+?)\s*$")
 
 
@@ -218,9 +218,15 @@ LAYOUT_ABOUT = {
                  "(system and user turns) followed by the generation as the assistant turn (for "
                  "conversation and agent stages: the whole conversation, with assistant `tool_calls` and "
                  "`tool` messages, and the offered `tools`, both as `tokenizer.apply_chat_template(messages, "
-                 "tools=tools)` takes them); `id`, `topic`, `template` and `model` for lineage.",
+                 "tools=tools)` takes them; a thinking model's reasoning as the assistant turn's "
+                 "`reasoning_content`, or inline in `<think>` tags); `id`, `topic`, `template` and `model` for lineage.",
                  ["text-generation"], ["sft", "conversational"]),
     "preference": ("Preference pairs: `prompt`, `chosen` and `rejected` (strings), from rows that carry "
                    "two responses and a judge's choice; `id`, `topic`, `template` and `model` for lineage.",
                    ["text-generation"], ["preference", "dpo"]),
+    "rl": ("Reinforcement learning on verifiable problems, one row per problem: `prompt` (chat messages), "
+           "`reward_model` ({ground_truth, style}: the reference answer a rule-based reward compares with), "
+           "`data_source`, `verifier` (how the generator checked answers) and `pass_rate` (the share of its own "
+           "samples that passed); `id`, `topic`, `template` and `model` for lineage.",
+           ["text-generation"], ["rl", "verifiable"]),
 }

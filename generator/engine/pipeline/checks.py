@@ -135,6 +135,8 @@ class CheckRunner:
         status = "passed" if v.passed else "rejected"
         view = {"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
                 "reason": v.reason, "status": status}
+        if v.reference is not None:
+            view["reference"] = v.reference
         if v.verdicts is not None:
             view.update({"verdicts": v.verdicts, "pass_rate": v.pass_rate, "kept": v.kept})
         return StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason, view=view)

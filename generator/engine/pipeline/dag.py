@@ -20,7 +20,8 @@ from generator.library.prompt_template import Template
 # what later stages (templates, expressions) may read of each kind of stage
 GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "completion_tokens", "reasoning",
                    "reasoning_tokens"}
-VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status", "pass_rate", "verdicts", "kept"}
+VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status", "pass_rate", "verdicts", "kept",
+                 "reference"}
 FILTER_FIELDS = {"passed", "reason", "status"}
 COMPARE_FIELDS = {"winner", "chosen", "rejected", "reason", "status"}
 # conversation/agent stages: `Trajectory.view()`, and an agent's check of its final answer

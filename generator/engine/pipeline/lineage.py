@@ -53,6 +53,8 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
         cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
     elif node.kind == "verify":
         cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
+        if c.check == "reference":
+            cols["reference"] = pl.Utf8  # the reference's final answer: an RL export's ground truth
         if c.keep is not None:  # every sample verified apart (pipeline.samples)
             cols.update({"verdicts": pl.List(pl.Boolean), "pass_rate": pl.Float64, "kept": pl.List(pl.Int32)})
     elif node.kind in DIALOGUE_KINDS:
@@ -103,8 +105,8 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
         vals.update({cr.name: v.get(cr.name) for cr in node.cfg.criteria})
         vals.update({"mean": v.get("mean"), "reasons": jsonable(v.get("reasons") or None)})
     else:
-        vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority", "verdicts", "pass_rate", "kept")
-                     if k in v})
+        vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority", "verdicts", "pass_rate", "kept",
+                                           "reference") if k in v})
     return {f"{node.name}.{k}": x for k, x in vals.items()}
 
 

@@ -39,7 +39,7 @@ def combine(keep: Any, verdicts: list[Verdict]) -> Verdict:
     answers = [v.answer for v in verdicts]
     return Verdict(bool(kept), reason, agree=len(correct), answer=next((a for a in answers if a), None),
                    majority=next((v.majority for v in verdicts if v.majority), None), verdicts=passed,
-                   pass_rate=rate, kept=kept)
+                   pass_rate=rate, kept=kept, reference=next((v.reference for v in verdicts if v.reference), None))
 
 
 def keeper(pipeline: Pipeline) -> Any:

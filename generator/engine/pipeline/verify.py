@@ -34,6 +34,7 @@ class Verdict:
     verdicts: list[bool] | None = None
     pass_rate: float | None = None
     kept: list[int] | None = None
+    reference: str | None = None  # check: reference: the reference's final answer (the ground truth)
 
 
 def canonical_number(text: str) -> str | None:
@@ -95,10 +96,10 @@ def reference_check(text: str | None, reference: str | None, how: str) -> Verdic
         return Verdict(False, f"the reference has no final answer ({(reference or '')[:80]!r})")
     got = extract_answer(text, how)
     if got is None:
-        return Verdict(False, "no final answer found in the solution", answer=None, majority=want)
+        return Verdict(False, "no final answer found in the solution", reference=want)
     if got == want:
-        return Verdict(True, f"answer {got} matches the reference", answer=got, majority=want)
-    return Verdict(False, f"answer {got} is not the reference's {want}", answer=got, majority=want)
+        return Verdict(True, f"answer {got} matches the reference", answer=got, reference=want)
+    return Verdict(False, f"answer {got} is not the reference's {want}", answer=got, reference=want)
 
 
 def json_schema_check(text: str | None, schema: dict) -> Verdict:
