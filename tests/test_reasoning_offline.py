@@ -146,3 +146,18 @@ def test_a_budget_above_max_tokens_is_no_budget_and_markers_in_the_answer_stay()
                      [req("p", max_tokens=8, budget=50), req("j")])
     assert got["p"].meta == {"reasoning_unfinished": True}
     assert got["j"].reasoning == "ok" and got["j"].text == '{"a": "</think>"}'
+
+
+def test_an_answer_without_thinking_is_the_answer_unless_a_schema_needs_a_second_phase():
+    qwen = PARSERS["qwen3"]  # the model opens the block itself, or answers at once
+    script = {"free": "just the answer", "schema": "plain words"}
+    reqs = [Request(id=p, messages=({"role": "user", "content": p},), sampling=Sampling(max_tokens=20, seed=1),
+                    json_schema=SCHEMA if p == "schema" else None, reasoning=qwen) for p in script]
+    got, engine = answers(script, reqs)
+    assert got["free"].text == "just the answer" and got["free"].reasoning is None
+    assert got["free"].completion_tokens == 3
+    # the schema's answer was asked again from the prompt alone (the stand-in writes `forced answer`)
+    (p2,) = engine.answer_params
+    assert p2.structured_outputs.json == SCHEMA and p2.max_tokens == 20
+    assert got["schema"].text == "forced answer" and got["schema"].reasoning is None
+    assert got["schema"].completion_tokens == 2 + 2 and got["schema"].reasoning_tokens == 0

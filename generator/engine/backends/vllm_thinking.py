@@ -11,8 +11,9 @@ Both phases are seeded with the request's seed and the second is a pure function
 tokens, so the answer is as deterministic as a one-phase answer, and the request cache holds the
 merged result under the request's own key (which names the markers and the budget).
 A completion that never opened a reasoning block (a model that may skip thinking) is the answer
-itself; reasoning cut by `max_tokens`, or one the model stopped inside, has no answer
-(`meta.reasoning_unfinished`).
+itself, unless the request has an output schema: that answer was written without it, so it is
+set aside (its tokens still counted) and the answer phase starts from the prompt alone. Reasoning
+cut by `max_tokens`, or one the model stopped inside, has no answer (`meta.reasoning_unfinished`).
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from generator.engine.backends.vllm_args import answer_kwargs, sampling_params
 class Thought:
     """What the first phase left for the second."""
 
-    reasoning: str
+    reasoning: str | None
     prompt_tokens: int
     thinking_tokens: int  # generated in phase 1, plus the forced marker's tokens
     forced: bool
+    set_aside: int = 0    # phase 1's tokens when it answered without thinking (and without the schema)
 
 
 class Thinker:
@@ -45,9 +47,12 @@ class Thinker:
         ids = list(c.token_ids)
         prompt = len(out.prompt_token_ids or [])
         s = split(c.text, r.reasoning)
-        if s.reasoning is None:  # the model answered without thinking: that is the answer
+        if s.reasoning is None and r.json_schema is None:  # the model answered without thinking
             return Result(id=r.id, text=c.text, finish_reason=c.finish_reason or "stop", prompt_tokens=prompt,
                           completion_tokens=len(ids))
+        if s.reasoning is None:  # ...but not under the schema: the answer phase starts from the prompt
+            params = sampling_params(answer_kwargs(r.sampling, r.json_schema, r.sampling.max_tokens))
+            return list(out.prompt_token_ids), params, Thought(None, prompt, 0, False, set_aside=len(ids))
         budget = r.max_reasoning_tokens
         cut_by_budget = (c.finish_reason == "length" and budget is not None and budget < r.sampling.max_tokens
                          and len(ids) >= budget)
@@ -72,6 +77,6 @@ class Thinker:
         """Phase 2 finished: the request's Result, its reasoning and answer apart."""
         c = out.outputs[0]
         meta = {"reasoning_forced": True} if thought.forced else {}
-        return Result(id=r.id, text=c.text, finish_reason=c.finish_reason or "stop",
-                      prompt_tokens=thought.prompt_tokens, completion_tokens=thought.thinking_tokens + len(c.token_ids),
+        return Result(id=r.id, text=c.text, finish_reason=c.finish_reason or "stop", prompt_tokens=thought.prompt_tokens,
+                      completion_tokens=thought.set_aside + thought.thinking_tokens + len(c.token_ids),
                       reasoning=thought.reasoning, reasoning_tokens=thought.thinking_tokens, meta=meta)
