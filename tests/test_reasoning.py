@@ -318,3 +318,23 @@ def test_keep_needs_a_generate_target(tmp_path):
     with pytest.raises(SpecError, match="`keep:` turns the samples of a generate stage into rows; 'check' is a verify"):
         run(load_spec(spec), out=tmp_path / "run", executor=LocalExecutor(backend_factory=lambda c, **_: FakeBackend(c.name)),
             score=False)
+
+
+def test_usage_table_shows_reasoning_tokens_only_for_a_thinking_run(tmp_path):
+    from rich.console import Console
+
+    from generator.cli.export import usage_table
+
+    def table(run_dir):
+        console = Console(width=250, record=True)
+        console.print(usage_table(compute_usage(run_dir)))
+        return console.export_text()
+
+    run_fake(project(tmp_path), tmp_path / "run", "<think>add the parts carefully</think>Final answer: 4")
+    text = table(tmp_path / "run")
+    assert "reasoning tokens" in text and "44" in text.splitlines()[-2]  # the total row: 4 x (2 + 4 + 2 + 3)
+    (tmp_path / "b").mkdir()
+    spec = project(tmp_path / "b")
+    spec.write_text(spec.read_text().replace("{name: m1, reasoning: qwen3}", "{name: m1}"))
+    run_fake(spec, tmp_path / "plain", "Final answer: 4")
+    assert "reasoning tokens" not in table(tmp_path / "plain")

@@ -124,8 +124,10 @@ def usage_table(u: dict) -> Table:
     from generator.export.usage import money
 
     ledger = u["source"] == "ledger"
+    thinking = bool(u["total"].get("reasoning_tokens"))  # a column only for runs with a thinking model
     cols = ["model", "group", "calls", *(["cache hits", "errors"] if ledger else []), "prompt tokens",
-            "completion tokens", *(["busy s", "tok/s"] if ledger else []), "cost"]
+            "completion tokens", *(["reasoning tokens"] if thinking else []), *(["busy s", "tok/s"] if ledger else []),
+            "cost"]
     t = Table(title=f"usage of {u['run']}")
     for col in cols:
         text_col = col in ("model", "group")
@@ -136,6 +138,8 @@ def usage_table(u: dict) -> Table:
         if ledger:
             cells += [f"{r.get('cache_hits', 0):,}" if "cache_hits" in r else "", f"{r['errors']:,}" if "errors" in r else ""]
         cells += [f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}"]
+        if thinking:
+            cells.append(f"{r.get('reasoning_tokens', 0):,}")
         if ledger:
             tps = r.get("completion_tokens_per_s")
             cells += [f"{r['busy_s']:,.1f}" if "busy_s" in r else "", f"{tps:,.1f}" if tps else ""]
@@ -152,7 +156,8 @@ def usage_table(u: dict) -> Table:
             row(m, f"session {s['session']}")
     tot = u["total"]
     t.add_row("total", "", f"{tot['requests']:,}", *([f"{tot['cache_hits']:,}", f"{tot['errors']:,}"] if ledger else []),
-              f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}", *(["", ""] if ledger else []), money(tot["cost"]))
+              f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}",
+              *([f"{tot['reasoning_tokens']:,}"] if thinking else []), *(["", ""] if ledger else []), money(tot["cost"]))
     return t
 
 
