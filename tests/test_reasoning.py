@@ -306,6 +306,8 @@ def test_per_sample_verdicts_pass_rate_and_kept_rows(tmp_path, keep, most):
         assert rows["completion_tokens"].to_list()[1:] == [0] * (len(correct) - 1)  # counted once per record
     assert kept_rows == sum(min(most, sum(s % 3 == 1 for s in v.values())) for v in seeds.values())
     assert res.manifest["counts"]["generated"] == 6  # records, not rows
+    finals = df.filter(pl.col("final"))
+    assert res.manifest["pipeline"]["pass_rates"]["check"] == {"records": 6, "mean": finals["check.pass_rate"].mean()}
     # re-solves are cached per sample: a second run pays for nothing
     again, calls2 = run_keep(keep_project(tmp_path, keep), tmp_path / "run")
     assert calls2 == []

@@ -73,3 +73,14 @@ def test_rl_layout_one_problem_a_row_with_reference_and_pass_rate(run_dir, tmp_p
     assert other["reward_model"]["ground_truth"] == "Problem. Final answer: 1" and other["data_source"] == "math"
     with pytest.raises(ExportError, match="--reference nope: the run has no such column"):
         export_run(run_dir, tmp_path / "rl3", ExportOptions(layout="rl", reference="nope"))
+
+
+def test_the_card_shows_the_problems_pass_rates(run_dir, tmp_path):
+    gens = pl.read_parquet(run_dir / "generations" / "*.parquet").filter(pl.col("final"))
+    export_run(run_dir, tmp_path / "ds", ExportOptions(layout="rl", test_ratio=0.0))
+    card = (tmp_path / "ds" / "README.md").read_text()
+    line = next(x for x in card.splitlines() if x.startswith("| check |") and "pass rate" not in x)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    rates = gens["check.pass_rate"]
+    assert cells[1] == f"{gens.height:,}" and cells[2] == f"{rates.mean():.3f}"
+    assert sum(int(c) for c in cells[3:]) == gens.height
