@@ -26,11 +26,14 @@ running batch the step its thinking ends (`vllm_thinking`); such requests are ne
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
+
+log = logging.getLogger(__name__)
 
 HEDGE_BELOW = 0.25   # hedge once at most this share of the peak batch is in flight...
 HEDGE_AFTER = 0.5    # ...for requests past this share of their max_tokens (one token a step)
@@ -215,6 +218,7 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
             vid = llm.enqueue([{"prompt_token_ids": ids}], [answer_params], use_tqdm=False)[0]
         except Exception as exc:  # noqa: BLE001 - e.g. past the context: this request fails, not the stream
             first = (str(exc).splitlines() or [""])[0][:300]
+            log.warning("%s: the answer phase was refused: %s: %s", r.id, type(exc).__name__, first)
             return Result(id=r.id, text="", finish_reason="error", reasoning=thought.reasoning,
                           error=f"vLLM refused the answer phase: {type(exc).__name__}: {first}")
         nxt = vid.split("-", 1)[0]
