@@ -5,12 +5,17 @@
 #   engine    bench/engine.py --only a (synthgen run specs/math.yaml against one bare LLM.chat)
 #   pipeline  bench/pipeline.py (3 stages: continuous against stage by stage)
 #   verified  synthgen run specs/math_verified.yaml (problem -> solution -> 3 re-solves -> agreement check)
+#   reasoning synthgen run specs/reasoning_math.yaml with a thinking model (reasoning split from the
+#             answer, a thinking budget, the schema after the end marker, samples checked and kept)
 # and prints the machine line, each step's result and seconds, and where the logs are.
 #
-#   bench/gpu_check.sh [--model NAME] [--venv DIR] [--out DIR] [--budget SECONDS] [--no-install] [--cpu]
+#   bench/gpu_check.sh [--model NAME] [--reasoning-model NAME] [--venv DIR] [--out DIR] [--budget SECONDS]
+#                      [--no-install] [--cpu]
 #
 # --model   Hugging Face name or local folder for the three runs (default Qwen/Qwen2.5-1.5B-Instruct;
 #           a name is downloaded on first use, a folder works offline).
+# --reasoning-model  the thinking model of the reasoning run (default Qwen/Qwen3-0.6B, read with the
+#           qwen3 reasoning parser's markers).
 # --venv    where the gpu extra goes (default .venv-gpu; reused while pyproject.toml is unchanged).
 # --cpu     no GPU: the plumbing only, with $PYTHON's vLLM, small sizes, the embedded model and twice
 #           the time (implies --no-install; for checking this script on a CPU machine).
@@ -18,16 +23,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-MODEL="" VENV=".venv-gpu" OUT="" BUDGET="" INSTALL=1 CPU=0
+MODEL="" RMODEL="" VENV=".venv-gpu" OUT="" BUDGET="" INSTALL=1 CPU=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL="${2:?--model needs a name or folder}"; shift 2 ;;
+    --reasoning-model) RMODEL="${2:?--reasoning-model needs a name or folder}"; shift 2 ;;
     --venv) VENV="${2:?--venv needs a folder}"; shift 2 ;;
     --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
     --budget) BUDGET="${2:?--budget needs seconds}"; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --cpu) CPU=1; INSTALL=0; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/gpu_check.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +56,7 @@ python3 bench/machine.py | tee "$OUT/machine.txt"
 if [ "$CPU" = 1 ]; then
   PY="$PYTHON"
   MODEL="${MODEL:-smollm2-135m}"
+  RMODEL="${RMODEL:-smollm2-135m}"
   SIZES_A=(--spec specs/tiny.yaml --limit 4) SIZES_B=(--records 8 --max-tokens 48 --max-in-flight 4)
   SIZES_RUN=(--limit 4)
   ARGS_TESTS="not gpu_args"  # the CPU build's half of tests/test_gpu_args.py
@@ -61,11 +68,12 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
   PY="$VENV/bin/python"
   MODEL="${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
+  RMODEL="${RMODEL:-Qwen/Qwen3-0.6B}"
   SIZES_A=() SIZES_B=()
   SIZES_RUN=(--set generations_per_topic=8)
   ARGS_TESTS="gpu_args or not slow"  # the upstream half (the other half wants the CPU build)
 fi
-echo "model: $MODEL; logs: $OUT; budget: ${BUDGET}s"
+echo "model: $MODEL; reasoning model: $RMODEL; logs: $OUT; budget: ${BUDGET}s"
 
 # step NAME LIMIT CMD...: runs CMD (a program, or one of the functions below, which are exported
 # for it: `timeout` runs programs) under the smaller of LIMIT and the time left, its output to the
@@ -152,7 +160,38 @@ if info.get("device") != ("cpu" if cpu else "gpu"):
 EOF
 }
 
-export -f install device verified
+# a thinking model's run: reasoning columns written, reasoning tokens counted apart (on a GPU, with
+# a model that thinks, some reasoning must be there), each kept row names its sample
+# shellcheck disable=SC2329  # run through `bash -c` by step (exported below)
+reasoning() {  # PY OUT MODEL CPU RUN-OPTION...
+  local PY="$1" OUT="$2" MODEL="$3" CPU="$4"
+  shift 4
+  "$PY" -m generator run specs/reasoning_math.yaml --out "$OUT/reasoning_math" --set "models.0.name=$MODEL" "$@" \
+    || return 1
+  "$PY" - "$OUT/reasoning_math" "$CPU" <<'EOF'
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from generator.export.usage import compute_usage
+
+run, cpu = Path(sys.argv[1]), sys.argv[2] == "1"
+df = pl.read_parquet(run / "generations" / "*.parquet")
+need = {"solve.reasoning", "solve.reasoning_tokens", "solve.reasoning_forced", "check.pass_rate", "sample"}
+if not need <= set(df.columns):
+    sys.exit(f"missing columns: {sorted(need - set(df.columns))}")
+total = compute_usage(run)["total"]
+kept = df.filter(pl.col("sample").is_not_null())
+print(f"rows {df.height}, kept samples {kept.height}, statuses {dict(df.group_by('status').len().iter_rows())}")
+print(f"reasoning tokens {total['reasoning_tokens']} of {total['completion_tokens']} completion tokens; "
+      f"forced {int(df['solve.reasoning_forced'].sum() or 0)}; mean pass rate {df['check.pass_rate'].mean()}")
+if not cpu and total["reasoning_tokens"] == 0:
+    sys.exit("the thinking model wrote no reasoning: check its `reasoning:` markers")
+EOF
+}
+
+export -f install device verified reasoning
 if [ "$INSTALL" = 1 ]; then
   step install 300 bash -c 'install "$@"' install "$VENV" || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 fi
@@ -161,6 +200,7 @@ step args 120 env SYNTHGEN_GPU_PYTHON="$PY" "$PY" -m pytest -q -p no:cacheprovid
 step engine 150 "$PY" bench/engine.py --only a --model "$MODEL" "${SIZES_A[@]}"
 step pipeline 150 "$PY" bench/pipeline.py --model "$MODEL" "${SIZES_B[@]}"
 step verified 240 bash -c 'verified "$@"' verified "$PY" "$OUT" "$MODEL" "$CPU" "${SIZES_RUN[@]}"
+step reasoning 180 bash -c 'reasoning "$@"' reasoning "$PY" "$OUT" "$RMODEL" "$CPU" --limit 8
 
 echo
 echo "== gpu_check: $(cat "$OUT/machine.txt"); model $MODEL; $(($(date +%s) - START))s in all"

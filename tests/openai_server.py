@@ -1,7 +1,8 @@
 """A small OpenAI-compatible chat server on 127.0.0.1 (http.server) for the HTTP backend's control-flow tests.
 
 It serves /v1/models and /v1/chat/completions with scripted answers (valid JSON when the request
-asks for a JSON schema; an answer function may return a whole message, tool_calls included), can
+asks for a JSON schema; an answer function may return a whole message, tool_calls or a reasoning
+model's `reasoning_content` included, and a `finish_reason` key to send), can
 fail its first chat requests with 429 / 500 in turn, can hold each answer for `delay` seconds, and
 records every request body and Authorization header it saw."""
 from __future__ import annotations
@@ -24,8 +25,9 @@ def scripted_answer(body: dict) -> str:
 
 class OpenAIServer:
     def __init__(self, model: str = "smollm2-135m", faults: int = 0, delay: float = 0.0,
-                 answer: Callable[[dict], str | dict] = scripted_answer):
+                 answer: Callable[[dict], str | dict] = scripted_answer, count_reasoning: bool = True):
         self.model = model
+        self.count_reasoning = count_reasoning  # report usage.completion_tokens_details.reasoning_tokens
         self.faults = faults  # the first `faults` chat requests fail: 429, 500, 429, ...
         self.delay = delay
         self.answer = answer
@@ -84,14 +86,17 @@ class OpenAIServer:
                     with server.lock:
                         server.in_flight -= 1
                         server.bodies.append(body)
-                message = answer if isinstance(answer, dict) else {"role": "assistant", "content": answer}
+                message = dict(answer) if isinstance(answer, dict) else {"role": "assistant", "content": answer}
+                finish = message.pop("finish_reason", None) or ("tool_calls" if message.get("tool_calls") else "stop")
                 text = message.get("content") or ""
+                thought = len(str(message.get("reasoning_content") or message.get("reasoning") or "").split())
                 prompt_words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+                usage = {"prompt_tokens": prompt_words, "completion_tokens": len(text.split()) + thought}
+                if thought and server.count_reasoning:
+                    usage["completion_tokens_details"] = {"reasoning_tokens": thought}
                 return self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": server.model,
-                                        "choices": [{"index": 0, "message": message, "finish_reason":
-                                                     "tool_calls" if message.get("tool_calls") else "stop"}],
-                                        "usage": {"prompt_tokens": prompt_words,
-                                                  "completion_tokens": len(text.split())}})
+                                        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                                        "usage": usage})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -25,7 +25,9 @@ import pytest
 
 from generator.core.backend import Request, Sampling
 from generator.engine.backends.memory import split_memory
-from generator.engine.backends.vllm_args import ENGINE_SEED, cli_flags, engine_kwargs, sampling_kwargs
+from generator.core.reasoning import PARSERS
+from generator.engine.backends.vllm_args import (ENGINE_SEED, answer_kwargs, cli_flags, engine_kwargs, sampling_kwargs,
+                                                 thinking_kwargs)
 from helpers import importorskip_ci, skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +68,15 @@ def sampling_cases() -> list[dict]:
     assert planned and all("structured_outputs" in kw and kw["seed"] is not None for kw in planned)
     plain = Request(id="x", messages=({"role": "user", "content": "hi"},), sampling=Sampling(temperature=0.0))
     tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    # a thinking model (reasoning markers, a budget): the thinking phase stops at the end marker,
+    # the answer phase carries the output schema (vllm_thinking)
+    think = planned[0]
+    thinking = thinking_kwargs(Sampling(max_tokens=512, seed=5), PARSERS["deepseek_r1"], 128)
+    assert thinking["stop"] == ["</think>"] and thinking["max_tokens"] == 128 and "structured_outputs" not in thinking
+    answer = answer_kwargs(Sampling(max_tokens=512, seed=5), think["structured_outputs"]["json"], 380)
     return planned + [sampling_kwargs(plain.sampling, plain.json_schema),
-                      sampling_kwargs(Sampling(seed=3), None, tools)]  # an agent stage's native tool calls
+                      sampling_kwargs(Sampling(seed=3), None, tools),  # an agent stage's native tool calls
+                      thinking, answer]
 
 
 # Wrong on purpose: a check that never fails proves nothing

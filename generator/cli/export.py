@@ -18,9 +18,15 @@ out = Console()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
 @click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Dataset folder to write (a path or an "
               "fsspec URL such as s3://bucket/prefix).")
-@click.option("--layout", type=click.Choice(["text", "messages", "preference"]), default="text", show_default=True,
-              help="text: a `text` column (pre-training); messages: chat turns (SFT); preference: "
-              "prompt/chosen/rejected.")
+@click.option("--layout", type=click.Choice(["text", "messages", "preference", "rl"]), default="text",
+              show_default=True, help="text: a `text` column (pre-training); messages: chat turns (SFT); preference: "
+              "prompt/chosen/rejected; rl: one verifiable problem a row (prompt, reward_model, data_source).")
+@click.option("--reasoning", type=click.Choice(["field", "inline", "drop"]), default="field", show_default=True,
+              help="messages: a thinking model's reasoning as the assistant turn's `reasoning_content` (field), "
+              "inline in <think>...</think> before the answer, or dropped.")
+@click.option("--reference", metavar="COLUMN", help="rl: the column of each problem's reference answer (default: "
+              "the `<stage>.reference` of the run's `check: reference` stage).")
+@click.option("--data-source", metavar="NAME", help="rl: the `data_source` value (default: the run's name).")
 @click.option("--status", multiple=True, default=("ok",), show_default=True,
               help="Keep rows with this status (repeatable).")
 @click.option("--template", "templates", multiple=True, help="Keep rows of this template (repeatable).")
@@ -61,8 +67,9 @@ out = Console()
 @click.option("--push-to-hub", "repo", metavar="REPO", help="Then upload the folder as Hub dataset REPO "
               "(token from HF_TOKEN or `hf auth login`).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
-def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, seed, stratify_by, prompt_column,
-           response_a_column, response_b_column, choice_column, license_, side, chat_template, languages,
+def export(run_dir, to, layout, reasoning, reference, data_source, status, templates, rounds, where, test_ratio, seed,
+           stratify_by, prompt_column, response_a_column, response_b_column, choice_column, license_, side,
+           chat_template, languages,
            task_categories, tags, rows_per_file, overwrite, repo, private):
     """Export RUN as a dataset folder (Parquet splits + README.md card) that datasets.load_dataset reads."""
     from generator.core import storage
@@ -79,8 +86,8 @@ def export(run_dir, to, layout, status, templates, rounds, where, test_ratio, se
         preference=Preference(prompt=prompt_column, response_a=response_a_column, response_b=response_b_column,
                               choice=choice_column),
         license=license_, side=side, chat_template=chat_template, languages=tuple(languages),
-        task_categories=tuple(task_categories), tags=tuple(tags),
-        rows_per_file=rows_per_file, overwrite=overwrite)
+        task_categories=tuple(task_categories), tags=tuple(tags), rows_per_file=rows_per_file,
+        overwrite=overwrite, reasoning=reasoning, reference=reference, data_source=data_source)
     res = export_run(run_dir, to, opts)
     splits = ", ".join(f"{s} {n:,}" for s, n in res.splits.items())
     out.print(Text(f"exported {sum(res.splits.values()):,} rows ({splits}) as {layout} to {res.path}"))
@@ -127,8 +134,10 @@ def usage_table(u: dict) -> Table:
     from generator.export.usage import money
 
     ledger = u["source"] == "ledger"
+    thinking = bool(u["total"].get("reasoning_tokens"))  # a column only for runs with a thinking model
     cols = ["model", "group", "calls", *(["cache hits", "errors"] if ledger else []), "prompt tokens",
-            "completion tokens", *(["busy s", "tok/s"] if ledger else []), "cost"]
+            "completion tokens", *(["reasoning tokens"] if thinking else []), *(["busy s", "tok/s"] if ledger else []),
+            "cost"]
     t = Table(title=f"usage of {u['run']}")
     for col in cols:
         text_col = col in ("model", "group")
@@ -139,6 +148,8 @@ def usage_table(u: dict) -> Table:
         if ledger:
             cells += [f"{r.get('cache_hits', 0):,}" if "cache_hits" in r else "", f"{r['errors']:,}" if "errors" in r else ""]
         cells += [f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}"]
+        if thinking:
+            cells.append(f"{r.get('reasoning_tokens', 0):,}")
         if ledger:
             tps = r.get("completion_tokens_per_s")
             cells += [f"{r['busy_s']:,.1f}" if "busy_s" in r else "", f"{tps:,.1f}" if tps else ""]
@@ -155,7 +166,8 @@ def usage_table(u: dict) -> Table:
             row(m, f"session {s['session']}")
     tot = u["total"]
     t.add_row("total", "", f"{tot['requests']:,}", *([f"{tot['cache_hits']:,}", f"{tot['errors']:,}"] if ledger else []),
-              f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}", *(["", ""] if ledger else []), money(tot["cost"]))
+              f"{tot['prompt_tokens']:,}", f"{tot['completion_tokens']:,}",
+              *([f"{tot['reasoning_tokens']:,}"] if thinking else []), *(["", ""] if ledger else []), money(tot["cost"]))
     return t
 
 

@@ -26,7 +26,8 @@ PLAIN_MIN_GAP_S = 5.0  # ... and at most this often for a tenth of the plan
 _ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
                      r"|\x1b[ -/]*[0-~]?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_STYLE = {"ok": "green", "truncated": "yellow", "invalid_json": "yellow", "empty": "yellow", "error": "red"}
+_STYLE = {"ok": "green", "truncated": "yellow", "invalid_json": "yellow", "empty": "yellow", "no_answer": "yellow",
+          "error": "red"}
 
 
 def safe_text(text: str) -> str:

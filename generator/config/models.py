@@ -18,6 +18,15 @@ class Price(Strict):
     output_per_mtok: float = Field(ge=0, description="Price per million completion tokens.")
 
 
+class ReasoningMarkers(Strict):
+    """How a thinking model marks its reasoning in the completion."""
+
+    start: str = Field("<think>", min_length=1, description="The marker that opens the reasoning.")
+    end: str = Field("</think>", min_length=1, description="The marker that ends it; the answer follows.")
+    opened: bool = Field(False, description="The chat template opens the block itself, so a completion "
+                         "starts inside the reasoning (and one without the end marker is all reasoning).")
+
+
 class ModelConfig(Strict):
     name: str = Field(DEFAULT_MODEL, description="Model alias, Hugging Face folder, or server model name.")
     share: float = Field(1.0, gt=0, description="Relative share of records this model generates.")
@@ -51,6 +60,11 @@ class ModelConfig(Strict):
         "auto", description="How agent stages give this model tools (a stage's own `tool_calling` wins). auto: "
         "native where the chat template the backend can read renders `tools` (offline vLLM), else constrained; "
         "say native for a server started with a tool-call parser.")
+    reasoning: str | ReasoningMarkers | None = Field(
+        None, description="A thinking model: its reasoning is kept apart from the answer (`<stage>.reasoning`). "
+        "A vLLM reasoning-parser name (deepseek_r1: the template opens <think>; qwen3: the model writes it) "
+        "or {start, end, opened}. backend: openai reads the server's `reasoning_content` and splits the "
+        "content by these markers only when the server did not.")
     num_gpus: float | None = Field(
         None, description="--executor ray: GPUs one actor needs for this model (default: the engine's "
         "tensor_parallel_size x pipeline_parallel_size for offline vLLM on a cluster with GPUs, else 0). "
@@ -66,6 +80,26 @@ class ModelConfig(Strict):
                              "a variable (export MY_API_KEY=...) and write its name here (api_key_env: "
                              "MY_API_KEY)")
         return v
+
+    @field_validator("reasoning")
+    @classmethod
+    def _parser_name(cls, v):
+        from generator.core.reasoning import PARSERS
+
+        if isinstance(v, str) and v not in PARSERS:
+            raise ValueError(f"unknown reasoning parser '{v}'; use one of {', '.join(sorted(PARSERS))}, or "
+                             f"give the markers: {{start: '<think>', end: '</think>'}}")
+        return v
+
+    def markers(self):
+        """The reasoning markers (`generator.core.reasoning.Markers`), or None for a model that does not think."""
+        from generator.core.reasoning import PARSERS, Markers
+
+        if self.reasoning is None:
+            return None
+        if isinstance(self.reasoning, str):
+            return PARSERS[self.reasoning]
+        return Markers(self.reasoning.start, self.reasoning.end, self.reasoning.opened)
 
     @field_validator("num_gpus")
     @classmethod

@@ -47,6 +47,9 @@ class GenerateStage(_Stage):
     model: str | None = Field(None, description="A model name from `models:`; default: the record's model.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
     n: int = Field(1, ge=1, le=32, description="Independent samples per record (e.g. re-solves).")
+    max_reasoning_tokens: int | None = Field(
+        None, ge=1, description="A thinking budget for a model with `reasoning:` on the offline engine: past "
+        "this many reasoning tokens the end marker is forced and the answer follows (`<stage>.reasoning_forced`).")
     output: bool = Field(False, description="This stage's answer is the row's `text`/`completion` "
                          "(default: the last listed generate stage with n: 1, conversation or agent stage).")
 
@@ -105,13 +108,24 @@ class JudgeStage(_Stage):
         return self
 
 
+class KeepCorrect(Strict):
+    correct: int = Field(ge=1, le=32, description="Keep at most this many correct samples (the first ones).")
+
+
 class VerifyStage(_Stage):
     kind: Literal["verify"]
-    check: Literal["agreement", "json_schema", "regex", "function"]
+    check: Literal["agreement", "json_schema", "regex", "function", "reference"]
     target: str = Field(description="The stage whose answer is checked.")
+    reference: str | None = Field(None, description="reference: a Jinja string rendered with the record's context "
+                                  "(e.g. `{{ problem.json.answer }}`); the target's final answer (`extract`) "
+                                  "must equal its own.")
+    keep: Literal["all_correct"] | KeepCorrect | None = Field(
+        None, description="Check every sample of the target (its `n:`) apart: `<stage>.verdicts`, `pass_rate` "
+        "and `kept`; the kept correct samples become rows (`sample` names each), `{correct: k}` the first k, "
+        "`all_correct` all of them. A record with none correct is rejected.")
     against: str | None = Field(None, description="agreement: the stage whose samples re-solve the problem.")
     extract: Literal["number", "boxed", "last_line", "text"] = Field(
-        "number", description="agreement: how the final answer is taken from each text.")
+        "number", description="agreement, reference: how the final answer is taken from each text.")
     min_agree: int = Field(1, ge=1, description="agreement: re-solves that must match the target's answer.")
     json_schema: dict | None = Field(None, description="json_schema: the schema the target's JSON must satisfy.")
     pattern: str | None = Field(None, description="regex: a Python regular expression searched in the text.")
@@ -124,7 +138,8 @@ class VerifyStage(_Stage):
 
     @model_validator(mode="after")
     def _fields_for_check(self):
-        need = {"agreement": "against", "json_schema": "json_schema", "regex": "pattern", "function": "function"}
+        need = {"agreement": "against", "json_schema": "json_schema", "regex": "pattern", "function": "function",
+                "reference": "reference"}
         key = need[self.check]
         if getattr(self, key) is None:
             raise ValueError(f"check: {self.check} needs `{key}:`; add it to the stage")

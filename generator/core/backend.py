@@ -23,6 +23,8 @@ import collections
 import threading
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from generator.core.reasoning import Markers
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -42,6 +44,10 @@ class Request:
     # OpenAI function definitions for native tool calling: rendered by the model's chat template
     # (offline vLLM) or sent as `tools` (a server); None for every request without tools
     tools: tuple[dict, ...] | None = None
+    # a thinking model's markers: the answer is split into reasoning and text (generator.core.reasoning)
+    reasoning: Markers | None = None
+    # a thinking budget: past it the end marker is forced and the answer follows (offline vLLM)
+    max_reasoning_tokens: int | None = None
 
     def payload_hash(self, model: str) -> str:
         """Key of the request-level replay cache: everything that decides the answer."""
@@ -52,6 +58,10 @@ class Request:
         payload = {"model": model, "messages": list(self.messages), "sampling": sampling, "schema": self.json_schema}
         if self.tools is not None:  # like repetition_penalty: requests without tools keep their keys
             payload["tools"] = list(self.tools)
+        if self.reasoning is not None:  # likewise: requests to a model without markers keep their keys
+            payload["reasoning"] = self.reasoning.key()
+        if self.max_reasoning_tokens is not None:
+            payload["max_reasoning_tokens"] = self.max_reasoning_tokens
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -63,7 +73,9 @@ class Result:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. tool_calls, reasoning_forced
+    reasoning: str | None = None  # the thinking before the answer (`text`), where the model wrote one
+    reasoning_tokens: int = 0     # of `completion_tokens`, those spent reasoning
 
 
 ProgressFn = Callable[[Result], None]

@@ -46,7 +46,9 @@ def new_session() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f"-{os.getpid()}-{os.urandom(2).hex()}"
 
 
-USAGE_COLUMNS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens")
+# reasoning_tokens: of completion_tokens, those a thinking model spent reasoning (last, so the
+# ledger rows of earlier runs, without it, read as 0)
+USAGE_COLUMNS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens", "reasoning_tokens")
 
 
 class UsageMeter:
@@ -76,13 +78,14 @@ class UsageMeter:
             self._row(model, stage)["cache_hits"] += 1
 
     def answered(self, model: str, stage: str, prompt_tokens: int | None, completion_tokens: int | None,
-                 error: bool = False) -> None:
+                 error: bool = False, reasoning_tokens: int = 0) -> None:
         with self._lock:
             row = self._row(model, stage)
             row["requests"] += 1
             row["errors"] += int(error)
             row["prompt_tokens"] += int(prompt_tokens or 0)
             row["completion_tokens"] += int(completion_tokens or 0)
+            row["reasoning_tokens"] += int(reasoning_tokens or 0)
             span = self._span.setdefault(model, [time.time()] * 3)
             span[1] = time.time()
 
@@ -290,10 +293,11 @@ class RequestCache:
                     values = [json.loads(v) for _, v, _, _ in rows]
                     counts: dict[tuple[str, str], list[int]] = {}
                     for (_, _, model, stage), v in zip(rows, values):
-                        c = counts.setdefault((model, stage), [0, 0, 0, 0, 0])
+                        c = counts.setdefault((model, stage), [0] * len(USAGE_COLUMNS))
                         c[0] += 1
                         c[3] += int(v.get("prompt_tokens") or 0)
                         c[4] += int(v.get("completion_tokens") or 0)
+                        c[5] += int(v.get("reasoning_tokens") or 0)
                     meta = {"session": session, "started": started or None, "salvaged": True,
                             "usage": [[m, st, *c] for (m, st), c in counts.items()], "busy": []}
                     table = pa.table({"key": pa.array([r[0] for r in rows], pa.string()),

@@ -50,7 +50,8 @@ class ShardStats:
 
 @dataclass
 class Answer:
-    """One classified answer: `status` in ok, truncated, empty, invalid_json, error."""
+    """One classified answer: `status` in ok, truncated, empty, invalid_json, error, no_answer (a
+    thinking model's reasoning never ended: cut by max_tokens, or the model stopped inside it)."""
 
     status: str
     text: str                 # the training text: the completion, or a structured answer rendered
@@ -68,6 +69,10 @@ def classify(res: Result, structured: bool, renderer: str | None, seed: int) -> 
     if res.finish_reason == "error" or res.error:
         return Answer("error", "", res.error or "backend error")
     completion = res.text or ""
+    if res.meta.get("reasoning_unfinished") and not completion.strip():
+        how = "cut by max_tokens" if res.finish_reason == "length" else "never ended"
+        return Answer("no_answer", "", f"the reasoning was {how} before the answer ({res.reasoning_tokens} "
+                      f"reasoning tokens); raise max_tokens or set max_reasoning_tokens")
     if not completion.strip():
         return Answer("empty", "")
     if not structured:

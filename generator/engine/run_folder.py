@@ -43,6 +43,8 @@ PLAN_SCHEMA: dict[str, Any] = plan_schema()  # one column per `Record` field, in
 RESULT_SCHEMA: dict[str, Any] = {
     "completion": pl.Utf8, "text": pl.Utf8, "prompt_tokens": pl.Int32, "completion_tokens": pl.Int32,
     "finish_reason": pl.Utf8, "status": pl.Utf8, "attempts": pl.Int32, "error": pl.Utf8,
+    # a thinking model's reasoning before `text` (the output stage's), and its share of completion_tokens
+    "reasoning": pl.Utf8, "reasoning_tokens": pl.Int32,
 }
 GENERATION_SCHEMA = {**PLAN_SCHEMA, **RESULT_SCHEMA}
 _ARROW: dict[int, Any] = {}  # id(schema) -> its Arrow schema

@@ -92,6 +92,29 @@ def pass_rate_lines(manifest: dict, frame: pl.DataFrame | None) -> list[str]:
     return lines
 
 
+def difficulty_lines(frame: pl.DataFrame | None) -> list[str]:
+    """Per-problem pass rates of a `keep:` verify stage (`<stage>.pass_rate`): how many problems,
+    their mean, and how many fall in each fifth of [0, 1] (one value per record: its final row)."""
+    if frame is None:
+        return []
+    cols = [c for c, t in frame.schema.items() if c.endswith(".pass_rate") and t == pl.Float64]
+    lines = []
+    for col in cols:
+        per = frame.filter(pl.col(col).is_not_null())
+        if "final" in per.columns:  # each record's deciding attempt, once
+            per = per.filter(pl.col("final"))
+        if per.is_empty():
+            continue
+        rates = per[col]
+        bins = [int(((rates >= lo / 5) & ((rates < (lo + 1) / 5) if lo < 4 else (rates <= 1))).sum()) for lo in range(5)]
+        if not lines:
+            lines = ["| stage | problems | mean pass rate | 0-0.2 | 0.2-0.4 | 0.4-0.6 | 0.6-0.8 | 0.8-1 |",
+                     "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(f"| {_text(col.removesuffix('.pass_rate'))} | {per.height:,} | {rates.mean():.3f} | "
+                     + " | ".join(f"{b:,}" for b in bins) + " |")
+    return lines
+
+
 def body(manifest: dict, run_dir: Path, *, title: str, about: list[str], frame: pl.DataFrame | None,
          usage: dict | None) -> list[str]:
     spec = manifest.get("spec") or {}
@@ -121,6 +144,9 @@ def body(manifest: dict, run_dir: Path, *, title: str, about: list[str], frame: 
     decon = decontamination_lines(manifest)  # present once the run checked for benchmark items
     if decon:
         lines += ["", *decon]
+    difficulty = difficulty_lines(frame)
+    if difficulty:
+        lines += ["", "## Difficulty (per-problem pass rates of the samples)", "", *difficulty]
     if usage is not None:
         from generator.export.usage import usage_markdown
 

@@ -22,6 +22,7 @@ from generator.core import storage
 from generator.core.run_layout import is_run_folder, read_generation_files, read_manifest, run_path
 from generator.export.masks import SIDES, MaskRenderer
 from generator.export.provenance import choose_license
+from generator.export.rl import rl_frame
 from generator.export.rows import (JSON_COLUMNS, LAYOUT_ABOUT, ExportError, Filters, Preference, layout_frame,
                                    select, split)
 
@@ -43,6 +44,9 @@ class ExportOptions:
     tags: tuple[str, ...] = ()
     rows_per_file: int = 500_000
     overwrite: bool = False
+    reasoning: str = "field"         # messages: reasoning_content (field), inline <think>, or drop
+    reference: str | None = None     # rl: the ground-truth column (default: the reference check's)
+    data_source: str | None = None   # rl: default the run's name
 
 
 @dataclass
@@ -112,6 +116,12 @@ def _write_parquet(frame: pl.DataFrame, path: Any) -> None:
     storage.write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
+def _layout(frame: pl.DataFrame, opts: ExportOptions, manifest: dict) -> tuple[pl.DataFrame, int]:
+    if opts.layout == "rl":
+        return rl_frame(frame, manifest, opts.reference, opts.data_source)
+    return layout_frame(frame, opts.layout, opts.preference, opts.side, opts.reasoning)
+
+
 def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None = None) -> ExportResult:
     opts = opts or ExportOptions()
     run_dir = run_path(run_dir)
@@ -131,15 +141,18 @@ def export_run(run_dir: str | Path, to: str | Path, opts: ExportOptions | None =
     if gens is None:
         raise ExportError(f"{run_dir}: no generations yet; run `synthgen run` on its spec first")
     sel = select(gens, opts.filters)
-    frame, left_out = layout_frame(sel.frame, opts.layout, opts.preference, opts.side)
+    frame, left_out = _layout(sel.frame, opts, manifest)
     dropped = dict(sel.dropped)
     if left_out:
-        dropped["preference: no choice of a or b" if opts.layout == "preference"
-                else "user side: no user simulator (not a conversation)"] = left_out
+        dropped["rl: further samples, or no reference" if opts.layout == "rl" else
+                "preference: no choice of a or b" if opts.layout == "preference" else
+                "user side: no user simulator (not a conversation)"] = left_out
     if frame.is_empty():
         raise ExportError(f"{run_dir}: no rows left after the filters ({json.dumps(dropped)}); "
                           f"loosen --status/--template/--round/--where")
     kept = sel.frame.filter(pl.col("id").is_in(frame["id"].implode())) if "id" in frame.columns else sel.frame
+    if opts.layout == "rl":  # a problem per row: its kept samples' rows are one
+        kept = kept.unique("id", keep="first", maintain_order=True)
     seed = opts.seed if opts.seed is not None else int(manifest.get("seed") or 0)
     labels = split(kept, opts.test_ratio, seed, opts.stratify_by)
     frame = frame.with_columns(labels.alias("__split"))

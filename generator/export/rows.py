@@ -13,7 +13,7 @@ import yaml
 from generator.core.errors import SynthgenError
 from generator.export.masks import user_side, with_train
 
-LAYOUTS = ("text", "messages", "preference")
+LAYOUTS = ("text", "messages", "preference", "rl")
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(>=|<=|==|!=|>|<|=)\s*(.+?)\s*$")
 
 
@@ -138,13 +138,16 @@ def split(frame: pl.DataFrame, test_ratio: float, seed: int, by: str = "topic_id
 
 
 def layout_frame(frame: pl.DataFrame, layout: str, pref: Preference | None = None,
-                 side: str = "assistant") -> tuple[pl.DataFrame, int]:
-    """The exported columns for `layout`, and how many rows the layout itself left out."""
+                 side: str = "assistant", reasoning: str = "field") -> tuple[pl.DataFrame, int]:
+    """The exported columns for `layout`, and how many rows the layout itself left out
+    (`reasoning`: how the messages layout carries a thinking model's trace, REASONING_MODES)."""
+    if reasoning not in REASONING_MODES:
+        raise ExportError(f"--reasoning {reasoning}: unknown; choose from {', '.join(REASONING_MODES)}")
     meta = [c for c in ("id", "topic", "template", "model") if c in frame.columns]
     if layout == "text":
         return frame.select(["text", *meta]), 0
     if layout == "messages":
-        return _messages(frame, meta, side)
+        return _messages(frame, meta, side, reasoning)
     if layout == "preference":
         return _preference(frame, pref or Preference(), meta)
     raise ExportError(f"--layout {layout}: unknown; choose from {', '.join(LAYOUTS)}")
@@ -152,6 +155,18 @@ def layout_frame(frame: pl.DataFrame, layout: str, pref: Preference | None = Non
 
 # columns written as lists of JSON values (Parquet's JSON type; `datasets` loads each as a dict)
 JSON_COLUMNS = ("messages", "tools")
+
+
+REASONING_MODES = ("field", "inline", "drop")
+THINK = ("<think>", "</think>")
+
+
+def assistant_turn(text: str, reasoning: str | None, mode: str) -> dict[str, Any]:
+    if not reasoning or mode == "drop":
+        return {"role": "assistant", "content": text}
+    if mode == "inline":
+        return {"role": "assistant", "content": f"{THINK[0]}\n{reasoning}\n{THINK[1]}\n\n{text}"}
+    return {"role": "assistant", "content": text, "reasoning_content": reasoning}
 
 
 def chat_message(m: dict) -> dict:
@@ -173,10 +188,11 @@ def chat_message(m: dict) -> dict:
     return out
 
 
-def _messages(frame: pl.DataFrame, meta: list[str], side: str) -> tuple[pl.DataFrame, int]:
+def _messages(frame: pl.DataFrame, meta: list[str], side: str, reasoning: str) -> tuple[pl.DataFrame, int]:
     """Rows as OpenAI messages, each with its `train` flag: a conversation or agent trajectory
-    (`conversation`, with the offered `tools`), or a single-turn row's prompt and its generation.
-    `side="user"` gives conversations from the user simulator's side; other rows are left out."""
+    (`conversation`, with the offered `tools`), or a single-turn row's prompt and its generation
+    (with its reasoning as `reasoning` says). `side="user"` gives conversations from the user
+    simulator's side; other rows are left out."""
     msgs_out, tools_out, keep = [], [], []
     has_conv, has_tools, has_sim = ("conversation" in frame.columns, "tools" in frame.columns,
                                     "simulator" in frame.columns)
@@ -191,7 +207,7 @@ def _messages(frame: pl.DataFrame, meta: list[str], side: str) -> tuple[pl.DataF
             tools = None
         else:
             msgs = conv if conv is not None else (
-                list(row.get("messages") or []) + [{"role": "assistant", "content": row.get("text") or ""}])
+                list(row.get("messages") or []) + [assistant_turn(row.get("text") or "", row.get("reasoning"), reasoning)])
             tools = json.loads(row["tools"]) if has_tools and row.get("tools") else None
         keep.append(True)
         msgs_out.append([json.dumps(chat_message(m), ensure_ascii=False) for m in with_train(msgs)])
@@ -228,10 +244,16 @@ LAYOUT_ABOUT = {
                  "(system and user turns) followed by the generation as the assistant turn (for "
                  "conversation and agent stages: the whole conversation, with assistant `tool_calls` and "
                  "`tool` messages, and the offered `tools`, both as `tokenizer.apply_chat_template(messages, "
-                 "tools=tools)` takes them); `train` marks the messages to train on (see Training masks); "
-                 "`id`, `topic`, `template` and `model` for lineage.",
+                 "tools=tools)` takes them; a thinking model's reasoning as the assistant turn's "
+                 "`reasoning_content`, or inline in `<think>` tags); `train` marks the messages to train on "
+                 "(see Training masks); `id`, `topic`, `template` and `model` for lineage.",
                  ["text-generation"], ["sft", "conversational"]),
     "preference": ("Preference pairs: `prompt`, `chosen` and `rejected` (strings), from rows that carry "
                    "two responses and a judge's choice; `id`, `topic`, `template` and `model` for lineage.",
                    ["text-generation"], ["preference", "dpo"]),
+    "rl": ("Reinforcement learning on verifiable problems, one row per problem: `prompt` (chat messages), "
+           "`reward_model` ({ground_truth, style}: the reference answer a rule-based reward compares with), "
+           "`data_source`, `verifier` (how the generator checked answers) and `pass_rate` (the share of its own "
+           "samples that passed); `id`, `topic`, `template` and `model` for lineage.",
+           ["text-generation"], ["rl", "verifiable"]),
 }

@@ -28,7 +28,8 @@ from generator.core.run_layout import (CACHE, generation_files, published_usage,
                                       read_manifest, read_plan)
 
 GROUP_COLUMNS = ("stage", "template")  # grouped by, besides model, when the run has them
-COUNTS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens")
+# reasoning_tokens: of completion_tokens, those spent reasoning (0 in ledgers written before it was counted)
+COUNTS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens", "reasoning_tokens")
 
 
 def prices(manifest: dict) -> dict[str, dict | None]:
@@ -108,7 +109,7 @@ def _ledger_rows(run_dir: Any, session: str | None) -> tuple[list[tuple], list[t
     usage, busy, started = published_usage(run_dir, session)
     path = storage.join(run_dir, CACHE)
     where, args = (" WHERE session = ?", (session,)) if session else ("", ())
-    usage += _query(path, f"SELECT session, model, stage, {', '.join(COUNTS)} FROM usage{where}", args) or []
+    usage += _query(path, f"SELECT session, model, stage, {', '.join(COUNTS[:-1])}, 0 FROM usage{where}", args) or []
     busy += _query(path, f"SELECT session, model, seconds, first_at, last_at FROM busy{where}", args) or []
     for sid, at in _query(path, f"SELECT session, started FROM sessions{where}", args) or []:
         started.setdefault(sid, at)
@@ -125,6 +126,8 @@ def _ledger(run_dir: Any, session: str | None = None) -> tuple[pl.DataFrame, pl.
     usage, busy, started = _ledger_rows(run_dir, session)
     if not usage:
         return None
+    width = 3 + len(COUNTS)  # a row written before reasoning tokens were counted has one count less
+    usage = [tuple(r) + (0,) * (width - len(r)) for r in usage]
     counts = pl.DataFrame(usage, schema={"session": pl.Utf8, "model": pl.Utf8, "stage": pl.Utf8,
                                          **{c: pl.Int64 for c in COUNTS}}, orient="row")
     counts = counts.group_by(["session", "model", "stage"], maintain_order=True).agg(pl.col(c).sum() for c in COUNTS)

@@ -2,6 +2,11 @@
 
 `script` maps a request id (or `*`) to a list of answers used attempt after attempt; without a
 script it writes a short text derived from the prompt, or a minimal JSON object for schemas.
+An answer ending in `<truncated>` is cut by max_tokens. For a request with reasoning markers, an
+answer that starts with a thinking block (`<think>...</think>answer`) is split like a thinking
+model's: reasoning that never ends has no answer, and reasoning longer than the request's
+`max_reasoning_tokens` (in words) is cut there, its end forced, and the answer follows (the
+scripted one after the end marker, else the default answer).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import json
 from typing import Any, Callable, Iterable, Iterator
 
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
+from generator.core.reasoning import split
 from generator.library.schema_examples import minimal_instance
 
 
@@ -32,11 +38,35 @@ class FakeBackend:
                 text = self.script[key].pop(0)
                 return text, ("length" if text.endswith("<truncated>") else "stop")
         if self.responder:
-            return self.responder(r), "stop"
+            text = self.responder(r)
+            return text, ("length" if text.endswith("<truncated>") else "stop")
+        return self._default(r), "stop"
+
+    @staticmethod
+    def _default(r: Request) -> str:
         if r.json_schema is not None:
-            return json.dumps(minimal_instance(r.json_schema, r.id)), "stop"
+            return json.dumps(minimal_instance(r.json_schema, r.id))
         digest = hashlib.sha1(f"{r.messages[-1]['content']}|{r.sampling.seed}".encode()).hexdigest()
-        return f"Answer {digest[:12]} to: {r.messages[-1]['content'][:60]}", "stop"
+        return f"Answer {digest[:12]} to: {r.messages[-1]['content'][:60]}"
+
+    def _think(self, r: Request, res: Result) -> Result:
+        """`res` of a request with reasoning markers, split as a thinking model's (module docstring)."""
+        part = split(res.text, r.reasoning)
+        if part.reasoning is None:
+            return res
+        words = part.reasoning.split()
+        budget = r.max_reasoning_tokens
+        if budget is not None and len(words) > budget:
+            answer = part.text if part.ended else self._default(r)
+            res.reasoning, res.reasoning_tokens = " ".join(words[:budget]), budget
+            res.text, res.meta = answer, {"reasoning_forced": True}
+            res.finish_reason = res.finish_reason if part.ended else "stop"
+        else:
+            res.reasoning, res.reasoning_tokens, res.text = part.reasoning, len(words), part.text
+            if not part.ended:
+                res.meta = {"reasoning_unfinished": True}
+        res.completion_tokens = res.reasoning_tokens + len(res.text.split())
+        return res
 
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
         for r in requests:
@@ -66,6 +96,8 @@ class FakeBackend:
             res = Result(id=r.id, text=text, finish_reason=reason,
                          prompt_tokens=sum(len(m["content"].split()) for m in r.messages),
                          completion_tokens=len(text.split()))
+            if r.reasoning is not None:
+                res = self._think(r, res)
         if on_result:
             on_result(res)
         return res

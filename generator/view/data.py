@@ -25,9 +25,9 @@ FILTERS = {"template": "template", "topic": "topic_id", "persona": "persona_ids"
 LINEAGE = ("id", "round", "topic_id", "topic", "subtopic", "level", "keywords", "persona_ids", "companion_topics",
            "template", "template_hash", "template_vars", "model", "temperature", "top_p", "repetition_penalty",
            "max_tokens", "seed", "generation", "shard", "structured", "status", "finish_reason", "attempts",
-           "prompt_tokens", "completion_tokens", "error", "duplicate_of")
+           "prompt_tokens", "completion_tokens", "reasoning_tokens", "error", "duplicate_of")
 # columns with their own place on the page (not repeated among the extra columns)
-SHOWN = set(LINEAGE) | {"messages", "prompt", "completion", "text", "conversation", "tools"}
+SHOWN = set(LINEAGE) | {"messages", "prompt", "completion", "text", "conversation", "tools", "reasoning"}
 SNIPPET = 240
 
 
@@ -156,6 +156,7 @@ def record(df: pl.DataFrame, rid: str) -> dict[str, Any] | None:
     extra = {k: plain(v) for k, v in row.items() if k not in SHOWN and not k.startswith("_")}
     return {"id": rid, "system": row["_system"], "user": row["_user"], "prompt": row.get("prompt"),
             "messages": plain(row.get("messages")), "completion": row.get("completion"), "text": row.get("text"),
+            "reasoning": row.get("reasoning"),
             "lineage": {k: plain(row[k]) for k in LINEAGE if k in row},
             "conversation": _json(row.get("conversation")), "tools": _json(row.get("tools")),
             "extra": extra}

@@ -406,7 +406,7 @@ class OpenAIBackend:
             return
         try:
             data = resp.json()
-            result = choice_result(r.id, data["choices"][0], data.get("usage") or {})
+            result = choice_result(r.id, data["choices"][0], data.get("usage") or {}, r.reasoning)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             if twin:  # the other attempt may still answer properly
                 e.stats["errors"] += 1

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from generator.core.errors import BackendError
 from generator.core.backend import Request, Result
+from generator.core.reasoning import Markers, share, split
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -83,14 +84,28 @@ def request_body(model: str, r: Request, send_seed: bool = True) -> dict[str, An
     return body
 
 
-def choice_result(rid: str, choice: dict, usage: dict) -> Result:
+def choice_result(rid: str, choice: dict, usage: dict, markers: Markers | None = None) -> Result:
     """One chat-completions answer as a Result; the message's `tool_calls` (a server with a tool
-    parser) go to `meta["tool_calls"]` in OpenAI form."""
+    parser) go to `meta["tool_calls"]` in OpenAI form. A reasoning model's thinking is read from
+    `reasoning_content` (vLLM's reasoning parsers) or `reasoning`; where the server sent neither,
+    a request with `markers` has its content split by them. Reasoning tokens are the server's
+    count (`completion_tokens_details.reasoning_tokens`), else estimated by characters."""
     message = choice.get("message") or {}
     calls = message.get("tool_calls") or []
-    meta = {"tool_calls": [{"id": c.get("id"), "type": "function", "function": dict(c["function"])}
-                           for c in calls]} if calls else {}
-    return Result(id=rid, text=message.get("content") or choice.get("text") or "",
-                  finish_reason=choice.get("finish_reason") or "stop",
-                  prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                  completion_tokens=int(usage.get("completion_tokens") or 0), meta=meta)
+    meta: dict = {"tool_calls": [{"id": c.get("id"), "type": "function", "function": dict(c["function"])}
+                                 for c in calls]} if calls else {}
+    text = message.get("content") or choice.get("text") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or None
+    if reasoning is None and markers is not None:
+        part = split(text, markers)
+        reasoning, text = part.reasoning, part.text
+        if not part.ended:
+            meta["reasoning_unfinished"] = True
+    elif reasoning is not None and not text.strip() and not calls:  # the server's parser found no answer
+        meta["reasoning_unfinished"] = True
+    completion = int(usage.get("completion_tokens") or 0)
+    counted = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    return Result(id=rid, text=text, finish_reason=choice.get("finish_reason") or "stop",
+                  prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=completion, meta=meta,
+                  reasoning=reasoning,
+                  reasoning_tokens=int(counted) if counted is not None else share(completion, reasoning, text))

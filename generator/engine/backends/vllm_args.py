@@ -102,6 +102,25 @@ def sampling_kwargs(sampling: Any, json_schema: dict | None = None, tools: Any =
     return kw
 
 
+def thinking_kwargs(sampling: Any, markers: Any, budget: int | None, tools: Any = None) -> dict[str, Any]:
+    """A thinking model's first phase: free text (no output schema) until the end marker, at most
+    `budget` tokens (or max_tokens); the answer is the second phase (`answer_kwargs`)."""
+    kw = sampling_kwargs(sampling, None, tools)
+    if budget is not None:
+        kw["max_tokens"] = min(budget, sampling.max_tokens)
+    kw["stop"] = [markers.end]
+    kw["include_stop_str_in_output"] = True
+    return kw
+
+
+def answer_kwargs(sampling: Any, json_schema: dict | None, max_tokens: int) -> dict[str, Any]:
+    """The second phase: the answer after the end marker, under the output schema (structured
+    decoding starts after the reasoning), in what is left of max_tokens."""
+    from dataclasses import replace
+
+    return sampling_kwargs(replace(sampling, max_tokens=max(1, max_tokens)), json_schema)
+
+
 def sampling_params(kw: dict[str, Any]):
     """A `vllm.SamplingParams` from `sampling_kwargs`."""
     from vllm import SamplingParams

@@ -16,9 +16,10 @@ from generator.core.errors import ModelError
 from generator.core.model_aliases import describe_model, resolve_model
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
 from generator.engine.backends import vllm_args
-from generator.engine.backends.vllm_args import ENGINE_SEED, sampling_kwargs, sampling_params
+from generator.engine.backends.vllm_args import ENGINE_SEED, sampling_kwargs, sampling_params, thinking_kwargs
 from generator.engine.backends.vllm_args import seed_safe  # noqa: F401 - callers import it from here
 from generator.engine.backends.vllm_stream import StreamStats, by_tools, stream_engine
+from generator.engine.backends.vllm_thinking import Thinker
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class VLLMOfflineBackend:
                              f"`pip install -e .[gpu]`)")
 
     def _params(self, r: Request):
+        if r.reasoning is not None:  # a thinking model: this is the thinking phase (vllm_thinking)
+            return sampling_params(thinking_kwargs(r.sampling, r.reasoning, r.max_reasoning_tokens, r.tools))
         return sampling_params(sampling_kwargs(r.sampling, r.json_schema, r.tools))
 
     def generate(self, requests: Iterable[Request], on_result: ProgressFn | None = None) -> Iterator[Result]:
@@ -99,8 +102,9 @@ class VLLMOfflineBackend:
     def stream(self, feed: RequestFeed, on_result: ProgressFn | None = None) -> Iterator[Result]:
         """Results of the requests put into `feed`, each as its engine step finishes it."""
         stats = self.last_stream = StreamStats()
+        thinker = Thinker(self.llm)
         return self._one_at_a_time(stream_engine(self.llm, feed, self._params, self._on_result(on_result), stats,
-                                                 self.window, self.hedge))
+                                                 self.window, self.hedge, thinker))
 
     def _one_at_a_time(self, results: Iterator[Result]) -> Iterator[Result]:
         # two loops stepping one engine would take each other's answers: one feed per engine

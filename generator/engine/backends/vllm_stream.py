@@ -19,15 +19,21 @@ A retry can be cut too, and its own retry would then trail the run by a whole an
 (running or taken over) past half its budget in a draining engine is hedged in turn, with the seed
 after its own. A taken-over hedge keeps the step it started at, and dropping a hedge drops the
 hedges that stood behind it.
+
+A request to a thinking model (with reasoning markers) runs in two phases, the answer joining the
+running batch the step its thinking ends (`vllm_thinking`); such requests are never hedged.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from generator.core.backend import ProgressFn, Request, RequestFeed, Result
+
+log = logging.getLogger(__name__)
 
 HEDGE_BELOW = 0.25   # hedge once at most this share of the peak batch is in flight...
 HEDGE_AFTER = 0.5    # ...for requests past this share of their max_tokens (one token a step)
@@ -71,10 +77,11 @@ def _retry_of(r: Request) -> Request:
 
 def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
                   on_result: ProgressFn | None, stats: StreamStats,
-                  max_in_flight: int | None = None, hedge: bool = True) -> Iterator[Result]:
+                  max_in_flight: int | None = None, hedge: bool = True, thinker: Any = None) -> Iterator[Result]:
     """`max_in_flight` (run.window) caps the requests handed to the engine at once; a finished
     one is replaced at the next step, so the cap never drains the engine. `hedge`: start likely
-    retries early in a draining engine (module docstring)."""
+    retries early in a draining engine (module docstring). `thinker`: a `vllm_thinking.Thinker`
+    for requests with reasoning markers."""
     engine = llm.llm_engine
     # LLM's request ids are counter values; the engine makes them unique with a random suffix
     # ("7-1a2b3c4d"), and step() reports the counter value: key by that
@@ -87,6 +94,7 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
     done_hedge: dict[str, Result] = {}       # payload key -> a hedge's answer, not yet claimed
     orphaned: dict[str, float] = {}          # hedge engine id -> when its original ended cut
     behind: dict[str, tuple[str, str]] = {}  # payload key of a finished, cut, unclaimed hedge -> its own hedge (id, key)
+    answering: dict[str, Any] = {}           # engine id of a thinking request's answer phase -> its Thought
 
     def key(r: Request) -> str:
         return r.payload_hash("")
@@ -182,7 +190,7 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
         room = None if max_in_flight is None else max_in_flight - len(in_flight)
         todo = []
         for ext, r in in_flight.items():  # hedges too: a hedge can be cut like its original
-            if (ext in hedge_of or r.json_schema is None or r.sampling.seed is None
+            if (ext in hedge_of or r.json_schema is None or r.sampling.seed is None or r.reasoning is not None
                     or stats.steps - stats.submitted.get(r.id, stats.steps) < HEDGE_AFTER * r.sampling.max_tokens):
                 continue
             todo.append((ext, r))
@@ -198,9 +206,33 @@ def stream_engine(llm: Any, feed: RequestFeed, params: Callable[[Request], Any],
                 running_hedge[k] = added[0]
                 stats.hedges += 1
 
+    def think(ext: str, r: Request, out: Any) -> Result | None:
+        """A thinking request's phase ended: its Result, or None while its answer runs."""
+        if ext in answering:
+            return thinker.merge(r, answering.pop(ext), out)
+        step = thinker.after_thinking(r, out)
+        if isinstance(step, Result):
+            return step
+        ids, answer_params, thought = step
+        try:
+            vid = llm.enqueue([{"prompt_token_ids": ids}], [answer_params], use_tqdm=False)[0]
+        except Exception as exc:  # noqa: BLE001 - e.g. past the context: this request fails, not the stream
+            first = (str(exc).splitlines() or [""])[0][:300]
+            log.warning("%s: the answer phase was refused: %s: %s", r.id, type(exc).__name__, first)
+            return Result(id=r.id, text="", finish_reason="error", reasoning=thought.reasoning,
+                          error=f"vLLM refused the answer phase: {type(exc).__name__}: {first}")
+        nxt = vid.split("-", 1)[0]
+        in_flight[nxt], internal[nxt], answering[nxt] = r, vid, thought
+        return None
+
     def finished(ext: str, out: Any) -> Result | None:
         r = in_flight.pop(ext)
         internal.pop(ext, None)
+        if r.reasoning is not None and thinker is not None:
+            res = think(ext, r, out)
+            if res is not None:
+                stats.finished[r.id] = stats.steps
+            return res
         res = _result(r, out)
         settle_behind(ext, res)
         if ext in hedge_key:  # a hedge ended before its retry was sent: keep the answer for it

@@ -10,18 +10,23 @@ The scheduler owns every record; this module reaches it only through the callbac
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 from typing import Any, Callable
 
+import jinja2
+
 from generator.config.stages import VerifyStage
+from generator.core.errors import SynthgenError
 from generator.engine.dialogue import transcript
-from generator.engine.pipeline import expressions, verify
-from generator.engine.pipeline.context import StageOut
+from generator.engine.pipeline import expressions, samples, verify
+from generator.engine.pipeline.context import Contexts, StageOut, render_text, stage_context
 from generator.engine.pipeline.dag import Pipeline, StageNode
 from generator.engine.pipeline.state import Rec
 from generator.engine.planner import Resolved
 
 DECONTAM_CHECK = "decontaminate"  # the waiting label and token name of a record's decontamination check
+log = logging.getLogger(__name__)
 
 
 class CheckRunner:
@@ -45,6 +50,7 @@ class CheckRunner:
         self._reject_stage = reject      # a failed stage: regenerate or end the record
         self._advance_rec = advance      # a settled stage: start what waited on it
         self._decontaminated = decontaminated  # a decontamination verdict: keep, reject or regenerate
+        self._contexts: Contexts | None = None  # template contexts for `reference:` (made on first use)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -66,7 +72,7 @@ class CheckRunner:
         comes back as a `check` event (False: not settled yet)."""
         c: VerifyStage = node.cfg
         args = self._args(rec, c)
-        if c.check == "agreement":
+        if c.check in ("agreement", "reference"):
             return self._finish(rec, node, self._out(rec, self._run(c, args))) or None
         token = (rec, node.name, rec.epoch.get(node.name, 0))
         rec.busy += 1
@@ -108,12 +114,21 @@ class CheckRunner:
                 self._advance_rec(rec)
         self._live_check(rec)
 
-    def _args(self, rec: Rec, c: VerifyStage) -> tuple:
+    def _args(self, rec: Rec, c: VerifyStage, text: str | None = None) -> Any:
+        """The check's arguments (`text`: one sample's answer in place of the target's; with
+        `keep:`, a list of arguments, one per sample)."""
+        if c.keep is not None and text is None:
+            return [self._args(rec, c, t) for t in samples.texts(rec.outputs[c.target])]
         target = rec.outputs[c.target].view
+        answer = target.get("text") if text is None else text
         if c.check == "agreement":
-            return target.get("text"), rec.outputs[c.against].view.get("texts") or []
+            return answer, rec.outputs[c.against].view.get("texts") or []
+        if c.check == "reference":
+            return answer, self._reference(rec, c)
         if c.check == "function":
-            return (verify.to_jsonable(self._env(rec)),)
+            env = self._env(rec)
+            env[c.target] = {**env[c.target], "text": answer}
+            return (verify.to_jsonable(env),)
         if self.p.nodes[c.name].judged == "transcript":  # regex, json_schema: the turns `scope` picks
             messages = target.get("messages") or []
             if c.scope == "transcript":
@@ -121,9 +136,25 @@ class CheckRunner:
                 return (transcript.render(messages, failed=failed).text,)
             turns = transcript.assistant_turns(messages)
             return (turns if c.scope == "every" else turns[-1:] or [""],)
-        return (target.get("text"),)
+        return (answer,)
 
-    def _run(self, c: VerifyStage, args: tuple) -> verify.Verdict:
+    def _reference(self, rec: Rec, c: VerifyStage) -> str | None:
+        if self._contexts is None:
+            self._contexts = Contexts(self.resolved)
+        try:
+            return render_text(c.reference, stage_context(self._contexts.base(rec.row), rec.outputs))
+        except (jinja2.TemplateError, SynthgenError) as exc:  # e.g. an answer without the named key: no reference
+            log.debug("reference of %s: %s", rec.row.get("id"), exc)
+            return None
+
+    def _run(self, c: VerifyStage, args: Any) -> verify.Verdict:
+        if isinstance(args, list):  # `keep:`: every sample apart
+            return samples.combine(c.keep, [self._run_one(c, a) for a in args])
+        return self._run_one(c, args)
+
+    def _run_one(self, c: VerifyStage, args: tuple) -> verify.Verdict:
+        if c.check == "reference":
+            return verify.reference_check(args[0], args[1], c.extract)
         if c.check == "agreement":
             return verify.agreement(args[0], args[1], c.extract, c.min_agree)
         if c.check == "function":
@@ -145,9 +176,13 @@ class CheckRunner:
     @staticmethod
     def _out(rec: Rec, v: verify.Verdict) -> StageOut:
         status = "passed" if v.passed else "rejected"
-        return StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason,
-                        view={"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
-                              "reason": v.reason, "status": status})
+        view = {"passed": v.passed, "agree": v.agree, "answer": v.answer, "majority": v.majority,
+                "reason": v.reason, "status": status}
+        if v.reference is not None:
+            view["reference"] = v.reference
+        if v.verdicts is not None:
+            view.update({"verdicts": v.verdicts, "pass_rate": v.pass_rate, "kept": v.kept})
+        return StageOut(status=status, attempt=rec.attempt, reason=None if v.passed else v.reason, view=view)
 
     def _finish(self, rec: Rec, node: StageNode, out: StageOut) -> bool:
         """Record a check's outcome; False when it rejected the record (regenerated or ended)."""

@@ -41,7 +41,11 @@ class StageOut:
     completion: str | None = None
     finish_reason: str | None = None
     error: str | None = None         # the answer's own error (a backend error, a JSON or renderer fault)
-    columns: dict[str, Any] = field(default_factory=dict)  # conversation/agent: `Trajectory.columns()`
+    columns: dict[str, Any] = field(default_factory=dict)  # conversation/agent: `Trajectory.columns()`;
+    # generate: its samples (`thinking.sample_columns`)
+    reasoning: str | None = None     # a thinking model's reasoning before the answer
+    reasoning_tokens: int = 0        # of completion_tokens, spent reasoning (all samples)
+    reasoning_forced: bool = False   # the thinking budget ran out and the end marker was forced
 
     @property
     def failed(self) -> bool:
@@ -181,7 +185,8 @@ def placeholder_view(node: StageNode) -> dict[str, Any]:
     if node.kind == "generate":
         schema = node.schema()
         return {"text": "(text)", "json": minimal_instance(schema, node.name) if schema else {}, "texts": ["(text)"],
-                "prompt": "(prompt)", "model": "(model)", "status": "ok", "completion_tokens": 1}
+                "prompt": "(prompt)", "model": "(model)", "status": "ok", "completion_tokens": 1,
+                "reasoning": "(reasoning)", "reasoning_tokens": 1}
     view: dict[str, Any] = {f: None for f in node.fields()}
     if "reasons" in view:
         view["reasons"] = {}

@@ -18,8 +18,10 @@ from generator.engine.pipeline import expressions
 from generator.library.prompt_template import Template
 
 # what later stages (templates, expressions) may read of each kind of stage
-GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "completion_tokens"}
-VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status"}
+GENERATE_FIELDS = {"text", "json", "texts", "prompt", "model", "status", "completion_tokens", "reasoning",
+                   "reasoning_tokens"}
+VERIFY_FIELDS = {"passed", "agree", "answer", "majority", "reason", "status", "pass_rate", "verdicts", "kept",
+                 "reference"}
 FILTER_FIELDS = {"passed", "reason", "status"}
 COMPARE_FIELDS = {"winner", "chosen", "rejected", "reason", "status"}
 # conversation/agent stages: `Trajectory.view()`, and an agent's check of its final answer
@@ -127,6 +129,9 @@ def _references(node: StageNode, names: set[str]) -> dict[str, tuple]:
         value = getattr(c, key, None)
         if value:
             refs.setdefault(value, (key,))
+    if getattr(c, "reference", None):
+        for v in sorted(jinja_refs(c.reference) & names):
+            refs.setdefault(v, ("reference",))
     for j, value in enumerate(getattr(c, "compare", None) or []):
         refs.setdefault(value, ("compare", j))
     if isinstance(c, FilterStage):
@@ -225,6 +230,11 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
         if model is not None and model not in models:
             raise _error(spec, ("stages", node.index, "model"), f"model '{model}' is not in `models:` "
                          f"({', '.join(sorted(models))}); add it there or fix the name")
+        if getattr(node.cfg, "max_reasoning_tokens", None) is not None:
+            _check_budget(spec, node, model)
+        if getattr(node.cfg, "keep", None) is not None and nodes[node.cfg.target].kind != "generate":
+            raise _error(spec, ("stages", node.index, "keep"), f"`keep:` turns the samples of a generate stage "
+                         f"into rows; '{node.cfg.target}' is a {nodes[node.cfg.target].kind} stage")
     order = _toposort(spec, nodes)
     nodes = {n: nodes[n] for n in order}
     ancestors, descendants = _closure(nodes)
@@ -237,6 +247,18 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
     output = _output_stage(spec, nodes)
     return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants,
                     gates=_gates(nodes, ancestors, descendants), tools={t.name: t for t in spec.tools})
+
+
+def _check_budget(spec: Spec, node: StageNode, model: str | None) -> None:
+    """A thinking budget is enforced by the offline engine, for a model whose reasoning markers it knows."""
+    for m in spec.models:
+        if model is not None and m.name != model:
+            continue
+        if m.reasoning is None or m.backend != "vllm":
+            why = "has no `reasoning:` markers" if m.reasoning is None else f"runs on backend: {m.backend}"
+            raise _error(spec, ("stages", node.index, "max_reasoning_tokens"), f"stage '{node.name}' sets a "
+                         f"thinking budget, but model '{m.name}' {why}; the budget needs an offline (backend: "
+                         f"vllm) model with `reasoning:` (e.g. reasoning: deepseek_r1), or remove it")
 
 
 def _check_dialogue(spec: Spec, s: Any, i: int) -> None:

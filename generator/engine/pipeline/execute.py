@@ -164,7 +164,12 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
 
 def summary_columns(pipeline: Pipeline) -> list[str]:
     """The columns `summary` reads (so a large run's shards are read only for these)."""
-    return ["final", "decided_by", "status", "attempts", *(f"{s}.attempt" for s in pipeline.order)]
+    return ["final", "decided_by", "status", "attempts", *(f"{s}.attempt" for s in pipeline.order),
+            *(f"{s}.pass_rate" for s in _keepers(pipeline))]
+
+
+def _keepers(pipeline: Pipeline) -> list[str]:
+    return [n for n, node in pipeline.nodes.items() if node.kind == "verify" and node.cfg.keep is not None]
 
 
 def summary(frame: pl.DataFrame, pipeline: Pipeline) -> dict[str, Any]:
@@ -178,6 +183,10 @@ def summary(frame: pl.DataFrame, pipeline: Pipeline) -> dict[str, Any]:
         "rows": frame.height,
         "rows_by_status": dict(sorted(frame.group_by("status").len().iter_rows())) if frame.height else {},
         "max_attempt": int(frame["attempts"].max() or 0) if frame.height else 0,
+        # `keep:` stages: each record's pass rate over its samples (its final row), their count and mean
+        **({"pass_rates": {s: {"records": final[f"{s}.pass_rate"].drop_nulls().len(),
+                               "mean": final[f"{s}.pass_rate"].mean()} for s in _keepers(pipeline)
+                           if f"{s}.pass_rate" in final.columns}} if _keepers(pipeline) else {}),
     }
 
 

@@ -8,12 +8,16 @@ Columns: the plan's (the entry stage's prompt, template, model, seed), the usual
                  or the last stage when everything passed)
     reason       why (the check's reason), null when it passed
     seed_id      the seed data row the record came from (null for topic cells)
+    sample       with a verify stage's `keep:`: which sample of its target this row is (one row
+                 per kept sample; pipeline.samples)
     <stage>.*    per stage: status, attempt (the attempt that produced it), reason, and by kind
-                 generate: text, json, texts, prompt, template, model, seed, tries, tokens;
+                 generate: text, json, texts, prompt, template, model, seed, tries, tokens,
+                 reasoning, reasoning_tokens, reasoning_forced (a thinking model's trace);
                  judge: one Float64 column per criterion, mean, reasons (JSON), with
                  `per_turn` also turn_scores (one per assistant turn, null where elided),
                  turn_reasons (JSON) and turn_min; or winner/chosen/rejected (a compared
-                 transcript: its conversation, JSON); verify: passed, agree, answer, majority; filter: passed;
+                 transcript: its conversation, JSON); and the reasoning columns; verify: passed,
+                 agree, answer, majority; filter: passed;
                  conversation/agent: text, conversation, tools, turns, tool_calls, simulator (the user
                  simulator's prompt and closing turn; conversations only) (JSON text), steps,
                  failed_calls, model, tokens; agent also passed, answer, expected (its answer check).
@@ -36,6 +40,8 @@ from generator.engine.run_folder import GENERATION_SCHEMA
 RECORD_COLUMNS: dict[str, Any] = {"final": pl.Boolean, "decided_by": pl.Utf8, "reason": pl.Utf8, "seed_id": pl.Utf8}
 _MODEL_COLS = {"model": pl.Utf8, "seed": pl.Int64, "tries": pl.Int32, "prompt_tokens": pl.Int32,
                "completion_tokens": pl.Int32}
+# generate and judge stages: a thinking model's reasoning, kept apart from the answer
+REASONING_COLS = {"reasoning": pl.Utf8, "reasoning_tokens": pl.Int32, "reasoning_forced": pl.Boolean}
 
 
 def stage_columns(node: StageNode) -> dict[str, Any]:
@@ -43,16 +49,20 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
     c = node.cfg
     if node.kind == "generate":
         cols.update({"text": pl.Utf8, "json": pl.Utf8, "texts": pl.List(pl.Utf8), "prompt": pl.Utf8,
-                     "template": pl.Utf8, **_MODEL_COLS})
+                     "template": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
     elif node.kind == "judge" and c.compare:
-        cols.update({"winner": pl.Utf8, "chosen": pl.Utf8, "rejected": pl.Utf8, **_MODEL_COLS})
+        cols.update({"winner": pl.Utf8, "chosen": pl.Utf8, "rejected": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
     elif node.kind == "judge":
         cols.update({cr.name: pl.Float64 for cr in c.criteria})
-        cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS})
+        cols.update({"mean": pl.Float64, "reasons": pl.Utf8, **_MODEL_COLS, **REASONING_COLS})
         if c.per_turn:
             cols.update({"turn_scores": pl.List(pl.Float64), "turn_reasons": pl.Utf8, "turn_min": pl.Float64})
     elif node.kind == "verify":
         cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
+        if c.check == "reference":
+            cols["reference"] = pl.Utf8  # the reference's final answer: an RL export's ground truth
+        if c.keep is not None:  # every sample verified apart (pipeline.samples)
+            cols.update({"verdicts": pl.List(pl.Boolean), "pass_rate": pl.Float64, "kept": pl.List(pl.Int32)})
     elif node.kind in DIALOGUE_KINDS:
         cols.update({"text": pl.Utf8, **{k: pl.Utf8 for k in TRAJECTORY_COLUMNS}, "steps": pl.Int32,
                      "failed_calls": pl.Int32, **_MODEL_COLS})
@@ -73,6 +83,8 @@ def pipeline_schema(pipeline: Pipeline) -> dict[str, Any]:
         schema.update(stage_columns(node))
     if pipeline.nodes[pipeline.output].kind in DIALOGUE_KINDS:
         schema.update({"conversation": pl.Utf8, "tools": pl.Utf8, "simulator": pl.Utf8})
+    if any(n.kind == "verify" and n.cfg.keep is not None for n in pipeline.nodes.values()):
+        schema["sample"] = pl.Int32  # which of the target's samples a kept row is (pipeline.samples)
     return schema
 
 
@@ -81,7 +93,8 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
     vals: dict[str, Any] = {"status": out.status, "attempt": out.attempt, "reason": out.reason}
     if node.kind in ("generate", "judge"):
         vals.update({"model": out.model, "seed": out.seed, "tries": out.tries, "prompt_tokens": out.prompt_tokens,
-                     "completion_tokens": out.completion_tokens})
+                     "completion_tokens": out.completion_tokens, "reasoning": out.reasoning,
+                     "reasoning_tokens": out.reasoning_tokens, "reasoning_forced": out.reasoning_forced})
     if node.kind == "generate":
         vals.update({"text": v.get("text"), "json": jsonable(v.get("json") or None), "texts": v.get("texts"),
                      "prompt": v.get("prompt"), "template": out.template})
@@ -101,7 +114,8 @@ def _stage_values(node: StageNode, out: StageOut) -> dict[str, Any]:
             vals.update({"turn_scores": v.get("turn_scores"), "turn_reasons": jsonable(v.get("turn_reasons")),
                          "turn_min": v.get("turn_min")})
     else:
-        vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority") if k in v})
+        vals.update({k: v.get(k) for k in ("passed", "agree", "answer", "majority", "verdicts", "pass_rate", "kept",
+                                           "reference") if k in v})
     return {f"{node.name}.{k}": x for k, x in vals.items()}
 
 
@@ -111,13 +125,15 @@ def single_row(plan_row: dict, out: StageOut | None, status: str, reason: str | 
     row: dict[str, Any] = dict(plan_row)
     if out is None:  # ended before its stage could answer (the scheduler's liveness guard)
         row.update({"completion": None, "text": "", "prompt_tokens": 0, "completion_tokens": 0,
-                    "finish_reason": None, "status": status, "attempts": 0, "error": reason})
+                    "finish_reason": None, "status": status, "attempts": 0, "error": reason, "reasoning": None,
+                    "reasoning_tokens": 0})
         return row
     error = out.error  # the answer's own fault; an empty answer has none
     row.update({"completion": out.completion, "text": out.view.get("text") or "",
                 "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                 "finish_reason": out.finish_reason, "status": status, "attempts": out.tries,
-                "error": scrub_text(error) if error else None})
+                "error": scrub_text(error) if error else None, "reasoning": out.reasoning,
+                "reasoning_tokens": out.reasoning_tokens})
     return row
 
 
@@ -133,6 +149,8 @@ def attempt_row(pipeline: Pipeline, plan_row: dict, outputs: dict[str, StageOut]
         "text": (out.view.get("text") or "") if out and status in ("ok", "truncated") else "",
         "prompt_tokens": sum(o.prompt_tokens for o in fresh),
         "completion_tokens": sum(o.completion_tokens for o in fresh),
+        "reasoning": out.reasoning if out and status in ("ok", "truncated") else None,
+        "reasoning_tokens": sum(o.reasoning_tokens for o in fresh),
         "finish_reason": None, "status": status, "attempts": attempt,
         "error": reason if status not in ("ok", "truncated", "rejected") else None,
         "final": final, "decided_by": decided_by, "reason": reason, "seed_id": seed_id,

@@ -47,7 +47,9 @@ from generator.engine.pipeline.decontam import DECONTAM, row_value
 from generator.engine.pipeline.dialogue_driver import DialogueDriver
 from generator.engine.pipeline.judge import read_verdict
 from generator.engine.pipeline.lineage import attempt_row, single_row
+from generator.engine.pipeline.samples import expand
 from generator.engine.pipeline.state import Pending, Rec
+from generator.engine.pipeline.thinking import Thinking, forced, sample_columns
 from generator.engine.planner import Resolved
 from generator.engine.requests import classify, make_request as entry_request, retryable
 from generator.engine.request_cache import RequestCache
@@ -79,6 +81,7 @@ class PipelineScheduler:
         self.stall_timeout = stall_timeout
         self.max_open = max(1, max_open)
         self.contexts = Contexts(resolved)
+        self.thinking = Thinking(resolved.spec.models, {n: node.cfg for n, node in pipeline.nodes.items()})
         self.renderers = {t.name: t.renderer for node in pipeline.nodes.values() for t, _ in node.templates}
         self.schemas = {t.name: t.output_schema for node in pipeline.nodes.values() for t, _ in node.templates}
         self.model_calls = 0
@@ -208,7 +211,7 @@ class PipelineScheduler:
                     continue
                 failed = res.finish_reason == "error"  # counted, but not an answer worth replaying
                 self.cache.meter.answered(pend.model, pend.stage, res.prompt_tokens, res.completion_tokens,
-                                          error=failed)
+                                          error=failed, reasoning_tokens=res.reasoning_tokens)
                 if not failed:
                     items.append((pend.key, res.__dict__, pend.model, pend.stage))
             self.cache.put_many(items)
@@ -251,6 +254,7 @@ class PipelineScheduler:
     # ------------------------------------------------------------ requests
     def _submit(self, pend: Pending) -> None:
         pend.rec.busy += 1
+        pend.request = self.thinking.dress(pend.request, pend.model, pend.stage)
         pend.key = pend.request.payload_hash(pend.model)
         self._lookups.append(pend)
 
@@ -359,7 +363,9 @@ class PipelineScheduler:
                        prompt_tokens=sum(r.prompt_tokens for _, r, _ in samples),
                        completion_tokens=sum(r.completion_tokens for _, r, _ in samples),
                        messages=list(pend.extra["messages"]), completion=res.text,
-                       finish_reason=res.finish_reason, error=answer.error)
+                       finish_reason=res.finish_reason, error=answer.error, reasoning=res.reasoning,
+                       reasoning_tokens=sum(r.reasoning_tokens for _, r, _ in samples),
+                       reasoning_forced=forced(res), columns=sample_columns(samples))
         if not answer.usable:
             out.reason = answer.error or answer.status
         if isinstance(node.cfg, JudgeStage):
@@ -368,7 +374,8 @@ class PipelineScheduler:
         data = answer.data
         out.view = {"text": answer.text, "json": data if isinstance(data, dict) else {},
                     "texts": [a.text for _, _, a in samples], "prompt": out.messages[-1]["content"],
-                    "model": pend.model, "status": answer.status, "completion_tokens": out.completion_tokens}
+                    "model": pend.model, "status": answer.status, "completion_tokens": out.completion_tokens,
+                    "reasoning": res.reasoning, "reasoning_tokens": res.reasoning_tokens}
         return out
 
     @staticmethod
@@ -469,7 +476,7 @@ class PipelineScheduler:
                               scrub_text(reason) if reason else reason, final, rec.seed_id)
         if self.decon is not None:
             row["contamination"] = row_value(rec)
-        self._rows.setdefault(rid, []).append(row)
+        self._rows.setdefault(rid, []).extend(expand(self.p, row, rec.outputs) if final and not self.single else [row])
         if final:
             rec.final = True
             del self._open[rid]

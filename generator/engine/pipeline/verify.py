@@ -29,6 +29,12 @@ class Verdict:
     agree: int | None = None
     answer: str | None = None
     majority: str | None = None
+    # `keep:` checks every sample apart (pipeline.samples): each one's verdict, the share that
+    # passed, and the samples kept as rows
+    verdicts: list[bool] | None = None
+    pass_rate: float | None = None
+    kept: list[int] | None = None
+    reference: str | None = None  # check: reference: the reference's final answer (the ground truth)
 
 
 def canonical_number(text: str) -> str | None:
@@ -81,6 +87,19 @@ def agreement(solution: str | None, resolves: list[str | None], how: str, min_ag
         return Verdict(True, f"{agree} of {len(others)} re-solves agree", agree, answer, majority)
     return Verdict(False, f"only {agree} of {len(others)} re-solves agree (need {min_agree})", agree, answer,
                    majority)
+
+
+def reference_check(text: str | None, reference: str | None, how: str) -> Verdict:
+    """The solution's final answer equals the reference's (both taken by `how`)."""
+    want = extract_answer(reference, how)
+    if want is None:
+        return Verdict(False, f"the reference has no final answer ({(reference or '')[:80]!r})")
+    got = extract_answer(text, how)
+    if got is None:
+        return Verdict(False, "no final answer found in the solution", reference=want)
+    if got == want:
+        return Verdict(True, f"answer {got} matches the reference", answer=got, reference=want)
+    return Verdict(False, f"answer {got} is not the reference's {want}", answer=got, reference=want)
 
 
 def json_schema_check(text: str | None, schema: dict) -> Verdict:
