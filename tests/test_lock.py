@@ -93,7 +93,8 @@ def test_environment_is_the_lock():
     if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
         pytest.skip(f"not the make-installed environment ({sys.prefix}); make test runs in .venv/")
     locked = pins(LOCKS["cpu"])
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
+    site = [p for p in sys.path if Path(p).resolve().is_relative_to(Path(sys.prefix).resolve()) and p.endswith("site-packages")]
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions(path=site)}
     installed.pop("synthgen", None)
     wrong = {n: (v, installed.get(n)) for n, v in locked.items() if installed.get(n) != v}
     extra = sorted(set(installed) - set(locked))
