@@ -240,3 +240,15 @@ def test_cli_target_kill_and_resume_same_fifty(tmp_path):
     assert len(accepted_ids(tmp_path / "whole")) == 50
     m = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert m["target"]["reached"] and m["target"]["accepted"] == 50
+
+
+def test_rounds_loop_stops_at_a_calls_budget_and_resumes_the_round(tmp_path):
+    spec = project(tmp_path, SINGLE.format(extra="rounds: {count: 3, budget: 60, embedder: hash}\n"
+                                                 "budget: {calls: 25}"))
+    res = run(load_spec(spec), out=tmp_path / "a", executor=fake_executor(), score=False)
+    assert res.model_calls == 25 and res.manifest["budget"]["stopped_by"] == "calls"
+    assert res.manifest["rounds"]["finished"] < 3
+    # a larger budget resumes the unfinished round and goes on
+    spec.write_text(spec.read_text().replace("calls: 25", "calls: 1000"))
+    more = run(load_spec(spec), out=tmp_path / "a", executor=fake_executor(), score=False)
+    assert more.manifest["budget"]["stopped_by"] is None and more.manifest["rounds"]["finished"] == 3

@@ -213,7 +213,8 @@ def validate(spec_path, sets, allow):
     stages = f"stages {' -> '.join(s.name for s in spec.stages)}; " if spec.stages else ""
     echo(f"ok {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
          f"templates, {len(resolved.personas or [])} personas, {len(resolved.models)} model(s); "
-         f"{stages}{n} records planned")
+         f"{stages}" + (f"target {spec.target.accepted} accepted records" if spec.target is not None
+                        else f"{n} records planned"))
     for note in budget_notes(resolved):
         click.echo(f"note: {note}", err=True)
 
