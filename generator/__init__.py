@@ -35,9 +35,11 @@ def validate(spec):
     return resolved
 
 
-def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
-    """Generate what `spec` plans: one pass, or the feedback loop when the spec has `rounds:`.
+def run(spec, out=None, limit=None, executor=None, progress=None, score=True, target=None, budget=None):
+    """Generate what `spec` plans: one pass, the feedback loop when the spec has `rounds:`, or
+    passes until a target is accepted when it has `target:` (or `target=N` is given).
 
+    `budget`: limits on top of the spec's `budget:` (records, calls, tokens, cost, seconds).
     The run folder is locked for the whole run: a second run on it fails at once. What the run
     logs (its warnings, and INFO lines of its milestones) is appended to the folder's run.log."""
     from generator.core.errors import RunFolderError
@@ -48,15 +50,35 @@ def run(spec, out=None, limit=None, executor=None, progress=None, score=True):
     if spec.rounds is not None and is_url(out):
         raise RunFolderError(f"--out {out}: a spec with `rounds:` runs into a local folder only; give a local "
                              f"--out, or drop `rounds:` to run one pass into the bucket")
+    from generator.runs.spend import budget_of
+
+    goal = spec.target
+    if target is not None:
+        from generator.config.target import TargetConfig
+
+        goal = (goal or TargetConfig(accepted=target)).model_copy(update={"accepted": target})
+    if goal is not None and spec.rounds is not None:
+        raise RunFolderError("--target and `rounds:` do not combine yet: drop --target, or run a spec without "
+                             "`rounds:`")
+    if goal is not None and limit is not None:
+        raise RunFolderError("--limit and a target do not combine: a target plans its own records; use "
+                             "budget.records (or --budget-records) to cap them")
+    spent = budget_of(spec, budget)
     folder = RunFolder(out or spec.output_dir())
     with folder.lock(), run_log(folder.path):
+        if goal is not None:
+            from generator.runs.target import run_target
+
+            return run_target(spec, goal, spent, out=out, executor=executor, progress=progress, score=score)
         if spec.rounds is not None:
             from generator.feedback.rounds import run_rounds
 
-            return run_rounds(spec, out=out, executor=executor, progress=progress, limit=limit, score=score)
+            return run_rounds(spec, out=out, executor=executor, progress=progress, limit=limit, score=score,
+                              budget=spent)
         from generator.runs import run_spec
 
-        return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress, score=score)
+        return run_spec(spec, out=out, limit=limit, executor=executor, progress=progress, score=score,
+                        budget=spent)
 
 
 __all__ = ["__version__", "load_spec", "plan", "validate", "run"]

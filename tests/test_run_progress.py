@@ -84,7 +84,8 @@ def test_piped_output_is_a_few_plain_lines(capsys, monkeypatch):
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("generating")]
     assert 10 <= len(lines) <= 11, lines  # one per tenth of the plan, not one per record
     assert lines[-1].startswith("generating 1000/1000 records (100%)") and "ETA 0:00:00" in lines[-1]
-    assert "latest ok · qa · Geometry / Circles: line one red" in lines[-1]
+    # the line of the last record counted shows that record (the 1000th: truncated in this feed)
+    assert "latest truncated · qa · Geometry / Circles: line one red" in lines[-1]
     assert all("\x1b" not in x and "\x07" not in x for x in lines)
 
 
@@ -203,3 +204,26 @@ def test_real_run_piped_is_plain_and_short(proj, tmp_path, chat_server):
     assert 1 <= len(bars) <= 11, res.stderr
     assert "records (100%)" in bars[-1] and "latest " in bars[-1] and "line one red" in bars[-1]
     assert len(res.stderr.splitlines()) < 20, res.stderr
+
+
+def test_bar_counts_ended_records_and_tells_calls_rejections_steps_and_target(capsys, monkeypatch):
+    """Requests are not records: 9 calls for 1 ended record shows 1/3, with the calls, the stage
+    that rejected, the agent's steps and the accepted count against the target beside it."""
+    monkeypatch.setattr(progress, "PLAIN_MIN_GAP_S", 0.0)
+    d = RunDisplay(Console(file=io.StringIO(), force_terminal=False), {})
+    d("plan", {"records": 3, "new": 3, "seconds": 0.01})
+    d("start", {"records": 3, "pending": 3, "shards": 1, "run_dir": "x", "session": None})
+    d("engine_ready", {})
+    d("finished", {"n": 9})
+    base = {"attempts": 1, "draft.attempt": 1, "solve.attempt": 1, "solve.steps": 4, "decided_by": "solve"}
+    d("attempt", {**base, "status": "rejected", "final": False})
+    d("target", {"accepted": 0, "target": 50, "ended": 0, "estimate": None})
+    d("record", {**base, "status": "rejected", "final": True, "text": "x"})
+    assert d.done() == 1
+    line = d.plain_line()
+    assert line.startswith("generating 1/3 records (33%)"), line
+    assert "calls 9 for 1 ended" in line and "rejected solve 2" in line and "steps 8" in line
+    d("target", {"accepted": 1, "target": 50, "ended": 2, "estimate": {"records": 98, "tokens": 1960.0}})
+    assert "accepted 1/50 (~98 more records, ~1,960 tokens)" in d.plain_line()
+    d("warning", {"line": "target 50 out of reach: solve passed 0 of 9"})
+    assert "warning: target 50 out of reach: solve passed 0 of 9" in capsys.readouterr().err

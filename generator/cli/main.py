@@ -57,6 +57,13 @@ allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR
               "s3://bucket/prefix (default: the spec's `output`, else runs/<name>). Rerunning into the same folder "
               "resumes.")
 @click.option("--limit", type=int, help="Generate only the first N planned records (spread over topics).")
+@click.option("--target", type=int, help="Run until N records are accepted (end `ok`, and pass the spec's "
+              "target.where): plans more records as needed (docs/targets.md).")
+@click.option("--budget-records", type=int, help="Plan at most N records.")
+@click.option("--budget-calls", type=int, help="Send at most N model calls (every session into the folder).")
+@click.option("--budget-tokens", type=int, help="Spend at most N prompt + completion tokens (every session).")
+@click.option("--budget-cost", type=float, help="Spend at most this much money, from the models' `price:`.")
+@click.option("--budget-seconds", type=float, help="Stop sending requests after this many seconds.")
 @set_option
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where shards run: this process, or Ray actors (one vLLM engine each).")
@@ -68,10 +75,21 @@ allow_option = click.option("--allow-path", "allow", multiple=True, metavar="DIR
 @click.option("--verbose", is_flag=True, help="Show vLLM's own logs and synthgen's info lines (as `synthgen -v "
               "run` does).")
 @allow_option
-def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
-    """Generate the records SPEC plans into a run folder (resumes an existing one)."""
+def run(spec_path, out, limit, target, budget_records, budget_calls, budget_tokens, budget_cost, budget_seconds,
+        sets, executor, address, actors, verbose, allow):
+    """Generate the records SPEC plans into a run folder (resumes an existing one).
+
+    With a target (--target N or the spec's `target:`), it plans and generates until N records are
+    accepted; a budget (--budget-* or the spec's `budget:`) is checked before each request."""
     if limit is not None and limit < 1:
         raise click.UsageError(f"--limit {limit}: give a count of 1 or more")
+    if target is not None and target < 1:
+        raise click.UsageError(f"--target {target}: give a count of 1 or more")
+    budget = {"records": budget_records, "calls": budget_calls, "tokens": budget_tokens, "cost": budget_cost,
+              "seconds": budget_seconds}
+    for key, value in budget.items():
+        if value is not None and value <= 0:
+            raise click.UsageError(f"--budget-{key} {value}: give a positive limit")
     if actors is not None and actors < 1:
         raise click.UsageError(f"--actors {actors}: give a count of 1 or more")
     if verbose and log_level() > logging.INFO:
@@ -91,7 +109,7 @@ def run(spec_path, out, limit, sets, executor, address, actors, verbose, allow):
 
     display = RunDisplay(console, {m.name: m.price.model_dump() if m.price else None for m in spec.models})
     try:
-        result = run_spec(spec, out=out, limit=limit, executor=ex, progress=display)
+        result = run_spec(spec, out=out, limit=limit, executor=ex, progress=display, target=target, budget=budget)
     finally:
         display.close()
     _summary(result)
@@ -114,6 +132,24 @@ def _usage_rows(t, usage: dict) -> None:
         t.add_row("cost", f"this run {money(now)}; all {runs} run(s) into the folder {money(total['cost'])}")
 
 
+def _target_rows(t, m: dict) -> None:
+    """The target (accepted of wanted, and why it ended) and the budget (what ended it, what is left)."""
+    tg, b = m.get("target"), m.get("budget")
+    if tg:
+        how = "reached" if tg["reached"] else f"not reached ({tg.get('stopped_by') or 'stopped'})"
+        beyond = f"; {tg['beyond_target']} more accepted beyond it (kept, status beyond_target)" \
+            if tg.get("beyond_target") else ""
+        t.add_row("target", f"accepted {tg['accepted_so_far']} / {tg['accepted']}, {how}, {tg['planned']} "
+                  f"records planned in {tg['passes']} pass(es){beyond}")
+    if b and b.get("limits"):
+        left = ", ".join(f"{k} {v:,.4g}" for k, v in b["left"].items())
+        ended = f"stopped by {b['stopped_by']}" if b.get("stopped_by") else "within budget"
+        t.add_row("budget", f"{ended}; left: {left}")
+    line = (tg or {}).get("hopeless")
+    if line:
+        t.add_row("warning", escape(line))
+
+
 def _endpoint_rows(t, manifest: dict) -> None:
     """Per server of a `backend: openai` fleet: its share of the requests, errors and rate."""
     from generator.export.usage import endpoints
@@ -133,6 +169,7 @@ def _summary(result) -> None:
     t.add_row("records", f"{result.generated} / {result.planned}")
     for status, n in sorted(result.statuses.items()):
         t.add_row(f"  {status}", str(n))
+    _target_rows(t, m)
     tok = m["counts"]["tokens"]
     t.add_row("tokens", f"prompt {tok['prompt']:,}  completion {tok['completion']:,}")
     last = m["timings"][-1]
@@ -184,7 +221,8 @@ def validate(spec_path, sets, allow):
     stages = f"stages {' -> '.join(s.name for s in spec.stages)}; " if spec.stages else ""
     echo(f"ok {spec_path}: {len(resolved.cells)} topic cells, {len(resolved.templates)} "
          f"templates, {len(resolved.personas or [])} personas, {len(resolved.models)} model(s); "
-         f"{stages}{n} records planned")
+         f"{stages}" + (f"target {spec.target.accepted} accepted records" if spec.target is not None
+                        else f"{n} records planned"))
     for note in budget_notes(resolved):
         click.echo(f"note: {note}", err=True)
 

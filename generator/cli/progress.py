@@ -1,5 +1,8 @@
-"""What `synthgen run` shows while it generates: a bar (records, tok/s, elapsed, ETA, cost) and,
+"""What `synthgen run` shows while it generates: a bar (records ended, tok/s, elapsed, ETA, cost;
+then model calls answered, rejections and agent steps per stage, and accepted of a target) and,
 below it, the latest finished record, so the first run shows data within seconds of the engine.
+The bar counts records that have ended (never requests: a record of a pipeline or an agent makes
+many), so a run whose records are still retrying or stepping does not show 100%.
 
 On a terminal it is a rich live display; piped or redirected it writes a few plain lines (one per
 tenth of the plan at most every few seconds, or one a minute) instead of redrawing. Spec text (topic,
@@ -17,6 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from rich.text import Text
 
 from generator.cli.output import echo
+from generator.engine.tally import Tally
 
 LINES = 4  # lines of the latest record's text shown on a terminal
 PLAIN_EVERY_S = 60.0  # a piped run writes a line at least this often while records land
@@ -106,12 +110,42 @@ class RunDisplay:
         self._said_at = 0.0  # plain mode: when the last line went out, and at which tenth
         self._said_tenth = -1
         self._said_done = -1
+        self._said_calls = -1
+        self.tally: Tally | None = None  # rows seen: rejections and steps per stage
+        self.target: dict | None = None  # the latest `target` event: accepted of the target
 
-    # what the bar counts: the engine reports each finished request; its row follows once
-    # classified: show the larger; a retried answer is a second finished request for one record,
-    # so never count past the plan
+    # what the bar counts: records that have ended (a record's many requests, its retries, a
+    # pipeline's stages and an agent's steps are shown beside it, never counted as records)
     def done(self) -> int:
-        return min(self.base + max(self.finished, self.records), self.total)
+        return min(self.base + self.records, self.total)
+
+    def _count(self, row: dict) -> None:
+        if self.tally is None:
+            stages = [k[:-len(".attempt")] for k in row if k.endswith(".attempt")]
+            self.tally = Tally(stages or [str(row.get("stage") or "generate")])
+        self.tally.add(row)
+
+    def more_text(self) -> str:
+        """`calls 40, in flight 12; rejected solve 9, keep 3; steps 57; accepted 3/50`."""
+        parts = []
+        if self.finished:
+            calls = f"calls {self.finished:,}"
+            if self.records < self.finished:
+                calls += f" for {self.records:,} ended"
+            parts.append(calls)
+        t = self.tally
+        if t is not None and t.rejections():
+            parts.append("rejected " + ", ".join(f"{s} {n:,}" for s, n in t.rejections().items()))
+        if t is not None and t.steps:
+            parts.append(f"steps {t.steps:,}")
+        if self.target is not None:
+            acc = f"accepted {self.target['accepted']:,}/{self.target['target']:,}"
+            est = self.target.get("estimate")
+            if est and est.get("records"):
+                acc += f" (~{est['records']:,} more records"
+                acc += f", ~{est['tokens']:,.0f} tokens)" if est.get("tokens") else ")"
+            parts.append(acc)
+        return "; ".join(parts)
 
     def rate(self) -> str:
         dt = max(time.time() - (self.t0 or time.time()), 1e-6)
@@ -129,7 +163,8 @@ class RunDisplay:
 
     def _advance(self) -> None:
         if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, completed=self.done(), rate=self.rate(), cost=self._cost_text())
+            self.bar.update(self.task, completed=self.done(), rate=self.rate(), cost=self._cost_text(),
+                            more=self.more_text())
         elif not self.live:
             self._plain(final=False)
 
@@ -137,7 +172,7 @@ class RunDisplay:
         pct = f" ({self.done() / self.total:.0%})" if self.total else ""
         parts = [f"generating {self.done()}/{self.total} records{pct}", self.rate(),
                  f"elapsed {_clock(time.time() - self.t0) if self.t0 else _clock(0)}",
-                 f"ETA {_clock(self.eta())}", self._cost_text()]
+                 f"ETA {_clock(self.eta())}", self._cost_text(), self.more_text()]
         line = ", ".join(p for p in parts if p)
         if self.latest is not None:
             first = next((s for s in record_text(self.latest).splitlines() if s.strip()), "")
@@ -146,14 +181,15 @@ class RunDisplay:
         return line
 
     def _plain(self, final: bool) -> None:
-        if self.total == 0 or self.done() == self._said_done:
-            return
+        if self.total == 0 or (self.done() == self._said_done and self.finished == self._said_calls):
+            return  # nothing new; calls answered while no record ends (an agent stepping) are news
         now, tenth = time.time(), self.done() * 10 // self.total
         if not final and not (tenth > self._said_tenth and now - self._said_at >= PLAIN_MIN_GAP_S) \
                 and now - self._said_at < PLAIN_EVERY_S:
             return
         echo(self.plain_line(), error=True)
         self._said_at, self._said_tenth, self._said_done = now, tenth, self.done()
+        self._said_calls = self.finished
 
     def __call__(self, event: str, data: dict) -> None:
         if event == "plan":
@@ -174,17 +210,26 @@ class RunDisplay:
             self._said_tenth, self._said_done = done * 10 // max(self.total, 1), done
             if self.bar is not None:
                 self.task = self.bar.add_task("generating", total=data["records"], completed=done, rate="",
-                                              cost="")
+                                              cost="", more="")
                 self.bar.start()
         elif event == "engine_ready":
             self.t0 = self.t0 or time.time()
         elif event == "finished":
             self.finished += data["n"]
             self._advance()
+        elif event == "attempt" or (event == "record" and data.get("final") is False):
+            self._count(data)  # a rejected attempt of a pipeline: shown and tallied, not a record
+            self._show(data)
+            self._advance()
+        elif event == "target":
+            self.target = data
+        elif event == "warning":  # above a live bar (rich keeps the bar below it), or one plain line
+            if self.bar is not None:
+                self.console.print(Text(f"warning: {data['line']}", style="yellow"))
+            else:
+                echo(f"warning: {data['line']}", error=True)
         elif event == "record":
-            if data.get("final") is False:  # a pipeline stage's row: shown, not counted
-                self._show(data)
-                return
+            self._count(data)
             self.records += 1
             self.tokens += data.get("completion_tokens") or 0
             self._show(data)

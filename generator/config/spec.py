@@ -22,6 +22,7 @@ from generator.config.decontaminate import DecontaminateConfig
 from generator.config.models import ModelConfig
 from generator.config.seed_data import SeedTopics
 from generator.config.stages import AgentStage, Stage
+from generator.config.target import BudgetConfig, TargetConfig
 from generator.config.tools import ToolDef
 from generator.core.yaml_loader import Located, load_yaml
 
@@ -205,6 +206,10 @@ class Spec(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     scoring: ScoringConfig | None = None
     rounds: RoundsConfig | None = None
+    target: TargetConfig | None = Field(None, description="Run until this many records are accepted "
+                                        "(docs/targets.md); --target N sets `accepted`.")
+    budget: BudgetConfig | None = Field(None, description="What the run may spend: records, calls, tokens, "
+                                        "cost, seconds (docs/targets.md); `rounds.budget` stays in generations.")
     mix: dict[str, Any] | None = Field(None, description="Training-mix export; see docs/mix.md.")
     decontaminate: DecontaminateConfig | None = Field(None, description="Check answers, prompts or seed rows "
                                                       "against benchmark sets; see docs/decontamination.md.")
@@ -234,6 +239,9 @@ class Spec(Strict):
             raise ValueError("rounds.signal: judge reads a judge stage's scores; it needs `stages:`")
         if self.stages is not None and self.templates:
             raise ValueError("a spec with `stages:` names its templates in the stages; remove `templates:`")
+        if self.rounds is not None and self.target is not None:
+            raise ValueError("`target:` and `rounds:` do not combine yet: a target plans its own increments; "
+                             "remove one of them")
         return self
 
     @model_validator(mode="after")
@@ -295,6 +303,8 @@ class Spec(Strict):
             del data["tools"]  # specs without tools keep the hash they had before `tools:` existed
         if data.get("decontaminate") is None:
             del data["decontaminate"]  # likewise for specs without `decontaminate:`
+        for key in ("target", "budget"):  # how far a run goes, not what a record is
+            data.pop(key, None)
         for entry in [*data["models"], *data["topics"]]:
             entry.pop("license", None)  # a stated licence changes the card, not what is generated
         return json.dumps(data, sort_keys=True)

@@ -202,6 +202,15 @@ class RunFolder:
                      before=self.check_lock)
         return path
 
+    def rewrite_shard(self, name: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
+        """Replace a written shard by `change(its frame)` (atomically; the same columns)."""
+        from generator.core.run_layout import read_parquet
+
+        path = self.shard_path(name)
+        frame = change(read_parquet(path))
+        write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True),
+                     before=self.check_lock)
+
     def read_generations(self) -> pl.DataFrame:
         frame = read_generation_files(self.path)
         return pl.DataFrame(schema=GENERATION_SCHEMA) if frame is None else frame

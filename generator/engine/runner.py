@@ -80,6 +80,7 @@ class ExecStats:
     gen_seconds: float = 0.0
     pending_records: int = 0
     completion_tokens: int = 0
+    parked: int = 0  # requests a budget gate kept back (their records wait for a resume)
 
 
 PLAN_CHUNK = 8192  # records rendered, framed and written at a time
@@ -232,12 +233,13 @@ class PassResult:
 
 def run_pass(folder: RunFolder, resolved: Resolved, records: Iterable[Record], executor, emit: Progress,
              manifest: dict, pipeline: Pipeline, rounds: set[int] | None = None,
-             since: float | None = None) -> PassResult:
+             since: float | None = None, gate=None) -> PassResult:
     """The one execution core of every run: plan `records` into the folder (streamed, and refused
     when they differ from what it planned before: see `plan_into`), write the manifest, then
     generate every planned record not written yet. A single pass calls it once with the whole
     plan; the rounds loop once per round with that round's records (`rounds={r}`). `since`: when
-    planning began (resolving the spec counts), for the plan's time."""
+    planning began (resolving the spec counts), for the plan's time. `gate` (engine.budget.Gate):
+    asked before each request is sent; once it closes the pass ends with the waiting records unwritten."""
     t0 = time.time() if since is None else since
     planned, new = plan_into(folder, records, resolved.spec.run.shard_size, rounds)
     plan_seconds = time.time() - t0
@@ -245,7 +247,7 @@ def run_pass(folder: RunFolder, resolved: Resolved, records: Iterable[Record], e
     log.info("plan: %d records (%d new) in %.2fs%s", planned, new, plan_seconds,
              f", round {min(rounds)}" if rounds else "")
     emit("plan", {"records": planned, "new": new, "seconds": plan_seconds})
-    stats = execute_records(folder, resolved, executor, emit, manifest, pipeline)
+    stats = execute_records(folder, resolved, executor, emit, manifest, pipeline, gate)
     return PassResult(planned, new, plan_seconds, stats)
 
 
@@ -272,10 +274,13 @@ def _pending_from_file(folder: RunFolder, done: set[str]) -> Iterator[dict]:
 
 
 def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progress, manifest: dict,
-                    pipeline: Pipeline) -> ExecStats:
+                    pipeline: Pipeline, gate=None) -> ExecStats:
     """Run every planned record whose shard is not written yet (the executor is not closed). The
     plan is streamed from the run folder, a slice at a time."""
     stats = ExecStats()
+    if gate is not None and not getattr(executor, "gates", False):
+        raise RunFolderError("a `budget:` (or --budget-*) is checked before each request on the local executor "
+                             "only; drop --executor ray, or drop the budget")
     done = folder.completed_shards()
     shard = folder.plan_column("shard")
     total = shard.len()
@@ -291,8 +296,7 @@ def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progr
 
     def on_record(row: dict) -> None:  # every attempt's tokens count; progress counts records
         stats.completion_tokens += row["completion_tokens"] or 0
-        if row.get("final", True):
-            emit("record", row)
+        emit("record" if row.get("final", True) else "attempt", row)  # attempt: a rejected try of a pipeline
 
     kwargs: dict = {"on_finished": lambda n: emit("finished", {"n": n})}
     if resolved.spec.run.window:
@@ -303,7 +307,7 @@ def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progr
     job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=rows, sizes=sizes,
               models=models, session=manifest.get("session"), lock=run_lock.holder(folder.path),
               on_record=on_record, on_shard=lambda st: _shard_written(emit, st),
-              on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs)
+              on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs, gate=gate)
     t1 = time.time()
     try:
         if stats.pending_records:
@@ -323,6 +327,7 @@ def _shard_written(emit: Progress, st) -> None:
 def _take_report(report, stats: ExecStats, manifest: dict) -> None:
     """An executor's report of this call into the run's stats and manifest."""
     stats.model_calls, stats.load_seconds = report.model_calls, report.load_seconds
+    stats.parked = getattr(report, "parked", 0)
     if report.backends:
         manifest["models"] = report.backends
 

@@ -118,14 +118,18 @@ def _finished_records(resolved: Resolved, history: list[dict]) -> Iterator[Recor
 
 
 def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progress: Progress | None = None,
-               limit: int | None = None, score: bool = True) -> RunResult:
-    """Run `spec.rounds` rounds into a run folder (resuming from the last finished round)."""
+               limit: int | None = None, score: bool = True, budget=None) -> RunResult:
+    """Run `spec.rounds` rounds into a run folder (resuming from the last finished round). `budget`
+    (config.target.BudgetConfig): `records` caps the generations like `limit`; calls, tokens, cost
+    and seconds are checked before each request, and a closed gate ends the loop after its round."""
     rc = spec.rounds
     if rc is None:
         raise ValueError("run_rounds runs a spec with `rounds:`; use generator.run() for any spec")
     t0 = time.time()
     emit = progress or (lambda event, data: None)
-    budget = min(rc.budget, limit) if limit is not None else rc.budget
+    cap = min(x for x in (limit, budget.records if budget is not None else None) if x is not None) \
+        if limit is not None or (budget is not None and budget.records is not None) else None
+    spend, budget = budget, (min(rc.budget, cap) if cap is not None else rc.budget)
     slices = round_slices(budget, rc.count, rc.first_round_share)
     folder = RunFolder(out or spec.output_dir())
     spec_hash = spec.hash()
@@ -149,6 +153,11 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     plan_seconds = time.time() - t0
     manifest = run_manifest(folder, spec, resolved, limit, pipeline)
     allocator = Allocator(rc, spec.seed)
+    gate = None
+    if spend is not None:
+        from generator.runs.spend import open_gate
+
+        gate = open_gate(spec, folder, manifest, spend)
 
     total = ExecStats()
     stop_decisions: list[dict] = []
@@ -168,7 +177,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             resolved = with_pool(base, pool)
             emit("round", {"round": r, "rounds": len(slices), "generations": sum(alloc["counts"].values())})
             done = run_pass(folder, resolved, round_records(resolved, alloc, r, history), ex, emit, manifest,
-                            pipeline, rounds={r})
+                            pipeline, rounds={r}, gate=gate)
             planned, st = done.planned, done.stats
             plan_seconds += done.plan_seconds
             total.model_calls += st.model_calls  # both per call: engines reused later cost no load time
@@ -176,6 +185,8 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             total.gen_seconds += st.gen_seconds
             total.pending_records += st.pending_records
             total.completion_tokens += st.completion_tokens
+            if gate is not None and gate.closed is not None:
+                break  # the budget ended the round: no round file, so a resume runs the rest of it
             t_y = time.time()
             y = _measure(folder, spec, r, not pipeline.single)
             scores = y.pop("scores")
@@ -196,6 +207,8 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     manifest["rounds"] = {"finished": len(history), "planned": len(slices), "budget": budget, "spent": spent,
                           "score": rc.score, "tracked": history[-1]["tracked"] if history else None,
                           "stopped": stop_decisions or None}
+    if gate is not None:
+        manifest["budget"] = gate.summary()
     if stop_decisions:
         write_json_atomic(folder.path / "rounds" / "stop.json", {"after_round": len(history),
                                                                  "decisions": stop_decisions})

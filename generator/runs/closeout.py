@@ -20,20 +20,30 @@ log = logging.getLogger(__name__)
 
 
 def run_spec(spec: Spec, out: str | Path | None = None, limit: int | None = None, executor=None,
-             progress: Progress | None = None, score: bool = True) -> RunResult:
-    """Generate everything `spec` plans into a run folder (resuming one that exists)."""
+             progress: Progress | None = None, score: bool = True, budget=None) -> RunResult:
+    """Generate everything `spec` plans into a run folder (resuming one that exists). `budget`
+    (config.target.BudgetConfig): `records` caps the plan like `limit`; the rest is the gate's."""
     if spec.rounds is not None:
         # rounds live a layer above the engine: `generator.run` hands such specs to the feedback loop
         raise ValueError("run_spec runs a single-pass spec; use generator.run() for a spec with `rounds:`")
     t0 = time.time()
     emit = progress or (lambda event, data: None)
+    if budget is not None and budget.records is not None:
+        limit = budget.records if limit is None else min(limit, budget.records)
     resolved, records = plan_stream(spec, limit=limit)
     pipeline = compile_pipeline(resolved)
     folder = RunFolder(out or spec.output_dir())
     folder.create()
     manifest = run_manifest(folder, spec, resolved, limit, pipeline)
+    gate = None
+    if budget is not None:
+        from generator.runs.spend import open_gate
+
+        gate = open_gate(spec, folder, manifest, budget)
     with executor_for(executor) as ex:
-        done = run_pass(folder, resolved, records, ex, emit, manifest, pipeline, since=t0)
+        done = run_pass(folder, resolved, records, ex, emit, manifest, pipeline, since=t0, gate=gate)
+    if gate is not None:
+        manifest["budget"] = gate.summary()
     return close_run(spec, folder, manifest, resolved, done.planned, done.stats, done.plan_seconds, score, emit,
                      t0, pipeline)
 

@@ -27,6 +27,7 @@ class Job:
     on_shard: Callable[[ShardStats], None] | None = None  # a shard was written
     on_engine_ready: Callable[[], None] | None = None   # models are loaded: generation starts now
     backend_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. on_finished(n) for progress
+    gate: Any = None                          # engine.budget.Gate asked before each request (local only)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ExecReport:
     load_seconds: float = 0.0   # starting engines created in this call; reused ones cost nothing
     backends: dict[str, dict] = field(default_factory=dict)  # model -> its backend's describe()
     stuck: int = 0              # records the liveness guard ended (a scheduler fault if not 0)
+    parked: int = 0             # requests the budget gate kept back
 
 
 class Executor(Protocol):

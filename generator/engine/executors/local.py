@@ -38,6 +38,8 @@ def build_backends(factory: Callable[..., Backend], configs: Iterable[ModelConfi
 
 
 class LocalExecutor:
+    gates = True  # honours a Job's budget gate (the scheduler runs in this process)
+
     def __init__(self, backend_factory: Callable[..., Backend] | None = None):
         self.backend_factory = backend_factory or make_backend
         self.backends: dict[str, Backend] = {}
@@ -56,10 +58,12 @@ class LocalExecutor:
             job.on_engine_ready()
         try:
             stats = run_records(RunFolder(job.run_dir), job.resolved, job.pipeline, job.rows, job.sizes, backends,
-                                job.session, job.on_record or (lambda r: None), job.on_shard or (lambda s: None))
+                                job.session, job.on_record or (lambda r: None), job.on_shard or (lambda s: None),
+                                gate=job.gate)
         finally:
             rep.backends = {m: b.describe() for m, b in backends.items()}  # with what they did (stats)
         rep.model_calls, rep.cache_hits, rep.stuck = stats.model_calls, stats.cache_hits, stats.stuck
+        rep.parked = stats.parked
         self.model_calls += stats.model_calls
 
     def close(self) -> None:

@@ -122,13 +122,16 @@ class PipelineStats:
     model_calls: int = 0
     cache_hits: int = 0
     stuck: int = 0
+    parked: int = 0
 
 
 def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows: Iterable[dict],
                 sizes: dict[str, int], backends: dict[str, Any], session: str | None,
-                on_record: Callable[[dict], None], on_shard: Callable[[ShardStats], None]) -> PipelineStats:
+                on_record: Callable[[dict], None], on_shard: Callable[[ShardStats], None],
+                gate: Any = None) -> PipelineStats:
     """Run every stage of the plan rows in `rows` (each with its `shard`; `sizes`: records per
-    pending shard) on `backends`, writing each shard as its last record ends."""
+    pending shard) on `backends`, writing each shard as its last record ends. `gate`
+    (engine.budget.Gate) is asked before each request; the records it keeps waiting stay unwritten."""
     spec = resolved.spec
     cache = folder.cache(session=session)
     # a shard is written after its answers are published: every written shard's calls are counted
@@ -148,7 +151,7 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
     if any(getattr(b, "batch", False) for b in backends.values()):
         stall = None  # a batch job answers everything at once, hours later
     sched = PipelineScheduler(pipeline, resolved, backends, cache, spec.run.retries, on_rows,
-                              stall_timeout=stall, max_open=spec.run.max_open)
+                              stall_timeout=stall, max_open=spec.run.max_open, gate=gate)
     stats = PipelineStats()
     # another run took the folder over (the lock heartbeat saw its token): stop now, not at the next write
     unsubscribe = folder.on_lock_lost(sched.abort)
@@ -159,6 +162,7 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
         cache.close()  # raises when the lock is lost: nothing more is published (the scheduler
         # closed its checks, and the verify-function worker with them)
         stats.model_calls, stats.cache_hits, stats.stuck = sched.model_calls, sched.cache_hits, sched.stuck
+        stats.parked = sched.parked
     return stats
 
 

@@ -69,8 +69,9 @@ class PipelineScheduler:
     def __init__(self, pipeline: Pipeline, resolved: Resolved, backends: dict[str, Backend],
                  cache: RequestCache | None, retries: int, on_rows: Callable[[dict, list[dict]], None],
                  functions: verify.FunctionRunner | None = None, stall_timeout: float | None = None,
-                 max_open: int = 4096, check_workers: int = 2):
+                 max_open: int = 4096, check_workers: int = 2, gate: Any = None):
         self.p = pipeline
+        self.gate = gate  # engine.budget.Gate: asked before each request is sent (None: no budget)
         self.single = pipeline.single
         self.resolved = resolved
         self.seed = resolved.spec.seed
@@ -87,6 +88,8 @@ class PipelineScheduler:
         self.model_calls = 0
         self.cache_hits = 0
         self.stuck = 0  # records ended because nothing was left to wait for (should stay 0)
+        self.parked = 0  # requests the gate kept back (their records stay unfinished)
+        self._held: list[Pending] = []  # requests waiting for the gate (answers in flight may free room)
         self._pending: dict[str, Pending] = {}
         self._ready: collections.deque[tuple[Pending, Result]] = collections.deque()
         self._sampling: dict[tuple[str, str], Sampling] = {}  # (stage, model) -> its sampling
@@ -112,6 +115,9 @@ class PipelineScheduler:
         try:
             while True:
                 while not exhausted and len(self._open) < self.max_open:
+                    if self.gate is not None and self.gate.closed is not None:
+                        exhausted = True  # no new record starts once the gate has closed
+                        break
                     row = next(source, None)
                     if row is None:
                         exhausted = True
@@ -125,6 +131,8 @@ class PipelineScheduler:
                     if exhausted:
                         break
                     continue
+                if self._parked_only():
+                    break  # the gate closed: what is left waits on requests it will not send
                 self._handle(self._next_events())
         finally:
             for feed in self._feeds.values():
@@ -148,6 +156,13 @@ class PipelineScheduler:
                     late.append(payload)
             if late:
                 self._store(late)
+
+    def _parked_only(self) -> bool:
+        """The gate has closed and every open record waits only on requests it kept back."""
+        if self.gate is None or self.gate.closed is None:
+            return False
+        self._release_held()  # closed from outside (a hopeless target): the held requests are parked
+        return all(rec.busy <= rec.parked for rec in self._open.values())
 
     def abort(self, exc: BaseException) -> None:
         """Stop the run with `exc`, raised on the scheduler thread (callable from any thread)."""
@@ -189,6 +204,8 @@ class PipelineScheduler:
             elif kind == "tool":
                 self.dialogues.tool_done(who, payload)
         self._drain_ready()
+        if self.gate is not None:
+            self._release_held()
 
     def _pump(self, model: str) -> None:
         try:
@@ -201,6 +218,11 @@ class PipelineScheduler:
 
     def _store(self, results: list[Result]) -> None:
         self.model_calls += len(results)
+        if self.gate is not None:
+            for res in results:
+                pend = self._pending.get(res.id)
+                if pend is not None:
+                    self.gate.charge(pend.model, pend.reserve, res.prompt_tokens, res.completion_tokens)
         if self.cache is None:
             return
         items = []
@@ -272,11 +294,51 @@ class PipelineScheduler:
                 self.cache.meter.hit(pend.model, pend.stage)
                 self._ready.append((pend, Result(**hit)))
                 continue
-            if self.cache is not None:
-                self.cache.meter.submitted(pend.model)
-            pend.sent = now
-            self._pending[pend.request.id] = pend
-            sends.setdefault(pend.model, []).append(pend.request)
+            if self.gate is not None and not self._gated(pend):
+                continue
+            self._sent(pend, now, sends)
+        for model, requests in sends.items():
+            self._feeds[model].put_many(requests)
+
+    def _sent(self, pend: Pending, now: float, sends: dict[str, list[Request]]) -> None:
+        if self.cache is not None:
+            self.cache.meter.submitted(pend.model)
+        pend.sent = now
+        self._pending[pend.request.id] = pend
+        sends.setdefault(pend.model, []).append(pend.request)
+
+    def _gated(self, pend: Pending) -> bool:
+        """Whether the budget gate lets `pend` go now; else it waits (held) or, once the gate has
+        closed, is kept back for good (parked: its record stays open and unfinished)."""
+        req = pend.request
+        pend.reserve = self.gate.allow(pend.model, sum(len(str(m.get("content") or "")) for m in req.messages),
+                                       req.sampling.max_tokens)
+        if pend.reserve is not None:
+            return True
+        if self.gate.closed is None:
+            self._held.append(pend)
+        else:
+            pend.rec.parked += 1
+            self.parked += 1
+        return False
+
+    def _release_held(self) -> None:
+        """Answers landed (or the gate closed): send the held requests that now fit, in order."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        sends: dict[str, list[Request]] = {}
+        now = time.time()
+        for i, pend in enumerate(held):
+            if self.gate.closed is not None:
+                pend.rec.parked += 1
+                self.parked += 1
+            elif self._gated(pend):
+                self._sent(pend, now, sends)
+            elif self.gate.closed is None:
+                self._held.extend(held[i + 1:])  # the first that waits: the rest keep their order
+                break
+            # else: _gated closed the gate and parked it
         for model, requests in sends.items():
             self._feeds[model].put_many(requests)
 

@@ -20,6 +20,7 @@ class Rec:
     samples: dict[str, dict[int, tuple[Request, Result, Answer]]] = field(default_factory=dict)
     epoch: dict[str, int] = field(default_factory=dict)  # stage -> how often a rejection reset it
     busy: int = 0          # requests in flight + cached answers queued + checks running
+    parked: int = 0        # of them, requests the budget gate did not send (the record waits for a resume)
     waiting: dict[str, str] = field(default_factory=dict)  # stage -> what it waits on (for a stall)
     final: bool = False
     # conversation/agent stage -> its run (a dialogue_driver.Dialog; typed Any so this module
@@ -41,3 +42,4 @@ class Pending:
     extra: dict = field(default_factory=dict)
     sent: float = 0.0
     key: str = ""          # the request's cache key (computed once)
+    reserve: Any = None    # what the budget gate counted it as while in flight (engine.budget.Reserve)
