@@ -89,7 +89,8 @@ def run_planted(spec_path: Path, out: Path):
 
 def test_normalisation_and_matching():
     index = NgramIndex.build([Item("mini", i, (q, "42")) for i, q in ITEMS], 13)
-    assert normalize("Janet\u2019s ducks, LAY 16 e\ufb03cient eggs!") == b"janet s ducks lay 16 efficient eggs"
+    assert normalize("Janet\u2019s ducks, LAY 16 e\ufb03cient eggs!").split() == b"janet s ducks lay 16 efficient eggs".split()
+    assert normalize("\u00c9T\u00c9 \u2014 x_y \u4e1c\u4eac\u2167").split() == "\u00e9t\u00e9 x y \u4e1c\u4eacviii".encode().split()
     for kind, text in PLANTED.items():
         hits = index.match(text)
         assert hits, kind
@@ -102,6 +103,38 @@ def test_normalisation_and_matching():
     # texts are scanned in batches: the results do not depend on which texts share one
     many = [CLEAN] * 500 + [PLANTED["inside"]] + [CLEAN] * 500
     assert [bool(h) for h in index.match_many(many)] == [t == PLANTED["inside"] for t in many]
+
+
+LONG = ("Antidisestablishmentarianism notwithstanding, the extraordinarily uncharacteristically "
+        "incomprehensible counterrevolutionaries reorganised eight notebooks 12345678 and ninety "
+        "thousand pneumonoultramicroscopicsilicovolcanoconiosis cases before breakfast")
+
+
+def test_every_scan_path_gives_the_same_hits(monkeypatch):
+    """Words of 1 to 45 bytes (8-byte reads and their masks), ASCII batches read raw and batches
+    with other characters normalised text by text, batch boundaries anywhere: the same hits."""
+    index = NgramIndex.build([Item("mini", i, (q,)) for i, q in [*ITEMS, ("long", LONG)]], 13)
+    texts = [LONG.upper().replace(",", " ;"), f"{CLEAN} {LONG} {CLEAN}", CLEAN * 3, "", None,
+             " ".join(LONG.split()[:12]), *PLANTED.values()]
+    want = [["long"], ["long"], [], [], [], [], ["q1"], ["q3"], ["q2"]]
+    accented = [f"{t} caf\u00e9" if t else t for t in texts]  # the whole batch leaves the ASCII path
+    for batch_bytes in (1, 200, 1 << 20):
+        monkeypatch.setattr("generator.core.ngram_index._BATCH_BYTES", batch_bytes)
+        for case, expected in ((texts, want), (accented, want), (texts[::-1], want[::-1])):
+            got = [[h.item_id for h in hits] for hits in index.match_many(case)]
+            assert got == expected, (batch_bytes, case)
+
+
+def test_a_hash_hit_is_confirmed_word_for_word():
+    """Every window hash of the text is in the index, but the stored words differ: no hit."""
+    built = NgramIndex.build([Item("mini", i, (q,)) for i, q in ITEMS], 13)
+    assert built.match(ITEMS[0][1])
+    other = b" ".join(w[::-1] + b"x" for w in built.seg_text[0].split())  # other words, the hashes as built
+    texts = [other, *built.seg_text[1:]]
+    index = NgramIndex(13, built.benchmarks, built.items, built.seg_item, texts, built.keys, built.owner_off,
+                       built.owner_seg, built.owner_pos, built.seg_ngrams, built.short)
+    assert index.match(ITEMS[0][1]) == []
+    assert [h.item_id for h in index.match(ITEMS[1][1])] == ["q2"]
 
 
 def test_flag_marks_planted_answers_and_counts_agree(proj, tmp_path):
