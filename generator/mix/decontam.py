@@ -29,7 +29,7 @@ class ScanReport:
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {documents, items}
     examples: list[dict] = field(default_factory=list)
 
-    def add(self, doc_id: str, hits: list) -> None:
+    def add(self, doc_id: str, hits: list, file: str | None = None) -> None:
         self.documents += 1
         if not hits:
             return
@@ -40,7 +40,7 @@ class ScanReport:
         for h in hits:
             self.benchmarks[h.benchmark]["items"].add(h.item_id)
         if len(self.examples) < EXAMPLES:
-            self.examples.append({"id": doc_id, **hits[0].as_dict()})
+            self.examples.append({"id": doc_id, **({"file": file} if file else {}), **hits[0].as_dict()})
 
     def as_dict(self) -> dict:
         return {"target": self.target, "documents": self.documents, "contaminated": self.contaminated,
@@ -125,14 +125,15 @@ def decontaminate_sources(sources: list, index: NgramIndex, refuse: bool) -> dic
                 file_rows = rows - part.first_row
                 items, lineage = src.reader.documents(df, file_rows - ch.first_row, file_rows, rows, part.path)
                 for k, hits in enumerate(index.match_many([_document_text(x) for x in items])):
-                    report.add(str(lineage[k]), hits)
+                    report.add(str(lineage[k]), hits, str(part.path))
                     bad[a + k] = bool(hits)
         out[src.name] = report.as_dict()
         if refuse and report.contaminated:
             ex = report.examples[0]
             raise SynthgenError(f"mix source '{src.name}': {report.contaminated} of {report.documents} documents "
-                                f"repeat benchmark items (e.g. {ex['id']}: {ex['benchmark']} item {ex['item_id']}, "
-                                f"'{ex['ngram']}'); drop them with `contaminated: drop`, or clean the source")
+                                f"repeat benchmark items (e.g. {ex['file']}: {ex['id']}: {ex['benchmark']} item "
+                                f"{ex['item_id']}, '{ex['ngram']}'); drop them with `--contaminated drop` "
+                                f"(`contaminated: drop`), or clean the source")
         if bad.any():
             keep = ~bad
             src.rows, src.n_tokens, src.topic_codes = src.rows[keep], src.n_tokens[keep], src.topic_codes[keep]
