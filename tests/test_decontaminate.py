@@ -289,3 +289,43 @@ def test_decontaminate_command_on_a_run_and_a_mix(proj, tmp_path):
     assert out.exit_code == 0 and "0 of 1 documents" in out.output
     out = CliRunner().invoke(cli, ["decontaminate", str(tmp_path / "nope"), "--config", str(conf)])
     assert out.exit_code != 0 and out.exit_code != 1
+
+
+def test_decontaminate_mix_reads_sources_as_the_mix_does(proj, tmp_path):
+    """`--mix`: a folder of JSONL.zst and Parquet read through the mix's reader, a text template and
+    a chat field made into documents as the mix makes them; a direct .jsonl.zst target streams too."""
+    import pyarrow as pa
+    from click.testing import CliRunner
+
+    from generator.cli.main import main as cli
+
+    bench_file(proj)
+    conf = proj / "decon.yaml"
+    conf.write_text("benchmarks:\n  - {name: mini, path: bench/mini.jsonl, fields: [question], id_field: id}\n")
+    web = tmp_path / "web"
+    (web / "sub").mkdir(parents=True)
+    qa = [{"question": CLEAN, "answer": "1"}, {"question": ITEMS[0][1], "answer": "8"}, {"question": CLEAN, "answer": "2"}]
+    with pa.output_stream(str(web / "sub" / "a.jsonl.zst"), compression="zstd") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in qa).encode())
+    pl.DataFrame([{"question": reworded(ITEMS[2][1]), "answer": "3"}, {"question": CLEAN, "answer": "4"}]).write_parquet(
+        web / "b.parquet")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": "ok"}]})
+                             + "\n" for u in (CLEAN, PLANTED["inside"])))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"real:\n  - {{path: {web}, name: web, text_template: \"{{question}}\\n{{answer}}\"}}\n"
+                   f"  - {{path: {chats}, name: chats, messages_field: messages}}\nratio: '1:0'\n")
+    report = tmp_path / "r.json"
+    out = CliRunner().invoke(cli, ["decontaminate", "--mix", str(mix), "--config", str(conf), "--json", str(report)])
+    assert out.exit_code == 1, out.output
+    got = {t["target"]: t for t in json.loads(report.read_text())["targets"]}
+    assert (got[str(web)]["documents"], got[str(web)]["contaminated"]) == (5, 2)
+    # files in name order (b.parquet, sub/a.jsonl.zst), rows numbered across them, as in the mix's lineage
+    assert {(e["id"], e["item_id"]) for e in got[str(web)]["examples"]} == {("web:0", "q3"), ("web:3", "q1")}
+    assert [(e["id"], e["item_id"]) for e in got[str(chats)]["examples"]] == [("chats:1", "q2")]
+    out = CliRunner().invoke(cli, ["decontaminate", str(web / "sub" / "a.jsonl.zst"), "--field", "question",
+                                   "--config", str(conf)])
+    assert out.exit_code == 1 and "1 of 3 documents contaminated" in out.output and "a.jsonl.zst:1" in out.output
+    mix.write_text(f"real:\n  - {{path: {web}, name: web, text_field: body}}\nratio: '1:0'\n")
+    out = CliRunner().invoke(cli, ["decontaminate", "--mix", str(mix), "--config", str(conf)])
+    assert out.exit_code == 2 and "no field body" in out.output and "text_field" in out.output, out.output
