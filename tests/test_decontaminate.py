@@ -89,8 +89,9 @@ def run_planted(spec_path: Path, out: Path):
 
 def test_normalisation_and_matching():
     index = NgramIndex.build([Item("mini", i, (q, "42")) for i, q in ITEMS], 13)
-    assert normalize("Janet\u2019s ducks, LAY 16 e\ufb03cient eggs!").split() == b"janet s ducks lay 16 efficient eggs".split()
-    assert normalize("\u00c9T\u00c9 \u2014 x_y \u4e1c\u4eac\u2167").split() == "\u00e9t\u00e9 x y \u4e1c\u4eacviii".encode().split()
+    words = lambda t: normalize(t).decode().split()  # noqa: E731
+    assert words("Janet\u2019s ducks, LAY 16 e\ufb03cient eggs!") == "janet s ducks lay 16 efficient eggs".split()
+    assert words("\u00c9T\u00c9 \u2014 x_y \u4e1c\u4eac\u2167") == ["\u00e9t\u00e9", "x", "y", "\u4e1c\u4eacviii"]
     for kind, text in PLANTED.items():
         hits = index.match(text)
         assert hits, kind
@@ -304,14 +305,15 @@ def test_decontaminate_mix_reads_sources_as_the_mix_does(proj, tmp_path):
     conf.write_text("benchmarks:\n  - {name: mini, path: bench/mini.jsonl, fields: [question], id_field: id}\n")
     web = tmp_path / "web"
     (web / "sub").mkdir(parents=True)
-    qa = [{"question": CLEAN, "answer": "1"}, {"question": ITEMS[0][1], "answer": "8"}, {"question": CLEAN, "answer": "2"}]
+    qa = [{"question": CLEAN, "answer": "1"}, {"question": ITEMS[0][1], "answer": "8"},
+          {"question": CLEAN, "answer": "2"}]
     with pa.output_stream(str(web / "sub" / "a.jsonl.zst"), compression="zstd") as f:
         f.write("".join(json.dumps(r) + "\n" for r in qa).encode())
-    pl.DataFrame([{"question": reworded(ITEMS[2][1]), "answer": "3"}, {"question": CLEAN, "answer": "4"}]).write_parquet(
-        web / "b.parquet")
+    pl.DataFrame([{"question": reworded(ITEMS[2][1]), "answer": "3"},
+                  {"question": CLEAN, "answer": "4"}]).write_parquet(web / "b.parquet")
     chats = tmp_path / "chats.jsonl"
-    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": "ok"}]})
-                             + "\n" for u in (CLEAN, PLANTED["inside"])))
+    chat = lambda u: [{"role": "user", "content": u}, {"role": "assistant", "content": "ok"}]  # noqa: E731
+    chats.write_text("".join(json.dumps({"messages": chat(u)}) + "\n" for u in (CLEAN, PLANTED["inside"])))
     mix = tmp_path / "mix.yaml"
     mix.write_text(f"real:\n  - {{path: {web}, name: web, text_template: \"{{question}}\\n{{answer}}\"}}\n"
                    f"  - {{path: {chats}, name: chats, messages_field: messages}}\nratio: '1:0'\n")
