@@ -89,7 +89,9 @@ def run_planted(spec_path: Path, out: Path):
 
 def test_normalisation_and_matching():
     index = NgramIndex.build([Item("mini", i, (q, "42")) for i, q in ITEMS], 13)
-    assert normalize("Janet\u2019s ducks, LAY 16 e\ufb03cient eggs!") == b"janet s ducks lay 16 efficient eggs"
+    words = lambda t: normalize(t).decode().split()  # noqa: E731
+    assert words("Janet\u2019s ducks, LAY 16 e\ufb03cient eggs!") == "janet s ducks lay 16 efficient eggs".split()
+    assert words("\u00c9T\u00c9 \u2014 x_y \u4e1c\u4eac\u2167") == ["\u00e9t\u00e9", "x", "y", "\u4e1c\u4eacviii"]
     for kind, text in PLANTED.items():
         hits = index.match(text)
         assert hits, kind
@@ -102,6 +104,38 @@ def test_normalisation_and_matching():
     # texts are scanned in batches: the results do not depend on which texts share one
     many = [CLEAN] * 500 + [PLANTED["inside"]] + [CLEAN] * 500
     assert [bool(h) for h in index.match_many(many)] == [t == PLANTED["inside"] for t in many]
+
+
+LONG = ("Antidisestablishmentarianism notwithstanding, the extraordinarily uncharacteristically "
+        "incomprehensible counterrevolutionaries reorganised eight notebooks 12345678 and ninety "
+        "thousand pneumonoultramicroscopicsilicovolcanoconiosis cases before breakfast")
+
+
+def test_every_scan_path_gives_the_same_hits(monkeypatch):
+    """Words of 1 to 45 bytes (8-byte reads and their masks), ASCII batches read raw and batches
+    with other characters normalised text by text, batch boundaries anywhere: the same hits."""
+    index = NgramIndex.build([Item("mini", i, (q,)) for i, q in [*ITEMS, ("long", LONG)]], 13)
+    texts = [LONG.upper().replace(",", " ;"), f"{CLEAN} {LONG} {CLEAN}", CLEAN * 3, "", None,
+             " ".join(LONG.split()[:12]), *PLANTED.values()]
+    want = [["long"], ["long"], [], [], [], [], ["q1"], ["q3"], ["q2"]]
+    accented = [f"{t} caf\u00e9" if t else t for t in texts]  # the whole batch leaves the ASCII path
+    for batch_bytes in (1, 200, 1 << 20):
+        monkeypatch.setattr("generator.core.ngram_index._BATCH_BYTES", batch_bytes)
+        for case, expected in ((texts, want), (accented, want), (texts[::-1], want[::-1])):
+            got = [[h.item_id for h in hits] for hits in index.match_many(case)]
+            assert got == expected, (batch_bytes, case)
+
+
+def test_a_hash_hit_is_confirmed_word_for_word():
+    """Every window hash of the text is in the index, but the stored words differ: no hit."""
+    built = NgramIndex.build([Item("mini", i, (q,)) for i, q in ITEMS], 13)
+    assert built.match(ITEMS[0][1])
+    other = b" ".join(w[::-1] + b"x" for w in built.seg_text[0].split())  # other words, the hashes as built
+    texts = [other, *built.seg_text[1:]]
+    index = NgramIndex(13, built.benchmarks, built.items, built.seg_item, texts, built.keys, built.owner_off,
+                       built.owner_seg, built.owner_pos, built.seg_ngrams, built.short)
+    assert index.match(ITEMS[0][1]) == []
+    assert [h.item_id for h in index.match(ITEMS[1][1])] == ["q2"]
 
 
 def test_flag_marks_planted_answers_and_counts_agree(proj, tmp_path):
@@ -256,3 +290,44 @@ def test_decontaminate_command_on_a_run_and_a_mix(proj, tmp_path):
     assert out.exit_code == 0 and "0 of 1 documents" in out.output
     out = CliRunner().invoke(cli, ["decontaminate", str(tmp_path / "nope"), "--config", str(conf)])
     assert out.exit_code != 0 and out.exit_code != 1
+
+
+def test_decontaminate_mix_reads_sources_as_the_mix_does(proj, tmp_path):
+    """`--mix`: a folder of JSONL.zst and Parquet read through the mix's reader, a text template and
+    a chat field made into documents as the mix makes them; a direct .jsonl.zst target streams too."""
+    import pyarrow as pa
+    from click.testing import CliRunner
+
+    from generator.cli.main import main as cli
+
+    bench_file(proj)
+    conf = proj / "decon.yaml"
+    conf.write_text("benchmarks:\n  - {name: mini, path: bench/mini.jsonl, fields: [question], id_field: id}\n")
+    web = tmp_path / "web"
+    (web / "sub").mkdir(parents=True)
+    qa = [{"question": CLEAN, "answer": "1"}, {"question": ITEMS[0][1], "answer": "8"},
+          {"question": CLEAN, "answer": "2"}]
+    with pa.output_stream(str(web / "sub" / "a.jsonl.zst"), compression="zstd") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in qa).encode())
+    pl.DataFrame([{"question": reworded(ITEMS[2][1]), "answer": "3"},
+                  {"question": CLEAN, "answer": "4"}]).write_parquet(web / "b.parquet")
+    chats = tmp_path / "chats.jsonl"
+    chat = lambda u: [{"role": "user", "content": u}, {"role": "assistant", "content": "ok"}]  # noqa: E731
+    chats.write_text("".join(json.dumps({"messages": chat(u)}) + "\n" for u in (CLEAN, PLANTED["inside"])))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"real:\n  - {{path: {web}, name: web, text_template: \"{{question}}\\n{{answer}}\"}}\n"
+                   f"  - {{path: {chats}, name: chats, messages_field: messages}}\nratio: '1:0'\n")
+    report = tmp_path / "r.json"
+    out = CliRunner().invoke(cli, ["decontaminate", "--mix", str(mix), "--config", str(conf), "--json", str(report)])
+    assert out.exit_code == 1, out.output
+    got = {t["target"]: t for t in json.loads(report.read_text())["targets"]}
+    assert (got[str(web)]["documents"], got[str(web)]["contaminated"]) == (5, 2)
+    # files in name order (b.parquet, sub/a.jsonl.zst), rows numbered across them, as in the mix's lineage
+    assert {(e["id"], e["item_id"]) for e in got[str(web)]["examples"]} == {("web:0", "q3"), ("web:3", "q1")}
+    assert [(e["id"], e["item_id"]) for e in got[str(chats)]["examples"]] == [("chats:1", "q2")]
+    out = CliRunner().invoke(cli, ["decontaminate", str(web / "sub" / "a.jsonl.zst"), "--field", "question",
+                                   "--config", str(conf)])
+    assert out.exit_code == 1 and "1 of 3 documents contaminated" in out.output and "a.jsonl.zst:1" in out.output
+    mix.write_text(f"real:\n  - {{path: {web}, name: web, text_field: body}}\nratio: '1:0'\n")
+    out = CliRunner().invoke(cli, ["decontaminate", "--mix", str(mix), "--config", str(conf)])
+    assert out.exit_code == 2 and "no field body" in out.output and "text_field" in out.output, out.output

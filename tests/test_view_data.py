@@ -55,3 +55,33 @@ def test_pending_records_and_extra_columns_are_shown(run, tmp_path):
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(data.RunError, match="no plan.parquet"):
         data.load_run(tmp_path)
+
+
+def test_decontamination_counts_per_benchmark(proj, tmp_path, monkeypatch):
+    """A scripted run with planted benchmark items: the viewer shows the manifest's per-benchmark
+    counts, offers a `benchmark` filter with them, and counts from the rows while there is no manifest."""
+    import json
+
+    from generator.view.app import Run
+    from test_decontaminate import run_planted, write_spec
+
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
+    res, frame, kinds = run_planted(write_spec(proj), tmp_path / "run")
+    info = Run(tmp_path / "run").info()
+    dc = info["decontamination"]
+    assert dc["from"] == "manifest" and dc["benchmarks"] == {"mini": {"rows": 3, "items": 3}}
+    assert (dc["contaminated"], dc["rejected"], dc["records"]) == (3, 0, frame.height)
+    assert (dc["ngram"], dc["action"]) == (13, "flag")
+    assert info["facets"]["benchmark"] == [["mini", 3]]
+    df = data.load_run(tmp_path / "run")
+    got = data.query(df, {"benchmark": "mini", "size": "50"})
+    assert sorted(r["id"] for r in got["records"]) == sorted(kinds)
+    assert data.record(df, sorted(kinds)[0])["extra"]["contamination"]  # the hits themselves, on the record
+
+    (tmp_path / "run" / "manifest.json").unlink()  # as while the run is still generating
+    live = Run(tmp_path / "run").info()["decontamination"]
+    assert live["from"] == "rows" and live["benchmarks"] == dc["benchmarks"] and live["records"] is None
+    clean = tmp_path / "clean"
+    make_run(clean, per_topic=1)
+    assert Run(clean).info()["decontamination"] is None and "benchmark" not in data.facets(data.load_run(clean))
+    assert json.loads(frame["contamination"].drop_nulls()[0])[0]["benchmark"] == "mini"

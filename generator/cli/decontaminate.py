@@ -19,9 +19,10 @@ from generator.core.errors import SynthgenError
 @click.option("--id-field", default=None, help="--benchmark: the column holding each item's id.")
 @click.option("--ngram", type=int, default=None, help="Words per n-gram (default: the config's, else 13).")
 @click.option("--mix", "mix_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Also check every source of this mix config (real files and synthetic runs).")
+              help="Also check every source of this mix config, read as `synthgen mix` reads it (real files, "
+                   ".jsonl.zst too, with their text settings; synthetic runs).")
 @click.option("--field", "text_fields", multiple=True,
-              help="Columns holding a document's text (default: text, else messages).")
+              help="Columns holding a TARGET document's text (default: text, else messages).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
 def decontaminate(targets, config, benchmarks, fields, id_field, ngram, mix_file, text_fields, json_out):
     """Check run folders, exported datasets or data files (and a mix's sources) against benchmark
@@ -37,7 +38,7 @@ def decontaminate(targets, config, benchmarks, fields, id_field, ngram, mix_file
     """
     from generator.config.decontaminate import load_decontaminate
     from generator.core.benchmarks import BenchmarkError, BenchmarkSource, load_index
-    from generator.mix.decontam import scan, target_rows
+    from generator.mix.decontam import mix_targets, scan, target_rows
 
     if bool(config) == bool(benchmarks):
         raise click.UsageError("give --config FILE or --benchmark NAME=PATH (one of them)")
@@ -53,17 +54,16 @@ def decontaminate(targets, config, benchmarks, fields, id_field, ngram, mix_file
             sources.append(BenchmarkSource(name, Path(path).resolve(), tuple(f for f in fields.split(",") if f),
                                            id_field))
         n = ngram or 13
-    todo: list[str] = list(targets)
+    todo = [(str(t), target_rows(t, tuple(text_fields))) for t in targets]
     if mix_file:
         from generator.config.mix import load_mix_file
 
-        mcfg = load_mix_file(mix_file)[0]
-        todo += [str(r.path) for r in mcfg.real] + [str(s.run) for s in mcfg.synthetic]
+        todo += mix_targets(load_mix_file(mix_file)[0])
     if not todo:
         raise click.UsageError("nothing to check: give TARGET folders or files, or --mix CONFIG")
     try:
         index = load_index(sources, n)
-        reports = [scan(index, t, target_rows(t, tuple(text_fields))).as_dict() for t in todo]
+        reports = [scan(index, label, docs).as_dict() for label, docs in todo]
     except (SynthgenError, BenchmarkError) as exc:
         raise click.ClickException(str(exc)) from None
     for r in reports:

@@ -2,12 +2,18 @@
 
 Texts are normalised the same way on both sides (Unicode NFKC, lowercase, every character that is
 not a letter or digit a word break, whitespace collapsed), then every window of `n` consecutive
-words is hashed to 64 bits. The index is the sorted set of the benchmark's window hashes; a text
-is scanned in NumPy, a batch of texts at a time (no Python object per word), and a hash found in
-the index is confirmed word for word against the benchmark's own window, so a hash collision
-never reports a hit: a hit means `n` identical normalised words.
+words is hashed to 64 bits. The index is the sorted set of the benchmark's window hashes; texts
+are scanned in NumPy, a batch at a time (no Python object per word), and a hash found in the index
+is confirmed word for word against the benchmark's own window, so a hash collision never reports
+a hit: a hit means `n` identical normalised words.
 
-Memory follows the index (8 bytes per distinct benchmark window, a bitmap of about 2 bytes per
+A batch of ASCII texts is joined once and classified in NumPy (letters and digits are words; the
+lowercase is one OR), without a normalised copy; a batch with other characters is normalised
+text by text first. A word's hash is read off its bytes 8 at a time, a window's hash off a prefix
+sum of the words' hashes; only the windows that the index's bitmap lets through are placed in
+their text and confirmed.
+
+Memory follows the index (8 bytes per distinct benchmark window, a bitmap of 32 to 64 bytes per
 window, the benchmark's normalised text); a corpus is scanned in batches and never held.
 Benchmark texts shorter than `n` words have no window and cannot match (`IndexStats.short`).
 """
@@ -21,21 +27,29 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-NORMALIZER_VERSION = 1  # part of the cache key: a change to `normalize` or the hashes rebuilds every index
-_WORD = re.compile(r"[^\W_]+")
-# ASCII fast path: letters lowercased, digits kept, everything else a space (what _WORD keeps)
+NORMALIZER_VERSION = 2  # part of the cache key: a change to `normalize` or the hashes rebuilds every index
+_NON_ASCII_BREAK = re.compile(r"[^\w\x00-\x7f]+")  # \w: letters, digits and "_" (ASCII: _ASCII makes it a space)
+# ASCII letters lowercased, digits and UTF-8 bytes of other characters kept, every other ASCII byte a space
 _ASCII = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c >= 128) else 32
                for c in range(256))
-_BYTE_BASE = np.uint64(0x100000001B3)        # odd: every power is invertible mod 2^64
-_WORD_BASE = np.uint64(0x9E3779B97F4A7C15)
-_BATCH_BYTES = 256 << 10                     # texts are scanned in batches of about this size (cache-sized)
+_WORD_BASE = 0x9E3779B97F4A7C15               # odd: every power is invertible mod 2^64
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+_MASK = np.array([(1 << 8 * k) - 1 for k in range(9)], dtype=np.uint64)  # the low k bytes of 8
+_BATCH_BYTES = 128 << 10                      # texts are scanned in batches of about this size (cache-sized)
+_BITMAP_PER_KEY = 32                           # bitmap entries per key: 1 window in 32-64 needs a search
+
+
+def _padded(buf: bytes) -> bytes:
+    """`buf` with 8 to 15 spaces after it, to a multiple of 8 bytes: 8-byte reads stay inside."""
+    return buf + b" " * (8 + (-len(buf)) % 8)
 
 
 def normalize(text: str) -> bytes:
-    """`text` as space-separated normalised words (UTF-8): NFKC, lowercase, punctuation removed."""
-    if text.isascii():
-        return text.encode("ascii").translate(_ASCII)
-    return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).lower())).encode("utf-8")
+    """`text` as normalised words (UTF-8) with one or more spaces between them: NFKC, lowercase,
+    every character that is not a letter or digit a space."""
+    if not text.isascii():  # other characters that are not letters or digits: a space; then as ASCII
+        text = _NON_ASCII_BREAK.sub(" ", unicodedata.normalize("NFKC", text).lower())
+    return text.encode("utf-8").translate(_ASCII)
 
 
 def words(text: str) -> list[str]:
@@ -70,65 +84,103 @@ class IndexStats:
     bytes: int                 # memory held by the index arrays
 
 
-_INV_BYTE_BASE = np.uint64(pow(int(_BYTE_BASE), -1, 1 << 64))
 _powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
 
 
 def _power_tables(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """BYTE_BASE^i and its inverse for i < size (grown on demand, kept: a batch's size)."""
+    """WORD_BASE^i and its inverse for i < size (grown on demand and kept: a batch's word count).
+    Rebinding the pair is atomic, so threads that scan at once see either table whole."""
     global _powers
-    if _powers[0].size < size:
-        size = max(size, 2 * _powers[0].size)
+    pw, inv = _powers
+    if pw.size < size:
+        size = max(size, 2 * pw.size)
         with np.errstate(over="ignore"):
-            pw = np.cumprod(np.full(size, _BYTE_BASE, np.uint64))
-            inv = np.cumprod(np.full(size, _INV_BYTE_BASE, np.uint64))
+            pw = np.cumprod(np.full(size, np.uint64(_WORD_BASE)))
+            inv = np.cumprod(np.full(size, np.uint64(pow(_WORD_BASE, -1, 1 << 64))))
         pw[1:], pw[0] = pw[:-1].copy(), 1
         inv[1:], inv[0] = inv[:-1].copy(), 1
         _powers = (pw, inv)
-    return _powers
+    return pw, inv
 
 
-def _windows(buf: bytes, starts_doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hashes of every n-word window of the texts joined in `buf` (each followed by one space),
-    the text each window is in and its first word's number in `buf`. A word's hash is a polynomial
-    of its bytes, read off a prefix sum (one pass per byte, no per-byte gathers); a window's hash
-    is a polynomial of its words' hashes."""
-    a = np.frombuffer(buf, dtype=np.uint8)
-    isword = a != 32
-    edge = np.flatnonzero(np.diff(isword.view(np.int8), prepend=np.int8(0)))
-    wstart, wend = edge[0::2], edge[1::2]  # starts and ends alternate; `buf` ends with a space
-    m = wstart.size
-    empty = np.empty(0, np.int64)
-    if m < n:
-        return np.empty(0, np.uint64), empty, empty
-    pw, inv = _power_tables(a.size)
+class _Batch:
+    """Texts joined into one buffer (a space before each, 8 after the last) and cut into words:
+    `ws`/`wl` each word's start and length, `first` each text's first word number (and the word
+    count last), `h` the hash of every n-word window, across texts too (`valid` sorts them out)."""
+
+    def __init__(self, buf: bytes, starts: np.ndarray, ascii_raw: bool, n: int):
+        a = np.frombuffer(buf, dtype=np.uint8)  # `buf` is padded to a multiple of 8 bytes
+        if ascii_raw:  # not normalised: letters and digits are the words, OR 32 lowercases a letter
+            low = a | np.uint8(32)
+            isword = (low - np.uint8(97) < 26) | (a - np.uint8(48) < 10)
+        else:          # normalised: words and spaces
+            low, isword = a.copy(), a != 32  # the copy is aligned for 8-byte loads
+        edge = np.flatnonzero(isword[1:] != isword[:-1]) + 1  # buf starts and ends with a non-word byte
+        self.ws, self.wl = edge[0::2], edge[1::2] - edge[0::2]
+        m = self.ws.size
+        self.first = np.append(np.searchsorted(self.ws, starts), m)
+        self.n = n
+        self.h = _window_hashes(_word_hashes(low, self.ws, self.wl), n) if m >= n else np.empty(0, np.uint64)
+
+    def valid(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Of windows `g` (first word numbers), those inside one text: (kept mask, text, position)."""
+        doc = np.searchsorted(self.first, g, side="right") - 1
+        ok = g + self.n <= self.first[doc + 1]
+        return ok, doc, g - self.first[doc]
+
+
+def _word_hashes(low: np.ndarray, ws: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """Each word's hash: its first 8 bytes as a little-endian number (two aligned loads shifted
+    together, the bytes past the word masked off: one-to-one for words of up to 8 bytes), a longer
+    word's further 8-byte parts mixed in. A few passes over the words, none per byte."""
+    u = low.view(np.uint64)        # `low` is aligned and padded to a multiple of 8 bytes
     with np.errstate(over="ignore"):
-        vals = (a * isword).astype(np.uint64)
-        vals *= pw[:a.size]
-        prefix = np.cumsum(vals)
-        wh = (prefix[wend - 1] - prefix[wstart] + vals[wstart]) * inv[wstart]
-        wh = wh * _WORD_BASE + (wend - wstart).astype(np.uint64)
-        span = m - n + 1
-        h = wh[:span].copy()
-        for k in range(1, n):
-            h *= _WORD_BASE
-            h += wh[k:k + span]
+        def load(at: np.ndarray) -> np.ndarray:  # the 8 bytes from byte `at`
+            shift = (at.view(np.uint64) & np.uint64(7)) << np.uint64(3)
+            q = at >> 3
+            return (u[q] >> shift) | (u[q + 1] << (np.uint64(64) - shift))  # a shift by 64 gives 0
+        h = load(ws) & _MASK[np.minimum(wl, 8)]
+        more, k = np.flatnonzero(wl > 8), 8
+        while more.size:  # long words: their next 8 bytes
+            part = load(ws[more] + k) & _MASK[np.minimum(wl[more] - k, 8)]
+            h[more] = (h[more] ^ part) * _MIX
+            k += 8
+            more = more[wl[more] > k]
+    return h
+
+
+def _window_hashes(wh: np.ndarray, n: int) -> np.ndarray:
+    """Sum of wh[i+k]·B^k over k < n for every i, off a prefix sum of wh[j]·B^j (B odd, so
+    B^-i exists mod 2^64): four passes over the words whatever n is."""
+    m = wh.size
+    pw, inv = _power_tables(m)
+    with np.errstate(over="ignore"):
+        prefix = np.empty(m + 1, np.uint64)
+        prefix[0] = 0
+        np.multiply(wh, pw[:m], out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
+        h = prefix[n:] - prefix[:m - n + 1]
+        h *= inv[:m - n + 1]
         h ^= h >> np.uint64(31)
-    first = np.searchsorted(wstart, starts_doc)  # each text's first word
-    doc = np.repeat(np.arange(first.size), np.diff(first, append=m))
-    ok = doc[:span] == doc[n - 1:]
-    doc = doc[:span][ok]
-    return h[ok], doc, np.flatnonzero(ok) - first[doc]
+    return h
+
+
+def _starts(lengths: Sequence[int]) -> np.ndarray:
+    """Where each text begins in a buffer that puts one space before each."""
+    ln = np.fromiter(lengths, dtype=np.int64)
+    return np.cumsum(ln + 1) - ln
 
 
 def window_hashes(texts: Sequence[bytes], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hash, text number, word position) of every window of already normalised texts."""
+    e = np.empty(0, np.int64)
     if not texts:
-        e = np.empty(0, np.int64)
         return np.empty(0, np.uint64), e, e
-    lengths = np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    return _windows(b" ".join(texts) + b" ", starts, n)
+    b = _Batch(_padded(b" " + b" ".join(texts) + b" "), _starts(map(len, texts)), False, n)
+    if not b.h.size:
+        return b.h, e, e
+    ok, doc, pos = b.valid(np.arange(b.h.size))
+    return b.h[ok], doc[ok], pos[ok]
 
 
 class NgramIndex:
@@ -148,7 +200,7 @@ class NgramIndex:
         self.owner_pos = owner_pos
         self.seg_ngrams = seg_ngrams      # segment -> its distinct windows (the overlap's denominator)
         self.short = short
-        bits = max(16, min(30, int(np.ceil(np.log2(max(1, keys.size) * 32)))))
+        bits = max(16, min(28, int(np.ceil(np.log2(max(1, keys.size) * _BITMAP_PER_KEY)))))  # <= 256 MiB
         self._shift = np.uint64(64 - bits)
         self._bitmap = np.zeros(1 << bits, dtype=bool)
         self._bitmap[(keys >> self._shift).astype(np.int64)] = True
@@ -193,34 +245,47 @@ class NgramIndex:
     def match(self, text: str) -> list[Hit]:
         return self.match_many([text])[0]
 
-    def match_many(self, texts: Sequence[str]) -> list[list[Hit]]:
+    def match_many(self, texts: Sequence[str | None]) -> list[list[Hit]]:
         """Per text, the benchmark items it shares an n-gram with (most overlap first)."""
+        texts = [t or "" for t in texts]
         out: list[list[Hit]] = [[] for _ in texts]
-        batch: list[bytes] = []
+        if not self.keys.size:
+            return out
         first = size = 0
         for i, t in enumerate(texts):
-            norm = normalize(t or "")
-            batch.append(norm)
-            size += len(norm)
+            size += len(t) + 1
             if size >= _BATCH_BYTES:
-                self._scan(batch, first, out)
-                batch, first, size = [], i + 1, 0
-        self._scan(batch, first, out)
+                self._scan(texts[first:i + 1], first, out)
+                first, size = i + 1, 0
+        if first < len(texts):
+            self._scan(texts[first:], first, out)
         return out
 
-    def _scan(self, batch: list[bytes], first: int, out: list[list[Hit]]) -> None:
-        if not batch or not self.keys.size:
+    def _scan(self, batch: list[str], first: int, out: list[list[Hit]]) -> None:
+        joined = " ".join(batch)
+        if joined.isascii():  # the common case: one join, one encode, no normalised copy
+            norm = None
+            b = _Batch(_padded(b" " + joined.encode("ascii") + b" "), _starts(map(len, batch)), True, self.n)
+        else:
+            norm = [normalize(t) for t in batch]
+            b = _Batch(_padded(b" " + b" ".join(norm) + b" "), _starts(map(len, norm)), False, self.n)
+        if not b.h.size:
             return
-        h, doc, pos = window_hashes(batch, self.n)
-        cand = self._bitmap[(h >> self._shift).astype(np.int64)]
+        cand = self._bitmap[(b.h >> self._shift).view(np.int64)]
         if not cand.any():
             return
-        h, doc, pos = h[cand], doc[cand], pos[cand]
+        g = np.flatnonzero(cand)
+        h = b.h[g]
         j = np.minimum(np.searchsorted(self.keys, h), self.keys.size - 1)
         found = self.keys[j] == h
-        for d in np.unique(doc[found]):
-            sel = found & (doc == d)
-            out[first + int(d)] = self._confirm(batch[int(d)].split(), j[sel], pos[sel])
+        if not found.any():
+            return
+        ok, doc, pos = b.valid(g[found])
+        j, doc, pos = j[found][ok], doc[ok], pos[ok]
+        for d in np.unique(doc).tolist():
+            sel = doc == d
+            text = norm[d] if norm is not None else normalize(batch[d])
+            out[first + d] = self._confirm(text.split(), j[sel], pos[sel])
 
     def _words_of(self, seg: int) -> list[bytes]:
         w = self._seg_words.get(seg)

@@ -29,6 +29,7 @@ class Run:
                 "facets": data.facets(self.df), "has_duplicates": "duplicate_of" in self.df.columns,
                 "duplicates": int(self.df["duplicate_of"].is_not_null().sum()) if "duplicate_of" in self.df.columns else 0,
                 "has_rounds": has_rounds(self.path),
+                "decontamination": data.decontamination(self.df, self.manifest),
                 "extra_columns": [c for c in self.df.columns if c not in data.SHOWN and not c.startswith("_")]}
 
 

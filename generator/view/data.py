@@ -13,14 +13,16 @@ from typing import Any
 
 import polars as pl
 
+from generator.core.benchmarks import count_hits
 from generator.core.errors import RunFolderError
 from generator.core.run_layout import (GENERATIONS, PLAN, SHARD_GLOB, read_generation_files,
                                          read_manifest, read_plan)
 from generator.engine.run_folder import GENERATION_SCHEMA
+from generator.export.provenance import decontamination_counts
 
 # filter name -> column; a filter is offered when its column exists
 FILTERS = {"template": "template", "topic": "topic_id", "persona": "persona_ids", "model": "model",
-           "status": "status", "round": "round", "stage": "stage"}
+           "status": "status", "round": "round", "stage": "stage", "benchmark": "_benchmarks"}
 # lineage shown in the record's header, in this order
 LINEAGE = ("id", "round", "topic_id", "topic", "subtopic", "level", "keywords", "persona_ids", "companion_topics",
            "template", "template_hash", "template_vars", "model", "temperature", "top_p", "repetition_penalty",
@@ -70,7 +72,29 @@ def load_run(run_dir: str | Path) -> pl.DataFrame:
     df = df.with_columns(pl.concat_str([pl.col("_system"), pl.col("_user"), pl.col("completion"), pl.col("text"),
                                         pl.col("error"), pl.col("id")], separator="\n", ignore_nulls=True)
                          .str.to_lowercase().alias("_q"))
+    if "contamination" in df.columns and df["contamination"].null_count() < df.height:
+        df = df.with_columns(_benchmarks(df["contamination"]).alias("_benchmarks"))
     return df.with_row_index("_row")
+
+
+def _benchmarks(contamination: pl.Series) -> pl.Series:
+    """The benchmarks each row's decontamination hits name (the `benchmark` filter's values)."""
+    hits = contamination.str.json_decode(pl.List(pl.Struct({"benchmark": pl.String})))
+    return hits.list.eval(pl.element().struct.field("benchmark")).list.unique(maintain_order=True)
+
+
+def decontamination(df: pl.DataFrame, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Hits per benchmark: the manifest's counts (what `synthgen report` and the card show) once the
+    run has written them, else counted from the rows' `contamination` (a run still generating:
+    `records`, `contaminated` and `rejected` are then unknown); None when nothing was checked."""
+    counts = decontamination_counts(manifest)
+    if counts is not None:
+        return plain({**counts, "from": "manifest"})
+    if "_benchmarks" not in df.columns:
+        return None
+    hits = count_hits(df["contamination"].drop_nulls().to_list())
+    return {"benchmarks": hits["benchmarks"], "records": None, "contaminated": None, "rejected": None,
+            "ngram": None, "action": None, "from": "rows"}
 
 
 def facets(df: pl.DataFrame) -> dict[str, list[list[Any]]]:
