@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe  # noqa: E402
 from generator.core.ngram_index import Item, NgramIndex, normalize  # noqa: E402
 
 N = 13
@@ -54,15 +55,6 @@ FILLER = ("the of and to in a is that for it as was with be by on not he this ar
           "city community name president team minute idea kid body information back parent face others level "
           "office door health person art war history party result change morning reason research girl guy "
           "moment air teacher force education").split()
-
-
-def cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    except OSError:
-        name = ""
-    return name or platform.processor() or platform.machine()
 
 
 def gsm8k_items(folder: Path) -> list[dict]:
@@ -220,7 +212,8 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.gsm8k / "test.jsonl").is_file():
         sys.exit(f"bench/decontam.py: {args.gsm8k}/test.jsonl not found; pass --gsm8k FOLDER")
-    print(f"CPU: {cpu()}; Python {platform.python_version()}; one thread; may run on {len(os.sched_getaffinity(0))} "
+    print(describe())
+    print(f"Python {platform.python_version()}; one thread; may run on {len(os.sched_getaffinity(0))} "
           f"core(s); load average {os.getloadavg()[0]:.1f}")
     rows = gsm8k_items(args.gsm8k)
     vocab = sorted({w for r in rows for w in re.findall(r"[a-z]+", r["question"].lower())} | set(FILLER))
