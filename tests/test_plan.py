@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from generator.engine import planner
+from generator.engine import resolution
 from generator.engine.planner import expand, plan_spec, records_frame, resolve_spec, with_samples
 from generator.config.spec import load_spec
 
@@ -55,8 +55,8 @@ def test_other_samples_are_drawn_without_reading_files_and_plan_as_resolving_doe
     def no_read(*a, **k):
         raise AssertionError("a library file was read again")
 
-    monkeypatch.setattr(planner, "load_topic_tree", no_read)
-    monkeypatch.setattr(planner, "load_personas", no_read)
+    monkeypatch.setattr(resolution, "load_topic_tree", no_read)  # where resolve_spec reads them
+    monkeypatch.setattr(resolution, "load_personas", no_read)
     for (k, p), (cells, personas, records) in wanted.items():
         r = with_samples(base, {0: k}, p)
         assert [c.id for c in r.cells] == cells and [x["id"] for x in r.personas] == personas

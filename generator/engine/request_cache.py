@@ -2,7 +2,9 @@
 usage it cost. Each process keeps a local SQLite working copy (fast puts and lookups, no database
 shared between machines) and publishes its answers into the run folder as append-only
 `answers/SESSION-WRITER-SEQ.parquet` files (`run_folder` documents the layout); a process that died
-before publishing everything is salvaged by the next one to open the run on that machine.
+before publishing everything is salvaged by the next one to open the run on that machine
+(`working_copies`: where each working copy lives, and the salvage). The usage written with the
+answers is counted by `usage_meter.UsageMeter`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 from generator.core.errors import LockLostError, RunFolderError
 from generator.core.run_layout import ANSWER_META, ANSWERS, CACHE, answer_files, read_answer_file
 from generator.core.storage import is_url, join, name_of, write_atomic
+from generator.engine.usage_meter import USAGE_COLUMNS, UsageMeter, new_session
+from generator.engine.working_copies import keep_for_salvage, salvage_leftovers, working_copy
 
 log = logging.getLogger(__name__)
 
@@ -41,128 +45,8 @@ def _ensure_wal(conn: sqlite3.Connection, path: Path) -> None:
     raise RunFolderError(f"{path}: the request cache stayed locked for a minute; is another run writing it?")
 
 
-def new_session() -> str:
-    """An id for one `synthgen run` invocation: usage is kept per session and summed over them."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f"-{os.getpid()}-{os.urandom(2).hex()}"
-
-
-# reasoning_tokens: of completion_tokens, those a thinking model spent reasoning (last, so the
-# ledger rows of earlier runs, without it, read as 0)
-USAGE_COLUMNS = ("requests", "cache_hits", "errors", "prompt_tokens", "completion_tokens", "reasoning_tokens")
-
-
-class UsageMeter:
-    """Model calls, cache hits and tokens per (model, stage), and each model's busy time, counted
-    as they happen and written with the answers they belong to (see `RequestCache.put_many`): an
-    answer in the cache is always counted, so a killed session's usage is exact up to its last
-    answer. Busy time is the span from a model's first request of an execute call to its last
-    answer, summed over calls (and over engines, when several run at once)."""
-
-    def __init__(self) -> None:
-        self.created = time.time()
-        self._lock = threading.Lock()
-        self._delta: dict[tuple[str, str], dict[str, int]] = {}
-        self._span: dict[str, list[float]] = {}  # model -> [first request, last answer, time already flushed up to]
-
-    def _row(self, model: str, stage: str) -> dict[str, int]:
-        return self._delta.setdefault((model, stage), dict.fromkeys(USAGE_COLUMNS, 0))
-
-    def submitted(self, model: str) -> None:
-        with self._lock:
-            if model not in self._span:
-                now = time.time()
-                self._span[model] = [now, now, now]
-
-    def hit(self, model: str, stage: str) -> None:
-        with self._lock:
-            self._row(model, stage)["cache_hits"] += 1
-
-    def answered(self, model: str, stage: str, prompt_tokens: int | None, completion_tokens: int | None,
-                 error: bool = False, reasoning_tokens: int = 0) -> None:
-        with self._lock:
-            row = self._row(model, stage)
-            row["requests"] += 1
-            row["errors"] += int(error)
-            row["prompt_tokens"] += int(prompt_tokens or 0)
-            row["completion_tokens"] += int(completion_tokens or 0)
-            row["reasoning_tokens"] += int(reasoning_tokens or 0)
-            span = self._span.setdefault(model, [time.time()] * 3)
-            span[1] = time.time()
-
-    def take(self) -> tuple[list[tuple], list[tuple]]:
-        """The counts and busy seconds since the last take (and forget them)."""
-        with self._lock:
-            rows = [(m, s, *(d[c] for c in USAGE_COLUMNS)) for (m, s), d in self._delta.items()]
-            self._delta.clear()
-            busy = []
-            for model, span in self._span.items():
-                if span[1] > span[2]:
-                    busy.append((model, span[1] - span[2], span[0], span[1]))
-                    span[2] = span[1]
-            return rows, busy
-
-
 PUBLISH_ANSWERS = 1000  # answers per published file at most (SYNTHGEN_PUBLISH_ANSWERS)
 PUBLISH_SECONDS = 5.0  # and at least this often while answers arrive (SYNTHGEN_PUBLISH_SECONDS)
-_WORKING: dict[tuple[str, str], Path] = {}  # (run, session) -> this process's working copy
-_KEPT: set[Path] = set()  # working copies left for a salvage: their answers could not be published
-
-
-def _working_copy(run: Any, session: str | None) -> Path:
-    """This process's local SQLite for a run folder and session: kept while the process lives, so
-    rounds (several executes in one session) replay only the files published since."""
-    key = (str(run), session or "")
-    if key not in _WORKING:
-        import atexit
-
-        root = _local_root()
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / f"{_digest(run)}-{session or 'nosession'}-{os.getpid()}-{os.urandom(3).hex()}.sqlite"
-        _WORKING[key] = path
-
-        def drop(p: Path = path) -> None:
-            if p in _KEPT:
-                return
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{p}{suffix}").unlink(missing_ok=True)
-
-        atexit.register(drop)
-    return _WORKING[key]
-
-
-def _local_root() -> Path:
-    import tempfile
-
-    return Path(os.environ.get("SYNTHGEN_LOCAL_CACHE") or tempfile.gettempdir()) / "synthgen-answers"
-
-
-def _digest(run: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(str(run).encode()).hexdigest()[:12]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _leftovers(run: Any) -> Iterator[tuple[Path, str]]:
-    """Working copies of `run` left on this machine by processes that died before publishing
-    everything (a SIGKILL, an OOM kill, a lost Ray actor), with the session each belonged to."""
-    root, digest = _local_root(), _digest(run)
-    if not root.is_dir():
-        return
-    for path in root.glob(f"{digest}-*.sqlite"):
-        head, _, _rand = path.name[len(digest) + 1:-len(".sqlite")].rpartition("-")  # SESSION-PID-RAND
-        session, _, pid = head.rpartition("-")
-        if session and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            yield path, session
 
 
 def _publish_every() -> tuple[int, float]:
@@ -197,7 +81,7 @@ class RequestCache:
                  fence: Callable[[], None] | None = None):
         self.run, self.session = run, session
         self.fence = fence
-        self.path = Path(path) if path is not None else _working_copy(run, session)
+        self.path = Path(path) if path is not None else working_copy(run, session)
         self.meter = UsageMeter()
         self.lock = threading.RLock()
         self._local = threading.local()
@@ -266,58 +150,7 @@ class RequestCache:
         published (their working copies outlive them), counted under their own sessions: a killed
         run or Ray actor then costs only its requests in flight. Each leftover is claimed by a
         rename, so of several processes opening at once one salvages it. Returns answers salvaged."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        total = 0
-        for path, session in _leftovers(self.run):
-            claimed = path.with_name(f".{path.name}.salvage-{os.getpid()}")
-            try:
-                os.rename(path, claimed)
-            except OSError:  # another process claimed it first
-                continue
-            for suffix in ("-wal", "-shm"):  # the WAL holds the dead process's last commits
-                if Path(f"{path}{suffix}").exists():
-                    os.rename(f"{path}{suffix}", f"{claimed}{suffix}")
-            try:
-                conn = sqlite3.connect(claimed, timeout=60)
-                try:
-                    rows = conn.execute("SELECT u.key, r.value, u.model, u.stage FROM unpublished u "
-                                        "JOIN results r ON r.key = u.key").fetchall()
-                    started = float((conn.execute("SELECT v FROM meta WHERE k = 'started'").fetchone() or [0])[0])
-                except (sqlite3.DatabaseError, ValueError):
-                    rows, started = [], 0.0
-                finally:
-                    conn.close()
-                if rows:
-                    values = [json.loads(v) for _, v, _, _ in rows]
-                    counts: dict[tuple[str, str], list[int]] = {}
-                    for (_, _, model, stage), v in zip(rows, values):
-                        c = counts.setdefault((model, stage), [0] * len(USAGE_COLUMNS))
-                        c[0] += 1
-                        c[3] += int(v.get("prompt_tokens") or 0)
-                        c[4] += int(v.get("completion_tokens") or 0)
-                        c[5] += int(v.get("reasoning_tokens") or 0)
-                    meta = {"session": session, "started": started or None, "salvaged": True,
-                            "usage": [[m, st, *c] for (m, st), c in counts.items()], "busy": []}
-                    table = pa.table({"key": pa.array([r[0] for r in rows], pa.string()),
-                                      "value": pa.array([r[1] for r in rows], pa.string()),
-                                      "id": pa.array([v.get("id") for v in values], pa.string()),
-                                      "prompt_tokens": pa.array([v.get("prompt_tokens") for v in values], pa.int64()),
-                                      "completion_tokens": pa.array([v.get("completion_tokens") for v in values],
-                                                                    pa.int64())})
-                    table = table.replace_schema_metadata({ANSWER_META: json.dumps(meta).encode()})
-                    name = f"{session}-salvage{os.urandom(3).hex()}-000000.parquet"
-                    write_atomic(join(self.run, ANSWERS, name),
-                                 lambda tmp: pq.write_table(table, tmp, compression="zstd"), before=self.fence)
-                    self._import(name, [(r[0], r[1]) for r in rows])
-                    total += len(rows)
-                    log.info("salvaged %d answers a stopped process (session %s) had not published", len(rows),
-                             session)
-            finally:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{claimed}{suffix}").unlink(missing_ok=True)
-        return total
+        return salvage_leftovers(self.run, self.fence, self._import)
 
     # -- the cache
     def get(self, key: str) -> dict | None:
@@ -430,7 +263,7 @@ class RequestCache:
         try:
             self.flush()
         except LockLostError:
-            _KEPT.add(self.path)  # what it could not publish is salvaged by the next run on this machine
+            keep_for_salvage(self.path)  # what it could not publish is salvaged by the next run on this machine
             raise
         finally:
             conn = getattr(self._local, "conn", None)
