@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,6 +15,8 @@ from generator.config.spec import load_spec
 from generator.engine.executors.local import LocalExecutor
 from generator.feedback.rounds import load_rounds
 from generator.testing.fake import FakeBackend
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = ("apple river stone cloud seven music garden bridge number engine planet silver window forest ocean "
          "candle mirror rabbit violin tower harbor lantern meadow copper falcon pepper quartz saddle thunder "
@@ -204,3 +207,11 @@ def test_rounds_without_costs_allocate_per_generation():
     rc = RoundsConfig(budget=20, allocator={"value": "per_token", "saturation": False, "min_per_cell": 0})
     got = Allocator(rc, 1).allocate(2, 8, [("a", 1.0), ("b", 1.0)], hist).counts
     assert got["a"] > got["b"]
+
+
+def test_value_keeps_the_spec_hash_of_existing_rounds_runs():
+    """A rounds run started before `value:` existed resumes: the default is not in the hash."""
+    spec = load_spec(ROOT / "specs" / "math_rounds.yaml")
+    assert "value" not in json.loads(spec.canonical_json())["rounds"]["allocator"]
+    tok = load_spec(ROOT / "specs" / "math_rounds.yaml", {"rounds.allocator.value": "per_token"})
+    assert tok.rounds.allocator.value == "per_token" and tok.hash() != spec.hash()

@@ -309,6 +309,8 @@ class Spec(Strict):
             del data["tools"]  # specs without tools keep the hash they had before `tools:` existed
         if data.get("decontaminate") is None:
             del data["decontaminate"]  # likewise for specs without `decontaminate:`
+        if (data.get("rounds") or {}).get("allocator", {}).get("value") == "per_generation":
+            del data["rounds"]["allocator"]["value"]  # rounds runs keep the hash they had before `value:`
         for key in ("target", "budget"):  # how far a run goes, not what a record is
             data.pop(key, None)
         for entry in [*data["models"], *data["topics"]]:
