@@ -1,6 +1,7 @@
 """Feedback loop against uniform allocation at equal total budget, on the embedded model.
 
     SYNTHGEN_CACHE=/tmp/sgcache .venv/bin/python bench/feedback.py [--seeds 5] [--budget 48]
+    .venv/bin/python bench/feedback.py --value [--seeds 5] [--value-tokens 40000]   (no model: see value_run)
 
 Each arm runs the same spec (specs/math_rounds.yaml) with the same seeds and the same budget:
 
