@@ -1,6 +1,7 @@
 """Feedback loop against uniform allocation at equal total budget, on the embedded model.
 
     SYNTHGEN_CACHE=/tmp/sgcache .venv/bin/python bench/feedback.py [--seeds 5] [--budget 48]
+    .venv/bin/python bench/feedback.py --value [--seeds 5] [--value-tokens 40000]   (no model: see value_run)
 
 Each arm runs the same spec (specs/math_rounds.yaml) with the same seeds and the same budget:
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -213,6 +215,131 @@ def run_arms(args, arms: list[str]) -> list[dict]:
     return runs
 
 
+# ---------------------------------------------------------------- value per token (scripted backend)
+
+VALUE_ARMS = {  # arm -> spec overrides; every arm runs to the same token budget
+    "uniform": {"rounds.allocator.rule": "uniform"},
+    "diversity": {"rounds.allocator.value": "per_generation"},
+    "per-token": {"rounds.allocator.value": "per_token"},
+}
+TRUNCATED_WORDS = 200  # a truncated answer runs to max_tokens
+
+
+def value_cells() -> list[dict]:
+    """Eight cells, 2 x 2 x 2: acceptance 0.85 or 0.35 (the rest truncated at max_tokens), answers of
+    30 or 120 words, and fresh text or one of two canned answers (near duplicates, no new diversity)."""
+    return [{"name": f"cell-{i}", "accept": a, "words": w, "fresh": f}
+            for i, (a, w, f) in enumerate((a, w, f) for a in (0.85, 0.35) for w in (30, 120) for f in (True, False))]
+
+
+def value_spec(root: Path, seed: int, tokens_per_round: int, rounds: int, over: dict):
+    """The bench spec: one free-text template over the eight inline cells, `rounds` rounds; the
+    generation budget is twice what the token budget buys, so the token budget ends every arm."""
+    from generator.config.spec import load_spec
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ask.j2").write_text("---\nname: ask\ndescription: bench\npurpose: general\nvariables: [topic]\n---\n"
+                                  "Write a short note about {{ topic }}.\n")
+    cells = value_cells()
+    (root / "spec.yaml").write_text(json.dumps({
+        "name": "value-bench", "seed": seed, "topics": [{"items": [c["name"] for c in cells]}],
+        "templates": [{"template": str(root / "ask.j2")}], "models": [{"name": "scripted"}],
+        "sampling": {"max_tokens": TRUNCATED_WORDS},
+        "rounds": {"count": rounds, "budget": 2 * rounds * tokens_per_round // 100, "first_round_share": 1 / rounds,
+                   "embedder": "hash", "allocator": {"grow_topics": False, "grow_personas": False}},
+        "run": {"shard_size": 16}}))
+    return load_spec(root / "spec.yaml", {"rounds.min_gain": "null", **over})
+
+
+def value_responder(r) -> str:
+    """The scripted model: each cell's acceptance, answer length and freshness (`value_cells`)."""
+    import random as _random
+
+    prompt = r.messages[-1]["content"]
+    cell = next(c for c in value_cells() if c["name"] + "." in prompt)
+    rng = _random.Random(r.sampling.seed)
+    if rng.random() >= cell["accept"]:
+        return " ".join(f"w{rng.randrange(5000)}" for _ in range(TRUNCATED_WORDS)) + "<truncated>"
+    if not cell["fresh"]:
+        canned = _random.Random(f"{cell['name']}-{rng.randrange(2)}")
+        return " ".join(f"w{canned.randrange(5000)}" for _ in range(cell["words"]))
+    return " ".join(f"w{rng.randrange(5000)}" for _ in range(cell["words"]))
+
+
+def value_run(args) -> int:
+    """Accepted diverse records per 1,000 tokens for the uniform, diversity-only and per-token
+    allocators at the same token budget (scripted backend: cells differ in acceptance, answer
+    length and freshness), paired per seed."""
+    import polars as pl
+
+    from generator.config.target import BudgetConfig
+    from generator.engine.executors.local import LocalExecutor
+    from generator.feedback.rounds import run_rounds
+    from generator.feedback.yields import row_flags
+    from generator.testing.fake import FakeBackend
+    from scoring.metrics import find_duplicates
+
+    logging.getLogger("generator.runs.closeout").setLevel(logging.ERROR)  # every run has truncated rows by design
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    per_round = args.value_tokens // args.value_rounds
+    runs: list[dict] = []
+    t_all = time.time()
+    for s in range(args.seeds):
+        for arm, over in VALUE_ARMS.items():
+            spec = value_spec(out / f"{arm}-s{s}" / "spec", 100 + s, per_round, args.value_rounds, over)
+            fake = FakeBackend(model="scripted", responder=value_responder)
+            fake.load_seconds = 0.0
+            t0 = time.time()
+            res = run_rounds(spec, out=out / f"{arm}-s{s}" / "run", budget=BudgetConfig(tokens=args.value_tokens),
+                             executor=LocalExecutor(backend_factory=lambda c, **_: fake))
+            df = pl.read_parquet(str(res.run_dir / "generations" / "*.parquet")).sort("round", "topic_id", "generation")
+            ok = [t for t, f in zip(df["text"].to_list(), row_flags(df)) if f == "ok"]
+            diverse = sum(d is None for d in find_duplicates(ok)) if ok else 0
+            tokens = int((df["prompt_tokens"] + df["completion_tokens"]).sum())
+            by_cell = dict(df.group_by("topic_id").len().iter_rows())
+            runs.append({"arm": arm, "seed": 100 + s, "tokens": tokens, "records": df.height, "accepted": len(ok),
+                         "diverse": diverse, "per_1k": 1000 * diverse / tokens, "cells": by_cell,
+                         "rounds": res.manifest["rounds"]["finished"], "seconds": time.time() - t0})
+            r = runs[-1]
+            print(f"{arm:10s} seed {100 + s}: {r['diverse']} accepted diverse of {r['records']} records, "
+                  f"{tokens} tokens, {r['per_1k']:.3f} per 1k tokens, {r['rounds']} rounds, "
+                  f"{r['seconds']:.0f}s", flush=True)
+    print(f"\nscripted backend, token budget {args.value_tokens} per run, {args.value_rounds} rounds planned, "
+          f"{args.seeds} seeds; mean over seeds [95% t-interval]")
+    keys = (("per_1k", "accepted diverse / 1k tokens"), ("diverse", "accepted diverse records"),
+            ("accepted", "accepted records"), ("records", "records"), ("tokens", "tokens spent"))
+    print(f"{'metric':30s} " + " ".join(f"{a:>24s}" for a in VALUE_ARMS))
+    summary: dict = {"arms": {}, "effects": {}}
+    for key, label in keys:
+        cols = []
+        for arm in VALUE_ARMS:
+            e = interval([float(r[key]) for r in runs if r["arm"] == arm])
+            summary["arms"].setdefault(arm, {})[key] = e
+            nd = 3 if key == "per_1k" else 0
+            cols.append(f"{e['mean']:.{nd}f} [{e['t_lo']:.{nd}f}, {e['t_hi']:.{nd}f}]")
+        print(f"{label:30s} " + " ".join(f"{c:>24s}" for c in cols))
+    print("records per cell (mean over seeds; acceptance / answer words / fresh or canned):")
+    for c in value_cells():
+        means = [statistics.mean(r["cells"].get(c["name"], 0) for r in runs if r["arm"] == arm) for arm in VALUE_ARMS]
+        label = f"{c['name']} {c['accept']:.2f}/{c['words']}/{'fresh' if c['fresh'] else 'canned'}"
+        print(f"  {label:28s} " + " ".join(f"{m:>24.1f}" for m in means))
+    by = {(r["arm"], r["seed"]): r["per_1k"] for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    for base in ("uniform", "diversity"):
+        d = [by[("per-token", s)] - by[(base, s)] for s in seeds]
+        e = interval(d)
+        summary["effects"][f"per-token - {base}"] = {**e, "diffs": d}
+        print(f"per-token - {base:9s} (accepted diverse / 1k tokens): {e['mean']:+.4f} "
+              f"[{e['t_lo']:+.4f}, {e['t_hi']:+.4f}], bootstrap [{e['boot_lo']:+.4f}, {e['boot_hi']:+.4f}], "
+              f"ahead in {e['wins']}/{e['n']} seeds")
+    print(f"whole value bench {time.time() - t_all:.0f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "summary": summary,
+                                               "cells": value_cells(), "runs": runs}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", default=str(ROOT / "specs" / "math_rounds.yaml"))
@@ -230,10 +357,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/synthgen-bench-feedback")
     ap.add_argument("--fake", action="store_true", help="fake backend (control flow only, numbers meaningless)")
     ap.add_argument("--json", help="write the per-run numbers here")
+    ap.add_argument("--value", action="store_true", help="instead: value per token on the scripted backend "
+                    "(uniform, diversity-only and per-token allocators at the same token budget; no model)")
+    ap.add_argument("--value-tokens", type=int, default=40000, help="token budget per run with --value")
+    ap.add_argument("--value-rounds", type=int, default=16, help="rounds planned per run with --value")
     args = ap.parse_args(argv)
     print(describe(), flush=True)
     if args.seeds < 2:
         ap.error("--seeds must be at least 2 for an interval")
+    if args.value:
+        return value_run(args)
     if bool(args.judge_url) != bool(args.judge_model):
         ap.error("--judge-url and --judge-model go together")
 

@@ -221,6 +221,17 @@ def test_rounds_tab_shows_trajectory_and_allocation(browser, runs):
         got = {tr.find_elements("tag name", "td")[0].text: int(tr.find_elements("tag name", "td")[-2].text)
                for tr in table.find_elements("css selector", "tr")[1:]}
         assert {k: v for k, v in got.items() if v} == want
+        # value per topic and template: one row per cell and per template, its accepted count from the rows
+        value = browser.find_element("id", "value")
+        heads = [th.text for th in value.find_elements("css selector", "tr th")]
+        assert {"acceptance", "tokens / accepted", "money / accepted", "diversity"} <= set(heads)
+        df = frame(runs["r"])
+        rows = {(tds[0].text, tds[1].text): tds for tds in (tr.find_elements("tag name", "td")
+                                                              for tr in value.find_elements("css selector", "tr")[1:])}
+        assert {n for k, n in rows if k == "topic"} == set(df["topic_id"].unique())
+        col = heads.index("accepted")
+        for (cell,), g in df.group_by(["topic_id"]):
+            assert int(rows[("topic", cell)][col].text) == int((g["status"] == "ok").sum())
     finally:
         srv.shutdown()
 

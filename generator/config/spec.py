@@ -93,6 +93,12 @@ class AllocatorConfig(Strict):
         "ucb", description="ucb: upper confidence bound on each cell's yield; thompson: seeded Thompson "
         "sampling from a Gaussian posterior of the yield; uniform: the cells' weights, ignoring yield "
         "(the baseline: no saturation caps, no pool growth).")
+    value: Literal["per_generation", "per_token"] = Field(
+        "per_generation", description="What a cell's and a template's expected yield is divided by: "
+        "per_generation (each generation costs the same) or per_token (the tokens a record costs there, "
+        "rejected attempts and every stage included, from the round files' `costs`: a cell whose "
+        "answers are twice as long, or that needs twice the attempts to pass, is worth half as much). "
+        "per_token spends a token or money budget where it buys the most accepted, diverse records.")
     exploration: float = Field(1.0, ge=0, description="Width of the UCB bonus / Thompson posterior, in "
                                "units of the pooled standard deviation of per-generation yield.")
     min_per_cell: int = Field(1, ge=0, description="Generations every active, unsaturated cell gets each "
@@ -303,6 +309,8 @@ class Spec(Strict):
             del data["tools"]  # specs without tools keep the hash they had before `tools:` existed
         if data.get("decontaminate") is None:
             del data["decontaminate"]  # likewise for specs without `decontaminate:`
+        if (data.get("rounds") or {}).get("allocator", {}).get("value") == "per_generation":
+            del data["rounds"]["allocator"]["value"]  # rounds runs keep the hash they had before `value:`
         for key in ("target", "budget"):  # how far a run goes, not what a record is
             data.pop(key, None)
         for entry in [*data["models"], *data["topics"]]:

@@ -15,6 +15,9 @@ Rules (docs/feedback.md explains why):
   one at a time to the best index, each unit adding a virtual generation to its cell (so a batch spreads
   like sequential pulls). UCB index = mean + exploration * sigma * sqrt(2 ln T / n); Thompson draws
   mean + exploration * sigma / sqrt(n) * z from a generator seeded by (seed, round);
+- value (`value: per_token`): the index is multiplied by pooled tokens per record / the cell's
+  (discounted, shrunk by one pseudo-record; every attempt's tokens, rejected ones and other stages
+  included: the round files' `costs`), so it ranks yield per token, not per generation;
 - exploration floor: every active unsaturated cell gets `min_per_cell` first (best index first when the
   slice is short); a cell that got nothing for `reexplore_after` rounds in a row is re-explored;
 - saturation: a cell whose within-cell Vendi did not rise (by more than `saturation_tol`) over its
@@ -22,7 +25,8 @@ Rules (docs/feedback.md explains why):
   hard cap on a cell's total;
 - template mix (`adapt_templates`): from round 2 on (not under `uniform`), the next round's template
   weights are the spec weights x each template's expected yield per generation spent (usable rate x
-  novelty over all rounds, shrunk by `template_prior` pseudo-generations) ** `template_power`, with no
+  novelty over all rounds, shrunk by `template_prior` pseudo-generations; per token under
+  `value: per_token`) ** `template_power`, with no
   share below `template_floor` x its spec share (`Allocator.template_weights`). The per-generation usable rate differs far more between
   templates (one layout is truncated much more often) than between topic cells;
 - stall: when the tracked global score rose by less than `rounds.min_gain` (or every cell is saturated or
@@ -40,7 +44,7 @@ import numpy as np
 
 from generator.config.spec import AllocatorConfig, RoundsConfig
 from generator.core.apportion import apportion
-from generator.feedback.shrinkage import floored_shares, shrunk_yield
+from generator.feedback.shrinkage import floored_shares, shrunk_yield, token_factors
 
 
 def decision(round: int, cell: str | None, action: str, amount: int | float | None, reason: str) -> dict:
@@ -70,6 +74,8 @@ class CellView:
     wn: float = 0.0           # discounted generation count
     wgood: float = 0.0        # discounted count of usable, non-duplicate generations
     wsq: float = 0.0          # discounted sum of squared yields
+    wrec: float = 0.0         # discounted records with a recorded cost
+    wtok: float = 0.0         # discounted tokens they spent (every attempt and stage)
     starved: int = 0          # rounds in a row (since it joined) with no allocation
     saturated: bool = False
     sat_reason: str = ""
@@ -105,8 +111,13 @@ class Allocator:
             r = int(h["round"])
             alloc = h.get("allocation", {})
             ycells = h.get("yields", {}).get("cells", {})
+            ccells = (h.get("costs") or {}).get("cells", {})
             disc = cfg.discount ** (round - 1 - r)
             for c, v in out.items():
+                cost = ccells.get(c)
+                if cost and cost.get("records"):
+                    v.wrec += disc * cost["records"]
+                    v.wtok += disc * cost["tokens"]
                 y = ycells.get(c)
                 if y is not None:
                     v.total = int(y.get("total", v.total))
@@ -157,6 +168,13 @@ class Allocator:
         chasing one lucky round."""
         return shrunk_yield({c: (v.wn, v.wgood, v.wsum, v.wsq) for c, v in views.items()}, self.cfg.prior_weight)
 
+    def value_factors(self, views: dict[str, "CellView"]) -> tuple[dict[str, float], str]:
+        """What an expected yield per generation is multiplied by: 1 under `value: per_generation`;
+        pooled tokens per record / the cell's under `per_token` (`shrinkage.token_factors`)."""
+        if self.cfg.value != "per_token":
+            return {c: 1.0 for c in views}, ""
+        return token_factors({c: (v.wrec, v.wtok) for c, v in views.items()})
+
     def template_weights(self, round: int, history: Sequence[dict], templates: Sequence[tuple[str, float]]
                          ) -> tuple[dict[str, float] | None, list[dict]]:
         """The template mix for round `round`: None (the spec's weights) in round 1, under the uniform
@@ -172,7 +190,11 @@ class Allocator:
         if round == 1 or not history or cfg.rule == "uniform" or not cfg.adapt_templates or len(templates) < 2:
             return None, []
         stats: dict[str, list[float]] = {t: [0.0, 0.0, 0.0, 0.0] for t, _ in templates}
+        spend: dict[str, tuple[float, float]] = {t: (0.0, 0.0) for t, _ in templates}
         for h in history:
+            for t, c in ((h.get("costs") or {}).get("by", {}).get("template", {})).items():
+                if t in spend and c.get("records"):
+                    spend[t] = (spend[t][0] + c["records"], spend[t][1] + c["tokens"])
             disc = 1.0  # not discounted: the usable rate is the template's and the model's, not the round's
             for t, y in h.get("yields", {}).get("by", {}).get("template", {}).items():
                 if t not in stats or not y.get("n"):
@@ -185,6 +207,11 @@ class Allocator:
         if not any(st[0] for st in stats.values()):
             return None, []
         mean, info = shrunk_yield({t: tuple(st) for t, st in stats.items()}, cfg.template_prior)
+        per, how = ("per generation", "")
+        if cfg.value == "per_token":
+            factor, tinfo = token_factors(spend)
+            mean = {t: mean[t] * factor[t] for t in mean}
+            per, how = "per pooled record's tokens", f"; {tinfo}"
         spec_w = {t: float(w) for t, w in templates}
         raw = {t: spec_w[t] * max(mean[t], 1e-9) ** cfg.template_power for t in spec_w}
         shares = floored_shares(raw, spec_w, cfg.template_floor)
@@ -194,8 +221,9 @@ class Allocator:
             n, good = stats[t][0], stats[t][1]
             out.append(decision(round, None, "template_weight", round_share(shares[t]),
                                 f"template {t}: share {shares[t]:.3f} (spec {spec_w[t] / tot:.3f}); expected "
-                                f"yield {mean[t]:.3f} per generation ({good:g} usable of {n:g} generations); "
-                                f"{info}; floor {cfg.template_floor:g} x spec share"))
+                                f"yield {mean[t]:.3f} {per} ({good:g} usable of {n:g} generations"
+                                + (f", {spend[t][1] / spend[t][0]:.0f} tokens each" if spend[t][0] else "")
+                                + f"); {info}{how}; floor {cfg.template_floor:g} x spec share"))
         return shares, out
 
     # ------------------------------------------------------------ stop / grow
@@ -306,6 +334,7 @@ class Allocator:
         counts = {c: 0 for c in ids}
         _, sigma = self.pooled(history)
         mean, shrink_info = self.expected_yield(views)
+        value, value_info = self.value_factors(views)
         n_eff = {c: views[c].wn + 1.0 for c in ids}  # data (+1): the bonus spreads units over the cells
         reasons: dict[str, list[str]] = {c: [] for c in ids}
         left = slice_
@@ -339,8 +368,10 @@ class Allocator:
 
         def index(c: str) -> float:
             if cfg.rule == "thompson":
-                return mean[c] + cfg.exploration * sigma / math.sqrt(n_eff[c]) * float(rng.standard_normal())
-            return mean[c] + cfg.exploration * sigma * math.sqrt(2 * math.log(max(total_n, 2.0)) / n_eff[c])
+                y = mean[c] + cfg.exploration * sigma / math.sqrt(n_eff[c]) * float(rng.standard_normal())
+            else:
+                y = mean[c] + cfg.exploration * sigma * math.sqrt(2 * math.log(max(total_n, 2.0)) / n_eff[c])
+            return y * value[c]  # per_token: yield per pooled record's worth of tokens
 
         # exploration floor, best index first when the slice is short
         if cfg.min_per_cell:
@@ -372,6 +403,9 @@ class Allocator:
             v = views[c]
             stat = (f"expected yield {mean[c]:.3f} ({v.wgood:.1f} usable of {v.wn:.1f} discounted gens; "
                     f"{shrink_info}; yield sd {sigma:.3f})")
+            if value_info:
+                stat += (f"; value per token x{value[c]:.2f} ({v.wtok / v.wrec:.0f} tokens per record, "
+                         if v.wrec else "; value per token x1.00 (no cost recorded, ") + f"{value_info})"
             if fallback and c in saturated:
                 stat += "; every open cell is saturated or capped, so saturated cells take the rest"
             alloc.decisions.append(decision(round, c, "allocate", counts[c], f"{why}; {stat}"))

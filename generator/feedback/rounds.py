@@ -9,7 +9,8 @@
               far, round=r, template_weights), streamed into the plan and checked against what it
               planned for round r before; then the pending shards are generated
               (append-stable: the mix only affects the new generation indices)
-              yields + global scores (generator.feedback.yields) -> RUN/rounds/round-NNN.json   (round finished)
+              yields + global scores (generator.feedback.yields) and what each cell and template
+              cost in tokens and money (generator.feedback.costs) -> RUN/rounds/round-NNN.json   (round finished)
 
 A resumed run skips finished rounds (their JSON exists), after re-planning their records from their
 round files and checking them against the plan, as a single pass does: an edited template, a
@@ -37,7 +38,9 @@ from generator.engine.runner import (ExecStats, Progress, RunResult, compile_pip
 from generator.config.spec import Spec, TreeTopics
 from generator.core.files import write_json_atomic
 from generator.engine.run_folder import RunFolder
+from generator.feedback.costs import round_costs
 from generator.feedback.yields import compute_yields
+from generator.runs.spend import prices
 
 
 def round_path(folder: RunFolder, r: int, kind: str = "") -> Path:
@@ -188,7 +191,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             if gate is not None and gate.closed is not None:
                 break  # the budget ended the round: no round file, so a resume runs the rest of it
             t_y = time.time()
-            y = _measure(folder, spec, r, not pipeline.single)
+            y, costs = _measure(folder, spec, r, not pipeline.single)
             scores = y.pop("scores")
             tracked = scores.get("tracked")
             prev = history[-1]["tracked"] if history else 0.0
@@ -197,7 +200,7 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
             result = {"round": r, "spec_hash": spec_hash, "slice": alloc["slice"], "allocation": alloc["counts"],
                       "spent": sum(alloc["counts"].values()), "spent_total": spent, "budget": budget,
                       "active": alloc["active"], "pool": pool, "template_weights": alloc.get("template_weights"),
-                      "decisions": alloc["decisions"], "yields": y,
+                      "decisions": alloc["decisions"], "yields": y, "costs": costs,
                       "scores": scores, "score_name": rc.score, "tracked": tracked, "gain": gain,
                       "timings": {"generate_s": round(st.gen_seconds, 3), "yields_s": round(time.time() - t_y, 3)}}
             write_json_atomic(round_path(folder, r), result)
@@ -215,14 +218,15 @@ def run_rounds(spec: Spec, out: str | Path | None = None, executor=None, progres
     return close_run(spec, folder, manifest, resolved, planned, total, plan_seconds, score, emit, t0, pipeline)
 
 
-def _measure(folder: RunFolder, spec: Spec, r: int, pipeline: bool) -> dict[str, Any]:
-    """Round `r`'s yields and the run's global scores (generator.feedback.yields)."""
+def _measure(folder: RunFolder, spec: Spec, r: int, pipeline: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Round `r`'s yields with the run's global scores (generator.feedback.yields), and its cost per
+    cell and template (generator.feedback.costs: every attempt's tokens, rejected ones included)."""
     rc = spec.rounds
-    frame = folder.read_generations()
-    if pipeline:  # a record counts once: its final row (rejected ones are flagged)
-        frame = frame.filter(pl.col("final"))
-    return compute_yields(frame, r, embedder=rc.embedder, metric=rc.allocator.yield_metric, score=rc.score,
-                          seed=spec.seed, weight_column=rc.signal_column if rc.signal == "judge" else None)
+    every = folder.read_generations()
+    frame = every.filter(pl.col("final")) if pipeline else every  # a record's yield: its final row
+    y = compute_yields(frame, r, embedder=rc.embedder, metric=rc.allocator.yield_metric, score=rc.score,
+                       seed=spec.seed, weight_column=rc.signal_column if rc.signal == "judge" else None)
+    return y, round_costs(every, r, prices(spec))
 
 
 def _allocate(allocator: Allocator, r: int, slices: list[int], budget: int, spent: int, pool: dict,

@@ -1,7 +1,8 @@
 """The rounds report: diversity against generations spent, and where each round's budget went.
 
-`tables(rounds)` gives rich tables (trajectory, per-cell allocation, decisions); `html(run_dir, rounds)`
-the same as one self-contained HTML page with matplotlib plots inlined as base64 PNG.
+`tables(rounds)` gives rich tables (trajectory, per-cell allocation, value per topic cell and
+template, decisions); `html(run_dir, rounds)` the same as one self-contained HTML page with
+matplotlib plots inlined as base64 PNG.
 """
 from __future__ import annotations
 
@@ -60,6 +61,67 @@ def allocation_matrix(rounds: list[dict]) -> tuple[list[str], dict[str, list[int
     return order, mat
 
 
+VALUE_COLUMNS = ("records", "accepted", "acceptance", "tokens", "tokens_per_accepted", "cost_per_accepted",
+                 "diversity", "diversity_share", "diversity_per_1k_tokens")
+
+
+def value_rows(rounds: list[dict], dim: str = "cell") -> list[dict[str, Any]]:
+    """What each topic cell (`dim="cell"`) or template (`"template"`) bought over all rounds, side by
+    side: records and accepted ones (the final row `ok`: not flagged, refused or rejected), acceptance,
+    tokens (every attempt and stage, from the round files' `costs`), tokens and money per accepted
+    record (money only where the models have prices), and diversity contribution: the summed yield
+    (novelty of accepted, non-duplicate records when generated), its share of the run's and per 1,000
+    tokens. Best value per token first."""
+    acc: dict[str, dict[str, Any]] = {}
+    priced = any((h.get("costs") or {}).get("priced") for h in rounds)
+    for h in rounds:
+        ys = h.get("yields", {})
+        cs = h.get("costs") or {}
+        yg = ys.get("cells", {}) if dim == "cell" else ys.get("by", {}).get(dim, {})
+        cg = cs.get("cells", {}) if dim == "cell" else cs.get("by", {}).get(dim, {})
+        for k in set(yg) | set(cg):
+            a = acc.setdefault(k, {dim: k, "records": 0, "accepted": 0, "tokens": 0, "cost": 0.0, "diversity": 0.0,
+                                   "costed": False})
+            y, c = yg.get(k, {}), cg.get(k)
+            a["records"] += int(y.get("n", 0))
+            a["accepted"] += int(y.get("ok", 0))
+            a["diversity"] += float(y.get("yield_sum", 0.0))
+            if c:
+                a["costed"] = True
+                a["tokens"] += int(c.get("tokens", 0))
+                a["cost"] += float(c.get("cost") or 0.0)
+    total = sum(a["diversity"] for a in acc.values())
+    out = []
+    for a in acc.values():
+        n, ok, tok = a["records"], a["accepted"], a["tokens"] if a["costed"] else None
+        out.append({dim: a[dim], "records": n, "accepted": ok, "acceptance": ok / n if n else None, "tokens": tok,
+                    "tokens_per_accepted": tok / ok if tok is not None and ok else None,
+                    "cost_per_accepted": a["cost"] / ok if priced and a["costed"] and ok else None,
+                    "diversity": a["diversity"], "diversity_share": a["diversity"] / total if total else None,
+                    "diversity_per_1k_tokens": 1000 * a["diversity"] / tok if tok else None})
+    return sorted(out, key=lambda r: (-(r["diversity_per_1k_tokens"] or 0.0), -r["diversity"], r[dim]))
+
+
+def _value_table(rounds: list[dict], dim: str, top: int):
+    from rich.table import Table
+
+    rows = value_rows(rounds, dim)
+    t = Table(title=f"value per {'topic cell' if dim == 'cell' else dim}: acceptance, cost per accepted record "
+                    f"and diversity contribution (top {min(top, len(rows))} of {len(rows)})")
+    for col in (dim, "records", "accepted", "acceptance", "tokens", "tokens/accepted", "money/accepted",
+                "diversity", "share", "diversity/1k tok"):
+        t.add_column(col, justify="left" if col == dim else "right")
+    for r in rows[:top]:
+        t.add_row(r[dim], str(r["records"]), str(r["accepted"]), _pct(r["acceptance"]), _fmt(r["tokens"]),
+                  _fmt(r["tokens_per_accepted"]), _fmt(r["cost_per_accepted"], 3), _fmt(r["diversity"], 3),
+                  _pct(r["diversity_share"]), _fmt(r["diversity_per_1k_tokens"], 3))
+    return t
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def tables(rounds: list[dict], top: int = 25):
     from rich.table import Table
 
@@ -91,7 +153,7 @@ def tables(rounds: list[dict], top: int = 25):
         for x in h.get("decisions", []):
             if x["action"] != "allocate":
                 d.add_row(str(x["round"]), x.get("cell") or "-", x["action"], _fmt(x.get("amount")), x["reason"])
-    return t, a, d
+    return t, a, _value_table(rounds, "cell", top), _value_table(rounds, "template", top), d
 
 
 def _png(fig) -> str:
@@ -202,6 +264,14 @@ def html(run_dir: Any, rounds: list[dict] | None = None) -> str:
         ["cell"] + [f"r{h['round']}" for h in rounds] + ["total", "last yield", "within Vendi"],
         [[c] + mat[c] + [sum(mat[c]), last.get(c, {}).get("yield_mean"), last.get(c, {}).get("within_vendi")]
          for c in order]))
+    for dim, title in (("cell", "topic cell"), ("template", "template")):
+        rows = value_rows(rounds, dim)
+        parts.append(f"<h2>Value per {title}</h2>" + _table_html(
+            [title, "records", "accepted", "acceptance", "tokens", "tokens / accepted", "money / accepted",
+             "diversity", "share", "diversity / 1k tokens"],
+            [[r[dim], r["records"], r["accepted"], _pct(r["acceptance"]), r["tokens"], r["tokens_per_accepted"],
+              r["cost_per_accepted"], r["diversity"], _pct(r["diversity_share"]), r["diversity_per_1k_tokens"]]
+             for r in rows]))
     for dim in ("template", "persona", "model"):
         by = rounds[-1]["yields"].get("by", {}).get(dim, {}) if rounds else {}
         if by:

@@ -59,3 +59,19 @@ def floored_shares(raw: dict[str, float], spec: dict[str, float], floor: float) 
             return {**fixed, **shares}
         for k in under:
             fixed[k] = low[k]
+
+
+def token_factors(stats: dict[str, tuple[float, float]], prior: float = 1.0) -> tuple[dict[str, float], str]:
+    """Value per token as a factor on value per generation: the pooled tokens per record over each
+    group's, for groups given as {key: (records with a recorded cost, their tokens)} (discounted or
+    not, as the caller counts). A group's tokens per record are shrunk toward the pooled value by
+    `prior` pseudo-records, so one long answer does not sink a cell. Every factor is 1 (value per
+    generation) when no cost is recorded, as in round files written before costs were."""
+    seen = [v for v in stats.values() if v[0] > 0]
+    n = sum(v[0] for v in seen)
+    t = sum(v[1] for v in seen)
+    if n <= 0 or t <= 0:
+        return {k: 1.0 for k in stats}, "no token costs recorded, so value per generation"
+    t0 = t / n
+    out = {k: t0 / ((tok + prior * t0) / (wn + prior)) for k, (wn, tok) in stats.items()}
+    return out, f"pooled {t0:.0f} tokens per record"

@@ -125,15 +125,18 @@ class View:
 
     def rounds(self, params: dict[str, str]) -> dict[str, Any]:
         from generator.feedback.rounds import load_rounds
-        from generator.feedback.rounds_report import allocation_matrix, trajectory_rows
+        from generator.feedback.rounds_report import allocation_matrix, trajectory_rows, value_rows
 
         r = self.run(params.get("run"))
         rounds = load_rounds(r.path) if has_rounds(r.path) else []
         if not rounds:
-            return {"rounds": [], "trajectory": [], "cells": [], "allocation": {}}
+            return {"rounds": [], "trajectory": [], "cells": [], "allocation": {}, "value": []}
         order, mat = allocation_matrix(rounds)
         last = rounds[-1].get("yields", {}).get("cells", {})
         cells = [{"cell": c, "per_round": mat[c], "total": sum(mat[c]),
                   "last_yield": data.plain(last.get(c, {}).get("yield_mean"))} for c in order]
+        # per topic cell, then per template: acceptance, tokens and money per accepted record, diversity
+        value = [{"kind": kind, "name": r.pop(dim), **r} for kind, dim in (("topic", "cell"), ("template", "template"))
+                 for r in value_rows(rounds, dim)]
         return {"rounds": [h["round"] for h in rounds], "trajectory": data.plain(trajectory_rows(rounds)),
-                "cells": cells}
+                "cells": cells, "value": data.plain(value)}
