@@ -38,7 +38,8 @@ def _checker(manifest: dict, frame: pl.DataFrame, reference: str | None) -> tupl
                            else None)
     if column is None:
         raise ExportError("--layout rl needs a reference answer per problem: the run has no verify stage with "
-                          "`check: reference` or `reasoning_gym`; name the column with --reference COLUMN (e.g. problem.json)")
+                          "`check: reference` or `reasoning_gym`; name the column with --reference COLUMN "
+                          "(e.g. problem.json)")
     if column not in frame.columns:
         raise ExportError(f"--reference {column}: the run has no such column; columns: "
                           f"{', '.join(sorted(frame.columns))}")
