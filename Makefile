@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,scoring,ray,hub,probe,tools,cloud,dev
+EXTRAS ?= cpu,scoring,ray,hub,probe,tools,cloud,reasoning,dev
 SPEC ?= specs/math.yaml
 PYTEST_ARGS ?=
 # `make gpu-env`: upstream vLLM (the release the `gpu` extra pins) without its CUDA kernels, beside

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from generator.config.base import SamplingOverride, Strict, TemplateRef
 
@@ -112,9 +112,12 @@ class KeepCorrect(Strict):
     correct: int = Field(ge=1, le=32, description="Keep at most this many correct samples (the first ones).")
 
 
+EXTRACT = Literal["number", "boxed", "last_line", "text", "answer"]
+
+
 class VerifyStage(_Stage):
     kind: Literal["verify"]
-    check: Literal["agreement", "json_schema", "regex", "function", "reference"]
+    check: Literal["agreement", "json_schema", "regex", "function", "reference", "reasoning_gym"]
     target: str = Field(description="The stage whose answer is checked.")
     reference: str | None = Field(None, description="reference: a Jinja string rendered with the record's context "
                                   "(e.g. `{{ problem.json.answer }}`); the target's final answer (`extract`) "
@@ -122,10 +125,16 @@ class VerifyStage(_Stage):
     keep: Literal["all_correct"] | KeepCorrect | None = Field(
         None, description="Check every sample of the target (its `n:`) apart: `<stage>.verdicts`, `pass_rate` "
         "and `kept`; the kept correct samples become rows (`sample` names each), `{correct: k}` the first k, "
-        "`all_correct` all of them. A record with none correct is rejected.")
+        "`all_correct` all of them. A record with fewer than `min_correct` correct is rejected.")
+    min_correct: int = Field(1, ge=0, le=32, description="keep: a record with fewer correct samples is rejected "
+                             "(0: none is; a later filter on `pass_rate` decides).")
     against: str | None = Field(None, description="agreement: the stage whose samples re-solve the problem.")
-    extract: Literal["number", "boxed", "last_line", "text"] = Field(
-        "number", description="agreement, reference: how the final answer is taken from each text.")
+    extract: EXTRACT = Field(
+        "number", description="agreement, reference, reasoning_gym: how the final answer is taken from each text "
+        "(`answer`: inside the last <answer>...</answer>, else a \\boxed{}, else the last line; the default of "
+        "check: reasoning_gym).")
+    min_score: float = Field(1.0, ge=0, le=1, description="reasoning_gym: the task's own score (0-1) an answer "
+                             "must reach to pass.")
     min_agree: int = Field(1, ge=1, description="agreement: re-solves that must match the target's answer.")
     json_schema: dict | None = Field(None, description="json_schema: the schema the target's JSON must satisfy.")
     pattern: str | None = Field(None, description="regex: a Python regular expression searched in the text.")
@@ -138,10 +147,12 @@ class VerifyStage(_Stage):
 
     @model_validator(mode="after")
     def _fields_for_check(self):
+        if self.check == "reasoning_gym" and "extract" not in self.model_fields_set:
+            self.extract = "answer"
         need = {"agreement": "against", "json_schema": "json_schema", "regex": "pattern", "function": "function",
                 "reference": "reference"}
-        key = need[self.check]
-        if getattr(self, key) is None:
+        key = need.get(self.check)
+        if key is not None and getattr(self, key) is None:
             raise ValueError(f"check: {self.check} needs `{key}:`; add it to the stage")
         if self.check == "regex":
             import re
@@ -158,6 +169,69 @@ class VerifyStage(_Stage):
         if self.check == "function" and ":" not in self.function:
             raise ValueError("`function` must be `module:function` (e.g. checks:is_prime)")
         return self
+
+
+class DifficultyStage(_Stage):
+    """Problems of a calibrated difficulty: solve each problem `k` times, check every try, keep the
+    problem when its pass rate lies in the band (docs/pipelines.md). Compiled into a generate stage
+    (`<name>_solve`, n: k), a verify stage (`<name>`: verdicts, pass_rate) and a filter (`<name>_band`);
+    with two solvers also `<name>_weak_solve` and `<name>_weak`."""
+
+    kind: Literal["difficulty"]
+    template: str = Field(description="The solve prompt (template name or path); it reads the problem.")
+    solver: str | None = Field(None, description="A model name from `models:` that solves; default: the "
+                               "record's model.")
+    solvers: list[str] | None = Field(None, min_length=2, max_length=2, description="[strong, weak]: a problem "
+                                      "is kept when the strong one's pass rate is at least `strong_min` and the "
+                                      "weak one's lies in the band.")
+    k: int = Field(8, ge=1, le=32, description="Tries per problem (per solver).")
+    keep: tuple[float, float] = Field((0.2, 0.8), description="The band [low, high] of pass rates kept "
+                                      "(inclusive); with two solvers, the weak one's.")
+    strong_min: float = Field(0.5, ge=0, le=1, description="solvers: the strong solver's least pass rate.")
+    check: Literal["reference", "reasoning_gym"] = Field("reference", description="How a try is checked: "
+                                                         "against `reference:`, or with the reasoning-gym task's "
+                                                         "own scorer (the problems are its seeds).")
+    reference: str | None = Field(None, description="reference: a Jinja string rendered with the record's context "
+                                  "(e.g. `{{ problem.json.answer }}`).")
+    extract: EXTRACT = Field("number", description="How the final answer is taken from each try "
+                             "(check: reasoning_gym: `answer` unless set).")
+    min_score: float = Field(1.0, ge=0, le=1, description="reasoning_gym: the score a try must reach to pass.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+    max_reasoning_tokens: int | None = Field(None, ge=1, description="A thinking budget for the tries "
+                                             "(as on a generate stage).")
+
+    @field_validator("keep")
+    @classmethod
+    def _band(cls, v: tuple[float, float]):
+        lo, hi = v
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"`keep: [{lo}, {hi}]` is no band of pass rates; write [low, high] with "
+                             f"0 <= low <= high <= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.solver is not None and self.solvers is not None:
+            raise ValueError("a difficulty stage takes `solver:` or `solvers: [strong, weak]`, not both; keep one")
+        if self.solvers is not None and self.solvers[0] == self.solvers[1]:
+            raise ValueError("`solvers:` names one model twice; name a strong and a weak model")
+        if self.check == "reference" and self.reference is None:
+            raise ValueError("check: reference needs `reference:` (e.g. \"{{ problem.json.answer }}\"); add it")
+        if self.check == "reasoning_gym" and "extract" not in self.model_fields_set:
+            self.extract = "answer"
+        return self
+
+    @property
+    def model(self) -> str | None:
+        """The (strong) solver: the model of the first try stage."""
+        return self.solvers[0] if self.solvers else self.solver
+
+    @property
+    def templates(self) -> None:
+        return None
+
+    def template_refs(self) -> list[TemplateRef]:
+        return [TemplateRef(template=self.template)]
 
 
 class FilterStage(_Stage):
@@ -278,5 +352,6 @@ class AgentStage(_Stage):
         return self
 
 
-Stage = Annotated[Union[GenerateStage, JudgeStage, VerifyStage, FilterStage, ConversationStage, AgentStage],
+Stage = Annotated[Union[GenerateStage, JudgeStage, VerifyStage, FilterStage, ConversationStage, AgentStage,
+                        DifficultyStage],
                   Field(discriminator="kind")]

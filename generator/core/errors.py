@@ -52,7 +52,8 @@ class LockLostError(RunFolderError):
 # the optional packages synthgen imports when a feature needs them, by import name -> their extra
 EXTRAS = {"datasketch": "scoring", "sklearn": "scoring", "scipy": "scoring", "matplotlib": "scoring",
           "sentence_transformers": "scoring", "ray": "ray", "huggingface_hub": "hub", "fsspec": "cloud",
-          "s3fs": "cloud", "mcp": "tools", "datasets": "probe", "accelerate": "probe", "transformers": "probe"}
+          "s3fs": "cloud", "mcp": "tools", "datasets": "probe", "accelerate": "probe", "transformers": "probe",
+          "reasoning_gym": "reasoning"}
 
 
 class MissingExtra(SynthgenError):

@@ -207,7 +207,11 @@ def gather(spec: Spec) -> dict:
         for m in spec.models:
             attempt("models", m.name, lambda m=m: model_provenance(m, hasher))
         for src in spec.topics:
-            if isinstance(src, SeedTopics):
+            if isinstance(src, SeedTopics) and not isinstance(src.seeds, str):
+                from generator.library import reasoning_gym
+
+                attempt("seed_data", src.label, lambda src=src: reasoning_gym.provenance(src, spec.seed))
+            elif isinstance(src, SeedTopics):
                 attempt("seed_data", src.seeds, lambda src=src: seed_provenance(spec, src, hasher))
             elif isinstance(src, TreeTopics):
                 attempt("libraries", src.tree, lambda src=src: library_provenance("topics", src.tree, spec, hasher))

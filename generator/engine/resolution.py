@@ -90,6 +90,14 @@ def check_plan_size(spec: Spec, n_cells: int) -> None:
 def _seed_source(spec: Spec, i: int, src: SeedTopics, confine: Confinement) -> list[TopicCell]:
     from generator.library.seed_data import seed_cells
 
+    if not isinstance(src.seeds, str):  # procedural problems: nothing to read or confine
+        from generator.library import reasoning_gym
+
+        try:
+            return reasoning_gym.gym_cells(src, spec.seed, ("seeds", i))
+        except (SpecError, ValueError) as exc:
+            raise spec_error(spec, ("topics", i, "seeds", "reasoning_gym"), f"{exc}; fix the seeds source") from None
+
     path = Path(src.seeds)
     if not path.is_absolute() and spec.base_dir is not None:
         path = spec.base_dir / path
@@ -112,12 +120,13 @@ def _entry(spec: Spec) -> tuple[list, Any, list[ModelConfig]]:
     if spec.stages is None:
         return spec.templates, lambda i: ("templates", i, "template"), list(spec.models)
     entry = spec.stages[0]
-    if entry.kind != "generate":
+    if entry.kind not in ("generate", "difficulty"):
         raise spec_error(spec, ("stages", 0), "the first stage must be a generate stage that reads no other "
                           "stage (its prompts are the plan)")
     models = [m for m in spec.models if m.name == entry.model] if entry.model else list(spec.models)
     if not models:
-        raise spec_error(spec, ("stages", 0, "model"), f"model '{entry.model}' is not in `models:`; add it "
+        key = "model" if entry.kind == "generate" else ("solvers" if entry.solvers else "solver")
+        raise spec_error(spec, ("stages", 0, key), f"model '{entry.model}' is not in `models:`; add it "
                           f"there or fix the name")
     if entry.template:
         return [entry.template_refs()[0]], lambda i: ("stages", 0, "template"), models
@@ -218,7 +227,7 @@ def _stage_templates(spec: Spec, confine: Confinement, roots) -> dict[int, list[
     """The templates of a pipeline's later generate stages (the entry stage's are the spec's)."""
     out: dict[int, list[tuple[Template, float]]] = {}
     for i, stage in enumerate(spec.stages or []):
-        if i == 0 or stage.kind != "generate":
+        if i == 0 or stage.kind not in ("generate", "difficulty"):  # a difficulty stage's tries: its template
             continue
         out[i] = []
         for j, ref in enumerate(stage.template_refs()):

@@ -115,6 +115,22 @@ def difficulty_lines(frame: pl.DataFrame | None) -> list[str]:
     return lines
 
 
+def band_lines(manifest: dict) -> list[str]:
+    """The bands of `kind: difficulty` stages (the manifest's `pipeline.difficulty`): what was kept."""
+    out = []
+    for name, d in ((manifest.get("pipeline") or {}).get("difficulty") or {}).items():
+        if not isinstance(d, dict):
+            continue
+        lo, hi = (d.get("band") or [None, None])[:2]
+        solvers = d.get("solvers") or {}
+        who = ", ".join(f"`{_text(m)}` ({_text(c)})" for c, m in solvers.items())
+        rule = (f"the strong solver's pass rate at least {d.get('strong_min')} and the weak one's in "
+                f"[{lo}, {hi}]" if len(solvers) > 1 else f"pass rate in [{lo}, {hi}]")
+        out.append(f"- `{_text(name)}`: {d.get('k')} tries per problem by {who}, checked by {_text(d.get('check'))}; "
+                   f"kept when {rule}: {d.get('in_band', 0):,} of {d.get('problems', 0):,} problems")
+    return [""] + out if out else []
+
+
 def body(manifest: dict, run_dir: Path, *, title: str, about: list[str], frame: pl.DataFrame | None,
          usage: dict | None) -> list[str]:
     spec = manifest.get("spec") or {}
@@ -144,7 +160,7 @@ def body(manifest: dict, run_dir: Path, *, title: str, about: list[str], frame: 
     decon = decontamination_lines(manifest)  # present once the run checked for benchmark items
     if decon:
         lines += ["", *decon]
-    difficulty = difficulty_lines(frame)
+    difficulty = difficulty_lines(frame) + band_lines(manifest)
     if difficulty:
         lines += ["", "## Difficulty (per-problem pass rates of the samples)", "", *difficulty]
     if usage is not None:

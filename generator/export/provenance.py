@@ -95,6 +95,10 @@ def provenance_lines(manifest: dict) -> list[str]:
             shown = "; ".join(f"{_t(f.get('file'))} {_hash(f)}" for f in files) or _t(s.get("error", "-"))
             if s.get("files_listed"):
                 shown += f" (first {s['files_listed']} of {s.get('n_files')})"
+            gym = s.get("reasoning_gym")
+            if isinstance(gym, dict):  # procedural problems: the generator and its settings, not files
+                shown = (f"reasoning-gym {_t(gym.get('version') or '?')}, task {_t(gym.get('task'))}, size "
+                         f"{_t(gym.get('size'))}, seed {_t(gym.get('seed'))}")
             lines.append(f"| `{_t(s.get('source') or s.get('ref'))}` | {shown} | "
                          f"{_t(s.get('sample') or 'all')} | {_lic(s)} |")
     libs = prov.get("libraries") or []

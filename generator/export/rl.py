@@ -19,22 +19,27 @@ import polars as pl
 
 from generator.export.rows import ExportError, chat_message
 
+GROUNDED = ("reference", "reasoning_gym")  # checks whose `<stage>.reference` is the ground truth
+
+
 def _checker(manifest: dict, frame: pl.DataFrame, reference: str | None) -> tuple[str, str, str | None]:
     """(ground-truth column, verifier name, pass-rate column or None) of the run."""
     stages = ((manifest.get("spec") or {}).get("stages")) or []
-    verify = [s for s in stages if isinstance(s, dict) and s.get("kind") == "verify"]
-    pick = next((s for s in verify if s.get("check") == "reference"), verify[0] if verify else None)
+    # a difficulty stage's check is the verify stage of its name (generator.engine.pipeline.difficulty)
+    verify = [s for s in stages if isinstance(s, dict) and s.get("kind") in ("verify", "difficulty")]
+    pick = next((s for s in verify if s.get("check") in GROUNDED), verify[0] if verify else None)
     rate = None
     if pick is not None:
         rate = f"{pick['name']}.pass_rate" if f"{pick['name']}.pass_rate" in frame.columns else None
         name = f"{pick['name']}:{pick.get('check')}:{pick.get('extract', 'number')}"
     else:
         name = "reference"
-    column = reference or (f"{pick['name']}.reference" if pick is not None and pick.get("check") == "reference"
+    column = reference or (f"{pick['name']}.reference" if pick is not None and pick.get("check") in GROUNDED
                            else None)
     if column is None:
         raise ExportError("--layout rl needs a reference answer per problem: the run has no verify stage with "
-                          "`check: reference`; name the column with --reference COLUMN (e.g. problem.json)")
+                          "`check: reference` or `reasoning_gym`; name the column with --reference COLUMN "
+                          "(e.g. problem.json)")
     if column not in frame.columns:
         raise ExportError(f"--reference {column}: the run has no such column; columns: "
                           f"{', '.join(sorted(frame.columns))}")

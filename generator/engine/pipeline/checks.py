@@ -29,6 +29,21 @@ DECONTAM_CHECK = "decontaminate"  # the waiting label and token name of a record
 log = logging.getLogger(__name__)
 
 
+def gym_check(text: str | None, cell: Any, how: str, min_score: float) -> verify.Verdict:
+    """The reasoning-gym task's own score of the final answer (taken by `how`) for the record's problem."""
+    from generator.library import reasoning_gym
+
+    answer = verify.extract_answer(text, how)
+    if answer is None:
+        return verify.Verdict(False, "no final answer found in the solution")
+    got = reasoning_gym.score(cell, answer)
+    if got.reason:
+        return verify.Verdict(False, got.reason, answer=answer, reference=got.expected or None)
+    passed = got.score >= min_score
+    return verify.Verdict(passed, f"score {got.score:g} (needs {min_score:g}): answer {answer[:60]!r}, expected "
+                          f"{got.expected[:60]!r}", answer=answer, reference=got.expected)
+
+
 class CheckRunner:
     def __init__(self, pipeline: Pipeline, resolved: Resolved, functions: verify.FunctionRunner | None,
                  workers: int, *, post: Callable[[tuple], None], live: Callable[[Rec], None],
@@ -51,6 +66,7 @@ class CheckRunner:
         self._advance_rec = advance      # a settled stage: start what waited on it
         self._decontaminated = decontaminated  # a decontamination verdict: keep, reject or regenerate
         self._contexts: Contexts | None = None  # template contexts for `reference:` (made on first use)
+        self._cells: dict[str, Any] | None = None  # topic cells by id, for check: reasoning_gym (first use)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -125,6 +141,8 @@ class CheckRunner:
             return answer, rec.outputs[c.against].view.get("texts") or []
         if c.check == "reference":
             return answer, self._reference(rec, c)
+        if c.check == "reasoning_gym":
+            return answer, self._cell(rec)
         if c.check == "function":
             env = self._env(rec)
             env[c.target] = {**env[c.target], "text": answer}
@@ -147,14 +165,22 @@ class CheckRunner:
             log.debug("reference of %s: %s", rec.row.get("id"), exc)
             return None
 
+    def _cell(self, rec: Rec) -> Any:
+        """The record's topic cell (a reasoning-gym problem for check: reasoning_gym)."""
+        if self._cells is None:
+            self._cells = {c.id: c for c in self.resolved.cells}
+        return self._cells.get(rec.row.get("topic_id"))
+
     def _run(self, c: VerifyStage, args: Any) -> verify.Verdict:
         if isinstance(args, list):  # `keep:`: every sample apart
-            return samples.combine(c.keep, [self._run_one(c, a) for a in args])
+            return samples.combine(c.keep, [self._run_one(c, a) for a in args], c.min_correct)
         return self._run_one(c, args)
 
     def _run_one(self, c: VerifyStage, args: tuple) -> verify.Verdict:
         if c.check == "reference":
             return verify.reference_check(args[0], args[1], c.extract)
+        if c.check == "reasoning_gym":
+            return gym_check(args[0], args[1], c.extract, c.min_score)
         if c.check == "agreement":
             return verify.agreement(args[0], args[1], c.extract, c.min_agree)
         if c.check == "function":

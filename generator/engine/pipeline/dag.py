@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from generator.config.stages import (AgentStage, ConversationStage, FilterStage, GenerateStage, JudgeStage, Stage,
-                                     VerifyStage)
+from generator.config.seed_data import SeedTopics
+from generator.config.stages import (AgentStage, ConversationStage, DifficultyStage, FilterStage, GenerateStage,
+                                     JudgeStage, Stage, VerifyStage)
 from generator.config.spec import Spec
 from generator.core.errors import SpecError
-from generator.engine.pipeline import expressions
+from generator.engine.pipeline import difficulty, expressions
 from generator.library.prompt_template import Template
 
 # what later stages (templates, expressions) may read of each kind of stage
@@ -45,6 +46,7 @@ class StageNode:
     # judge and verify stages: what they read of their target: a generate stage's `answer`, or a
     # conversation's or agent's `transcript` (set once the kinds are checked)
     judged: str = "answer"
+    origin: Any = None  # the difficulty stage this stage was compiled from (generator.engine.pipeline.difficulty)
 
     @property
     def name(self) -> str:
@@ -84,6 +86,7 @@ class Pipeline:
     single: bool = False  # a single-stage spec: rows keep the plain generation schema
     tools: dict[str, Any] = field(default_factory=dict)  # the spec's `tools:` by name (ToolDef)
     decontam: Any = None  # a decontam.Decontaminator when the spec has `decontaminate:`
+    difficulty: dict[str, Any] = field(default_factory=dict)  # difficulty stage name -> its DifficultyStage
 
     def waits_for(self, name: str) -> set[str]:
         return self.nodes[name].deps | self.gates.get(name, set())
@@ -200,10 +203,17 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
     a conversation or agent stage's templates by role."""
     stages: list[Stage] = list(spec.stages or [])
     nodes: dict[str, StageNode] = {}
-    for i, s in enumerate(stages):
+    compiled = [(i, s, d) for i, d in enumerate(stages)
+                for s in (difficulty.expand(d) if isinstance(d, DifficultyStage) else [d])]
+    for i, s, d in compiled:
         if s.name in nodes:
-            raise _error(spec, ("stages", i, "name"), f"stage name '{s.name}' is used twice; rename one")
-        node = StageNode(cfg=s, index=i)
+            made = f" (made by difficulty stage '{d.name}')" if s is not d else ""
+            raise _error(spec, ("stages", i, "name"), f"stage name '{s.name}'{made} is used twice; rename one")
+        node = StageNode(cfg=s, index=i, origin=d if s is not d else None)
+        if isinstance(s, VerifyStage) and s.check == "reasoning_gym" and not _gym_seeds(spec):
+            raise _error(spec, ("stages", i, "check"), f"stage '{d.name}': check: reasoning_gym scores the "
+                         f"problems of a reasoning_gym seeds source, and the spec has none; add "
+                         f"`- seeds: {{reasoning_gym: {{task: ..., size: ...}}}}` to `topics:`")
         if isinstance(s, GenerateStage):
             node.templates = load_templates(i, s.template_refs())
         if isinstance(s, (ConversationStage, AgentStage)):
@@ -228,7 +238,8 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
             node.deps.add(ref)
         model = getattr(node.cfg, "model", None)
         if model is not None and model not in models:
-            raise _error(spec, ("stages", node.index, "model"), f"model '{model}' is not in `models:` "
+            key = ("solvers" if node.origin.solvers else "solver") if node.origin is not None else "model"
+            raise _error(spec, ("stages", node.index, key), f"model '{model}' is not in `models:` "
                          f"({', '.join(sorted(models))}); add it there or fix the name")
         if getattr(node.cfg, "max_reasoning_tokens", None) is not None:
             _check_budget(spec, node, model)
@@ -238,7 +249,7 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
     order = _toposort(spec, nodes)
     nodes = {n: nodes[n] for n in order}
     ancestors, descendants = _closure(nodes)
-    first = stages[0]
+    first = compiled[0][1]  # a difficulty stage first: its (strong) solver's tries
     if not isinstance(first, GenerateStage) or nodes[first.name].deps:
         raise _error(spec, ("stages", 0), "the first stage must be a generate stage that reads no other "
                      "stage (its prompts are the plan)")
@@ -246,7 +257,12 @@ def build(spec: Spec, load_templates, load_roles=None) -> Pipeline:
         _check_kinds(spec, node, nodes, ancestors)
     output = _output_stage(spec, nodes)
     return Pipeline(nodes=nodes, entry=first.name, output=output, ancestors=ancestors, descendants=descendants,
-                    gates=_gates(nodes, ancestors, descendants), tools={t.name: t for t in spec.tools})
+                    gates=_gates(nodes, ancestors, descendants), tools={t.name: t for t in spec.tools},
+                    difficulty={d.name: d for d in stages if isinstance(d, DifficultyStage)})
+
+
+def _gym_seeds(spec: Spec) -> bool:
+    return any(isinstance(src, SeedTopics) and not isinstance(src.seeds, str) for src in spec.topics)
 
 
 def _check_budget(spec: Spec, node: StageNode, model: str | None) -> None:
@@ -394,6 +410,9 @@ def _output_stage(spec: Spec, nodes: dict[str, StageNode]) -> str:
         raise _error(spec, ("stages", marked[1].index, "output"), "only one stage may set `output: true`")
     if marked:
         return marked[0].name
+    tries = [n for n in nodes.values() if n.origin is not None and n.name == difficulty.names(n.origin)["solve"]]
+    if tries:  # a difficulty stage's tries: its problems' prompts and correct answers are the rows
+        return tries[-1].name
     single = [n for n in sorted(nodes.values(), key=lambda n: n.index)
               if isinstance(n.cfg, GenerateStage) and n.cfg.n == 1 or n.kind in DIALOGUE_KINDS]
     return (single or [nodes[next(iter(nodes))]])[-1].name

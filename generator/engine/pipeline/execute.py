@@ -16,7 +16,7 @@ import polars as pl
 
 from generator.config.stages import VerifyStage
 from generator.core.errors import SpecError
-from generator.engine.pipeline import decontam, verify
+from generator.engine.pipeline import decontam, difficulty, verify
 from generator.engine.pipeline.context import validate_templates
 from generator.engine.pipeline.dag import Pipeline, build, single_stage
 from generator.engine.pipeline.lineage import pipeline_schema, stage_rates
@@ -169,7 +169,8 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
 def summary_columns(pipeline: Pipeline) -> list[str]:
     """The columns `summary` reads (so a large run's shards are read only for these)."""
     return ["final", "decided_by", "status", "attempts", *(f"{s}.attempt" for s in pipeline.order),
-            *(f"{s}.pass_rate" for s in _keepers(pipeline))]
+            *(f"{s}.pass_rate" for s in _keepers(pipeline)),
+            *(f"{difficulty.names(d)['band']}.passed" for d in pipeline.difficulty.values())]
 
 
 def _keepers(pipeline: Pipeline) -> list[str]:
@@ -191,6 +192,8 @@ def summary(frame: pl.DataFrame, pipeline: Pipeline) -> dict[str, Any]:
         **({"pass_rates": {s: {"records": final[f"{s}.pass_rate"].drop_nulls().len(),
                                "mean": final[f"{s}.pass_rate"].mean()} for s in _keepers(pipeline)
                            if f"{s}.pass_rate" in final.columns}} if _keepers(pipeline) else {}),
+        # difficulty stages: the band, the solvers, and how many problems had each pass rate
+        **({"difficulty": difficulty.summary(frame, pipeline.difficulty)} if pipeline.difficulty else {}),
     }
 
 

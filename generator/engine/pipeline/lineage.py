@@ -59,7 +59,7 @@ def stage_columns(node: StageNode) -> dict[str, Any]:
             cols.update({"turn_scores": pl.List(pl.Float64), "turn_reasons": pl.Utf8, "turn_min": pl.Float64})
     elif node.kind == "verify":
         cols.update({"passed": pl.Boolean, "agree": pl.Int32, "answer": pl.Utf8, "majority": pl.Utf8})
-        if c.check == "reference":
+        if c.check in ("reference", "reasoning_gym"):
             cols["reference"] = pl.Utf8  # the reference's final answer: an RL export's ground truth
         if c.keep is not None:  # every sample verified apart (pipeline.samples)
             cols.update({"verdicts": pl.List(pl.Boolean), "pass_rate": pl.Float64, "kept": pl.List(pl.Int32)})

@@ -5,7 +5,8 @@ entry, so a resumed run re-solves only what it never received). A verify stage w
 its check on every sample of its target apart and records each verdict (`<stage>.verdicts`), the
 problem's pass rate (`<stage>.pass_rate`) and the samples it keeps (`<stage>.kept`):
 `keep: {correct: k}` the first k correct ones, `keep: all_correct` every correct one. A record
-with none correct is rejected (so `on_reject` can write a new problem). When the record ends,
+with fewer than `min_correct` (default 1) correct is rejected (so `on_reject` can write a new
+problem); `min_correct: 0` rejects none (a difficulty band's filter decides instead). When the record ends,
 each kept sample is a row of its own, named by `sample`: the target's `text` and reasoning
 columns are that sample's (and the row's `text`, when the target is the output stage); the first
 kept sample's row is the record's `final` row (with the record's tokens), the others follow it
@@ -25,8 +26,9 @@ def texts(target: StageOut) -> list[str]:
     return [s["text"] or "" for s in target.columns.get("samples") or [{"text": target.view.get("text")}]]
 
 
-def combine(keep: Any, verdicts: list[Verdict]) -> Verdict:
-    """One verdict for the stage from its samples' verdicts (module docstring)."""
+def combine(keep: Any, verdicts: list[Verdict], min_correct: int = 1) -> Verdict:
+    """One verdict for the stage from its samples' verdicts (module docstring); it fails when
+    fewer than `min_correct` samples pass."""
     passed = [v.passed for v in verdicts]
     correct = [k for k, ok in enumerate(passed) if ok]
     kept = correct if keep == "all_correct" else correct[:keep.correct]
@@ -37,7 +39,7 @@ def combine(keep: Any, verdicts: list[Verdict]) -> Verdict:
         first = next((v.reason for v in verdicts if not v.passed), "")
         reason += f" (first failure: {first})" if first else ""
     answers = [v.answer for v in verdicts]
-    return Verdict(bool(kept), reason, agree=len(correct), answer=next((a for a in answers if a), None),
+    return Verdict(len(correct) >= min_correct, reason, agree=len(correct), answer=next((a for a in answers if a), None),
                    majority=next((v.majority for v in verdicts if v.majority), None), verdicts=passed,
                    pass_rate=rate, kept=kept, reference=next((v.reference for v in verdicts if v.reference), None))
 

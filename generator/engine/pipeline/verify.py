@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+_LABEL = re.compile(r"(?i)^(?:final answer|the answer is|answer)\s*[:=]?\s*")
 _MARKERS = (re.compile(r"####\s*(.+)"), re.compile(r"\\boxed\{([^{}]*)\}"),
             re.compile(r"(?i)(?:final answer|the answer is|answer)\s*[:=]?\s*(.+)"))
 
@@ -54,7 +56,8 @@ def canonical_number(text: str) -> str | None:
 
 def extract_answer(text: str | None, how: str) -> str | None:
     """The final answer of a solution: a number (after '####', a \\boxed{}, 'the answer is', else
-    the last number in the text), the boxed content, the last non-empty line, or the whole text."""
+    the last number in the text), the boxed content, the last non-empty line, the whole text, or
+    (`answer`) the last <answer>...</answer> as written."""
     if not text or not text.strip():
         return None
     text = text.strip()
@@ -62,6 +65,10 @@ def extract_answer(text: str | None, how: str) -> str | None:
         return " ".join(text.split()).lower()
     if how == "last_line":
         return " ".join(text.splitlines()[-1].split()).lower() or None
+    if how == "answer":  # reasoning-gym's convention, then a boxed answer, then the last line as written
+        found = _ANSWER_TAG.findall(text) or _MARKERS[1].findall(text)
+        last = _LABEL.sub("", text.splitlines()[-1].strip())  # "Final answer: 42" -> "42"
+        return found[-1].strip() if found else last.strip() or None
     if how == "boxed":
         found = _MARKERS[1].findall(text)
         return found[-1].strip() if found else None
