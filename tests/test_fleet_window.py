@@ -52,6 +52,8 @@ def test_with_metrics_the_window_fills_the_batch_before_the_first_answer_and_kee
         _, b, first = _run(fleet, 120, 50)
     ep = b.describe()["endpoints"][0]
     assert ep["metrics"] is True
+    # what the window learned from is in the manifest: readings taken, the server's peak batch
+    assert ep["metrics_readings"] >= 3 and 16 <= ep["server_peak"]["running"] <= 24, ep
     assert first >= 24, first  # the batch was full within the first round trip
     assert fleet.sims[0].stats["max_live"] <= 24 + 12  # the server's queue stayed short
     assert 24 <= ep["window"] <= 24 + 6, ep
@@ -76,7 +78,7 @@ def test_without_metrics_or_concurrency_the_window_ramps_to_capacity_before_the_
     with Fleet(sims=[Sim(step_s=0.02, batch=32)]) as fleet:  # no /metrics: ramps blind
         _, b, first = _run(fleet, 128, 50, concurrency=48)
     ep = b.describe()["endpoints"][0]
-    assert ep["metrics"] is False
+    assert ep["metrics"] is False and ep["metrics_readings"] == 0
     assert first >= 32, first  # past 8, 16: at the batch limit within the first round trip
     assert fleet.sims[0].stats["max_live"] <= 48 and ep["max_window"] <= 48  # never past the ceiling
 
