@@ -17,8 +17,9 @@ Arms alternate (raw, synthgen, dd4, dd64, raw, ...) per size and top_p (`--arms`
 the median of `--repeats` is printed with each arm's time over raw's. The wall time of each arm is
 from the first request to the last answer: synthgen's is the run's generate time, Data Designer's
 from `create` to its one batch written (its health check skipped, its column profiling after).
-Beside each figure: the load average (the machine is shared) and the server's own gauges sampled
-every 0.5 s (mean running, mean waiting, peak running), and for synthgen whether it read /metrics.
+`raw<N>` in `--arms` adds a raw arm with N in flight.
+Beside each figure: the client's CPU seconds, the load average (the machine is shared) and the server's own gauges sampled
+every 0.5 s (mean running, mean waiting, peak running, sequences preempted), and for synthgen whether it read /metrics.
 
 `--check-bodies` runs synthgen and each Data Designer arm once against the scripted server
 (tests/openai_server.py) instead and prints the request bodies each sent, to compare with raw's.
@@ -33,6 +34,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -172,9 +174,21 @@ class Gauges:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
+    def preemptions(self) -> float:
+        """vLLM's count of sequences it preempted (its KV cache full): -1 when unreadable."""
+        import httpx
+
+        try:
+            text = httpx.get(self.url, timeout=5).text
+        except httpx.HTTPError:
+            return -1
+        found = re.findall(r"^vllm:num_preemptions_total(?:\{[^}]*\})? ([0-9.e+]+)", text, re.M)
+        return sum(float(v) for v in found) if found else -1
+
     def loop(self) -> None:
         import httpx
 
+        self.preempted = -self.preemptions()
         with httpx.Client(timeout=2) as client:
             while not self.stop.wait(0.5):
                 try:
@@ -191,12 +205,20 @@ class Gauges:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(5)
+        self.preempted += self.preemptions()
 
     def summary(self) -> dict:
         busy = [s for s in self.samples if s[0] or s[1]] or [(0, 0)]
         return {"running_mean": round(statistics.mean(r for r, _ in busy), 1),
                 "waiting_mean": round(statistics.mean(w for _, w in busy), 1),
-                "running_peak": max(r for r, _ in busy)}
+                "running_peak": max(r for r, _ in busy), "preempted": int(self.preempted)}
+
+
+def client_cpu() -> float:
+    """CPU seconds of this process and its finished children (a Data Designer arm; the vLLM server
+    is still running, so it is not counted)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def check_bodies(args) -> None:
@@ -238,7 +260,8 @@ def main() -> None:
     from vllm_server import free_port, start_vllm_server, stop_server, wait_healthy
 
     names = ["raw", "synthgen"] + [f"dd{p}" for p in (args.dd_parallel if args.dd_python else [])]
-    names = [a for a in names if not args.arms or a in args.arms]
+    names = [a for a in names if not args.arms or a in args.arms] + \
+        [a for a in args.arms or [] if re.fullmatch(r"raw\d+", a)]
     print(describe(), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,8 +272,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1"
 
         def arm(name: str, n: int, top_p: float, tag: str) -> tuple[float, int, dict]:
-            if name == "raw":
-                return (*asyncio.run(raw(url, n, top_p, args.raw_in_flight)), {})
+            if name.startswith("raw"):  # raw<N>: N in flight instead of --raw-in-flight
+                return (*asyncio.run(raw(url, n, top_p, int(name[3:] or args.raw_in_flight))), {})
             if name == "synthgen":
                 return synthgen(url, n, top_p, work, tag)
             return (*data_designer(args.dd_python, url, n, top_p, int(name[2:]), work, tag), {})
@@ -264,15 +287,16 @@ def main() -> None:
                     runs = []
                     for rep in range(args.repeats):
                         for name in names:
-                            load0 = os.getloadavg()[0]
+                            load0, cpu0 = os.getloadavg()[0], client_cpu()
                             with Gauges(url) as gauges:
                                 t, tok, seen = arm(name, n, top_p, f"{name}{n}_{top_p}_{rep}")
-                            load = (load0 + os.getloadavg()[0]) / 2
+                            load, cpu = (load0 + os.getloadavg()[0]) / 2, client_cpu() - cpu0
                             times[name].append(t)
                             runs.append({"arm": name, "rep": rep, "s": t, "tokens": tok, "load": round(load, 1),
+                                         "client_cpu_s": round(cpu, 1),
                                          "server": gauges.summary(), **({"synthgen": seen} if seen else {})})
                             print(f"  n={n} top_p={top_p} {name} #{rep + 1}: {t:.1f} s, {tok} tokens, "
-                                  f"load {load:.1f}, server {gauges.summary()}" + (f", window {seen}" if seen else ""),
+                                  f"load {load:.1f}, client CPU {cpu:.1f} s, server {gauges.summary()}" + (f", window {seen}" if seen else ""),
                                   flush=True)
                     row = {"records": n, "top_p": top_p, **{k: statistics.median(v) for k, v in times.items()},
                            "runs": runs}

@@ -59,6 +59,16 @@ def test_with_metrics_the_window_fills_the_batch_before_the_first_answer_and_kee
     assert 24 <= ep["window"] <= 24 + 6, ep
 
 
+def test_metrics_are_read_only_while_requests_wait_to_be_sent():
+    # 24 requests, 4 s answers (200 steps of 20 ms): all are out within a second; the server's
+    # /metrics is not read for the other 3 s (at POLL_S 0.2 s that would be ~15 more readings)
+    with Fleet(sims=[Sim(step_s=0.02, batch=64, metrics=True)]) as fleet:
+        _, b, first = _run(fleet, 24, 200)
+    ep = b.describe()["endpoints"][0]
+    assert first == 24 and ep["metrics"] is True and ep["busy_s"] >= 3.0, ep
+    assert 1 <= ep["metrics_readings"] <= 6, ep
+
+
 def test_explicit_concurrency_is_the_starting_window_and_the_ceiling():
     from generator.config.models import ModelConfig
     from generator.engine.backends import make_backend

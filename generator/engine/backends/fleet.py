@@ -4,7 +4,7 @@ The window is how many requests the endpoint may have in flight, floor 1, ceilin
 `concurrency`. Where it starts, and how it finds the server's capacity within the first round trip:
 - an explicit `concurrency:` in the model entry is the starting window (the user knows the server);
 - a server that exports its queue on `/metrics` (`fleet_metrics.py`) is read every `POLL_S` while
-  it has work: the window doubles per reading while nothing waits in the server's queue, and is cut
+  requests wait in the client to be sent: the window doubles per reading while nothing waits in the server's queue, and is cut
   to keep the queue small but not empty (`observe_queue`);
 - otherwise the window starts at `INITIAL_WINDOW` and doubles every `POLL_S` until the first answer
   of any kind comes back (`ramp`): a server that queues what it cannot batch says nothing before
