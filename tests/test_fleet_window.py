@@ -52,9 +52,21 @@ def test_with_metrics_the_window_fills_the_batch_before_the_first_answer_and_kee
         _, b, first = _run(fleet, 120, 50)
     ep = b.describe()["endpoints"][0]
     assert ep["metrics"] is True
+    # what the window learned from is in the manifest: readings taken, the server's peak batch
+    assert ep["metrics_readings"] >= 3 and 16 <= ep["server_peak"]["running"] <= 24, ep
     assert first >= 24, first  # the batch was full within the first round trip
     assert fleet.sims[0].stats["max_live"] <= 24 + 12  # the server's queue stayed short
     assert 24 <= ep["window"] <= 24 + 6, ep
+
+
+def test_metrics_are_read_only_while_requests_wait_to_be_sent():
+    # 24 requests, 4 s answers (200 steps of 20 ms): all are out within a second; the server's
+    # /metrics is not read for the other 3 s (at POLL_S 0.2 s that would be ~15 more readings)
+    with Fleet(sims=[Sim(step_s=0.02, batch=64, metrics=True)]) as fleet:
+        _, b, first = _run(fleet, 24, 200)
+    ep = b.describe()["endpoints"][0]
+    assert first == 24 and ep["metrics"] is True and ep["busy_s"] >= 3.0, ep
+    assert 1 <= ep["metrics_readings"] <= 6, ep
 
 
 def test_explicit_concurrency_is_the_starting_window_and_the_ceiling():
@@ -76,7 +88,7 @@ def test_without_metrics_or_concurrency_the_window_ramps_to_capacity_before_the_
     with Fleet(sims=[Sim(step_s=0.02, batch=32)]) as fleet:  # no /metrics: ramps blind
         _, b, first = _run(fleet, 128, 50, concurrency=48)
     ep = b.describe()["endpoints"][0]
-    assert ep["metrics"] is False
+    assert ep["metrics"] is False and ep["metrics_readings"] == 0
     assert first >= 32, first  # past 8, 16: at the batch limit within the first round trip
     assert fleet.sims[0].stats["max_live"] <= 48 and ep["max_window"] <= 48  # never past the ceiling
 

@@ -4,7 +4,7 @@ The window is how many requests the endpoint may have in flight, floor 1, ceilin
 `concurrency`. Where it starts, and how it finds the server's capacity within the first round trip:
 - an explicit `concurrency:` in the model entry is the starting window (the user knows the server);
 - a server that exports its queue on `/metrics` (`fleet_metrics.py`) is read every `POLL_S` while
-  it has work: the window doubles per reading while nothing waits in the server's queue, and is cut
+  requests wait in the client to be sent: the window doubles per reading while nothing waits in the server's queue, and is cut
   to keep the queue small but not empty (`observe_queue`);
 - otherwise the window starts at `INITIAL_WINDOW` and doubles every `POLL_S` until the first answer
   of any kind comes back (`ramp`): a server that queues what it cannot batch says nothing before
@@ -48,6 +48,8 @@ class Endpoint:
         self.area_at = time.monotonic()
         self.blind = self.start is None  # nothing heard yet: `ramp` may open the window
         self.has_metrics: bool | None = None  # unknown until its /metrics is read once
+        self.readings = 0  # queue readings taken from its /metrics (what the window learned from)
+        self.peak = [0, 0]  # the most requests seen running, and waiting, in those readings
         self.knee = Knee()
         self.tasks: set = set()  # attempts in flight (cancelled when the endpoint is drained)
         self.up = True
@@ -106,6 +108,8 @@ class Endpoint:
 
     def observe_queue(self, running: int, waiting: int) -> None:
         """A reading of the server's own queue (requests running, waiting; every client's)."""
+        self.readings += 1
+        self.peak = [max(self.peak[0], running), max(self.peak[1], waiting)]
         high, low = max(2, running // 8), max(1, running // 16)
         if waiting > high:  # cut to what the server runs plus a small queue; idempotent per reading
             goal = max(1.0, float(self.in_flight - (min(waiting, self.in_flight) - low)))
@@ -179,6 +183,7 @@ class Endpoint:
         busy = (self.last_at - self.first_at) if self.first_at and self.last_at else 0.0
         return {"url": self.public_url, **self.stats, "state": "up" if self.up else "down",
                 "window": round(self.window, 1), "max_window": round(self.max_window, 1),
-                "metrics": bool(self.has_metrics),
+                "metrics": bool(self.has_metrics), "metrics_readings": self.readings,
+                "server_peak": {"running": self.peak[0], "waiting": self.peak[1]},
                 "ceiling": self.ceiling, "busy_s": round(busy, 3),
                 "completion_tokens_per_s": round(self.stats["completion_tokens"] / busy, 2) if busy > 0 else None}

@@ -1,7 +1,8 @@
 """What a server says about its own load: the requests it is running and the requests waiting in
 its queue, read from its Prometheus `/metrics` (vLLM, SGLang and TGI export them).
 
-Optional and cheap: one GET per endpoint at most every `POLL_S` while the endpoint has work, each
+Optional and cheap: one GET per endpoint at most every `POLL_S` while requests wait in the client
+to be sent (once all are out, a reading would change nothing and costs the server CPU), each
 bounded by `TIMEOUT_S`. A server without `/metrics` (a hosted API, a proxy), or whose page names
 none of the gauges below, is asked once and then left alone: its window adapts from its answers
 alone (`fleet.py`). What the window does with a reading is `Endpoint.observe_queue`."""

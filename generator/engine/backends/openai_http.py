@@ -251,7 +251,10 @@ class OpenAIBackend:
                     self._timer = self._loop.call_later(delay, self._wake)
 
     def _busy(self, e: Endpoint) -> bool:
-        return e.in_flight > 0 or bool(self._pending)
+        """Whether `e`'s window decides anything now: only while requests wait here to be sent.
+        Once every request is out, a reading would change nothing, and each one costs the server
+        CPU (a vLLM /metrics page is ~55 KB rendered per GET): on a CPU server, CPU its batch needs."""
+        return bool(self._pending)
 
     def _wake(self) -> None:
         self._timer = None
