@@ -69,3 +69,23 @@ def cache_keys(run_dir) -> set[str]:
 
     frame = read_answers(run_dir, ["key"])
     return set() if frame is None else set(frame["key"].to_list())
+
+
+def kill_when(proc, ready, log_path, timeout: float, poll: float = 0.05) -> None:
+    """Wait until `ready()` holds while `proc` (started with start_new_session=True) still runs, then
+    SIGKILL its whole process group: a run killed mid-way, at a point the test chose."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll)
+        assert proc.poll() is None, f"the run ended before it was killed:\n{Path(log_path).read_text()[-2000:]}"
+        assert time.time() < deadline, f"not ready to be killed in {timeout:.0f}s:\n{Path(log_path).read_text()[-2000:]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from helpers import S3_BUCKET, salvaged_keys, small_spec
+from helpers import S3_BUCKET, kill_when, salvaged_keys, small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_synthgen.py"
@@ -49,17 +48,7 @@ def test_run_killed_and_resumed_on_s3_pays_only_what_was_never_published(s3, tmp
            "SYNTHGEN_PUBLISH_SECONDS": "0.3"}
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline and proc.poll() is None:
-            if generation_files(url) and len(_keys(url)) >= 5:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, f"the run ended before it was killed:\n{(tmp_path / 'first.log').read_text()[-2000:]}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    kill_when(proc, lambda: bool(generation_files(url)) and len(_keys(url)) >= 5, tmp_path / "first.log", 90, 0.1)
     before = _keys(url)
     shards_before = {f.rsplit("/", 1)[-1] for f in generation_files(url)}
     assert 0 < len(shards_before) < 6 and s3.exists(f"{BUCKET}/runs/resume/.lock")  # a dead run's lock is left

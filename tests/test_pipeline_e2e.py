@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -20,7 +18,7 @@ from generator.core.backend import Borrowed
 from generator.testing.fake import FakeBackend
 from generator.engine.executors.local import LocalExecutor
 from generator.library.catalog import builtin_root
-from helpers import cache_keys, salvaged_keys
+from helpers import cache_keys, kill_when, salvaged_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHGEN = Path(sys.executable).with_name("synthgen")
@@ -141,17 +139,8 @@ def test_sigkill_mid_pipeline_then_resume_pays_only_for_unanswered(tmp_path):
     env = {**os.environ, "SYNTHGEN_TEST_FAKE_DELAY": "0.1", "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(cache_keys(out)) >= 8:  # mid-pipeline: problems answered, solutions in flight
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(60)
+    # mid-pipeline: problems answered, solutions in flight
+    kill_when(proc, lambda: len(cache_keys(out)) >= 8, tmp_path / "first.log", 120)
     cached = cache_keys(out)
     assert 8 <= len(cached) < 30  # killed mid-way: 6 records x 5 calls when nothing is rejected
     spec = load_spec(spec_path, {"run.shard_size": "2"})

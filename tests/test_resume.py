@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -22,7 +20,7 @@ from generator.engine.planner import plan_spec
 from generator.runs import run_spec
 from generator.engine.requests import make_request
 from generator.config.spec import load_spec
-from helpers import cache_keys, salvaged_keys, small_spec
+from helpers import cache_keys, kill_when, salvaged_keys, small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHGEN = Path(sys.executable).with_name("synthgen")
@@ -141,18 +139,7 @@ def test_sigkill_then_same_command_finishes_exactly(tmp_path):
     env = {**os.environ, "SYNTHGEN_TEST_FAKE_DELAY": "0.1", "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if landed_ids(run) and cache_keys(run):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, f"the run ended before it could be killed:\n{(tmp_path / 'first.log').read_text()[-2000:]}"
-        assert time.time() < deadline, "no shard landed in time"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(60)
+    kill_when(proc, lambda: bool(landed_ids(run)) and bool(cache_keys(run)), tmp_path / "first.log", 400, 0.2)
     landed, cached = landed_ids(run), cache_keys(run)
     assert 0 < len(landed) < 12
 

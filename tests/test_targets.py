@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -20,6 +18,7 @@ from generator.engine.executors.local import LocalExecutor
 from generator.engine.tally import Tally, wilson
 from generator.runs.target import next_size
 from generator.testing.fake import FakeBackend
+from helpers import kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 # the fake's default answer is "Answer <12 hex digits> to: ...": the first hex digit is uniform, so
@@ -225,15 +224,7 @@ def test_cli_target_kill_and_resume_same_fifty(tmp_path):
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "SYNTHGEN_TEST_FAKE_DELAY": "0.01"}, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 200
-    try:
-        while time.time() < deadline and proc.poll() is None and _landed(tmp_path / "cut") < 9:
-            time.sleep(0.05)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(60)
+    kill_when(proc, lambda: _landed(tmp_path / "cut") >= 9, tmp_path / "first.log", 200)
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert accepted_ids(tmp_path / "cut") == accepted_ids(tmp_path / "whole")
