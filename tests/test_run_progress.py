@@ -227,3 +227,28 @@ def test_bar_counts_ended_records_and_tells_calls_rejections_steps_and_target(ca
     assert "accepted 1/50 (~98 more records, ~1,960 tokens)" in d.plain_line()
     d("warning", {"line": "target 50 out of reach: solve passed 0 of 9"})
     assert "warning: target 50 out of reach: solve passed 0 of 9" in capsys.readouterr().err
+
+
+def test_the_display_shows_requests_in_flight(proj, tmp_path, monkeypatch):
+    """The engine tells progress how many requests are with the models (sent, not yet answered):
+    some while the run goes, none once it has ended; the bar shows the count beside the calls."""
+    from generator import run
+    from generator.config.spec import load_spec
+    from generator.engine.executors.local import LocalExecutor
+    from generator.testing.fake import FakeBackend
+
+    seen: list[int] = []
+    ex = LocalExecutor(backend_factory=lambda c, **_: FakeBackend(c.name))
+    res = run(load_spec(proj / "spec.yaml"), out=tmp_path / "run", executor=ex, limit=12,
+              progress=lambda ev, d: seen.append(d["n"]) if ev == "in_flight" else None)
+    assert res.generated == res.planned > 0
+    assert seen and max(seen) > 0 and seen[-1] == 0, seen
+    assert max(seen) <= res.model_calls  # never more than were sent
+
+    monkeypatch.setattr(progress, "PLAIN_MIN_GAP_S", 0.0)
+    d = RunDisplay(Console(file=io.StringIO(), force_terminal=False), {})
+    d("plan", {"records": 3, "new": 3, "seconds": 0.01})
+    d("start", {"records": 3, "pending": 3, "shards": 1, "run_dir": "x", "session": None})
+    d("in_flight", {"n": 4})
+    d("finished", {"n": 2})
+    assert "calls 2 for 0 ended, in flight 4" in d.plain_line()

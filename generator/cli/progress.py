@@ -113,6 +113,7 @@ class RunDisplay:
         self._said_calls = -1
         self.tally: Tally | None = None  # rows seen: rejections and steps per stage
         self.target: dict | None = None  # the latest `target` event: accepted of the target
+        self.in_flight = 0  # requests with the models now (sent, not yet answered)
 
     # what the bar counts: records that have ended (a record's many requests, its retries, a
     # pipeline's stages and an agent's steps are shown beside it, never counted as records)
@@ -128,10 +129,12 @@ class RunDisplay:
     def more_text(self) -> str:
         """`calls 40, in flight 12; rejected solve 9, keep 3; steps 57; accepted 3/50`."""
         parts = []
-        if self.finished:
+        if self.finished or self.in_flight:
             calls = f"calls {self.finished:,}"
             if self.records < self.finished:
                 calls += f" for {self.records:,} ended"
+            if self.in_flight:
+                calls += f", in flight {self.in_flight:,}"
             parts.append(calls)
         t = self.tally
         if t is not None and t.rejections():
@@ -217,6 +220,8 @@ class RunDisplay:
         elif event == "finished":
             self.finished += data["n"]
             self._advance()
+        elif event == "in_flight":  # shown with the next update: one redraw per request sent would cost
+            self.in_flight = data["n"]
         elif event == "attempt" or (event == "record" and data.get("final") is False):
             self._count(data)  # a rejected attempt of a pipeline: shown and tallied, not a record
             self._show(data)

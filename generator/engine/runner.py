@@ -307,7 +307,8 @@ def execute_records(folder: RunFolder, resolved: Resolved, executor, emit: Progr
     job = Job(run_dir=folder.path, resolved=resolved, pipeline=pipeline, rows=rows, sizes=sizes,
               models=models, session=manifest.get("session"), lock=run_lock.holder(folder.path),
               on_record=on_record, on_shard=lambda st: _shard_written(emit, st),
-              on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs, gate=gate)
+              on_engine_ready=lambda: emit("engine_ready", {}), backend_kwargs=kwargs, gate=gate,
+              on_flight=lambda n: emit("in_flight", {"n": n}))
     t1 = time.time()
     try:
         if stats.pending_records:

@@ -28,6 +28,7 @@ class Job:
     on_engine_ready: Callable[[], None] | None = None   # models are loaded: generation starts now
     backend_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. on_finished(n) for progress
     gate: Any = None                          # engine.budget.Gate asked before each request (local only)
+    on_flight: Callable[[int], None] | None = None  # requests sent to models and not yet answered (local only)
 
 
 @dataclass

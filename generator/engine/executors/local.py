@@ -59,7 +59,7 @@ class LocalExecutor:
         try:
             stats = run_records(RunFolder(job.run_dir), job.resolved, job.pipeline, job.rows, job.sizes, backends,
                                 job.session, job.on_record or (lambda r: None), job.on_shard or (lambda s: None),
-                                gate=job.gate)
+                                gate=job.gate, on_flight=job.on_flight)
         finally:
             rep.backends = {m: b.describe() for m, b in backends.items()}  # with what they did (stats)
         rep.model_calls, rep.cache_hits, rep.stuck = stats.model_calls, stats.cache_hits, stats.stuck

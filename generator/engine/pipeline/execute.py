@@ -128,7 +128,7 @@ class PipelineStats:
 def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows: Iterable[dict],
                 sizes: dict[str, int], backends: dict[str, Any], session: str | None,
                 on_record: Callable[[dict], None], on_shard: Callable[[ShardStats], None],
-                gate: Any = None) -> PipelineStats:
+                gate: Any = None, on_flight: Callable[[int], None] | None = None) -> PipelineStats:
     """Run every stage of the plan rows in `rows` (each with its `shard`; `sizes`: records per
     pending shard) on `backends`, writing each shard as its last record ends. `gate`
     (engine.budget.Gate) is asked before each request; the records it keeps waiting stay unwritten."""
@@ -151,7 +151,7 @@ def run_records(folder: RunFolder, resolved: Resolved, pipeline: Pipeline, rows:
     if any(getattr(b, "batch", False) for b in backends.values()):
         stall = None  # a batch job answers everything at once, hours later
     sched = PipelineScheduler(pipeline, resolved, backends, cache, spec.run.retries, on_rows,
-                              stall_timeout=stall, max_open=spec.run.max_open, gate=gate)
+                              stall_timeout=stall, max_open=spec.run.max_open, gate=gate, on_flight=on_flight)
     stats = PipelineStats()
     # another run took the folder over (the lock heartbeat saw its token): stop now, not at the next write
     unsubscribe = folder.on_lock_lost(sched.abort)

@@ -25,13 +25,15 @@ from generator.engine.request_cache import RequestCache
 
 class RequestFlow:
     def __init__(self, backends: dict[str, Backend], cache: RequestCache | None, gate: Any, thinking: Thinking, *,
-                 post: Callable[[tuple], None], landed: Callable[[Pending, Result], None]):
+                 post: Callable[[tuple], None], landed: Callable[[Pending, Result], None],
+                 on_flight: Callable[[int], None] | None = None):
         self.backends = backends
         self.cache = cache
         self.gate = gate  # engine.budget.Gate: asked before each request is sent (None: no budget)
         self.thinking = thinking
         self._post = post        # a ("result" | "error" | "end", model, payload) event for the scheduler thread
         self._landed = landed    # an answer (from the cache or a model) for the scheduler to settle
+        self._on_flight = on_flight  # how many requests are with the models now (progress), when it changes
         self.model_calls = 0
         self.cache_hits = 0
         self.parked = 0  # requests the gate kept back (their records stay unfinished)
@@ -75,6 +77,8 @@ class RequestFlow:
             self._sent(pend, now, sends)
         for model, requests in sends.items():
             self.feeds[model].put_many(requests)
+        if sends:
+            self.report_flight()
 
     def _sent(self, pend: Pending, now: float, sends: dict[str, list[Request]]) -> None:
         if self.cache is not None:
@@ -82,6 +86,11 @@ class RequestFlow:
         pend.sent = now
         self.pending[pend.request.id] = pend
         sends.setdefault(pend.model, []).append(pend.request)
+
+    def report_flight(self) -> None:
+        """Tell progress how many requests are with the models now (sent, not yet answered)."""
+        if self._on_flight is not None:
+            self._on_flight(len(self.pending))
 
     def _gated(self, pend: Pending) -> bool:
         """Whether the budget gate lets `pend` go now; else it waits (held) or, once the gate has
@@ -117,6 +126,8 @@ class RequestFlow:
             # else: _gated closed the gate and parked it
         for model, requests in sends.items():
             self.feeds[model].put_many(requests)
+        if sends:
+            self.report_flight()
 
     def pump(self, model: str) -> None:
         """A model's stream thread: its answers (or its failure, or its end) as events."""

@@ -68,7 +68,8 @@ class PipelineScheduler:
     def __init__(self, pipeline: Pipeline, resolved: Resolved, backends: dict[str, Backend],
                  cache: RequestCache | None, retries: int, on_rows: Callable[[dict, list[dict]], None],
                  functions: verify.FunctionRunner | None = None, stall_timeout: float | None = None,
-                 max_open: int = 4096, check_workers: int = 2, gate: Any = None):
+                 max_open: int = 4096, check_workers: int = 2, gate: Any = None,
+                 on_flight: Callable[[int], None] | None = None):
         self.p = pipeline
         self.gate = gate  # engine.budget.Gate: asked before each request is sent (None: no budget)
         self.resolved = resolved
@@ -80,7 +81,8 @@ class PipelineScheduler:
         self._events: queue.Queue = queue.Queue()
         self._open: dict[str, Rec] = {}
         thinking = Thinking(resolved.spec.models, {n: node.cfg for n, node in pipeline.nodes.items()})
-        self.flow = RequestFlow(backends, cache, gate, thinking, post=self._events.put, landed=self._landed)
+        self.flow = RequestFlow(backends, cache, gate, thinking, post=self._events.put, landed=self._landed,
+                                on_flight=on_flight)
         self.rows = RecordRows(pipeline, on_rows, self._open)
         self.stages = ModelStages(pipeline, resolved, self.contexts, retries, submit=self.flow.submit,
                                   reject=self._reject, advance=self._advance)
@@ -201,6 +203,8 @@ class PipelineScheduler:
                 self.checks.checked(who, payload)
             elif kind == "tool":
                 self.dialogues.tool_done(who, payload)
+        if results:
+            self.flow.report_flight()
         self.flow.drain()
         if self.gate is not None:
             self.flow.release_held()
