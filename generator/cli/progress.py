@@ -1,5 +1,5 @@
 """What `synthgen run` shows while it generates: a bar (records ended, tok/s, elapsed, ETA, cost;
-then model calls answered, rejections and agent steps per stage, and accepted of a target) and,
+then model calls answered and requests in flight, rejections and agent steps per stage, and accepted of a target) and,
 below it, the latest finished record, so the first run shows data within seconds of the engine.
 The bar counts records that have ended (never requests: a record of a pipeline or an agent makes
 many), so a run whose records are still retrying or stepping does not show 100%.
