@@ -65,7 +65,7 @@ def run(spec, out=None, limit=None, executor=None, progress=None, score=True, ta
                              "budget.records (or --budget-records) to cap them")
     spent = budget_of(spec, budget)
     folder = RunFolder(out or spec.output_dir())
-    with folder.lock(), run_log(folder.path):
+    with folder.lock(), run_log(folder.path, before=folder.check_lock):
         if goal is not None:
             from generator.runs.target import run_target
 

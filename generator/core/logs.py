@@ -21,7 +21,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from generator.core import storage
 from generator.core.redact import scrub_secrets
@@ -108,10 +108,12 @@ def _detach(handler: RunLogHandler) -> None:
 
 
 @contextmanager
-def run_log(run_dir: Any) -> Iterator[Path]:
+def run_log(run_dir: Any, before: Callable[[], None] | None = None) -> Iterator[Path]:
     """Everything logged while the block runs, INFO and above, appended to `run_dir`/run.log.
     A run folder on a URL is logged into a local copy (its earlier lines downloaded first) and
-    uploaded whole when the block ends, failing or not. Yields the local file."""
+    uploaded whole when the block ends, failing or not, after `before()` (the run's lock fence: a
+    run that lost its folder keeps its log locally instead of overwriting the new holder's). Yields
+    the local file."""
     loc = storage.join(run_dir, RUN_LOG)
     remote = storage.is_url(run_dir)
     if remote:
@@ -140,7 +142,7 @@ def run_log(run_dir: Any) -> Iterator[Path]:
         handler.close()
         if remote:
             try:
-                storage.write_atomic(loc, lambda t: shutil.copyfile(path, t))
+                storage.write_atomic(loc, lambda t: shutil.copyfile(path, t), before=before)
             except Exception as exc:  # noqa: BLE001 - the run's own result (or its error) matters more
                 # than its log: say so and go on; the local copy is kept for the user
                 log.warning("could not upload the run log to %s (%s); it is kept at %s", loc, exc, path)
