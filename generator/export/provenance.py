@@ -23,6 +23,11 @@ def _hash(entry: dict) -> str:
     return "-"
 
 
+def _files(entries: list[dict]) -> str:
+    """Hashed files (a model's weights, a seed source's data) as one cell: `name hash; name hash`."""
+    return "; ".join(f"{_t(f.get('file'))} {_hash(f)}" for f in entries)
+
+
 def _lic(entry: dict) -> str:
     lid = entry.get("license")
     if not lid:
@@ -83,16 +88,14 @@ def provenance_lines(manifest: dict) -> list[str]:
         lines.append("- status shares: " + ", ".join(f"{_t(k)} {v:.1%}" for k, v in share.items()))
     lines += ["", "| model | backend | revision | weights | licence |", "|---|---|---|---|---|"]
     for m in prov.get("models") or []:
-        weights = m.get("weights") or []
-        shown = "; ".join(f"{_t(w.get('file'))} {_hash(w)}" for w in weights) or _t(m.get("note") or m.get("error", "-"))
+        shown = _files(m.get("weights") or []) or _t(m.get("note") or m.get("error", "-"))
         lines.append(f"| `{_t(m.get('name') or m.get('ref'))}` | {_t(m.get('backend', '-'))} | "
                      f"{_t(m.get('revision') or '-')} | {shown} | {_lic(m)} |")
     seeds = prov.get("seed_data") or []
     if seeds:
         lines += ["", "| seed data | files | rows drawn | licence |", "|---|---|---|---|"]
         for s in seeds:
-            files = s.get("files") or []
-            shown = "; ".join(f"{_t(f.get('file'))} {_hash(f)}" for f in files) or _t(s.get("error", "-"))
+            shown = _files(s.get("files") or []) or _t(s.get("error", "-"))
             if s.get("files_listed"):
                 shown += f" (first {s['files_listed']} of {s.get('n_files')})"
             gym = s.get("reasoning_gym")
